@@ -1,0 +1,2 @@
+"""falsify: testable attribution maps for face verification."""
+__version__ = "0.1.0"

@@ -1,0 +1,367 @@
+"""Face pairs from an LFW-layout folder + pairs.txt, a folder of identities, or a CSV."""
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """Pair data that cannot be used as given; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two face images, whether they show the same person, and the protocol fold."""
+
+    a: Path
+    b: Path
+    same: bool
+    fold: int = 0
+    index: int = 0  # position in the source (pairs.txt pair number, CSV row, ...)
+
+    @property
+    def id(self) -> str:
+        """A stable identifier: the two file names relative to their identity folders."""
+        return f"{self.a.parent.name}/{self.a.name}|{self.b.parent.name}/{self.b.name}"
+
+
+@dataclass(frozen=True)
+class SkippedPair:
+    where: str  # "pairs.txt:17", "pairs.csv:4", ...
+    reason: str
+
+
+@dataclass
+class PairSet:
+    """Pairs ready to use, plus those that were skipped and why."""
+
+    pairs: list[Pair]
+    skipped: list[SkippedPair] = field(default_factory=list)
+    source: str = ""
+    n_folds: int = 1
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[Pair]:
+        return iter(self.pairs)
+
+    def __getitem__(self, i):
+        return self.pairs[i]
+
+    @property
+    def n_genuine(self) -> int:
+        return sum(p.same for p in self.pairs)
+
+    @property
+    def n_impostor(self) -> int:
+        return len(self.pairs) - self.n_genuine
+
+    def image_paths(self) -> list[Path]:
+        """Every distinct image the pairs use, in first-use order."""
+        return list(dict.fromkeys(p for pair in self.pairs for p in (pair.a, pair.b)))
+
+    def drop_images(self, bad: dict[Path, str]) -> "PairSet":
+        """A copy without the pairs that use any of ``bad`` (path -> reason), reported as skipped."""
+        keep, skipped = [], list(self.skipped)
+        for pair in self.pairs:
+            reason = bad.get(pair.a) or bad.get(pair.b)
+            if reason:
+                skipped.append(SkippedPair(f"pair {pair.index}", reason))
+            else:
+                keep.append(pair)
+        return PairSet(keep, skipped, self.source, self.n_folds)
+
+    def sample(self, n: int, seed: int = 0) -> "PairSet":
+        """A seeded sample of ``n`` pairs, half genuine and half impostor (as far as possible)."""
+        if n < 1:
+            raise DataError(f"n_pairs must be at least 1, got {n}")
+        if n >= len(self.pairs):
+            return self
+        rng = random.Random(seed)
+        gen = [i for i, p in enumerate(self.pairs) if p.same]
+        imp = [i for i, p in enumerate(self.pairs) if not p.same]
+        n_gen = min(len(gen), (n + 1) // 2)
+        n_imp = min(len(imp), n - n_gen)
+        n_gen = min(len(gen), n - n_imp)
+        keep = sorted(rng.sample(gen, n_gen) + rng.sample(imp, n_imp))
+        return PairSet([self.pairs[i] for i in keep], list(self.skipped), self.source, self.n_folds)
+
+    def summary(self, examples: int = 3) -> str:
+        """One or two lines for people: how many pairs, and what was skipped with examples."""
+        text = (
+            f"{len(self.pairs)} pairs ({self.n_genuine} genuine, {self.n_impostor} impostor) "
+            f"from {self.source}"
+        )
+        if self.skipped:
+            shown = "; ".join(f"{s.where}: {s.reason}" for s in self.skipped[:examples])
+            more = f" (+{len(self.skipped) - examples} more)" if len(self.skipped) > examples else ""
+            text += f"\nskipped {len(self.skipped)} pairs: {shown}{more}"
+        return text
+
+
+# --- LFW layout --------------------------------------------------------------------------------
+
+def lfw_image_path(root: Path, name: str, number: int) -> Path:
+    """``root/<Name>/<Name>_NNNN.jpg``, or the same stem with another image suffix if that exists."""
+    stem = root / name / f"{name}_{number:04d}"
+    jpg = stem.with_suffix(".jpg")
+    if jpg.exists():
+        return jpg
+    for suffix in IMAGE_SUFFIXES[1:]:
+        if stem.with_suffix(suffix).exists():
+            return stem.with_suffix(suffix)
+    return jpg
+
+
+def _int(token: str, where: str, what: str) -> int:
+    try:
+        value = int(token)
+    except ValueError:
+        raise DataError(f"{where}: {what} must be a whole number, got {token!r}") from None
+    if value < 1:
+        raise DataError(f"{where}: {what} must be >= 1, got {value}")
+    return value
+
+
+def read_lfw_pairs(pairs_file: str | Path, root: str | Path) -> PairSet:
+    """Parse an LFW ``pairs.txt`` (header ``folds n`` or ``n``; ``Name i j`` / ``Name1 i Name2 j``).
+
+    Folds are read from position: fold f holds lines f*2n+1 .. (f+1)*2n, the first n genuine
+    and the next n impostor, as in the official file. Pairs whose images are missing are
+    skipped (reported with their line numbers); a malformed line raises ``DataError`` naming it.
+    """
+    pairs_file, root = Path(pairs_file), Path(root)
+    if not pairs_file.is_file():
+        raise DataError(f"pairs file not found: {pairs_file}")
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    try:
+        lines = pairs_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{pairs_file} is not a text pairs file (LFW pairs.txt format)") from None
+    where0 = f"{pairs_file.name}:1"
+    if not lines or not lines[0].strip():
+        raise DataError(f"{where0}: empty pairs file; expected a header line 'folds pairs' or 'pairs'")
+    header = lines[0].split()
+    if len(header) == 2:
+        n_folds, per_fold = (_int(t, where0, w) for t, w in zip(header, ("folds", "pairs per fold")))
+    elif len(header) == 1:
+        n_folds, per_fold = 1, _int(header[0], where0, "pairs")
+    else:
+        raise DataError(
+            f"{where0}: header must be 'folds pairs' (e.g. '10 300') or 'pairs', got {lines[0]!r}; "
+            "is this an LFW pairs.txt? For a list of pairs use a CSV with columns a,b,same"
+        )
+    body = [(i + 2, line) for i, line in enumerate(lines[1:]) if line.strip()]
+    expected = n_folds * 2 * per_fold
+    if len(body) != expected:
+        raise DataError(
+            f"{pairs_file}: header says {n_folds} folds x {2 * per_fold} pairs = {expected} lines, "
+            f"but the file has {len(body)}; is the file complete?"
+        )
+    pairs, skipped = [], []
+    for k, (lineno, line) in enumerate(body):
+        where = f"{pairs_file.name}:{lineno}"
+        tok = line.split()
+        fold, same_expected = divmod(k, 2 * per_fold)[0], (k % (2 * per_fold)) < per_fold
+        if len(tok) == 3:
+            a = lfw_image_path(root, tok[0], _int(tok[1], where, "image number"))
+            b = lfw_image_path(root, tok[0], _int(tok[2], where, "image number"))
+            same = True
+        elif len(tok) == 4:
+            a = lfw_image_path(root, tok[0], _int(tok[1], where, "image number"))
+            b = lfw_image_path(root, tok[2], _int(tok[3], where, "image number"))
+            same = False
+        else:
+            raise DataError(
+                f"{where}: expected 'Name i j' (genuine) or 'Name1 i Name2 j' (impostor), got {line!r}"
+            )
+        if same != same_expected:
+            raise DataError(
+                f"{where}: a {'genuine' if same else 'impostor'} pair where the LFW layout puts "
+                f"{'genuine' if same_expected else 'impostor'} pairs (each fold: {per_fold} genuine, "
+                f"then {per_fold} impostor)"
+            )
+        missing = [p for p in (a, b) if not p.is_file()]
+        if missing:
+            skipped.append(SkippedPair(where, "missing " + ", ".join(_rel(p, root) for p in missing)))
+            continue
+        pairs.append(Pair(a, b, same, fold, k))
+    return PairSet(pairs, skipped, f"{pairs_file} (images in {root})", n_folds)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+# --- folders of identities -----------------------------------------------------------------------
+
+def identity_folder_pairs(
+    root: str | Path, n_pairs: int | None = None, seed: int = 0, n_folds: int = 10
+) -> PairSet:
+    """Balanced, seeded genuine/impostor pairs from ``root/<identity>/<images>``.
+
+    Genuine pairs draw two distinct images of one identity (identities with >= 2 images);
+    impostor pairs draw one image of each of two identities. ``n_pairs`` defaults to twice the
+    number of genuine pairs available (capped at 6000, LFW's size). Pairs are dealt into
+    ``n_folds`` folds.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    ids = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        imgs = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if imgs:
+            ids[d.name] = imgs
+    if len(ids) < 2:
+        raise DataError(
+            f"{root} needs at least two identity folders with images (<root>/<Name>/<image>); "
+            f"found {len(ids)}. For a list of pairs pass a CSV (a,b,same) or a pairs.txt"
+        )
+    rng = random.Random(seed)
+    multi = [n for n, imgs in ids.items() if len(imgs) >= 2]
+    if not multi:
+        raise DataError(f"{root}: no identity has two images, so no genuine pair can be made")
+    all_gen = [(n, i, j) for n in multi for i in range(len(ids[n])) for j in range(i + 1, len(ids[n]))]
+    n_gen = min(len(all_gen), (n_pairs + 1) // 2 if n_pairs else 3000)
+    gen = rng.sample(all_gen, n_gen)
+    n_imp = (n_pairs - n_gen) if n_pairs else n_gen
+    names = sorted(ids)
+    imp: dict[tuple, None] = {}  # ordered set: seeded order, no repeats
+    for _ in range(50 * max(n_imp, 1)):
+        if len(imp) >= n_imp:
+            break
+        n1, n2 = rng.sample(names, 2)
+        imp[(n1, rng.randrange(len(ids[n1])), n2, rng.randrange(len(ids[n2])))] = None
+    items = [Pair(ids[n][i], ids[n][j], True) for n, i, j in gen]
+    items += [Pair(ids[n1][i], ids[n2][j], False) for n1, i, n2, j in imp]
+    rng.shuffle(items)
+    pairs = [replace(p, fold=k % n_folds, index=k) for k, p in enumerate(items)]
+    return PairSet(pairs, [], f"{root} (identity folders, seed {seed})", min(n_folds, len(pairs)))
+
+
+# --- CSV ---------------------------------------------------------------------------------------
+
+_TRUE = {"1", "true", "yes", "same", "genuine", "y", "t"}
+_FALSE = {"0", "false", "no", "different", "impostor", "n", "f"}
+
+
+def read_csv_pairs(csv_file: str | Path, root: str | Path | None = None, n_folds: int = 10) -> PairSet:
+    """Pairs from a CSV with columns ``a,b,same`` (optional ``fold``); a header row is optional.
+
+    Relative paths are resolved against ``root`` (default: the CSV's folder). Without a fold
+    column, pairs are dealt into ``n_folds`` folds by row order.
+    """
+    csv_file = Path(csv_file)
+    if not csv_file.is_file():
+        raise DataError(f"pairs CSV not found: {csv_file}")
+    base = Path(root) if root is not None else csv_file.parent
+    with csv_file.open(newline="", encoding="utf-8") as fh:
+        rows = [(i + 1, r) for i, r in enumerate(csv.reader(fh)) if any(c.strip() for c in r)]
+    if not rows:
+        raise DataError(f"{csv_file} is empty; expected rows 'a,b,same'")
+    cols = {"a": 0, "b": 1, "same": 2, "fold": None}
+    first = [c.strip().lower() for c in rows[0][1]]
+    if "a" in first and "b" in first and "same" in first:
+        cols = {k: (first.index(k) if k in first else None) for k in cols}
+        rows = rows[1:]
+    pairs, skipped = [], []
+    for k, (lineno, row) in enumerate(rows):
+        where = f"{csv_file.name}:{lineno}"
+        need = max(c for c in cols.values() if c is not None)
+        if len(row) <= need:
+            raise DataError(f"{where}: expected columns a,b,same, got {row!r}")
+        flag = row[cols["same"]].strip().lower()
+        if flag not in _TRUE | _FALSE:
+            raise DataError(f"{where}: 'same' must be 1/0 or true/false, got {row[cols['same']]!r}")
+        fold = k % n_folds
+        if cols["fold"] is not None:
+            try:
+                fold = int(row[cols["fold"]])
+            except ValueError:
+                raise DataError(f"{where}: fold must be a whole number, got {row[cols['fold']]!r}") from None
+        a, b = (Path(row[cols[c]].strip()).expanduser() for c in ("a", "b"))
+        a, b = (p if p.is_absolute() else base / p for p in (a, b))
+        missing = [p for p in (a, b) if not p.is_file()]
+        if missing:
+            skipped.append(SkippedPair(where, "missing " + ", ".join(str(p) for p in missing)))
+            continue
+        pairs.append(Pair(a, b, flag in _TRUE, fold, k))
+    folds = sorted({p.fold for p in pairs})
+    remap = {f: i for i, f in enumerate(folds)}
+    pairs = [replace(p, fold=remap[p.fold]) for p in pairs]
+    return PairSet(pairs, skipped, str(csv_file), max(len(folds), 1))
+
+
+# --- one entry point -----------------------------------------------------------------------------
+
+def load_pairs(
+    data: str | Path | None = None,
+    pairs: str | Path | None = None,
+    *,
+    n_pairs: int | None = None,
+    seed: int = 0,
+) -> PairSet:
+    """Load face pairs from whatever the user points at.
+
+    - ``data`` a folder and ``pairs`` a ``pairs.txt`` (or ``data/pairs.txt`` exists): LFW protocol;
+    - ``pairs`` a ``.csv``: CSV pairs, paths relative to ``data`` (or the CSV's folder);
+    - ``data`` a folder of identities without pairs.txt: balanced seeded pairs;
+    - ``data`` a ``.csv`` file: CSV pairs;
+    - nothing: LFW through scikit-learn's downloader/cache (``SCIKIT_LEARN_DATA`` honoured).
+
+    ``n_pairs`` keeps a seeded balanced sample of that many pairs.
+    """
+    if data is None and pairs is None:
+        from .sklearn_lfw import sklearn_lfw_paths
+
+        root, pairs_file = sklearn_lfw_paths()
+        result = read_lfw_pairs(pairs_file, root)
+    else:
+        data_path = Path(data).expanduser() if data is not None else None
+        pairs_path = Path(pairs).expanduser() if pairs is not None else None
+        if data_path is not None and not data_path.exists():
+            raise DataError(f"--data {data_path} does not exist; pass a folder of face images or a CSV")
+        if pairs_path is not None and not pairs_path.exists():
+            raise DataError(f"--pairs {pairs_path} does not exist")
+        if data_path is not None and data_path.is_file():
+            if data_path.suffix.lower() != ".csv":
+                raise DataError(f"--data {data_path} is a file; pass a folder of face images or a .csv of pairs")
+            result = read_csv_pairs(data_path)
+        elif pairs_path is not None and pairs_path.suffix.lower() == ".csv":
+            result = read_csv_pairs(pairs_path, root=data_path)
+        elif pairs_path is not None:
+            result = read_lfw_pairs(pairs_path, data_path or pairs_path.parent)
+        elif (data_path / "pairs.txt").is_file():  # type: ignore[operator]
+            result = read_lfw_pairs(data_path / "pairs.txt", data_path)  # type: ignore[operator]
+        else:
+            return identity_folder_pairs(data_path, n_pairs=n_pairs, seed=seed)  # type: ignore[arg-type]
+    if not result.pairs:
+        raise DataError(
+            f"no usable pairs in {result.source}: {len(result.skipped)} skipped"
+            + (f" (e.g. {result.skipped[0].where}: {result.skipped[0].reason})" if result.skipped else "")
+        )
+    return result.sample(n_pairs, seed) if n_pairs else result
+
+
+__all__: Sequence[str] = [
+    "DataError",
+    "Pair",
+    "PairSet",
+    "SkippedPair",
+    "identity_folder_pairs",
+    "lfw_image_path",
+    "load_pairs",
+    "read_csv_pairs",
+    "read_lfw_pairs",
+]

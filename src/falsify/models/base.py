@@ -1,0 +1,142 @@
+"""The face-embedder contract every model in falsify follows.
+
+Images enter as float tensors ``(B, 3, H, W)``, RGB in ``[0, 1]``, at ``input_size``; the
+embedder applies its own normalisation and returns L2-normalised embeddings ``(B, D)``.
+The wrapped network stays an ordinary ``nn.Module`` tree (``self.backbone``) so attribution
+methods can hook its layers by name.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _triple(values: float | Sequence[float], what: str) -> tuple[float, float, float]:
+    if isinstance(values, (int, float)):
+        return (float(values),) * 3
+    vals = tuple(float(v) for v in values)
+    if len(vals) != 3:
+        raise ValueError(f"{what} needs one value or three (R, G, B); got {len(vals)}: {vals}")
+    return vals  # type: ignore[return-value]
+
+
+class FaceEmbedder(nn.Module):
+    """Wraps a backbone with its preprocessing and L2 normalisation.
+
+    Parameters
+    ----------
+    backbone:
+        ``nn.Module`` mapping the *normalised* input ``(B, 3, H, W)`` to raw embeddings ``(B, D)``.
+    input_size:
+        ``(H, W)`` the backbone expects.
+    mean, std:
+        Per-channel (R, G, B) normalisation in ``[0, 1]`` units: the backbone sees
+        ``(x[:, c] - mean[c]) / std[c]``.
+    channel_order:
+        ``"RGB"`` (default) or ``"BGR"``: the order the backbone was trained on (insightface packs
+        are BGR). Inputs are always RGB; the embedder flips channels for BGR backbones.
+    name:
+        A human-readable model name, used in reports and result stores.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        input_size: tuple[int, int],
+        mean: float | Sequence[float] = 0.0,
+        std: float | Sequence[float] = 1.0,
+        channel_order: str = "RGB",
+        name: str = "custom",
+    ) -> None:
+        super().__init__()
+        if channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+        if len(tuple(input_size)) != 2:
+            raise ValueError(f"input_size must be (height, width), got {input_size!r}")
+        std_t = _triple(std, "std")
+        if any(s == 0 for s in std_t):
+            raise ValueError(f"std must be non-zero, got {std_t}")
+        self.backbone = backbone
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.channel_order = channel_order
+        self.name = name
+        self.register_buffer("mean", torch.tensor(_triple(mean, "mean")).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std_t).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    # -- input checking -------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear error unless ``x`` is a float (B, 3, H, W) batch at the model's size."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor (B,3,H,W), got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"images must be float in [0,1], got dtype {x.dtype}; divide uint8 images by 255"
+            )
+        h, w = self.input_size
+        if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (h, w):
+            raise ValueError(
+                f"images must have shape (B, 3, {h}, {w}) for model {self.name!r}, got "
+                f"{tuple(x.shape)}; load them with falsify.data.load_image(path, size={self.input_size})"
+            )
+
+    def normalise_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if self.channel_order == "BGR":
+            x = x.flip(1)
+        return x
+
+    # -- embeddings -----------------------------------------------------------------------
+    def embed_raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone output before L2 normalisation, ``(B, D)``."""
+        self.check_input(x)
+        out = self.backbone(self.normalise_input(x))
+        return out.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.embed_raw(x), dim=1)
+
+    @property
+    def embedding_dim(self) -> int:
+        dim = getattr(self, "_embedding_dim", None)
+        if dim is None:
+            p = next(self.parameters(), None)
+            dev = p.device if p is not None else torch.device("cpu")
+            with torch.inference_mode():
+                dim = int(self(torch.zeros(1, 3, *self.input_size, device=dev)).shape[1])
+            self._embedding_dim = dim
+        return dim
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name!r}, input_size={self.input_size}, channel_order={self.channel_order}"
+        )
+
+
+def wrap_model(
+    module: nn.Module,
+    input_size: tuple[int, int],
+    mean: float | Sequence[float] = 0.0,
+    std: float | Sequence[float] = 1.0,
+    channel_order: str = "RGB",
+    name: str | None = None,
+) -> FaceEmbedder:
+    """Wrap a user's own ``nn.Module`` (normalised input -> embedding) with its preprocessing.
+
+    >>> model = wrap_model(my_net, input_size=(112, 112), mean=0.5, std=0.5)
+    """
+    if isinstance(module, FaceEmbedder):
+        return module
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"wrap_model needs a torch.nn.Module, got {type(module).__name__}")
+    return FaceEmbedder(
+        module,
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        channel_order=channel_order,
+        name=name or type(module).__name__,
+    )

@@ -1,0 +1,173 @@
+"""Embedding images once, in batches, and the LFW verification protocol."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.images import iter_chunks, load_images
+from .data.pairs import PairSet
+from .geometry import cosine_similarity, geodesic_distance
+from .models.base import FaceEmbedder
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def embed_paths(
+    model: FaceEmbedder,
+    paths: Sequence[Path],
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[dict[Path, torch.Tensor], dict[Path, str]]:
+    """Embed each distinct image once, in batches.
+
+    Returns ``({path: embedding (D,) on the CPU}, {path: reason})``: unreadable images are
+    reported in the second dict instead of stopping the run.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    paths = list(dict.fromkeys(Path(p) for p in paths))
+    device = model_device(model)
+    embeddings: dict[Path, torch.Tensor] = {}
+    failed: dict[Path, str] = {}
+    bar = tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for chunk in iter_chunks(paths, batch_size):
+            batch, bad = load_images(chunk, model.input_size, errors="skip")
+            failed.update(bad)
+            good = [p for p in chunk if p not in failed]
+            if good:
+                out = model(batch.to(device)).float().cpu()
+                embeddings.update(zip(good, out))
+            bar.update(len(chunk))
+    bar.close()
+    return embeddings, failed
+
+
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The similarity threshold with the highest accuracy (same when score >= threshold).
+
+    Candidates are midpoints between consecutive distinct sorted scores, plus one below the
+    lowest and one above the highest; the first best is taken.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    if scores.size == 0:
+        raise ValueError("no scores to choose a threshold from")
+    uniq = np.unique(scores)
+    cands = np.concatenate([[uniq[0] - 1e-6], (uniq[:-1] + uniq[1:]) / 2, [uniq[-1] + 1e-6]])
+    order = np.argsort(scores)
+    s_sorted, l_sorted = scores[order], labels[order]
+    # number of pairs below each candidate (predicted "different")
+    below = np.searchsorted(s_sorted, cands, side="left")
+    pos_below = np.concatenate([[0], np.cumsum(l_sorted)])[below]
+    n_pos = labels.sum()
+    tn = below - pos_below  # negatives below the threshold
+    tp = n_pos - pos_below
+    acc = (tp + tn) / scores.size
+    return float(cands[int(np.argmax(acc))])
+
+
+def accuracy_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
+    return float(np.mean((np.asarray(scores) >= threshold) == np.asarray(labels, dtype=bool)))
+
+
+@dataclass
+class VerificationResult:
+    model: str
+    source: str
+    n_pairs: int
+    n_genuine: int
+    n_impostor: int
+    n_folds: int
+    accuracy_mean: float
+    accuracy_std: float
+    fold_accuracy: list[float]
+    fold_threshold: list[float]
+    roc_auc: float
+    threshold: float  # chosen on all pairs: the model's operating point on this data
+    threshold_angle: float  # the same threshold as a geodesic angle (radians)
+    n_skipped: int
+    skipped_examples: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        folds = ", ".join(f"{a:.2%}" for a in self.fold_accuracy)
+        lines = [
+            f"model        {self.model}",
+            f"data         {self.source}",
+            f"pairs        {self.n_pairs} ({self.n_genuine} genuine, {self.n_impostor} impostor), "
+            f"{self.n_skipped} skipped",
+            f"accuracy     {self.accuracy_mean:.2%} +- {self.accuracy_std:.2%} "
+            f"({self.n_folds}-fold; per fold: {folds})",
+            f"ROC AUC      {self.roc_auc:.4f}",
+            f"threshold    cos >= {self.threshold:.4f} (angle <= {self.threshold_angle:.4f} rad), "
+            "best on all pairs",
+        ]
+        if self.skipped_examples:
+            lines.append("skipped e.g. " + "; ".join(self.skipped_examples))
+        return "\n".join(lines)
+
+
+def pair_similarities(
+    model: FaceEmbedder, pairs: PairSet, batch_size: int = 64, progress: bool = True
+) -> tuple[PairSet, np.ndarray, np.ndarray]:
+    """Embed every image once and return (usable pairs, cosine similarities, angles)."""
+    emb, failed = embed_paths(model, pairs.image_paths(), batch_size=batch_size, progress=progress)
+    if failed:
+        pairs = pairs.drop_images(failed)
+    if not pairs.pairs:
+        raise ValueError("no pair has two readable images")
+    a = torch.stack([emb[p.a] for p in pairs])
+    b = torch.stack([emb[p.b] for p in pairs])
+    return pairs, cosine_similarity(a, b).numpy(), geodesic_distance(a, b).numpy()
+
+
+def verify(
+    model: FaceEmbedder, pairs: PairSet, batch_size: int = 64, progress: bool = True
+) -> VerificationResult:
+    """The LFW protocol: for each fold, the threshold is chosen on the other folds."""
+    from sklearn.metrics import roc_auc_score
+
+    pairs, sims, _ = pair_similarities(model, pairs, batch_size, progress)
+    labels = np.array([p.same for p in pairs])
+    folds = np.array([p.fold for p in pairs])
+    fold_ids = sorted(set(folds.tolist()))
+    accs, ths = [], []
+    if len(fold_ids) < 2:  # one fold: threshold and accuracy on the same pairs (optimistic)
+        th = best_threshold(sims, labels)
+        accs, ths = [accuracy_at(sims, labels, th)], [th]
+    else:
+        for f in fold_ids:
+            train, test = folds != f, folds == f
+            th = best_threshold(sims[train], labels[train])
+            accs.append(accuracy_at(sims[test], labels[test], th))
+            ths.append(th)
+    auc = float(roc_auc_score(labels, sims)) if 0 < labels.sum() < len(labels) else float("nan")
+    th_all = best_threshold(sims, labels)
+    return VerificationResult(
+        model=getattr(model, "name", type(model).__name__),
+        source=pairs.source,
+        n_pairs=len(pairs),
+        n_genuine=int(labels.sum()),
+        n_impostor=int((~labels).sum()),
+        n_folds=len(fold_ids),
+        accuracy_mean=float(np.mean(accs)),
+        accuracy_std=float(np.std(accs)),
+        fold_accuracy=[float(a) for a in accs],
+        fold_threshold=[float(t) for t in ths],
+        roc_auc=auc,
+        threshold=th_all,
+        threshold_angle=float(np.arccos(np.clip(th_all, -1.0, 1.0))),
+        n_skipped=len(pairs.skipped),
+        skipped_examples=[f"{s.where}: {s.reason}" for s in pairs.skipped[:3]],
+    )

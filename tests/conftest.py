@@ -1,0 +1,63 @@
+"""Shared fixtures: the shared LFW sample, a tiny CNN embedder, and (lazily) the dlib model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from falsify.models.base import FaceEmbedder
+
+
+def _shared_data() -> Path:
+    env = os.environ.get("FALSIFY_SHARED_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+SHARED = _shared_data()
+LFW_SAMPLE = SHARED / "lfw-sample"
+DLIB_REFERENCE = SHARED / "dlib-reference"
+
+
+@pytest.fixture(scope="session")
+def lfw_sample() -> Path:
+    if not (LFW_SAMPLE / "pairs.txt").is_file():
+        pytest.skip(f"shared LFW sample not found at {LFW_SAMPLE} (set FALSIFY_SHARED_DATA)")
+    return LFW_SAMPLE
+
+
+class TinyNet(nn.Module):
+    """A small CNN embedder: conv layers to hook, global pooling, a linear head."""
+
+    def __init__(self, dim: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, dim)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def forward(self, x):
+        x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+@pytest.fixture
+def tiny_model() -> FaceEmbedder:
+    return FaceEmbedder(TinyNet(), input_size=(32, 32), mean=0.5, std=0.25, name="tiny")
+
+
+@pytest.fixture(scope="session")
+def dlib_model():
+    from falsify.models import load_model
+
+    return load_model("dlib-resnet", device="cpu")
