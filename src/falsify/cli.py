@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
@@ -68,6 +69,65 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_options(items: Sequence[str] | None) -> dict[str, dict]:
+    """``--option gradcam.layer=layer4.2.conv2 --option ig.steps=128`` -> {method: {key: value}}."""
+    out: dict[str, dict] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        method, dot, opt = key.partition(".")
+        if not sep or not dot or not opt:
+            raise ValueError(f"--option takes METHOD.KEY=VALUE (e.g. ig.steps=128), got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value  # a plain string, e.g. a layer name
+        out.setdefault(method, {})[opt] = parsed
+    return out
+
+
+def _methods(text: str) -> list[str]:
+    from .attribution import METHODS
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if text.strip() == "all":
+        return list(METHODS)
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from: all, {', '.join(METHODS)}")
+    return names
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .data import load_image
+    from .report.explain import explain_pair, explanation_figure
+
+    methods = _methods(args.methods)
+    options = _parse_options(args.option)
+    for m in options:
+        if m not in methods:
+            raise ValueError(f"--option names method {m!r}, which is not in --methods {','.join(methods)}")
+    if args.layer:
+        for m in methods:
+            if m in ("gradcam", "gradcam++", "biometric-gradcam"):
+                options.setdefault(m, {}).setdefault("layer", args.layer)
+    model = _load_model(args)
+    a, b = (load_image(p, model.input_size) for p in (args.image_a, args.image_b))
+    with tqdm(total=len(methods), desc="explaining", unit="method", disable=args.quiet) as bar:
+        expl = explain_pair(model, a, b, methods, options, progress=bar)
+    print(f"cosine similarity {expl.cosine:.4f}, angle {expl.angle:.4f} rad")
+    if args.out:
+        fig = explanation_figure(expl, labels=(Path(args.image_a).stem, Path(args.image_b).stem))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.out, dpi=args.dpi)
+        print(f"figure: {args.out}")
+    if args.save_maps:
+        expl.save_npz(args.save_maps)
+        print(f"maps: {args.save_maps}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="falsify",
@@ -91,6 +151,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify)
+
+    from .attribution import METHODS
+
+    p = sub.add_parser(
+        "explain",
+        help="attribution maps of a face pair, as a figure and/or arrays",
+        description="Explains A against B's embedding and B against A's: the target is the cosine "
+        "similarity of the two L2-normalised embeddings. One figure row per method: face, heatmap "
+        "(colour bar) and overlay, for A and for B; the title gives the pair's cosine and angle.",
+    )
+    p.add_argument("image_a", help="first face image (any JPEG/PNG; resized to the model's input size)")
+    p.add_argument("image_b", help="second face image")
+    p.add_argument("--methods", default="gradcam,gradcam++,biometric-gradcam,ig,saliency",
+                   help=f"comma-separated, or 'all' ({', '.join(METHODS)}); default %(default)s")
+    p.add_argument("--layer", help="layer for CAM methods (default: the last Conv2d)")
+    p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
+                   help="a method option, e.g. ig.steps=128 or occlusion.window=20 (repeatable)")
+    _add_model_args(p)
+    p.add_argument("--out", metavar="FIG", help="write the figure (PNG, PDF or SVG by suffix)")
+    p.add_argument("--dpi", type=int, default=110, help="figure resolution (default 110)")
+    p.add_argument("--save-maps", metavar="NPZ", help="write maps and raw attributions to an .npz")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 

@@ -62,7 +62,7 @@ def _load(name, *, input_size, mean, std, channel_order) -> FaceEmbedder:
     if key == "dlib-resnet":
         from .dlib_resnet import load_dlib_resnet
 
-        return load_dlib_resnet()
+        return _with_dlib_defaults(load_dlib_resnet())
     path = Path(name).expanduser()
     suffix = path.suffix.lower()
     if suffix not in (".dat", ".onnx", ".pt", ".pth"):
@@ -75,7 +75,7 @@ def _load(name, *, input_size, mean, std, channel_order) -> FaceEmbedder:
     if suffix == ".dat":
         from .dlib_resnet import load_dlib_resnet
 
-        return load_dlib_resnet(path)
+        return _with_dlib_defaults(load_dlib_resnet(path))
     if suffix == ".onnx":
         from .onnx import ONNX_DEFAULT_MEAN, ONNX_DEFAULT_STD, load_onnx
 
@@ -105,6 +105,27 @@ def _load(name, *, input_size, mean, std, channel_order) -> FaceEmbedder:
         channel_order=channel_order,
         name=path.stem,
     )
+
+
+#: The dlib model's decision threshold on cosine similarity in falsify's pipeline (a plain
+#: 150x150 resize, no landmark alignment): the best single threshold on the shared LFW sample,
+#: as printed by `falsify verify --data ../shared/data/lfw-sample` (docs/results.md). dlib's own
+#: documented rule, Euclidean distance < 0.6 on aligned chips, is cos >= 1 - 0.6^2/2 = 0.82;
+#: unaligned crops sit closer together, so that rule would call most impostor pairs a match.
+DLIB_THRESHOLD = 0.9139
+
+
+#: dlib's last convolution sees a 1x1 grid, and the 4x4 and 8x8 stages carry the zero rows and
+#: columns dlib's add_prev pads at the bottom/right, which dominate their CAMs (see
+#: docs/method.md and docs/scripts/cam_layer_study.py); the output of the last 17x17 residual
+#: block is the default CAM layer.
+DLIB_CAM_LAYER = "layer2.3"
+
+
+def _with_dlib_defaults(model: FaceEmbedder) -> FaceEmbedder:
+    model.threshold = DLIB_THRESHOLD
+    model.cam_layer = DLIB_CAM_LAYER
+    return model
 
 
 def conv_layer_names(model: nn.Module) -> list[str]:

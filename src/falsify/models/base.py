@@ -40,6 +40,12 @@ class FaceEmbedder(nn.Module):
         are BGR). Inputs are always RGB; the embedder flips channels for BGR backbones.
     name:
         A human-readable model name, used in reports and result stores.
+    threshold:
+        The model's decision threshold on cosine similarity (same identity when cos >= it), if
+        known; methods that need the decision (e.g. biometric-gradcam) use it by default.
+    cam_layer:
+        The layer CAM methods use by default, when the model knows a better one than the last
+        ``nn.Conv2d`` (see ``docs/method.md``); ``None`` keeps the generic rule.
     """
 
     def __init__(
@@ -50,6 +56,8 @@ class FaceEmbedder(nn.Module):
         std: float | Sequence[float] = 1.0,
         channel_order: str = "RGB",
         name: str = "custom",
+        threshold: float | None = None,
+        cam_layer: str | None = None,
     ) -> None:
         super().__init__()
         if channel_order not in ("RGB", "BGR"):
@@ -63,6 +71,8 @@ class FaceEmbedder(nn.Module):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.channel_order = channel_order
         self.name = name
+        self.threshold = threshold
+        self.cam_layer = cam_layer
         self.register_buffer("mean", torch.tensor(_triple(mean, "mean")).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std_t).view(1, 3, 1, 1), persistent=False)
         self.eval()
