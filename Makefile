@@ -12,12 +12,12 @@ DATA_FLAG = $(if $(DATA),--data $(DATA),)
 .PHONY: run test venv clean
 venv: $(VENV)/.installed
 
+# torch is pinned in every pip call that may resolve it (a bare install pulls CUDA wheels).
+# onnx2torch declares torchvision, which breaks beside the CPU torch build; falsify only
+# needs its Conv/Gemm/... converters, so it is installed without dependencies.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	# torch is pinned in every pip call that may resolve it (a bare install pulls CUDA wheels)
 	$(PIP) install -q torch==2.13.0 -e '.[test]'
-	# onnx2torch declares torchvision, which breaks beside the CPU torch build; falsify only
-	# needs its Conv/Gemm/... converters, so it is installed without dependencies.
 	$(PIP) install -q --no-deps onnx2torch==1.5.15
 	touch $@
 
