@@ -128,6 +128,43 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiments import RunConfig, Runner
+
+    overrides = {
+        "experiment": args.experiment, "data": args.data, "pairs": args.pairs, "model": args.model,
+        "methods": _methods(args.methods) if args.methods else None, "n_pairs": args.n_pairs,
+        "K": args.K, "seed": args.seed, "out": args.out, "fill": args.fill,
+        "granularity": args.granularity, "q": args.q, "tau_high": args.tau_high,
+        "tau_low": args.tau_low, "epsilon": args.epsilon, "batch_pairs": args.batch_pairs,
+        "device": args.device, "method_options": _parse_options(args.option) or None,
+    }
+    if args.config:
+        config = RunConfig.from_toml(args.config, **overrides)
+    else:
+        config = RunConfig(**{k: v for k, v in overrides.items() if v is not None})
+    runner = Runner(config, progress=not args.quiet)
+    summary = runner.run()
+    print(_run_table(summary))
+    print(f"results: {runner.out}/results.sqlite\nreport:  {runner.out}/report.html")
+    return 0
+
+
+def _run_table(summary: dict) -> str:
+    def pct(x):
+        return "  n/a" if x is None else f"{100 * x:5.1f}"
+
+    lines = [f"experiment {summary['experiment']} on {summary['data']['n_pairs']} pairs, model {summary['model']}",
+             f"{'method':18s} {'pass':>5s} {'fals':>5s} {'untest':>6s} {'err':>4s}   FR%  [95% CI]      d_high  d_low  s/pair"]
+    for m in summary["methods"]:
+        dh = "  n/a" if m["mean_d_high"] is None else f"{m['mean_d_high']:.3f}"
+        dl = "  n/a" if m["mean_d_low"] is None else f"{m['mean_d_low']:.3f}"
+        sp = "" if m["seconds_per_pair"] is None else f"{m['seconds_per_pair']:.2f}"
+        lines.append(f"{m['method']:18s} {m['n_passed']:5d} {m['n_falsified']:5d} {m['n_untestable']:6d} "
+                     f"{m['n_error']:4d}  {pct(m['fr'])} [{pct(m['ci_low'])},{pct(m['ci_high'])}]   {dh}  {dl}  {sp}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="falsify",
@@ -174,6 +211,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-maps", metavar="NPZ", help="write maps and raw attributions to an .npz")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_explain)
+
+    from .falsification.command import add_test_command
+
+    add_test_command(sub)
+
+    p = sub.add_parser(
+        "run",
+        help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin)",
+        description="Runs every (method, pair) falsification test into OUT/results.sqlite, one row "
+        "committed as each is computed: running the same command again resumes, and an interrupted "
+        "run loses at most the rows in flight. Then writes OUT/summary.json, OUT/tables/*.tex, "
+        "OUT/figures/*.png|pdf and OUT/report.html. 6.2 reads the same rows as 6.1 (computing any "
+        "missing) and adds the analysis by margin. Thresholds tau_high, tau_low, epsilon are "
+        "calibrated on the model's genuine/impostor angles unless all three are given.",
+    )
+    p.add_argument("experiment", nargs="?", default=None, choices=["6.1", "6.2"], help="default 6.1")
+    _add_data_args(p)
+    p.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="face model (default dlib-resnet)")
+    p.add_argument("--methods", help="comma-separated methods, or 'all' (default)")
+    p.add_argument("--n-pairs", type=int, help="seeded balanced sample of N pairs (default 200)")
+    p.add_argument("-K", "--counterfactuals", dest="K", type=int,
+                   help="counterfactuals per region for stochastic fills (default 16; deterministic fills use 1)")
+    p.add_argument("--seed", type=int, help="seed for the pair sample, ties and fills (default 0)")
+    p.add_argument("--out", help="run directory (default runs/<experiment>-<timestamp>, or the newest "
+                   "one made with the same settings, which is resumed)")
+    p.add_argument("--config", metavar="FILE", help="TOML file with the same keys (flags override it)")
+    p.add_argument("--fill", help="counterfactual fill: blur (default), mean, zero, noise, optimised")
+    p.add_argument("--granularity", help="regions: grid (default, 14x14), pixel, superpixel")
+    p.add_argument("--q", type=float, help="fraction of features in S_high and in S_low (default 0.2)")
+    p.add_argument("--tau-high", type=float, help="radians; with --tau-low and --epsilon skips calibration")
+    p.add_argument("--tau-low", type=float, help="radians")
+    p.add_argument("--epsilon", type=float, help="radians")
+    p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
+                   help="a method option, e.g. ig.steps=128 (repeatable)")
+    p.add_argument("--batch-pairs", type=int, help="pairs explained together (default 8)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
     return parser
 
 
