@@ -8,6 +8,9 @@ PIP     = $(VENV)/bin/pip
 # scikit-learn's LFW download/cache (needs a network the first time).
 DATA   ?= $(wildcard ../shared/data/lfw-sample)
 DATA_FLAG = $(if $(DATA),--data $(DATA),)
+# The main job: Experiment 6.1 on a small seeded sample; N_PAIRS=200 is the full experiment.
+N_PAIRS ?= 20
+OUT    ?= runs/6.1-make-n$(N_PAIRS)
 
 .PHONY: run test venv clean
 venv: $(VENV)/.installed
@@ -22,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 run: venv
-	$(VENV)/bin/falsify verify $(DATA_FLAG)
+	$(VENV)/bin/falsify run 6.1 $(DATA_FLAG) --n-pairs $(N_PAIRS) --out $(OUT)
 
 test: venv
 	$(VENV)/bin/python -m pytest -q

@@ -1,0 +1,207 @@
+"""Summaries of experiments 6.1 and 6.2 from the results store, and writing the outputs.
+
+Every statistic counts **pairs**: one verdict per (method, pair), whatever K was. (The
+research code counted each of the K counterfactuals as a sample, inflating n by K and
+shrinking p-values: Experiment 6.2's aggregation bug.)
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data.pairs import PairSet
+from ..falsification import stats
+from .store import ResultsStore
+
+#: Methods every other method is compared with (when they were run).
+BASELINES = ("random", "gradcam")
+
+
+def _f(x: Any) -> float | None:
+    """A JSON-safe float: None for missing, NaN or infinite."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _mean(values: Sequence) -> float | None:
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    return float(np.mean(v)) if v else None
+
+
+def method_summary(method: str, rows: list[dict]) -> dict:
+    tested = [r for r in rows if r["verdict"] != "error"]
+    rate = stats.falsification_rate([r["verdict"] for r in tested]) if tested else None
+    testable = [r for r in tested if r["verdict"] != "untestable"]
+    ci = [None, None]
+    margins = [r["margin"] for r in testable if r["margin"] is not None]
+    if len(margins) >= 2:
+        b = stats.bootstrap_ci(margins, n=2000, seed=0)
+        ci = [_f(b.ci_low), _f(b.ci_high)]
+    return {
+        "method": method,
+        "n": len(rows),
+        "n_passed": rate.n_passed if rate else 0,
+        "n_falsified": rate.n_falsified if rate else 0,
+        "n_untestable": rate.n_untestable if rate else 0,
+        "n_error": len(rows) - len(tested),
+        "fr": _f(rate.rate) if rate else None,
+        "ci_low": _f(rate.ci_low) if rate else None,
+        "ci_high": _f(rate.ci_high) if rate else None,
+        "mean_d_high": _mean([r["d_high"] for r in testable]),
+        "mean_d_low": _mean([r["d_low"] for r in testable]),
+        "mean_margin": _mean(margins),
+        "margin_ci": ci,
+        "mean_d_prime": _mean([r["d_prime"] for r in testable]),
+        "seconds_per_pair": _mean([r["seconds"] for r in tested]),
+    }
+
+
+def comparisons(by_method: dict[str, dict[str, str]]) -> list[dict]:
+    """McNemar's exact test of every method against each baseline run, on the pairs both
+    tested (errors dropped; the test itself leaves out pairs untestable for either), Holm-
+    corrected over all the comparisons made."""
+    out, seen = [], set()
+    for base in BASELINES:
+        if base not in by_method:
+            continue
+        for method, verdicts in by_method.items():
+            if method == base or frozenset((method, base)) in seen:
+                continue
+            seen.add(frozenset((method, base)))
+            common = sorted(set(verdicts) & set(by_method[base]))
+            if not common:
+                continue
+            c = stats.mcnemar_paired([verdicts[p] for p in common], [by_method[base][p] for p in common],
+                                     name_a=method, name_b=base)
+            (a_f_b_f, a_f_b_p), (a_p_b_f, a_p_b_p) = c.table
+            out.append({
+                "method": method, "against": base, "n_paired": c.n_pairs, "n_excluded": c.n_excluded,
+                "n10": int(a_f_b_p), "n01": int(a_p_b_f), "fr": _f(c.rate_a), "fr_against": _f(c.rate_b),
+                "p": _f(c.pvalue), "cohens_h": _f(c.cohens_h),
+            })
+    valid = [i for i, c in enumerate(out) if c["p"] is not None]
+    if valid:
+        h = stats.holm([out[i]["p"] for i in valid])
+        for i, p_adj, rej in zip(valid, h.pvalues_adjusted, h.reject):
+            out[i]["p_holm"], out[i]["significant"] = _f(p_adj), bool(rej)
+    for c in out:
+        c.setdefault("p_holm", None)
+        c.setdefault("significant", False)
+    return out
+
+
+def margin_analysis(rows_by_method: dict[str, list[dict]], threshold: float) -> dict:
+    """Experiment 6.2: FR by quartile of the verification margin (cos - threshold), and the
+    Spearman correlation of margin with the per-pair verdict (falsified = 1, passed = 0)."""
+    from scipy.stats import spearmanr
+
+    margin_of = {}
+    for rows in rows_by_method.values():
+        for r in rows:
+            if r["cosine"] is not None:
+                margin_of[r["pair"]] = r["cosine"] - threshold
+    if len(margin_of) < 4:
+        raise ValueError(f"experiment 6.2 needs at least 4 pairs with a similarity, got {len(margin_of)}")
+    values = np.array(sorted(margin_of.values()))
+    edges = np.quantile(values, [0, 0.25, 0.5, 0.75, 1.0])
+
+    def quartile(m: float) -> int:
+        return int(min(3, np.searchsorted(edges[1:-1], m, side="right"))) + 1
+
+    strata, corr = [], []
+    for method, rows in rows_by_method.items():
+        tested = [r for r in rows if r["verdict"] != "error" and r["pair"] in margin_of]
+        for q in range(1, 5):
+            inq = [r["verdict"] for r in tested if quartile(margin_of[r["pair"]]) == q]
+            rate = stats.falsification_rate(inq) if inq else None
+            strata.append({
+                "method": method, "quartile": q, "margin_low": _f(edges[q - 1]), "margin_high": _f(edges[q]),
+                "n_pairs": len(inq), "n_passed": rate.n_passed if rate else 0,
+                "n_falsified": rate.n_falsified if rate else 0, "n_untestable": rate.n_untestable if rate else 0,
+                "fr": _f(rate.rate) if rate else None, "ci_low": _f(rate.ci_low) if rate else None,
+                "ci_high": _f(rate.ci_high) if rate else None,
+            })
+        testable = [r for r in tested if r["verdict"] in ("passed", "falsified")]
+        x = [margin_of[r["pair"]] for r in testable]
+        y = [1.0 if r["verdict"] == "falsified" else 0.0 for r in testable]
+        rho = p = None
+        if len(testable) >= 3 and np.ptp(y) > 0 and np.ptp(x) > 0:
+            res = spearmanr(x, y)
+            rho, p = _f(res.statistic), _f(res.pvalue)
+        corr.append({"method": method, "n": len(testable), "spearman_rho": rho, "p": p})
+    return {
+        "threshold_cos": _f(threshold),
+        "quartile_edges": [_f(e) for e in edges],
+        "strata": strata,
+        "correlation": corr,
+        "unit": "pair",
+    }
+
+
+def summarise(store: ResultsStore, config, pairs: PairSet, model_name: str, threshold: float | None,
+              elapsed_s: float | None = None, started: str | None = None) -> dict:
+    """The summary dict of a run (the schema of OUT/summary.json)."""
+    ids = {p.id for p in pairs}
+    rows = [r for r in store.rows("6.1", model_name, config.methods) if r["pair"] in ids]
+    by_method = {m: [r for r in rows if r["method"] == m] for m in config.methods}
+    runs = store.runs()
+    summary: dict[str, Any] = {
+        "experiment": config.experiment,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "started": started,
+        "model": model_name,
+        "config": config.to_dict(),
+        "falsification": store.get_meta("falsification_config"),
+        "calibration": store.get_meta("calibration"),
+        "environment": runs[-1]["environment"] if runs else {},
+        "data": {
+            "source": pairs.source, "n_pairs": len(pairs), "n_genuine": pairs.n_genuine,
+            "n_impostor": pairs.n_impostor, "n_skipped": len(pairs.skipped),
+            "skipped_examples": [f"{s.where}: {s.reason}" for s in pairs.skipped[:5]],
+        },
+        "n_rows": len(rows),
+        "n_errors": sum(r["verdict"] == "error" for r in rows),
+        "errors": [{"method": r["method"], "pair": r["pair"], "error": r["error"]} for r in rows
+                   if r["verdict"] == "error"][:50],
+        "elapsed_s": _f(elapsed_s),
+        "methods": [method_summary(m, by_method[m]) for m in config.methods],
+        "comparisons": comparisons({m: {r["pair"]: r["verdict"] for r in rs if r["verdict"] != "error"}
+                                    for m, rs in by_method.items()}),
+    }
+    if config.experiment == "6.2":
+        if threshold is None:
+            raise ValueError("experiment 6.2 needs the model's decision threshold: run with calibration "
+                             "(leave tau_high/tau_low/epsilon unset) or use a model with a threshold")
+        summary["experiment_6_2"] = margin_analysis(by_method, threshold)
+    return summary
+
+
+def write_outputs(out: Path, summary: dict, explanations=None) -> list[Path]:
+    """summary.json, tables, figures and report.html in ``out``."""
+    from ..report.figures import write_figures
+    from ..report.html import write_report
+    from ..report.tables import write_tables
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=False))
+    tmp.replace(path)
+    written = [path]
+    written += write_tables(summary, out)
+    pair_labels = None
+    expl = None
+    if explanations:
+        expl = [e for _, e in explanations]
+        pair_labels = [f"{'genuine' if p.same else 'impostor'}, cos {e.cosine:.3f}" for p, e in explanations]
+    written += write_figures(summary, out, explanations=expl, pair_labels=pair_labels)
+    written.append(write_report(out))
+    return written

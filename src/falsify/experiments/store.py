@@ -1,0 +1,180 @@
+"""The results store: one SQLite file per run directory, safe to kill at any moment.
+
+``results`` holds one row per (experiment, model, method, pair), written and committed as
+soon as it is computed. The UNIQUE key makes a resumed run skip what is there and makes a
+duplicate impossible; WAL journaling means a process killed mid-write (SIGKILL included)
+leaves the last committed state intact.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    started     TEXT NOT NULL,
+    experiment  TEXT NOT NULL,
+    config      TEXT NOT NULL,   -- JSON: the settings that decide the results
+    environment TEXT NOT NULL    -- JSON: versions, seed, machine
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL          -- JSON
+);
+CREATE TABLE IF NOT EXISTS results (
+    experiment  TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    pair        TEXT NOT NULL,   -- Pair.id: 'Name/Name_0001.jpg|Other/Other_0002.jpg'
+    pair_index  INTEGER NOT NULL,
+    same        INTEGER NOT NULL,
+    fold        INTEGER NOT NULL,
+    cosine      REAL,
+    angle       REAL,
+    verdict     TEXT NOT NULL,   -- passed | falsified | untestable | error
+    failed      TEXT,            -- JSON list of the conditions that failed (or the reason)
+    d_high      REAL,
+    d_low       REAL,
+    sd_high     REAL,
+    sd_low      REAL,
+    margin      REAL,
+    d_prime     REAL,
+    n_high      INTEGER,
+    n_low       INTEGER,
+    k           INTEGER,
+    tau_high    REAL,
+    tau_low     REAL,
+    epsilon     REAL,
+    seconds     REAL,            -- attribution + test time for this pair's share of its batch
+    error       TEXT,
+    detail      TEXT,            -- JSON: the full FalsificationResult
+    created     TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    UNIQUE (experiment, model, method, pair)
+);
+"""
+
+COLUMNS = (
+    "experiment", "model", "method", "pair", "pair_index", "same", "fold", "cosine", "angle",
+    "verdict", "failed", "d_high", "d_low", "sd_high", "sd_low", "margin", "d_prime", "n_high",
+    "n_low", "k", "tau_high", "tau_low", "epsilon", "seconds", "error", "detail",
+)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class ResultsStore:
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=30)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(SCHEMA)
+            self.conn.commit()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(
+                f"{self.path} is not a falsify results store ({exc}); choose another --out"
+            ) from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- meta and runs ----------------------------------------------------------------------
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value, default=str)),
+            )
+
+    def add_run(self, started: str, experiment: str, config: dict, environment: dict) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO runs(started, experiment, config, environment) VALUES(?, ?, ?, ?)",
+                (started, experiment, json.dumps(config, default=str), json.dumps(environment, default=str)),
+            )
+
+    def runs(self) -> list[dict]:
+        cur = self.conn.execute("SELECT started, experiment, config, environment FROM runs ORDER BY id")
+        return [
+            {"started": s, "experiment": e, "config": json.loads(c), "environment": json.loads(env)}
+            for s, e, c, env in cur
+        ]
+
+    # -- results ----------------------------------------------------------------------------
+    def done(self, experiment: str, model: str) -> set[tuple[str, str]]:
+        """{(method, pair)} already stored (errors included: they are not retried silently)."""
+        cur = self.conn.execute(
+            "SELECT method, pair FROM results WHERE experiment = ? AND model = ?", (experiment, model)
+        )
+        return {(m, p) for m, p in cur}
+
+    def add_rows(self, rows: Iterable[dict]) -> int:
+        """Insert rows (dicts with COLUMNS keys) in one transaction; existing keys are kept."""
+        values = []
+        for row in rows:
+            r = dict(row)
+            for key in ("failed", "detail"):
+                if r.get(key) is not None and not isinstance(r[key], str):
+                    r[key] = json.dumps(r[key], default=_json_default)
+            values.append(tuple(_clean(r.get(c)) for c in COLUMNS))
+        with self.conn:
+            cur = self.conn.executemany(
+                f"INSERT OR IGNORE INTO results({', '.join(COLUMNS)}) VALUES({', '.join('?' * len(COLUMNS))})",
+                values,
+            )
+        return cur.rowcount
+
+    def rows(self, experiment: str, model: str, methods: Sequence[str] | None = None) -> list[dict]:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM results WHERE experiment = ? AND model = ?"
+        args: list[Any] = [experiment, model]
+        if methods:
+            sql += f" AND method IN ({', '.join('?' * len(methods))})"
+            args += list(methods)
+        sql += " ORDER BY method, pair_index, pair"
+        out = []
+        for values in self.conn.execute(sql, args):
+            row = dict(zip(COLUMNS, values))
+            row["failed"] = json.loads(row["failed"]) if row["failed"] else []
+            row["same"] = bool(row["same"])
+            out.append(row)
+        return out
+
+    def delete_errors(self, experiment: str, model: str) -> int:
+        """Remove error rows so that a run retries them (``falsify run --retry-errors``)."""
+        with self.conn:
+            cur = self.conn.execute(
+                "DELETE FROM results WHERE experiment = ? AND model = ? AND verdict = 'error'", (experiment, model)
+            )
+        return cur.rowcount
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
