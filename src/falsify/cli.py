@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_test_command(sub)
 
+    from .report.html import add_report_command
+
+    add_report_command(sub)
+
     p = sub.add_parser(
         "run",
         help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin)",

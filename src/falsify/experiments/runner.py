@@ -235,8 +235,10 @@ class Runner:
                 self.log("all rows are already in the store; writing the summary")
             else:
                 self.log(f"{n_todo} of {len(pairs) * len(c.methods)} (method, pair) rows to compute")
+                # every image of the sample, not only the pending ones: batch composition then
+                # never depends on where an earlier run stopped, so resumed rows equal fresh ones
                 emb, failed = embed_paths(
-                    model, [q for p in todo_pairs for q in (p.a, p.b)], c.batch_size, progress=False
+                    model, [q for p in pairs for q in (p.a, p.b)], c.batch_size, progress=False
                 )
                 explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods}
                 bar = tqdm(total=n_todo, desc=f"experiment {ROWS_OF}", unit="test", disable=not self.progress)

@@ -1,0 +1,495 @@
+"""Result tables of experiments 6.1 and 6.2, from ``summary.json``.
+
+The cells are built once, as plain text (:func:`table_6_1_cells`, :func:`table_6_2_cells`), and
+rendered as LaTeX here (booktabs; :func:`table_6_1_tex`, :func:`table_6_2_tex`) and as HTML by
+:mod:`falsify.report.html`, so both show the same numbers. A cell of ``None`` means "not
+applicable / not available" and is written ``--`` in LaTeX.
+
+Every key of the summary may be absent or null (NaN is written as null): such cells are n/a.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+#: Methods every other method is compared against in table 6.1 (McNemar, Holm-adjusted p).
+REFERENCE_METHODS: tuple[str, ...] = ("random", "gradcam")
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
+
+
+def latex_escape(text: Any) -> str:
+    """``text`` as LaTeX text: the ten special characters and ``<``/``>`` escaped."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+# ---------------------------------------------------------------------------------------------
+# number formatting (None for anything missing or non-finite)
+
+
+def as_float(x: Any) -> float | None:
+    """A finite float, or None (for None, NaN, inf, and anything that is not a number)."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def as_int(x: Any) -> int | None:
+    f = as_float(x)
+    return None if f is None else int(round(f))
+
+
+def fmt_num(x: Any, digits: int = 3) -> str | None:
+    f = as_float(x)
+    return None if f is None else f"{f:.{digits}f}"
+
+
+def fmt_int(x: Any) -> str | None:
+    i = as_int(x)
+    return None if i is None else str(i)
+
+
+def fmt_pct(x: Any, digits: int = 1) -> str | None:
+    """A proportion in [0,1] as a percentage without the sign: 0.2105 -> '21.1'."""
+    f = as_float(x)
+    return None if f is None else f"{100.0 * f:.{digits}f}"
+
+
+def fmt_rate_ci(rate: Any, low: Any, high: Any) -> str | None:
+    """'21.1 [11.0, 36.0]' (percent); the CI is left out when it is missing; None without a rate."""
+    r = fmt_pct(rate)
+    if r is None:
+        return None
+    lo, hi = fmt_pct(low), fmt_pct(high)
+    return r if lo is None or hi is None else f"{r} [{lo}, {hi}]"
+
+
+def fmt_p(p: Any) -> str | None:
+    """A p-value: '<0.001', three decimals below 0.1, two above (e.g. '0.035', '0.42', '1.00')."""
+    f = as_float(p)
+    if f is None:
+        return None
+    if f < 0.001:
+        return "<0.001"
+    if f < 0.1:
+        return f"{f:.3f}"
+    return f"{min(f, 1.0):.2f}"
+
+
+def wilson_ci(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float] | None:
+    """Wilson score interval of k successes in n trials (95% by default); None when n == 0."""
+    if n <= 0:
+        return None
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ---------------------------------------------------------------------------------------------
+# summary access
+
+
+def method_rows(summary: Mapping) -> list[dict]:
+    """The summary's per-method rows (``summary["methods"]``), skipping anything malformed."""
+    rows = summary.get("methods") or []
+    return [r for r in rows if isinstance(r, Mapping) and r.get("method") is not None]
+
+
+def rate_of(row: Mapping) -> tuple[float | None, float | None, float | None]:
+    """(fr, ci_low, ci_high) of a method or stratum row; computed from the counts where absent."""
+    fr, lo, hi = as_float(row.get("fr")), as_float(row.get("ci_low")), as_float(row.get("ci_high"))
+    n_p, n_f = as_int(row.get("n_passed")), as_int(row.get("n_falsified"))
+    if fr is None and "fr" not in row and n_p is not None and n_f is not None and n_p + n_f > 0:
+        fr = n_f / (n_p + n_f)
+    if fr is not None and (lo is None or hi is None) and n_p is not None and n_f is not None:
+        ci = wilson_ci(n_f, n_p + n_f)
+        if ci is not None:
+            lo, hi = ci
+    return fr, lo, hi
+
+
+def n_testable(row: Mapping) -> int | None:
+    n_p, n_f = as_int(row.get("n_passed")), as_int(row.get("n_falsified"))
+    return None if n_p is None or n_f is None else n_p + n_f
+
+
+def find_comparison(summary: Mapping, method: str, against: str) -> Mapping | None:
+    """The comparison of ``method`` with ``against`` (either order: McNemar's test is symmetric)."""
+    for c in summary.get("comparisons") or []:
+        if not isinstance(c, Mapping):
+            continue
+        if (c.get("method"), c.get("against")) in ((method, against), (against, method)):
+            return c
+    return None
+
+
+def comparison_cell(summary: Mapping, method: str, against: str) -> str | None:
+    """Holm-adjusted McNemar p of method vs against, '*' appended when significant; None if n/a."""
+    if method == against:
+        return None
+    c = find_comparison(summary, method, against)
+    if c is None:
+        return None
+    p = fmt_p(c.get("p_holm"))
+    if p is None:
+        return None
+    return p + ("*" if c.get("significant") is True else "")
+
+
+def _has_errors(rows: Sequence[Mapping]) -> bool:
+    return any((as_int(r.get("n_error")) or 0) > 0 for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# table 6.1
+
+
+def table_6_1_cells(summary: Mapping) -> tuple[list[str], list[list[str | None]]]:
+    """Plain-text header and cells of table 6.1: one row per method, in the summary's order.
+
+    Columns: method, passed, falsified, untestable, (errors, only when some method had one),
+    FR % [95% CI], mean d_high, mean d_low (radians), mean d', and the Holm-adjusted McNemar p
+    against each of :data:`REFERENCE_METHODS` (``*``: significant).
+    """
+    rows = method_rows(summary)
+    errors = _has_errors(rows)
+    header = ["Method", "Passed", "Falsified", "Untestable"]
+    if errors:
+        header.append("Errors")
+    header += ["FR % [95% CI]", "d_high", "d_low", "d'"]
+    header += [f"p vs {ref}" for ref in REFERENCE_METHODS]
+    cells: list[list[str | None]] = []
+    for r in rows:
+        m = str(r["method"])
+        fr, lo, hi = rate_of(r)
+        line: list[str | None] = [m, fmt_int(r.get("n_passed")), fmt_int(r.get("n_falsified")), fmt_int(r.get("n_untestable"))]
+        if errors:
+            line.append(fmt_int(r.get("n_error")))
+        line += [
+            fmt_rate_ci(fr, lo, hi),
+            fmt_num(r.get("mean_d_high"), 3),
+            fmt_num(r.get("mean_d_low"), 3),
+            fmt_num(r.get("mean_d_prime"), 2),
+        ]
+        line += [comparison_cell(summary, m, ref) for ref in REFERENCE_METHODS]
+        cells.append(line)
+    return header, cells
+
+
+def _config(summary: Mapping) -> Mapping:
+    c = summary.get("config")
+    return c if isinstance(c, Mapping) else {}
+
+
+def n_pairs_of(summary: Mapping) -> int | None:
+    data = summary.get("data") if isinstance(summary.get("data"), Mapping) else {}
+    for v in (data.get("n_pairs"), _config(summary).get("n_pairs")):
+        if as_int(v) is not None:
+            return as_int(v)
+    return None
+
+
+def run_description(summary: Mapping) -> str:
+    """'40 pairs, model dlib-resnet, K = 8, fill blur' from whatever the summary holds."""
+    cfg = _config(summary)
+    parts = []
+    n = n_pairs_of(summary)
+    if n is not None:
+        parts.append(f"{n} pairs")
+    model = summary.get("model") or cfg.get("model")
+    if model:
+        parts.append(f"model {model}")
+    if cfg.get("K") is not None:
+        parts.append(f"K = {cfg['K']}")
+    if cfg.get("fill"):
+        parts.append(f"fill {cfg['fill']}")
+    return ", ".join(str(p) for p in parts)
+
+
+#: LaTeX header of table 6.1: (line 1, line 2) per plain header; the verdict counts sit under a
+#: "Pairs" heading spanning them, so their own labels can be short.
+_HEADER_6_1_TEX = {
+    "Method": ("", "Method"),
+    "Passed": (None, "pass"),
+    "Falsified": (None, "fals."),
+    "Untestable": (None, "untest."),
+    "Errors": (None, "error"),
+    "FR % [95% CI]": (r"FR \%", r"[95\% CI]"),
+    "d_high": ("", r"$\bar d_{\mathrm{high}}$"),
+    "d_low": ("", r"$\bar d_{\mathrm{low}}$"),
+    "d'": ("", r"$\bar d'$"),
+}
+
+_MINUS = re.compile(r"(?<![\w.])-(?=\d)")
+
+
+def _tex_num(text: Any) -> str:
+    """A cell as LaTeX: escaped, with a real minus sign before numbers (``-0.21`` -> ``$-$0.21``)."""
+    return _MINUS.sub("$-$", latex_escape(text))
+
+
+def _tex_cell(cell: str | None) -> str:
+    return "--" if cell is None else _tex_num(cell)
+
+
+def _tex_header_6_1(header: Sequence[str]) -> list[str]:
+    """Two header lines and the rule under the "Pairs" heading."""
+    first: list[str] = []
+    second: list[str] = []
+    counts = [i for i, h in enumerate(header) if _HEADER_6_1_TEX.get(h, ("", ""))[0] is None]
+    for i, h in enumerate(header):
+        if h in _HEADER_6_1_TEX:
+            a, b = _HEADER_6_1_TEX[h]
+        elif h.startswith("p vs "):
+            a, b = r"$p$ vs", latex_escape(h[5:])
+        else:
+            a, b = "", latex_escape(h)
+        if a is None:
+            if i == counts[0]:
+                first.append(rf"\multicolumn{{{len(counts)}}}{{c}}{{Pairs}}")
+        else:
+            first.append(a)
+        second.append(b)
+    lines = [" & ".join(first) + r" \\"]
+    if counts:
+        lines.append(rf"\cmidrule(lr){{{counts[0] + 1}-{counts[-1] + 1}}}")
+    lines.append(" & ".join(second) + r" \\")
+    return lines
+
+
+def table_6_1_tex(summary: Mapping) -> str:
+    """Table 6.1 as a LaTeX ``table`` (needs ``booktabs`` and ``graphicx``); label ``tab:exp-6-1``."""
+    header, cells = table_6_1_cells(summary)
+    desc = run_description(summary)
+    err = ", error: the method failed" if "Errors" in header else ""
+    caption = (
+        "Experiment 6.1: falsification rate (FR) of each attribution method"
+        + (f" ({latex_escape(desc)})" if desc else "")
+        + r". Pairs whose map passed the test, was falsified, was untestable"
+        + err
+        + r". FR = falsified / (passed + falsified), untestable maps excluded, with a Wilson 95\% CI."
+        r" $\bar d_{\mathrm{high}}$, $\bar d_{\mathrm{low}}$: mean geodesic embedding shift (radians)"
+        r" when hiding the highest / lowest ranked features; $\bar d'$: mean separation."
+        r" $p$: exact McNemar test on the pairs where both methods are testable, Holm-adjusted"
+        r" (* significant at $\alpha = 0.05$); -- not applicable."
+    )
+    rows = [" & ".join(_tex_cell(c) for c in line) + r" \\" for line in cells]
+    if not rows:
+        rows = [rf"\multicolumn{{{len(header)}}}{{c}}{{no methods}} \\"]
+    return _tex_table(caption, "tab:exp-6-1", "l" + "r" * (len(header) - 1), _tex_header_6_1(header), rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# table 6.2
+
+
+def exp_6_2(summary: Mapping) -> Mapping | None:
+    """The 6.2 section of the summary, or None when 6.2 was not run (or has no strata)."""
+    s = summary.get("experiment_6_2")
+    if not isinstance(s, Mapping) or not s.get("strata"):
+        return None
+    return s
+
+
+def quartiles_of(section: Mapping) -> list[tuple[int, float | None, float | None]]:
+    """[(quartile, margin_low, margin_high)] in order, from the edges or the strata."""
+    strata = [s for s in section.get("strata") or [] if isinstance(s, Mapping)]
+    qs = sorted({as_int(s.get("quartile")) for s in strata if as_int(s.get("quartile")) is not None})
+    edges = [as_float(e) for e in section.get("quartile_edges") or []]
+    if not qs and len(edges) >= 2:
+        qs = list(range(1, len(edges)))
+    out = []
+    for q in qs:
+        lo = hi = None
+        if len(edges) > q:
+            lo, hi = edges[q - 1], edges[q]
+        for s in strata:
+            if as_int(s.get("quartile")) == q:
+                lo = as_float(s.get("margin_low")) if lo is None else lo
+                hi = as_float(s.get("margin_high")) if hi is None else hi
+        out.append((q, lo, hi))
+    return out
+
+
+def methods_6_2(summary: Mapping, section: Mapping) -> list[str]:
+    """Methods of 6.2, in the order of ``summary["methods"]`` then first appearance."""
+    seen = [str(r["method"]) for r in method_rows(summary)]
+    names = []
+    for s in list(section.get("strata") or []) + list(section.get("correlation") or []):
+        if isinstance(s, Mapping) and s.get("method") is not None and str(s["method"]) not in names:
+            names.append(str(s["method"]))
+    return [m for m in seen if m in names] + [m for m in names if m not in seen]
+
+
+def stratum(section: Mapping, method: str, quartile: int) -> Mapping | None:
+    for s in section.get("strata") or []:
+        if isinstance(s, Mapping) and str(s.get("method")) == method and as_int(s.get("quartile")) == quartile:
+            return s
+    return None
+
+
+def correlation_of(section: Mapping, method: str) -> Mapping | None:
+    for c in section.get("correlation") or []:
+        if isinstance(c, Mapping) and str(c.get("method")) == method:
+            return c
+    return None
+
+
+def margin_range(lo: float | None, hi: float | None) -> str:
+    f = lambda x: "?" if x is None else f"{x:+.2f}"  # noqa: E731
+    return f"[{f(lo)}, {f(hi)}]"
+
+
+def table_6_2_cells(summary: Mapping) -> tuple[list[str], list[str], list[list]] | None:
+    """Header, sub-header (margin range of each quartile) and cells of table 6.2; None without 6.2.
+
+    One row per method; one column per margin quartile, and a last column with Spearman's rho between
+    margin and falsification. Quartile and rho cells are tuples of lines (``("60.0 (n=10)",
+    "[31.3, 83.2]")``: FR % with the number of testable units, then the Wilson 95% CI; ``("-0.21",
+    "p=0.20")``), the method cell a string; None where there is nothing.
+    """
+    section = exp_6_2(summary)
+    if section is None:
+        return None
+    quarts = quartiles_of(section)
+    header = ["Method"] + [f"Q{q}" for q, _, _ in quarts] + ["Spearman rho"]
+    sub = [""] + [margin_range(lo, hi) for _, lo, hi in quarts] + ["(p)"]
+    cells: list[list] = []
+    for m in methods_6_2(summary, section):
+        line: list = [m]
+        for q, _, _ in quarts:
+            s = stratum(section, m, q)
+            if s is None:
+                line.append(None)
+                continue
+            fr, lo, hi = rate_of(s)
+            n = n_testable(s)
+            n_text = "" if n is None else f" (n={n})"
+            if fr is None:
+                line.append(None if n is None else ("n/a" + n_text,))
+                continue
+            ci = fmt_rate_ci(None if lo is None or hi is None else 0.0, lo, hi)
+            first = fmt_pct(fr) + n_text
+            line.append((first, ci[ci.index("["):]) if ci and "[" in ci else (first,))
+        c = correlation_of(section, m)
+        rho = fmt_num(c.get("spearman_rho"), 2) if c else None
+        if rho is not None:
+            p = fmt_p(c.get("p"))
+            line.append((rho, "p" + ("" if p.startswith("<") else "=") + p) if p else (rho,))
+        else:
+            line.append(None)
+        cells.append(line)
+    return header, sub, cells
+
+
+def _tex_lines(cell, align: str = "r") -> str:
+    """A cell of one or more lines; several lines become a nested top-aligned tabular."""
+    if cell is None:
+        return "--"
+    if isinstance(cell, str):
+        return _tex_num(cell)
+    if len(cell) == 1:
+        return _tex_num(cell[0])
+    # "\\{}" so that a line starting with "[" is not read as the optional argument of "\\"
+    inner = r"\\{}".join(_tex_num(x) for x in cell)
+    return rf"\begin{{tabular}}[t]{{@{{}}{align}@{{}}}}{inner}\end{{tabular}}"
+
+
+def table_6_2_tex(summary: Mapping) -> str | None:
+    """Table 6.2 as a LaTeX ``table`` (booktabs); label ``tab:exp-6-2``; None when 6.2 is absent."""
+    built = table_6_2_cells(summary)
+    if built is None:
+        return None
+    header, sub, cells = built
+    section = exp_6_2(summary) or {}
+    unit = section.get("unit") or "pair"
+    desc = run_description(summary)
+    caption = (
+        "Experiment 6.2: falsification rate by verification-margin quartile"
+        + (f" ({latex_escape(desc)})" if desc else "")
+        + r". Each cell: FR \% with the number $n$ of testable "
+        + latex_escape(str(unit))
+        + r"s, and below it the Wilson 95\% CI; the margin range of each quartile is given under its"
+        r" name (margin 0 is the decision threshold). Last column: Spearman's $\rho$ between margin and"
+        r" falsification, with its $p$; -- not available."
+    )
+    tex_header = ["Method"] + [latex_escape(h) for h in header[1:-1]] + [r"Spearman $\rho$"]
+    tex_sub = [_tex_num(x) for x in sub[:-1]] + [r"($p$)"]
+    n_cols = len(header)
+    rows = [" & ".join(_tex_lines(c) for c in line) + r" \\" for line in cells]
+    if not rows:
+        rows = [rf"\multicolumn{{{n_cols}}}{{c}}{{no strata}} \\"]
+    return _tex_table(
+        caption, "tab:exp-6-2", "l" + "r" * (n_cols - 1),
+        [" & ".join(tex_header) + r" \\", " & ".join(tex_sub) + r" \\"],
+        rows, size=r"\footnotesize", row_sep=r"\addlinespace[3pt]",
+    )
+
+
+def _tex_table(caption: str, label: str, align: str, header: list[str], rows: list[str],
+               size: str = r"\small", row_sep: str | None = None) -> str:
+    """A booktabs table float; the tabular is shrunk to the line width only when it is wider
+    (needs ``\\usepackage{booktabs,graphicx}``)."""
+    body = []
+    for i, r in enumerate(rows):
+        if i and row_sep:
+            body.append(row_sep)
+        body.append(r)
+    return "\n".join([
+        r"% falsify: needs \usepackage{booktabs} and \usepackage{graphicx} (for \resizebox)",
+        r"\begin{table}[t]",
+        r"\centering",
+        size,
+        r"\setlength{\tabcolsep}{3.5pt}",
+        rf"\caption{{{caption}}}",
+        rf"\label{{{label}}}",
+        r"\setbox0=\hbox{%",
+        rf"\begin{{tabular}}{{{align}}}",
+        r"\toprule",
+        *header,
+        r"\midrule",
+        *body,
+        r"\bottomrule",
+        r"\end{tabular}}%",
+        r"\leavevmode\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\box0}\else\box0\fi\par",
+        r"\end{table}",
+        "",
+    ])
+
+
+def write_tables(summary: Mapping, out_dir: str | Path) -> list[Path]:
+    """Write ``out_dir/tables/table_6_1.tex`` (and ``table_6_2.tex`` when 6.2 is in the summary)."""
+    tables = Path(out_dir) / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    written = []
+    if summary.get("methods") is not None:
+        p = tables / "table_6_1.tex"
+        p.write_text(table_6_1_tex(summary), encoding="utf-8")
+        written.append(p)
+    tex = table_6_2_tex(summary)
+    if tex is not None:
+        p = tables / "table_6_2.tex"
+        p.write_text(tex, encoding="utf-8")
+        written.append(p)
+    return written

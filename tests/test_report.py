@@ -1,0 +1,523 @@
+"""Tables, figures and the HTML report from a synthetic summary.json (no model needed).
+
+The browser test opens the report in headless Chromium; it is skipped when Chromium, chromedriver
+or selenium are missing (``tests/setup_browser.sh`` installs the first two).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from falsify.report import figures as F
+from falsify.report import html as H
+from falsify.report import tables as T
+from falsify.report.explain import PairExplanation
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+# method -> (passed, falsified, untestable, error); lime never testable, one custom name to escape
+COUNTS = {
+    "gradcam": (30, 8, 2, 0),
+    "gradcam++": (28, 10, 2, 0),
+    "biometric-gradcam": (33, 5, 2, 0),
+    "ig": (20, 18, 2, 0),
+    "occlusion": (25, 12, 3, 0),
+    "lime": (0, 0, 39, 1),
+    "my_method#1": (22, 16, 2, 0),
+    "random": (5, 33, 2, 0),
+}
+EDGES = [-0.3, -0.1, 0.02, 0.1, 0.4]
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
+    return float(lo), float(hi)
+
+
+def make_summary(with_6_2: bool = True) -> dict:
+    """A realistic summary.json: 8 methods, comparisons against random and gradcam, 6.2 strata,
+    one error, and null values where the runner writes NaN."""
+    methods = []
+    for i, (m, (p, f, u, e)) in enumerate(COUNTS.items()):
+        n = p + f
+        fr, (lo, hi) = (f / n, _wilson(f, n)) if n else (None, (None, None))
+        methods.append({
+            "method": m, "n": 40, "n_passed": p, "n_falsified": f, "n_untestable": u, "n_error": e,
+            "fr": fr, "ci_low": lo, "ci_high": hi,
+            "mean_d_high": None if not n else 0.30 + 0.02 * i, "mean_d_low": None if not n else 0.12 - 0.005 * i,
+            "mean_margin": None if not n else 0.2, "margin_ci": [0.15, 0.25] if n else [None, None],
+            "mean_d_prime": None if m in ("lime", "my_method#1") else 3.1 - 0.3 * i,
+            "seconds_per_pair": 1.9 + i,
+        })
+    comparisons = []
+    p_by = {"gradcam": 0.0004, "gradcam++": 0.002, "biometric-gradcam": 0.00001, "ig": 0.04, "occlusion": 0.003,
+            "my_method#1": 0.02}
+    for m in ("gradcam", "gradcam++", "biometric-gradcam", "ig", "occlusion", "my_method#1"):
+        comparisons.append({"method": m, "against": "random", "n_paired": 36, "n01": 2, "n10": 20,
+                            "p": p_by[m] / 3, "p_holm": p_by[m], "cohens_h": -1.1, "significant": p_by[m] < 0.05})
+    for m in ("gradcam++", "biometric-gradcam", "ig", "occlusion"):
+        comparisons.append({"method": m, "against": "gradcam", "n_paired": 36, "n01": 4, "n10": 6,
+                            "p": 0.035, "p_holm": 0.42, "cohens_h": 0.1, "significant": False})
+    # the runner could not compute this one: p is NaN -> null
+    comparisons.append({"method": "my_method#1", "against": "gradcam", "n_paired": 0, "n01": 0, "n10": 0,
+                        "p": None, "p_holm": None, "cohens_h": None, "significant": None})
+    summary = {
+        "experiment": "6.1",
+        "created": "2026-11-25T20:30:00Z",
+        "model": "dlib-resnet",
+        "config": {"data": "/data/lfw", "pairs": None, "model": "dlib-resnet", "methods": list(COUNTS),
+                   "n_pairs": 40, "K": 8, "seed": 0, "fill": "blur", "granularity": "grid", "grid": 14, "q": 0.2,
+                   "tau_high": 0.3, "tau_low": 0.1, "epsilon": 0.1, "options": {"ig": {"steps": 64}}},
+        "environment": {"falsify": "0.1.0", "python": "3.11.7", "torch": "2.13.0+cpu",
+                        "platform": "Linux-6.1-x86_64", "cpu_count": 2, "device": "cpu"},
+        "data": {"source": "/data/lfw/pairs.txt", "n_pairs": 40, "n_genuine": 20, "n_impostor": 20,
+                 "n_skipped": 118, "skipped_examples": ["pairs.txt:45: missing <b>A/A_0009.jpg</b>",
+                                                        "pairs.txt:46: unreadable B/B_0001.jpg"]},
+        "n_errors": 1,
+        "errors": [{"method": "lime", "pair": "A/A_0001.jpg|B/B_0002.jpg",
+                    "error": "RuntimeError: <boom> & 'quotes' \"double\""}],
+        "elapsed_s": 412.3,
+        "methods": methods,
+        "comparisons": comparisons,
+    }
+    if with_6_2:
+        strata, corr = [], []
+        for j, m in enumerate(COUNTS):
+            for q in range(1, 5):
+                if m == "lime":
+                    p, f, u = 0, 0, 10
+                else:
+                    f = [6, 3, 2, 1][q - 1] if m != "random" else 8
+                    p, u = 10 - f - (q == 2), int(q == 2)
+                n = p + f
+                fr, (lo, hi) = (f / n, _wilson(f, n)) if n else (None, (None, None))
+                strata.append({"method": m, "quartile": q, "margin_low": EDGES[q - 1], "margin_high": EDGES[q],
+                               "n_passed": p, "n_falsified": f, "n_untestable": u, "fr": fr,
+                               "ci_low": lo, "ci_high": hi})
+            corr.append({"method": m, "n": 38, "spearman_rho": None if m == "lime" else -0.21 - 0.01 * j,
+                         "p": None if m == "lime" else 0.2 / (j + 1)})
+        summary["experiment_6_2"] = {"quartile_edges": EDGES, "strata": strata, "correlation": corr, "unit": "pair"}
+    return summary
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def fake_explanations(n: int = 2, methods=("gradcam", "ig", "random"), size: int = 24) -> list[PairExplanation]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        e = PairExplanation(torch.rand(3, size, size, generator=g), torch.rand(3, size, size, generator=g),
+                            cosine=0.7 - 0.5 * i, angle=math.acos(0.7 - 0.5 * i))
+        for m in methods:
+            e.maps_a[m] = torch.rand(size, size, generator=g)
+            e.maps_b[m] = torch.rand(size, size, generator=g)
+        out.append(e)
+    return out
+
+
+@pytest.fixture(scope="module")
+def summary() -> dict:
+    return make_summary()
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory, summary) -> Path:
+    """A full output folder: summary.json, tables, figures (with a saliency grid) and report.html."""
+    out = tmp_path_factory.mktemp("run")
+    write_summary(out, summary)
+    T.write_tables(summary, out)
+    expl = fake_explanations()
+    F.write_figures(summary, out, explanations=expl, pair_labels=["genuine\ncos 0.700", "impostor\ncos 0.200"])
+    H.write_report(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting
+
+
+def test_formatting_helpers():
+    assert T.fmt_p(0.0004) == "<0.001"
+    assert T.fmt_p(0.035) == "0.035"
+    assert T.fmt_p(0.42) == "0.42"
+    assert T.fmt_p(1.0) == "1.00"
+    assert T.fmt_p(None) is None and T.fmt_p(float("nan")) is None
+    assert T.fmt_rate_ci(0.2105, 0.11, 0.36) == "21.1 [11.0, 36.0]"
+    assert T.fmt_rate_ci(0.5, None, 0.7) == "50.0"
+    assert T.fmt_rate_ci(None, 0.1, 0.2) is None
+    assert T.fmt_num(float("inf")) is None and T.fmt_num("x") is None and T.fmt_num(True) is None
+    assert T.latex_escape("a_b#c%d&e+f") == r"a\_b\#c\%d\&e+f"
+    assert T.latex_escape("{x}$^~\\") == r"\{x\}\$\textasciicircum{}\textasciitilde{}\textbackslash{}"
+    for k, n in ((0, 10), (3, 10), (10, 10), (8, 38)):
+        assert T.wilson_ci(k, n) == pytest.approx(_wilson(k, n), abs=1e-9)
+    assert T.wilson_ci(0, 0) is None
+    assert H.format_elapsed(412.3) == "6 min 52 s"
+    assert H.format_elapsed(12.34) == "12.3 s"
+    assert H.format_elapsed(7322) == "2 h 02 min"
+    assert H.format_elapsed(None) is None
+
+
+def test_rate_falls_back_to_counts():
+    fr, lo, hi = T.rate_of({"n_passed": 30, "n_falsified": 10})
+    assert fr == pytest.approx(0.25) and (lo, hi) == pytest.approx(_wilson(10, 40))
+    assert T.rate_of({"fr": None, "n_passed": 0, "n_falsified": 0}) == (None, None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# LaTeX tables
+
+
+def _unescaped(tex: str, ch: str) -> int:
+    return len(re.findall(r"(?<!\\)" + re.escape(ch), tex))
+
+
+def _check_structure(tex: str, n_rows: int, n_header_rows: int = 1) -> list[str]:
+    """Balanced braces and environments, booktabs rules in order; returns the body rows."""
+    stripped = tex.replace(r"\{", "").replace(r"\}", "")
+    depth = 0
+    for c in stripped:
+        depth += {"{": 1, "}": -1}.get(c, 0)
+        assert depth >= 0, "a } closes nothing"
+    assert depth == 0, "unbalanced braces"
+    stack = []
+    for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", tex):
+        if kind == "begin":
+            stack.append(env)
+        else:
+            assert stack and stack.pop() == env, f"\\end{{{env}}} closes nothing"
+    assert not stack, f"unclosed environments {stack}"
+    assert tex.count(r"\begin{table}") == 1 and len(re.findall(r"\\begin\{tabular\}\{", tex)) == 1
+    i_top, i_mid, i_bot = tex.index(r"\toprule"), tex.index(r"\midrule"), tex.index(r"\bottomrule")
+    assert i_top < i_mid < i_bot
+    assert tex.index(r"\caption") < tex.index(r"\begin{tabular}")
+    n_cols = len(re.search(r"\\begin\{tabular\}\{([lrc]+)\}", tex).group(1))
+    header = [ln for ln in tex[i_top:i_mid].splitlines() if ln.endswith(r"\\")]
+    body = [ln for ln in tex[i_mid:i_bot].splitlines() if ln.endswith(r"\\")]
+    assert len(header) == n_header_rows
+    assert len(body) == n_rows
+    for ln in header + body:
+        spans = sum(int(k) - 1 for k in re.findall(r"\\multicolumn\{(\d+)\}", ln))
+        assert _unescaped(ln, "&") + spans == n_cols - 1, ln
+        assert _unescaped(ln, "%") == 0 and _unescaped(ln, "#") == 0, ln
+    return body
+
+
+def test_table_6_1(summary):
+    tex = T.table_6_1_tex(summary)
+    body = _check_structure(tex, n_rows=len(COUNTS), n_header_rows=2)
+    assert r"\multicolumn{4}{c}{Pairs}" in tex and r"\cmidrule(lr){2-5}" in tex
+    assert r"\label{tab:exp-6-1}" in tex
+    caption = re.search(r"\\caption\{(.*)\}\n\\label", tex, re.S).group(1)
+    for part in ("40 pairs", "dlib-resnet", "K = 8", "fill blur"):
+        assert part in caption
+    rows = {ln.split(" & ")[0]: ln.split(" & ") for ln in body}
+    assert list(rows) == [T.latex_escape(m) for m in COUNTS]  # summary order, names escaped
+    assert r"my\_method\#1" in rows and "gradcam++" in rows
+    # method, passed, falsified, untestable, errors (lime had one), FR, d_high, d_low, d', p random, p gradcam
+    g = rows["gradcam"]
+    assert g[1:5] == ["30", "8", "2", "0"]
+    lo, hi = _wilson(8, 38)
+    assert g[5] == f"21.1 [{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert g[6:9] == ["0.300", "0.120", "3.10"]
+    assert g[9] == r"\textless{}0.001*" and g[10].startswith("--")
+    assert rows["lime"][5] == "--" and rows["lime"][4] == "1"
+    assert rows["random"][9] == "--" and rows["random"][10].startswith(r"\textless{}0.001*")
+    assert rows["ig"][9] == "0.040*" and rows["ig"][10].startswith("0.42 ")
+    assert rows[r"my\_method\#1"][8] == "--" and rows[r"my\_method\#1"][10].startswith("--")
+
+
+def test_table_6_1_without_errors_or_comparisons(summary):
+    s = copy.deepcopy(summary)
+    for r in s["methods"]:
+        r["n_error"] = 0
+    del s["comparisons"]
+    tex = T.table_6_1_tex(s)
+    body = _check_structure(tex, n_rows=len(COUNTS), n_header_rows=2)
+    assert "error" not in tex and r"\multicolumn{3}{c}{Pairs}" in tex
+    assert all(ln.split(" & ")[-1].startswith("--") and ln.split(" & ")[-2] == "--" for ln in body)
+
+
+def test_table_6_2(summary):
+    tex = T.table_6_2_tex(summary)
+    body = _check_structure(tex, n_rows=len(COUNTS), n_header_rows=2)
+    assert r"\label{tab:exp-6-2}" in tex
+    rows = {ln.split(" & ")[0]: ln.split(" & ") for ln in body}
+    lo, hi = _wilson(6, 10)
+    # two-line cells: FR with n, then the CI ("\\\\{}" keeps "[" from being read as an argument of "\\\\")
+    assert rows["gradcam"][1] == (r"\begin{tabular}[t]{@{}r@{}}" + f"60.0 (n=10)\\\\{{}}[{100 * lo:.1f}, {100 * hi:.1f}]"
+                                  + r"\end{tabular}")
+    assert rows["lime"][1] == "n/a (n=0)" and rows["lime"][5].startswith("--")
+    assert "$-$0.21" in rows["gradcam"][5] and "p=0.20" in rows["gradcam"][5]
+    assert "[$-$0.10, +0.02]" in tex  # Q2's margin range under its name, with minus signs
+    header, sub, cells = T.table_6_2_cells(summary)
+    assert header == ["Method", "Q1", "Q2", "Q3", "Q4", "Spearman rho"]
+    assert sub[2] == "[-0.10, +0.02]"
+    assert cells[0][1] == ("60.0 (n=10)", f"[{100 * lo:.1f}, {100 * hi:.1f}]") and cells[0][5] == ("-0.21", "p=0.20")
+    assert T.table_6_2_tex(make_summary(with_6_2=False)) is None
+
+
+def test_write_tables(tmp_path, summary):
+    paths = T.write_tables(summary, tmp_path)
+    assert [p.name for p in paths] == ["table_6_1.tex", "table_6_2.tex"]
+    assert all(p.parent == tmp_path / "tables" and r"\begin{table}" in p.read_text() for p in paths)
+    paths = T.write_tables(make_summary(with_6_2=False), tmp_path / "b")
+    assert [p.name for p in paths] == ["table_6_1.tex"]
+
+
+def test_tables_compile_with_pdflatex(tmp_path, summary):
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
+    T.write_tables(summary, tmp_path)
+    doc = tmp_path / "doc.tex"
+    doc.write_text(
+        "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
+        "\\begin{document}\n"
+        "\\input{tables/table_6_1.tex}\n\\input{tables/table_6_2.tex}\n\\end{document}\n"
+    )
+    res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    log = (tmp_path / "doc.log").read_text(errors="replace") if (tmp_path / "doc.log").exists() else res.stdout
+    assert res.returncode == 0, log[-3000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 1000
+    assert "Overfull \\hbox" not in log, "a table is wider than the text"
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def test_fr_bar_chart(summary):
+    fig = F.fr_bar_chart(summary)
+    ax = fig.axes[0]
+    bars = [p for p in ax.patches if p.get_height() > 0]
+    assert len(bars) == len(COUNTS) - 1  # lime has no testable pair: no bar, an "n/a"
+    assert [p.get_hatch() for p in bars].count("///") == 1  # random is hatched
+    assert bars[-1].get_hatch() == "///" and bars[-1].get_height() == pytest.approx(33 / 38)
+    assert any(t.get_text() == "n/a" for t in ax.texts)
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(33 / 38)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[0] == "gradcam (n=38)" and labels[5] == "lime (n=0)"  # rotated: one line each
+    assert any(t.get_text() == "random\n86.8%" for t in ax.texts)
+    few = {**summary, "methods": summary["methods"][:2]}
+    labels = [t.get_text() for t in F.fr_bar_chart(few).axes[0].get_xticklabels()]
+    assert labels == ["gradcam\nn=38", "gradcam++\nn=38"]
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 1
+    assert ax.yaxis.get_major_formatter()(0.5, 0) == "50%"
+
+
+def test_fr_vs_margin(summary):
+    fig = F.fr_vs_margin(summary)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()][1] == "Q2\n[-0.10, +0.02]"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[: len(COUNTS)] == [m if m != "lime" else "lime (no testable pair)" for m in COUNTS] and "margin 0 (decision threshold)" in legend
+    (vline,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert vline.get_xdata()[0] == pytest.approx(1.5 + 0.1 / 0.12)  # margin 0 inside Q2 = [-0.10, 0.02]
+    with pytest.raises(ValueError, match="6_2"):
+        F.fr_vs_margin(make_summary(with_6_2=False))
+
+
+def test_saliency_grid():
+    expl = fake_explanations(3, methods=("gradcam", "ig"))
+    del expl[1].maps_a["ig"]
+    fig = F.saliency_grid(expl, ["gradcam", "ig"], ["genuine\ncos 0.700", "impostor\ncos 0.200", "x"])
+    image_axes = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert len(image_axes) == 3 * 3 and len(fig.axes) == 3 * 3 + 1  # + colour bar
+    assert [a.get_title() for a in image_axes[:3]] == ["face", "gradcam", "ig"]
+    assert image_axes[0].get_ylabel() == "genuine\ncos 0.700"
+    assert any(t.get_text() == "n/a" for t in image_axes[5].texts)  # pair 2 has no ig map
+    fig = F.saliency_grid(expl[:1], ["gradcam"])
+    assert fig.axes[0].get_ylabel() == "pair 1\ncos 0.700"
+    with pytest.raises(ValueError):
+        F.saliency_grid(expl, ["gradcam"], ["only one label"])
+
+
+def test_method_colours_are_stable():
+    a = F.method_colours(["gradcam", "ig", "random"])
+    b = F.method_colours(["ig", "random", "saliency", "gradcam", "custom"])
+    assert a["ig"] == b["ig"] and a["gradcam"] == b["gradcam"] and a["random"] == b["random"] == "#9a9a9a"
+    assert len({str(v) for v in b.values()}) == 5
+
+
+def test_write_figures(tmp_path, summary):
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    paths = F.write_figures(summary, tmp_path)  # no explanations: no saliency grid
+    assert sorted(p.name for p in paths) == sorted(
+        ["fig_6_1_fr.png", "fig_6_1_fr.pdf", "fig_6_2_fr_vs_margin.png", "fig_6_2_fr_vs_margin.pdf"])
+    for p in paths:
+        head = p.read_bytes()[:8]
+        assert head.startswith(b"\x89PNG") if p.suffix == ".png" else head.startswith(b"%PDF")
+    img = plt.imread(tmp_path / "figures" / "fig_6_1_fr.png")
+    assert img.shape[0] > 400 and img.shape[1] > 700  # 150 dpi
+    assert plt.get_fignums() == before
+    paths = F.write_figures(make_summary(with_6_2=False), tmp_path / "b", explanations=fake_explanations(1))
+    assert sorted(p.stem for p in paths) == ["fig_6_1_fr", "fig_6_1_fr", "fig_6_1_saliency", "fig_6_1_saliency"]
+    # save_figure replaces a suffix and closes pyplot figures
+    fig = plt.figure()
+    out = F.save_figure(fig, tmp_path / "c" / "x.png")
+    assert [p.name for p in out] == ["x.png", "x.pdf"] and fig.number not in plt.get_fignums()
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML report
+
+
+def _images(page: str) -> list[str]:
+    return re.findall(r'<img [^>]*src="([^"]+)"', page)
+
+
+def test_report_content(report_dir):
+    page = (report_dir / "report.html").read_text()
+    assert "<title>falsify report: experiment 6.1 (dlib-resnet)</title>" in page
+    assert "<h1>falsify report: experiment 6.1 (dlib-resnet)</h1>" in page
+    # self-contained: inline CSS, every image a PNG data URI, no external resource
+    assert "<style>" in page and "<link" not in page and "<script" not in page
+    srcs = _images(page)
+    assert len(srcs) == 3  # 6.1 bar chart, saliency grid, 6.2 figure
+    for s in srcs:
+        assert s.startswith("data:image/png;base64,")
+        assert base64.b64decode(s.split(",", 1)[1]).startswith(b"\x89PNG")
+    assert not re.search(r'(src|href)="(https?:)?//', page) and "url(" not in page
+    # 150-dpi figures are shown at their intended size: 96/150 of their pixel width
+    png = (report_dir / "figures" / "fig_6_1_fr.png").read_bytes()
+    width = int.from_bytes(png[16:20], "big")
+    shown = H.png_display_width(png)
+    assert abs(shown - width * 96 / 150) <= 1
+    assert f'style="width:{shown}px"' in page
+    assert H.png_display_width(b"not a png") is None
+    # escaping of text from the summary
+    assert "RuntimeError: &lt;boom&gt; &amp; &#x27;quotes&#x27; &quot;double&quot;" in page
+    assert "missing &lt;b&gt;A/A_0009.jpg&lt;/b&gt;" in page and "<b>A/A_0009" not in page
+    assert "my_method#1" in page
+    # metadata, data counts, config
+    for text in ("/data/lfw/pairs.txt", "2026-11-25T20:30:00Z", "6 min 52 s", "2.13.0+cpu", "118",
+                 "First 2 of 118".lower(), "Errors", "A/A_0001.jpg|B/B_0002.jpg", "tau_high", "{&quot;ig&quot;"):
+        assert text in page, text
+    assert "Calibration" not in page  # no calibration key: no section
+    # the 6.1 table carries the same cells as the LaTeX one
+    t61 = re.search(r'<table id="table-6-1">(.*?)</table>', page, re.S).group(1)
+    _, cells = T.table_6_1_cells(make_summary())
+    assert t61.count("<tr") == 1 + len(cells)
+    for row in cells:
+        for c in row:
+            if c is not None:
+                assert f">{c.replace('<', '&lt;')}</td>" in t61, c
+    assert '<tr class="control">' in t61
+    assert re.search(r'<table id="comparisons-table">', page)
+    # how to read
+    for text in ("falsified / (passed + falsified)", "Wilson", "McNemar", "Holm", "<b>pairs</b>"):
+        assert text in page, text
+    # 6.2 section with the strata, the correlations and its figure
+    assert 'id="exp-6-2"' in page and 'id="table-6-2"' in page and 'id="correlation-table"' in page
+    assert 'id="fig_6_2_fr_vs_margin"' in page and ">60.0 (n=10)<br>[31.3, 83.2]</td>" in page
+    # the LaTeX sources
+    assert "table_6_1.tex" in page and r"\toprule" in page
+
+
+def test_report_without_6_2_and_sparse_summary(tmp_path):
+    s = make_summary(with_6_2=False)
+    write_summary(tmp_path, s)
+    F.write_figures(s, tmp_path)
+    page = H.write_report(tmp_path).read_text()
+    assert 'id="exp-6-2"' not in page and len(_images(page)) == 1
+    # extra sections the runner may add: falsification settings, calibration, unknown keys
+    s.update(falsification={"K": 16, "opt_steps": 100}, calibration=None, started="2026-11-25T20:00:00Z",
+             n_rows=320, extra_key={"long": "x" * 5000})
+    write_summary(tmp_path, s)
+    page = H.write_report(tmp_path).read_text()
+    for text in ("Falsification test settings", "opt_steps", "the thresholds were given", "2026-11-25T20:00:00Z",
+                 "result rows", "extra_key", "(5012 characters)"):
+        assert text in page, text
+    assert "x" * 1001 not in page
+    # almost nothing recorded: still a page
+    bare = tmp_path / "bare"
+    write_summary(bare, {"methods": [{"method": "gradcam", "fr": float("nan")}]})
+    page = H.write_report(bare).read_text()
+    assert "<h1>falsify report: experiment 6.1</h1>" in page and "gradcam" in page
+    with pytest.raises(FileNotFoundError, match="summary.json"):
+        H.write_report(tmp_path / "nothing")
+
+
+def test_report_command(tmp_path, capsys, summary):
+    write_summary(tmp_path, summary)
+    grid = tmp_path / "figures" / "fig_6_1_saliency.png"
+    F.save_figure(F.saliency_grid(fake_explanations(1), ["gradcam"]), grid)
+    stamp = grid.read_bytes()
+    parser = argparse.ArgumentParser(prog="falsify")
+    H.add_report_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", str(tmp_path)])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "report.html")
+    assert (tmp_path / "tables" / "table_6_2.tex").is_file()
+    assert (tmp_path / "figures" / "fig_6_2_fr_vs_margin.pdf").is_file()
+    assert grid.read_bytes() == stamp  # kept: it needs maps the summary does not hold
+    assert len(_images((tmp_path / "report.html").read_text())) == 3
+
+
+def _no_browser(reason: str):
+    """Skip, or fail where CI sets FALSIFY_REQUIRE_BROWSER=1 (there the browser test must run)."""
+    if os.environ.get("FALSIFY_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"FALSIFY_REQUIRE_BROWSER=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(report_dir, tmp_path, monkeypatch):
+    try:
+        from selenium import webdriver
+    except ImportError:
+        _no_browser("selenium not installed (pip install selenium; it is in the test extra)")
+    for exe in (CHROMIUM, CHROMEDRIVER):
+        if not Path(exe).is_file():
+            _no_browser(f"{exe} missing: run tests/setup_browser.sh (apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers online
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,900"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get((report_dir / "report.html").resolve().as_uri())
+        assert driver.title == "falsify report: experiment 6.1 (dlib-resnet)"
+        assert driver.execute_script("return document.querySelector('h1').textContent") == driver.title
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);")
+        assert len(images) == 3
+        assert all(done is True and w > 0 and h > 0 for done, w, h in images), images
+        # nothing was fetched from anywhere (data: URIs are not network resources)
+        fetched = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith('data:'));")
+        assert fetched == []
+        rows = driver.execute_script("return document.querySelectorAll('#table-6-1 tbody tr').length;")
+        assert rows == len(COUNTS)
+        # the error text arrived as text, not markup
+        err = driver.execute_script("return document.querySelector('#errors-table td.err').textContent;")
+        assert err == "RuntimeError: <boom> & 'quotes' \"double\""
+    finally:
+        driver.quit()
