@@ -69,14 +69,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_options(items: Sequence[str] | None) -> dict[str, dict]:
-    """``--option gradcam.layer=layer4.2.conv2 --option ig.steps=128`` -> {method: {key: value}}."""
+def _parse_options(items: Sequence[str] | None, default_method: str | None = None) -> dict[str, dict]:
+    """``--option gradcam.layer=layer4.2.conv2 --option ig.steps=128`` -> {method: {key: value}}.
+
+    Values are parsed as JSON when they can be (numbers, booleans, lists), else kept as strings.
+    With ``default_method``, a plain ``KEY=VALUE`` belongs to that method.
+    """
     out: dict[str, dict] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         method, dot, opt = key.partition(".")
-        if not sep or not dot or not opt:
-            raise ValueError(f"--option takes METHOD.KEY=VALUE (e.g. ig.steps=128), got {item!r}")
+        if not dot and default_method:
+            method, opt = default_method, key
+        if not sep or not method or not opt:
+            form = "KEY=VALUE or METHOD.KEY=VALUE" if default_method else "METHOD.KEY=VALUE"
+            raise ValueError(f"--option takes {form} (e.g. ig.steps=128), got {item!r}")
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:

@@ -31,19 +31,14 @@ def _get_explainer(name: str, model, **options):
 
 
 def _parse_options(items: Sequence[str] | None, method: str) -> dict:
-    """``KEY=VALUE`` (or ``METHOD.KEY=VALUE``) -> {key: value}; values parsed as JSON when they can be."""
-    out: dict = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option takes KEY=VALUE (e.g. steps=64 or layer=layer4.1.conv2), got {item!r}")
-        if key.startswith(method + "."):
-            key = key[len(method) + 1 :]
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value  # a plain string such as a layer name
-    return out
+    """``KEY=VALUE`` (or ``METHOD.KEY=VALUE``) -> {key: value} for ``method``."""
+    from ..cli import _parse_options as parse
+
+    options = parse(items, default_method=method)
+    others = sorted(set(options) - {method})
+    if others:
+        raise ValueError(f"--option names method(s) {', '.join(others)}, but --method is {method}")
+    return options.get(method, {})
 
 
 def add_test_command(subparsers) -> argparse.ArgumentParser:
