@@ -12,7 +12,7 @@ DATA_FLAG = $(if $(DATA),--data $(DATA),)
 N_PAIRS ?= 20
 OUT    ?= runs/6.1-make-n$(N_PAIRS)
 
-.PHONY: run test venv clean
+.PHONY: run test bench bench-full venv clean
 venv: $(VENV)/.installed
 
 # torch is pinned in every pip call that may resolve it (a bare install pulls CUDA wheels).
@@ -32,6 +32,13 @@ run: venv
 test: venv
 	-bash tests/setup_browser.sh || echo "chromium not installed: the browser test will be skipped"
 	$(VENV)/bin/python -m pytest -q
+
+# Speed against pytorch-grad-cam, captum and shap (their install: benchmarks/README.md).
+bench: venv
+	$(VENV)/bin/python benchmarks/run.py --threads 1
+
+bench-full: venv
+	$(VENV)/bin/python benchmarks/run.py --full
 
 clean:
 	rm -rf $(VENV)

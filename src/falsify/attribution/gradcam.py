@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import AttributionError, Explainer, capture, find_layer
+from .base import AttributionError, Explainer, find_layer
 
 
 class CAMExplainer(Explainer):
@@ -36,21 +36,42 @@ class CAMExplainer(Explainer):
         return F.relu((weights[:, :, None, None] * activations).sum(dim=1))
 
     def forward_backward(self, images: torch.Tensor, references: torch.Tensor | None):
-        """One forward and one backward pass; returns (activations, gradients, target values)."""
-        with torch.enable_grad(), capture(self.layer) as store:
-            x = images.clone().requires_grad_(True)
-            scores = self.target(x, references)
-            if "activations" not in store:
-                raise AttributionError(f"layer {self.layer_name!r} was not used in the forward pass")
-            acts = store["activations"]
-            if not isinstance(acts, torch.Tensor) or acts.dim() != 4:
-                shape = tuple(acts.shape) if isinstance(acts, torch.Tensor) else type(acts).__name__
-                raise AttributionError(
-                    f"layer {self.layer_name!r} outputs {shape}; CAM methods need a (B,C,h,w) feature map"
-                )
-            # samples are independent (eval mode), so d(sum s)/dA gives each sample's own gradient
-            scores.sum().backward()
-        return acts.detach(), store["gradients"].detach(), scores.detach()
+        """One forward pass and a backward pass from the target down to the layer only.
+
+        Returns (activations, gradients, target values). The layer's output is re-rooted as a
+        leaf of the autograd graph (a forward hook returns a copy of it that requires grad), so
+        ``torch.autograd.grad`` stops there: no gradient flows into the layers below it, the
+        input, or any parameter.
+        """
+        store: dict = {}
+
+        def hook(_m, _inp, out):
+            if not isinstance(out, torch.Tensor):
+                store["activations"] = out
+                return None
+            leaf = out.detach().requires_grad_(True)
+            store["activations"] = leaf
+            return leaf.clone()  # a non-leaf, so in-place ops downstream stay legal
+
+        handle = self.layer.register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                scores = self.target(images, references)
+        finally:
+            handle.remove()
+        if "activations" not in store:
+            raise AttributionError(f"layer {self.layer_name!r} was not used in the forward pass")
+        acts = store["activations"]
+        if not isinstance(acts, torch.Tensor) or acts.dim() != 4:
+            shape = tuple(acts.shape) if isinstance(acts, torch.Tensor) else type(acts).__name__
+            raise AttributionError(
+                f"layer {self.layer_name!r} outputs {shape}; CAM methods need a (B,C,h,w) feature map"
+            )
+        # samples are independent (eval mode), so d(sum s)/dA gives each sample's own gradient
+        (grads,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
+        if grads is None:
+            grads = torch.zeros_like(acts)
+        return acts.detach(), grads.detach(), scores.detach()
 
     def _attribute(self, images: torch.Tensor, references: torch.Tensor | None) -> torch.Tensor:
         acts, grads, scores = self.forward_backward(images, references)

@@ -370,11 +370,25 @@ class _BatchedEmbedder:
             return torch.empty(0, 0)
         return self.out
 
+    def _take(self, n: int) -> torch.Tensor:
+        """The first ``n`` pending images, copying only when they span several added tensors."""
+        parts, got = [], 0
+        while got < n:
+            head = self.pending[0]
+            need = n - got
+            if head.shape[0] <= need:
+                parts.append(head)
+                self.pending.pop(0)
+                got += head.shape[0]
+            else:
+                parts.append(head[:need])
+                self.pending[0] = head[need:]
+                got = n
+        self.n_pending -= n
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     def _run(self, n: int) -> None:
-        allx = torch.cat(self.pending)
-        batch, rest = allx[:n], allx[n:]
-        self.pending = [rest] if rest.shape[0] else []
-        self.n_pending = rest.shape[0]
+        batch = self._take(n)
         with torch.inference_mode():
             emb = self.model(batch.to(self.device)).float().cpu()
         if self.out is None:
@@ -429,6 +443,22 @@ def build_counterfactuals(image: torch.Tensor, regions: Regions, config: Falsifi
     high = torch.where(mh, v_high, x).expand(k, -1, -1, -1)
     low = torch.where(ml, v_low, x).expand(k, -1, -1, -1)
     return torch.cat([high, low])
+
+
+def _counterfactual_halves(image, regions, config, pair_id) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`build_counterfactuals` as its (high, low) halves, without the copy into one tensor."""
+    k = config.k_effective
+    if config.fill != "noise":
+        cfs = build_counterfactuals(image, regions, config, pair_id)
+        return cfs[:k], cfs[k:]
+    gen = pair_generator(config.seed, pair_id, _STREAM_FILL)
+    x = image.unsqueeze(0)
+    halves = []
+    for mask in (regions.high, regions.low):  # the same draws, in the same order, as fill_image
+        eps = torch.randn((k, *image.shape), generator=gen, dtype=torch.float32).to(image.device, image.dtype)
+        values = eps.mul_(config.noise_sigma).add_(x).clamp_(0.0, 1.0)
+        halves.append(torch.where(mask.view(1, 1, *mask.shape), values, x))
+    return halves[0], halves[1]
 
 
 def _optimised_counterfactuals(model, images, regions_list, ref_emb, config, pair_ids, device, progress):
@@ -563,10 +593,11 @@ def falsification_test(
         embedder = _BatchedEmbedder(model, config.batch_size, 2 * k * len(testable), device)
         bar = tqdm(total=len(testable), desc="counterfactuals", unit="pair", disable=not progress, leave=False)
         for i in testable:
-            cfs = build_counterfactuals(images[i], regions_list[i], config, pair_ids[i])
-            embedder.add(cfs)
+            high, low = _counterfactual_halves(images[i], regions_list[i], config, pair_ids[i])
+            embedder.add(high)
+            embedder.add(low)
             if keep_examples:
-                cf_keep[i] = cfs[[0, k]].clone()
+                cf_keep[i] = torch.stack([high[0], low[0]])
             bar.update(1)
         emb = embedder.finish()
         bar.close()

@@ -182,9 +182,61 @@ class DlibResNet(nn.Module):
         self.fc = nn.Linear(in_channels, _EMBEDDING_DIM, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels_last: oneDNN's convolutions run ~1.3x faster on it on the CPU (same values)
+        x = x.contiguous(memory_format=torch.channels_last)
+        if not torch.is_grad_enabled() and not self._has_hooks():
+            return self._fused_forward(x)
         x = self.maxpool(self.relu1(self.affine1(self.conv1(x))))
         for index in range(1, len(_STAGES) + 1):
             x = getattr(self, f"layer{index}")(x)
+        return self.fc(self.avgpool(x).flatten(1))
+
+    # -- the inference path -------------------------------------------------------------------
+    def _has_hooks(self) -> bool:
+        """Whether any module of the network has a hook (then every module must run as itself)."""
+        return any(
+            m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+            for m in self.modules()
+        ) or bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+
+    def _fused(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each convolution with its affine folded in: ``W * gamma``, ``b * gamma + beta``.
+
+        Recomputed whenever a parameter changes (tracked by the tensors' version counters).
+        """
+        params = list(self.parameters())
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        cached = getattr(self, "_fused_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        pairs = [(self.conv1, self.affine1)]
+        for index in range(1, len(_STAGES) + 1):
+            for block in getattr(self, f"layer{index}"):
+                pairs += [(block.conv1, block.affine1), (block.conv2, block.affine2)]
+        with torch.no_grad():
+            fused = []
+            for conv, affine in pairs:
+                gamma = affine.weight.detach()
+                w = (conv.weight.detach() * gamma.view(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+                b = conv.bias.detach() * gamma + affine.bias.detach()
+                fused.append((w, b))
+        self._fused_cache = (key, fused)
+        return fused
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function as ``forward`` without autograd or hooks: each affine is folded into
+        its convolution and the ReLUs run in place (equal to ``forward`` within float rounding)."""
+        fused = iter(self._fused())
+        w, b = next(fused)
+        x = F.relu_(F.conv2d(x, w, b, stride=self.conv1.stride, padding=self.conv1.padding))
+        x = self.maxpool(x)
+        for index in range(1, len(_STAGES) + 1):
+            for block in getattr(self, f"layer{index}"):
+                w1, b1 = next(fused)
+                w2, b2 = next(fused)
+                out = F.relu_(F.conv2d(x, w1, b1, stride=block.conv1.stride, padding=block.conv1.padding))
+                out = F.conv2d(out, w2, b2, stride=block.conv2.stride, padding=block.conv2.padding)
+                x = F.relu_(add_zero_padded(out, block.skip(x)))
         return self.fc(self.avgpool(x).flatten(1))
 
 

@@ -1,0 +1,121 @@
+"""The batched engine computes what captum (and the plain autograd model) compute."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from falsify.attribution import get_explainer
+from falsify.imageops import make_baseline
+
+
+def _pair(model, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 3, *model.input_size, generator=g)
+    with torch.no_grad():
+        refs = model(torch.rand(b, 3, *model.input_size, generator=g))
+    return x, refs
+
+
+def _captum_phis(explainer, x, refs, segs):
+    cap = explainer.make_captum()
+    base = make_baseline(x, explainer.baseline)
+    out = []
+    for i in range(x.shape[0]):
+        torch.manual_seed(explainer.seed + i)
+        attr = cap.attribute(x[i : i + 1], baselines=base[i : i + 1], additional_forward_args=(refs[i : i + 1],),
+                             feature_mask=segs[i][None, None], n_samples=explainer.n_samples,
+                             perturbations_per_eval=explainer.batch_size)[0, 0]
+        k = int(segs[i].max()) + 1
+        out.append(torch.zeros(k).scatter_reduce(0, segs[i].flatten(), attr.flatten(), reduce="amax",
+                                                 include_self=False))
+    return out
+
+
+@pytest.mark.parametrize("method", ["kernelshap", "lime"])
+def test_superpixel_engine_equals_captum(tiny_model, method):
+    x, refs = _pair(tiny_model, 3)
+    e = get_explainer(method, tiny_model, n_samples=40, n_segments=8, batch_size=16)
+    state = torch.get_rng_state()
+    phis, segs = e.attribute_segments(x, refs)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is left alone
+    for i, ref in enumerate(_captum_phis(e, x, refs, segs)):
+        torch.testing.assert_close(phis[i, : len(ref)], ref, atol=2e-5, rtol=1e-3)
+    again, _ = e.attribute_segments(x, refs)
+    assert torch.equal(again, phis)  # seeded: the same coalitions every call
+
+
+def test_superpixel_engine_does_not_depend_on_batch_size(tiny_model):
+    x, refs = _pair(tiny_model, 2)
+    a = get_explainer("kernelshap", tiny_model, n_samples=30, n_segments=8, batch_size=7).attribute(x, refs)
+    b = get_explainer("kernelshap", tiny_model, n_samples=30, n_segments=8, batch_size=64).attribute(x, refs)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_ig_equals_captum_plain_ig(tiny_model):
+    from captum.attr import IntegratedGradients
+
+    x, refs = _pair(tiny_model, 3)
+    e = get_explainer("ig", tiny_model, steps=12, tolerance=None, batch_size=5)
+    ours = e.attribute(x, refs)
+    ref = IntegratedGradients(e.target.forward_func()).attribute(
+        x, baselines=torch.zeros_like(x), additional_forward_args=(refs,), n_steps=12, method="gausslegendre"
+    ).sum(1)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_gradcam_gradients_stop_at_the_layer(tiny_model):
+    """forward_backward gives the gradient w.r.t. the layer without touching parameters' .grad."""
+    x, refs = _pair(tiny_model, 2)
+    e = get_explainer("gradcam", tiny_model, layer="conv2")
+    acts, grads, scores = e.forward_backward(x, refs)
+    assert all(p.grad is None for p in tiny_model.parameters())
+    a = acts.clone().requires_grad_(True)
+    net = tiny_model.backbone
+    emb = net.fc(net.pool(net.relu2(a)).flatten(1))
+    s = (torch.nn.functional.normalize(emb, dim=1) * torch.nn.functional.normalize(refs, dim=1)).sum(1)
+    (expected,) = torch.autograd.grad(s.sum(), a)
+    torch.testing.assert_close(grads, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(scores, s.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_dlib_inference_path_equals_the_module_path(dlib_model):
+    x = torch.rand(3, 3, *dlib_model.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fast = dlib_model(x)  # folded affines, no autograd
+    with torch.enable_grad():
+        slow = dlib_model(x).detach()  # every module as itself
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    net = dlib_model.backbone
+    seen = []
+    handle = net.layer2[3].register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    try:
+        with torch.inference_mode():
+            hooked = dlib_model(x)
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([3, 64, 17, 17])]  # a hook sees its module run
+    torch.testing.assert_close(hooked, slow, atol=1e-5, rtol=0)
+    # parameter changes reach the folded weights
+    saved = net.affine1.bias.detach().clone()
+    with torch.no_grad():
+        net.affine1.bias.add_(0.01)
+        try:
+            changed = dlib_model(x)
+            with torch.enable_grad():
+                expected = dlib_model(x).detach()
+        finally:
+            net.affine1.bias.copy_(saved)
+    torch.testing.assert_close(changed, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(changed, fast, atol=1e-5)
+
+
+def test_noise_counterfactual_halves_equal_build_counterfactuals():
+    from falsify.falsification import FalsificationConfig
+    from falsify.falsification.core import _counterfactual_halves, build_counterfactuals, regions_for
+
+    g = torch.Generator().manual_seed(1)
+    x, m = torch.rand(3, 28, 28, generator=g), torch.rand(28, 28, generator=g)
+    cfg = FalsificationConfig(fill="noise", K=5, grid=7, tau_high=0.2, tau_low=0.1, epsilon=0.05)
+    reg = regions_for(x, m, cfg, 3)
+    high, low = _counterfactual_halves(x, reg, cfg, 3)
+    assert torch.equal(torch.cat([high, low]), build_counterfactuals(x, reg, cfg, 3))
