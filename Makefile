@@ -9,7 +9,7 @@ PIP     = $(VENV)/bin/pip
 DATA   ?= $(wildcard ../shared/data/lfw-sample)
 DATA_FLAG = $(if $(DATA),--data $(DATA),)
 # The main job: Experiment 6.1 on a small seeded sample; N_PAIRS=200 is the full experiment.
-N_PAIRS ?= 20
+N_PAIRS ?= 12
 OUT    ?= runs/6.1-make-n$(N_PAIRS)
 
 .PHONY: run test bench bench-full venv clean
