@@ -12,12 +12,7 @@ from tqdm.auto import tqdm
 from .data.images import iter_chunks, load_images
 from .data.pairs import PairSet
 from .geometry import cosine_similarity, geodesic_distance
-from .models.base import FaceEmbedder
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+from .models.base import FaceEmbedder, model_device
 
 
 def embed_paths(

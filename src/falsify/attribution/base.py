@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.base import FaceEmbedder
+from ..models.base import FaceEmbedder, model_device
 
 NORMALISATIONS = ("abs", "positive", "signed")
 
@@ -125,9 +125,8 @@ def default_cam_layer(model: nn.Module, convs: list[str]) -> str:
         for n in convs
     ]
     try:
-        p = next(model.parameters(), None)
         with torch.inference_mode():
-            model(torch.zeros(1, 3, *size, device=p.device if p is not None else "cpu"))
+            model(torch.zeros(1, 3, *size, device=model_device(model)))
     finally:
         for h in handles:
             h.remove()
@@ -184,8 +183,7 @@ class Explainer:
     # -- checks -----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        p = next(self.model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
+        return model_device(self.model)
 
     def check_inputs(
         self, images: torch.Tensor, references: torch.Tensor | None

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..data import load_images, load_pairs
 from ..data.pairs import Pair, PairSet
+from ..models.base import model_device
 from .analysis import summarise, write_outputs
 from .store import ResultsStore
 
@@ -219,7 +220,7 @@ class Runner:
         self.grid_ids = {p.id for p in self._grid_pairs(pairs)}
         model = load_model(c.model, device=c.device)
         self.model_name = model.name
-        device = next(model.parameters()).device
+        device = model_device(model)
         store = self._open_store()
         try:
             store.add_run(started, c.experiment, c.to_dict(), environment(device))
@@ -288,7 +289,7 @@ class Runner:
             except ValueError:
                 continue
             with torch.inference_mode():
-                e = model(torch.stack([a, b]).to(next(model.parameters()).device)).cpu()
+                e = model(torch.stack([a, b]).to(model_device(model))).cpu()
             from ..geometry import cosine_similarity, geodesic_distance
 
             out.append((p, PairExplanation(a, b, float(cosine_similarity(e[0], e[1])),
@@ -313,7 +314,7 @@ class Runner:
         probes = torch.stack([emb[p.a] for p in good])
         cos = cosine_similarity(probes, refs).tolist()
         ang = geodesic_distance(probes, refs).tolist()
-        device = next(model.parameters()).device
+        device = model_device(model)
         for method, explainer in explainers.items():
             idx = [i for i, p in enumerate(good) if (method, p.id) not in done]
             if not idx:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
+from ..models.base import model_device
 from ..verification import best_threshold
 
 QUANTILES = (0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95)
@@ -198,8 +199,7 @@ def occlusion_sensitivity(
     b, _, h, w = images.shape
     seg = feature_segments(h, w, "grid", grid=grid)
     masks = torch.stack([seg == c for c in range(grid * grid)]).unsqueeze(1)  # (C,1,H,W)
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
+    device = model_device(model)
     maps = []
     with torch.inference_mode():
         for i in range(b):

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..models.base import model_device
 from .core import FalsificationConfig, FalsificationResult, falsification_test
 from .counterfactuals import FILLS
 from .regions import GRANULARITIES
@@ -131,7 +132,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     explainer = _get_explainer(args.method, model, **options)
 
     images = torch.stack([a, b]) if args.both else a.unsqueeze(0)
-    device = next(model.parameters()).device if next(model.parameters(), None) is not None else torch.device("cpu")
+    device = model_device(model)
     with torch.inference_mode():
         emb = model(torch.stack([a, b]).to(device)).float().cpu()
     references = torch.stack([emb[1], emb[0]]) if args.both else emb[1:2]

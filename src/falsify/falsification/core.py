@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..geometry import geodesic_distance
+from ..models.base import model_device
 from .counterfactuals import (
     DETERMINISTIC_FILLS,
     FILLS,
@@ -283,11 +284,6 @@ def d_prime_of(margin: float, sd_high: float, sd_low: float) -> float:
 
 
 # --- input checking ----------------------------------------------------------------------------
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
 
 def _as_tensor(x, what: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
@@ -565,7 +561,7 @@ def falsification_test(
     pair_ids = [int(p) for p in pair_ids]
     if len(pair_ids) != b:
         raise ValueError(f"pair_ids needs one id per image ({b}), got {len(pair_ids)}")
-    device = _model_device(model)
+    device = model_device(model)
     k = config.k_effective
 
     regions_list = [regions_for(images[i], maps[i], config, pair_ids[i]) for i in range(b)]

@@ -113,10 +113,8 @@ class FaceEmbedder(nn.Module):
     def embedding_dim(self) -> int:
         dim = getattr(self, "_embedding_dim", None)
         if dim is None:
-            p = next(self.parameters(), None)
-            dev = p.device if p is not None else torch.device("cpu")
             with torch.inference_mode():
-                dim = int(self(torch.zeros(1, 3, *self.input_size, device=dev)).shape[1])
+                dim = int(self(torch.zeros(1, 3, *self.input_size, device=model_device(self))).shape[1])
             self._embedding_dim = dim
         return dim
 
@@ -124,6 +122,12 @@ class FaceEmbedder(nn.Module):
         return (
             f"name={self.name!r}, input_size={self.input_size}, channel_order={self.channel_order}"
         )
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's parameters (CPU for a model without any)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def wrap_model(

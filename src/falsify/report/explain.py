@@ -11,6 +11,7 @@ import torch
 
 from ..attribution import get_explainer, normalise_maps
 from ..geometry import cosine_similarity, geodesic_distance
+from ..models.base import model_device
 
 
 @dataclass
@@ -45,7 +46,7 @@ def explain_pair(
 ) -> PairExplanation:
     """Maps of every method for A against f(B) and B against f(A), computed as one batch of 2."""
     options = options or {}
-    device = next(model.parameters()).device
+    device = model_device(model)
     images = torch.stack([image_a, image_b]).to(device)
     with torch.inference_mode():
         emb = model(images).clone()
