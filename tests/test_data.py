@@ -11,9 +11,11 @@ from PIL import Image
 from falsify.data import (
     DataError,
     ImageLoadError,
+    identity_folder_pairs,
     load_image,
     load_images,
     load_pairs,
+    read_csv_pairs,
     read_lfw_pairs,
 )
 
@@ -170,3 +172,156 @@ def test_corrupt_image_pair_is_skipped_in_verify(lfw_dir, tiny_model):
     res = verify(tiny_model, read_lfw_pairs(lfw_dir / "pairs.txt", lfw_dir), progress=False)
     # the missing-image pair and the two pairs using the corrupt image are skipped
     assert res.n_skipped == 3 and res.n_pairs == 5
+
+
+# --- names that leave the images folder ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../outside/x", "../../../../tmp/x", "a/b", "a\\b", ".", "..", "a\0b"])
+def test_lfw_names_that_are_not_folder_names_are_rejected(tmp_path, name):
+    root = tmp_path / "lfw"
+    _img(root / "Ann_A" / "Ann_A_0001.jpg")
+    for i in (1, 2):  # what '../outside/x 1 2' would read today
+        _img(tmp_path / "outside" / f"x_{i:04d}.jpg")
+    (root / "pairs.txt").write_text(f"1\t1\n{name}\t1\t2\nAnn_A\t1\tAnn_A\t1\n")
+    with pytest.raises(DataError, match=r"pairs\.txt:2: name .* is not a folder name .*LFW names are <Name> folders inside"):
+        read_lfw_pairs(root / "pairs.txt", root)
+
+
+def test_csv_paths_may_point_outside_the_csv_folder(tmp_path):
+    a = _img(tmp_path / "imgs" / "P" / "p.jpg")
+    b = _img(tmp_path / "imgs" / "Q" / "q.jpg")
+    (tmp_path / "lists").mkdir()
+    csv = tmp_path / "lists" / "pairs.csv"
+    csv.write_text(f"a,b,same\n../imgs/P/p.jpg,{b},0\n")
+    ps = read_csv_pairs(csv)
+    assert [(p.a.resolve(), p.b) for p in ps] == [(a.resolve(), b)]
+    assert ps[0].id == f"{a.resolve().as_posix()}|{b.resolve().as_posix()}"
+
+
+# --- pair ids ----------------------------------------------------------------------------------
+
+def test_lfw_ids_are_name_folder_and_file(lfw_dir):
+    ps = load_pairs(lfw_dir)
+    assert ps.ids()[:3] == [
+        "Ann_A/Ann_A_0001.jpg|Ann_A/Ann_A_0002.jpg",
+        "Bob_B/Bob_B_0001.jpg|Bob_B/Bob_B_0002.jpg",
+        "Ann_A/Ann_A_0001.jpg|Bob_B/Bob_B_0001.jpg",
+    ]
+    assert all(p.root == lfw_dir for p in ps)
+
+
+def test_csv_ids_are_unique_across_subfolders_and_duplicates_reported(tmp_path):
+    for r in ("r1", "r2"):
+        _img(tmp_path / r / "P" / "img.jpg")
+    _img(tmp_path / "Q" / "ref.jpg")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(
+        "r1/P/img.jpg,Q/ref.jpg,0\n"
+        "r2/P/img.jpg,Q/ref.jpg,0\n"
+        "Q/ref.jpg,r1/P/img.jpg,0\n"  # other way round: another probe, another pair
+        "./r1/P/img.jpg,Q/../Q/ref.jpg,1\n"  # the first pair again, spelled differently
+    )
+    ps = load_pairs(csv)
+    assert ps.ids() == ["r1/P/img.jpg|Q/ref.jpg", "r2/P/img.jpg|Q/ref.jpg", "Q/ref.jpg|r1/P/img.jpg"]
+    assert [(s.where, s.reason) for s in ps.skipped] == [("pairs.csv:4", "duplicate of pairs.csv:1")]
+    assert "pairs.csv:4: duplicate of pairs.csv:1" in ps.summary()
+
+
+def test_lfw_duplicate_line_is_reported(lfw_dir):
+    text = (lfw_dir / "pairs.txt").read_text().replace("Bob_B\t1\t2\n", "Ann_A\t1\t2\n", 1)
+    (lfw_dir / "pairs.txt").write_text(text)
+    ps = load_pairs(lfw_dir)
+    assert len(ps) == 6 and len(set(ps.ids())) == 6
+    assert ps.skipped[0].where == "pairs.txt:3" and ps.skipped[0].reason == "duplicate of pairs.txt:2"
+
+
+def test_identity_folder_pairs_have_root_and_unique_ids(tmp_path):
+    for k in range(4):
+        for i in range(1, 3):
+            _img(tmp_path / f"P{k}" / f"P{k}_{i:04d}.png")
+    ps = identity_folder_pairs(tmp_path, n_pairs=10)
+    assert all(p.root == tmp_path for p in ps) and len(set(ps.ids())) == len(ps)
+    assert all(i.count("/") == 2 and i.startswith("P") for i in ps.ids())
+
+
+# --- n_pairs -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, -3, True, False, 2.0, "5"])
+def test_bad_n_pairs_is_refused(lfw_dir, n):
+    with pytest.raises(DataError, match=r"n_pairs must be a whole number >= 1, got"):
+        load_pairs(lfw_dir, n_pairs=n)
+    with pytest.raises(DataError, match=r"n_pairs must be a whole number >= 1, got"):
+        identity_folder_pairs(lfw_dir, n_pairs=n)
+
+
+def test_n_pairs_zero_message(lfw_dir):
+    with pytest.raises(DataError, match=r"^n_pairs must be a whole number >= 1, got 0$"):
+        load_pairs(lfw_dir, n_pairs=0)
+    assert len(load_pairs(lfw_dir, n_pairs=2)) == 2
+
+
+# --- decompression bombs ---------------------------------------------------------------------------
+
+def test_decompression_bomb_is_an_image_load_error(tmp_path, monkeypatch):
+    big = _img(tmp_path / "big.png", "RGB", size=(8, 8))
+    good = _img(tmp_path / "good.png", "RGB", size=(2, 2))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 64 pixels > 2 x 10: Pillow raises
+    with pytest.raises(ImageLoadError, match=r"big\.png.*exceeds Pillow's pixel limit.*MAX_IMAGE_PIXELS"):
+        load_image(big)
+    batch, bad = load_images([good, big, good], (4, 4), errors="skip")
+    assert batch.shape == (2, 3, 4, 4) and [p for p, _ in bad] == [big]
+
+
+# --- fingerprint --------------------------------------------------------------------------------
+
+def _fp_data(root: Path) -> Path:
+    for name, n in (("Ann_A", 2), ("Bob_B", 1)):
+        for i in range(1, n + 1):
+            path = root / name / f"{name}_{i:04d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (30 * i, 90, 160)).save(path)
+    (root / "pairs.txt").write_text("1\t1\nAnn_A\t1\t2\nAnn_A\t1\tBob_B\t1\n")
+    return root
+
+
+def test_fingerprint_is_stable_across_spellings_and_copies(tmp_path, monkeypatch):
+    import shutil
+
+    root = _fp_data(tmp_path / "lfw")
+    fp = load_pairs(root).fingerprint()
+    assert set(fp) == {"sha256", "pairs_sha256", "images", "n_pairs", "n_images", "basis"}
+    assert len(fp["images"]) == 3 and len(fp["pairs_sha256"]) == 64
+    assert fp["n_pairs"] == 2 and fp["n_images"] == 3 and len(fp["sha256"]) == 64
+    assert load_pairs(root).fingerprint() == fp
+    assert load_pairs(str(root) + "/").fingerprint() == fp
+    monkeypatch.chdir(tmp_path)
+    assert load_pairs("lfw").fingerprint() == fp
+    assert load_pairs("./lfw/../lfw", "lfw/pairs.txt").fingerprint() == fp
+    shutil.copytree(root, tmp_path / "copy")
+    assert load_pairs(tmp_path / "copy").fingerprint() == fp
+    # one image reached through two spellings counts once
+    (root / "p.csv").write_text("Ann_A/Ann_A_0001.jpg,Ann_A/Ann_A_0002.jpg,1\nBob_B/../Ann_A/Ann_A_0001.jpg,Bob_B/Bob_B_0001.jpg,0\n")
+    assert read_csv_pairs(root / "p.csv").fingerprint()["n_images"] == 3
+
+
+def test_fingerprint_changes_with_bytes_pairs_and_labels(tmp_path):
+    root = _fp_data(tmp_path)
+    fp = load_pairs(root).fingerprint()["sha256"]
+    # one image's bytes
+    img = root / "Bob_B" / "Bob_B_0001.jpg"
+    original = img.read_bytes()
+    img.write_bytes(original + b"\0")
+    assert load_pairs(root).fingerprint()["sha256"] != fp
+    img.write_bytes(original)
+    assert load_pairs(root).fingerprint()["sha256"] == fp
+    # a pair removed, a pair added
+    ps = load_pairs(root)
+    assert ps.sample(1).fingerprint()["sha256"] != fp
+    csv = root / "pairs.csv"
+    csv.write_text("Ann_A/Ann_A_0001.jpg,Ann_A/Ann_A_0002.jpg,1,0\nAnn_A/Ann_A_0001.jpg,Bob_B/Bob_B_0001.jpg,0,0\n")
+    base = read_csv_pairs(csv).fingerprint()
+    csv.write_text(csv.read_text() + "Ann_A/Ann_A_0002.jpg,Bob_B/Bob_B_0001.jpg,0,0\n")
+    assert read_csv_pairs(csv).fingerprint()["sha256"] != base["sha256"]
+    # a label flipped
+    csv.write_text("Ann_A/Ann_A_0001.jpg,Ann_A/Ann_A_0002.jpg,0,0\nAnn_A/Ann_A_0001.jpg,Bob_B/Bob_B_0001.jpg,0,0\n")
+    assert read_csv_pairs(csv).fingerprint()["sha256"] != base["sha256"]

@@ -5,7 +5,6 @@ occlusion-sensitivity map must be falsified far less often than the same map inv
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -494,13 +493,10 @@ def tiny_pt(tmp_path):
 
 
 def _run_test_command(argv, monkeypatch):
-    from falsify.falsification import command
+    from falsify import cli
 
-    monkeypatch.setattr(command, "_get_explainer", lambda name, model, **o: _FakeExplainer(model, **o))
-    parser = argparse.ArgumentParser(prog="falsify")
-    sub = parser.add_subparsers(dest="command")
-    command.add_test_command(sub)
-    args = parser.parse_args(["test", *argv])
+    monkeypatch.setattr(cli, "_get_explainer", lambda name, model, **o: _FakeExplainer(model, **o))
+    args = cli.build_parser().parse_args(["test", *argv, "--trust-pickle"])
     return args.func(args)
 
 
@@ -537,10 +533,15 @@ def test_command_text_calibrates_on_pairs(face_files, tiny_pt, lfw_sample, monke
         (["--tau-high", "0.2"], "all three"),
         (["--q", "0.7", "--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.1"], "q must be in"),
         (["--theta-high", "0.5"], "both --theta-high and --theta-low"),
-        (["-K", "0", "--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.1"], "K"),
+        (["--fill", "noise", "-K", "0", "--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.1"], "K"),
     ],
 )
-def test_command_bad_options(face_files, tiny_pt, monkeypatch, extra, message):
+def test_command_bad_options(face_files, tiny_pt, monkeypatch, capsys, extra, message):
     argv = [*face_files, "--method", "fake", "--model", tiny_pt, "--input-size", "32", "32", *extra]
+    if "-K" in extra:  # refused by the parser itself: usage line and exit status 2
+        with pytest.raises(SystemExit) as exc:
+            _run_test_command(argv, monkeypatch)
+        assert exc.value.code == 2 and "-K: must be >= 1" in capsys.readouterr().err
+        return
     with pytest.raises(ValueError, match=message):
         _run_test_command(argv, monkeypatch)

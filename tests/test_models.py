@@ -1,10 +1,13 @@
 """Model loading: wrapping, ONNX conversion (checked against onnxruntime), errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 from onnx import TensorProto, helper, numpy_helper
 
 from falsify.models import conv_layer_names, load_model, wrap_model
@@ -102,9 +105,73 @@ def test_wrap_module_and_input_checks():
 def test_pt_file(tmp_path):
     net = TinyNet()
     torch.save(net, tmp_path / "net.pt")
-    model = load_model(tmp_path / "net.pt", input_size=(32, 32), device="cpu")
+    with pytest.raises(ValueError, match="--trust-pickle"):
+        load_model(tmp_path / "net.pt", input_size=(32, 32), device="cpu")
+    model = load_model(tmp_path / "net.pt", input_size=(32, 32), device="cpu", trust_pickle=True)
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(model(x), torch.nn.functional.normalize(net(x), dim=1))
     torch.save({"w": torch.zeros(1)}, tmp_path / "sd.pt")
-    with pytest.raises(ValueError, match="not an nn.Module"):
+    with pytest.raises(ValueError, match="state dict"):
         load_model(tmp_path / "sd.pt", input_size=(32, 32))
+    torch.save(42, tmp_path / "int.pt")
+    with pytest.raises(ValueError, match="not an nn.Module"):
+        load_model(tmp_path / "int.pt", input_size=(32, 32), trust_pickle=True)
+
+
+class _Payload:
+    """Unpickling this writes a file: what a malicious .pt does (here harmlessly)."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.target), "pwned"))
+
+
+def test_malicious_pt_runs_no_code(tmp_path, capsys):
+    """A pickled payload must not run unless the user opts in with --trust-pickle."""
+    from falsify.cli import main
+
+    target = tmp_path / "pwned.txt"
+    evil = str(tmp_path / "evil.pt")
+    torch.save(_Payload(target), evil)
+    with pytest.raises(ValueError, match="pickled Python objects"):
+        load_model(evil, input_size=(32, 32))
+    img = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(img)
+    (tmp_path / "pairs.csv").write_text("a,b,same\nx.png,x.png,1\nx.png,x.png,0\n")
+    size = ["--input-size", "32", "32"]
+    for argv in (["explain", str(img), str(img), "--model", evil, *size],
+                 ["verify", "--data", str(tmp_path / "pairs.csv"), "--model", evil, *size],
+                 ["test", str(img), str(img), "--method", "saliency", "--model", evil, *size,
+                  "--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.05"],
+                 ["run", "--data", str(tmp_path / "pairs.csv"), "--model", evil, "--out", str(tmp_path / "run")]):
+        assert main(argv) == 2, argv
+        assert "--trust-pickle" in capsys.readouterr().err
+    assert not target.exists()
+    assert not (tmp_path / "run").exists()
+    # the opt-in really unpickles (the payload is not an nn.Module, so loading then fails)
+    with pytest.raises(ValueError, match="not an nn.Module"):
+        load_model(evil, input_size=(32, 32), trust_pickle=True)
+    assert target.read_text() == "pwned"
+
+
+def test_device_validation():
+    from falsify.models import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="unknown device 'foo'"):
+        resolve_device("foo")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_dlib_refuses_preprocessing_options():
+    for kw in ({"mean": 0.5}, {"std": 0.5}, {"input_size": (112, 112)}):
+        with pytest.raises(ValueError, match="fixed preprocessing"):
+            load_model("dlib-resnet", **kw)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        load_model("dlib-resnet", std=0.0)
+    with pytest.raises(ValueError, match="input size"):
+        load_model(TinyNet(), input_size=(0, 0))

@@ -22,7 +22,7 @@ import torch
 from falsify.report import figures as F
 from falsify.report import html as H
 from falsify.report import tables as T
-from falsify.report.explain import PairExplanation
+from falsify.report.explain import PairExplanation, explanation_figure
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -225,7 +225,7 @@ def test_table_6_1(summary):
     assert r"\multicolumn{4}{c}{Pairs}" in tex and r"\cmidrule(lr){2-5}" in tex
     assert r"\label{tab:exp-6-1}" in tex
     caption = re.search(r"\\caption\{(.*)\}\n\\label", tex, re.S).group(1)
-    for part in ("40 pairs", "dlib-resnet", "K = 8", "fill blur"):
+    for part in ("40 pairs", "dlib-resnet", "K = 1 (deterministic fill)", "fill blur"):
         assert part in caption
     rows = {ln.split(" & ")[0]: ln.split(" & ") for ln in body}
     assert list(rows) == [T.latex_escape(m) for m in COUNTS]  # summary order, names escaped
@@ -451,7 +451,8 @@ def test_report_without_6_2_and_sparse_summary(tmp_path):
     assert "x" * 1001 not in page
     # almost nothing recorded: still a page
     bare = tmp_path / "bare"
-    write_summary(bare, {"methods": [{"method": "gradcam", "fr": float("nan")}]})
+    write_summary(bare, {"experiment": None, "model": None, "data": None,
+                         "methods": [{"method": "gradcam", "fr": float("nan")}]})
     page = H.write_report(bare).read_text()
     assert "<h1>falsify report: experiment 6.1</h1>" in page and "gradcam" in page
     with pytest.raises(FileNotFoundError, match="summary.json"):
@@ -472,6 +473,138 @@ def test_report_command(tmp_path, capsys, summary):
     assert (tmp_path / "figures" / "fig_6_2_fr_vs_margin.pdf").is_file()
     assert grid.read_bytes() == stamp  # kept: it needs maps the summary does not hold
     assert len(_images((tmp_path / "report.html").read_text())) == 3
+
+
+def test_load_summary_names_the_file_of_a_bad_summary(tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text('{"experiment": "6.1", "methods": [')
+    with pytest.raises(ValueError) as err:
+        H.load_summary(tmp_path)
+    msg = str(err.value)
+    assert str(path) in msg and "not valid JSON" in msg and "line 1" in msg and "falsify run" in msg
+    assert "\n" not in msg
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        H.load_summary(tmp_path)
+    # valid JSON, but not a summary of 'falsify run': no page full of n/a
+    path.write_text('{"hello": 1}')
+    with pytest.raises(ValueError) as err:
+        H.write_report(tmp_path)
+    msg = str(err.value)
+    assert str(path) in msg and "missing keys experiment, model, data, methods" in msg
+    assert not (tmp_path / "report.html").exists()
+    for methods in ({"gradcam": {}}, [{"fr": 0.2}], ["gradcam"]):
+        path.write_text(json.dumps({"experiment": "6.1", "model": "m", "data": {}, "methods": methods}))
+        with pytest.raises(ValueError, match="'methods' is not a list of objects with a 'method' key"):
+            H.load_summary(tmp_path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="does not hold a JSON object"):
+        H.load_summary(tmp_path)
+
+
+def test_captions_show_the_effective_k(tmp_path, summary):
+    """Deterministic fills draw one counterfactual per region whatever K says."""
+    blur = copy.deepcopy(summary)
+    blur["falsification"] = {"fill": "blur", "K": 16}
+    blur["config"]["K"] = 16
+    noise = copy.deepcopy(summary)
+    noise["falsification"] = {"fill": "noise", "K": 8}
+    noise["config"]["fill"] = "noise"
+    assert T.effective_k(blur) == 1 and T.effective_k(noise) == 8
+    assert T.effective_k({"config": {"fill": "zero"}}) == 1 and T.effective_k({}) is None
+    assert "K = 1 (deterministic fill), fill blur" in T.run_description(blur)
+    assert "K = 8, fill noise" in T.run_description(noise)
+    for tex in (T.table_6_1_tex(blur), T.table_6_2_tex(blur)):
+        assert "K = 1 (deterministic fill)" in tex and "K = 16" not in tex
+    assert "K = 8," in T.table_6_1_tex(noise)
+    for fig in (F.fr_bar_chart(blur), F.fr_vs_margin(blur)):
+        title = fig.axes[0].get_title()
+        assert "K = 1 (deterministic fill)" in title and "K = 16" not in title
+    write_summary(tmp_path, blur)
+    page = H.write_report(tmp_path).read_text()
+    assert "K = 1 (deterministic fill)" in page
+    assert "one counterfactual is drawn per region (K = 1)" in page
+    # the recorded settings are shown as recorded, with what was used
+    assert page.count("<td>16 (K = 1 used: deterministic fill)</td>") == 2
+    assert re.search(r"K = 16\b", page) is None
+    write_summary(tmp_path, noise)
+    page = H.write_report(tmp_path).read_text()
+    assert "the K = 8 counterfactuals drawn per region are averaged" in page and "deterministic" not in page
+
+
+def test_explanation_figure_titles_do_not_overlap():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    expl = fake_explanations(1, methods=("gradcam", "biometric-gradcam"), size=32)[0]
+    for labels in (("George_W_Bush_0007", "George_W_Bush_0150"),
+                   ("Arnold_Schwarzenegger_0006_and_a_long_suffix", "Gloria_Macapagal_Arroyo_0044"),
+                   ("A", "B")):
+        fig = explanation_figure(expl, labels=labels)
+        try:
+            assert isinstance(fig.canvas, FigureCanvasAgg)
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()
+            image_axes = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+            titles = [a.title for a in image_axes[:6]]
+            boxes = [t.get_window_extent(renderer) for t in titles]
+            assert all(t.get_text() for t in titles)
+            for left, right in zip(boxes, boxes[1:]):
+                assert left.x1 < right.x0, (labels, [t.get_text() for t in titles])
+            assert boxes[0].x0 >= 0 and boxes[-1].x1 <= fig.bbox.width
+            (heading,) = [t.get_window_extent(renderer) for t in fig.texts]  # the suptitle
+            assert heading.x0 >= 0 and heading.x1 <= fig.bbox.width
+            assert all(b.y1 < heading.y0 for b in boxes)  # below the heading
+            names = "".join(t.get_text() for t in titles).replace("\n", "")
+            assert labels[0] in names and labels[1] in names  # wrapped, not cut
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+    assert titles[1].get_text() == "map: A vs\u00a0f(B)"  # short labels stay on one line
+
+
+def test_save_npz_returns_the_path_written(tmp_path):
+    import numpy as np
+
+    expl = fake_explanations(1, methods=("gradcam",))[0]
+    expl.raw_a["gradcam"], expl.raw_b["gradcam"] = expl.maps_a["gradcam"] * 2, expl.maps_b["gradcam"] * 3
+    for given, written in (("maps", "maps.npz"), ("maps.npz", "maps.npz"), ("maps.v2", "maps.v2.npz")):
+        path = expl.save_npz(tmp_path / given)
+        assert path == tmp_path / written and path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.npz", "maps.v2.npz"]  # no temporary left
+    with np.load(path) as data:
+        assert float(data["cosine"]) == pytest.approx(0.7)
+        assert np.array_equal(data["gradcam/raw_b"], expl.raw_b["gradcam"].numpy())
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(IsADirectoryError):
+        expl.save_npz(tmp_path / "dir.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.npz", "maps.npz", "maps.v2.npz"]
+
+
+def test_failed_writes_leave_no_partial_file(tmp_path, summary, monkeypatch):
+    write_summary(tmp_path, summary)
+    (tmp_path / "report.html").mkdir()
+    with pytest.raises(IsADirectoryError):
+        H.write_report(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "summary.json"]
+    assert list((tmp_path / "report.html").iterdir()) == []
+    # an error while writing keeps the old report whole and removes the temporary file
+    (tmp_path / "report.html").rmdir()
+    old = H.write_report(tmp_path).read_text()
+    monkeypatch.setattr(H, "render_report", lambda summary, out_dir: "<html>" + "x" * 100_000 + "\ud800")
+    with pytest.raises(UnicodeEncodeError):
+        H.write_report(tmp_path)
+    assert (tmp_path / "report.html").read_text() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "summary.json"]
+    monkeypatch.undo()
+    (tmp_path / "tables" / "table_6_1.tex").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        T.write_tables(summary, tmp_path)
+    assert [p.name for p in (tmp_path / "tables").iterdir()] == ["table_6_1.tex"]
+    (tmp_path / "figures" / "fig_6_1_fr.png").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        F.write_figures(summary, tmp_path)
+    assert [p.name for p in (tmp_path / "figures").iterdir()] == ["fig_6_1_fr.png"]
 
 
 def _no_browser(reason: str):

@@ -58,7 +58,7 @@ def pt_model(tmp_path):
 
 
 def test_cli_verify_json(lfw_sample, pt_model, capsys):
-    rc = main(["verify", "--data", str(lfw_sample), "--model", pt_model, "--input-size", "32", "32",
+    rc = main(["verify", "--data", str(lfw_sample), "--model", pt_model, "--trust-pickle", "--input-size", "32", "32",
                "--n-pairs", "20", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)

@@ -1,46 +1,105 @@
-"""The ``falsify`` command line."""
+"""The ``falsify`` command line: the only module that parses arguments.
+
+Heavy packages (torch, captum, matplotlib) are imported inside the commands, so ``falsify
+--help`` and ``--version`` answer at once. Every user error becomes one line on stderr and exit
+status 2 (``FALSIFY_DEBUG=1`` shows the traceback); see ``main``.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
+from .choices import EXPERIMENTS, FILLS, GRANULARITIES, METHODS
 
-#: Errors that mean "the input is wrong": printed as one line, exit status 2, no traceback
-#: (set FALSIFY_DEBUG=1 to see it).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, TypeError, ImportError)
+#: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,
+#: no traceback. OSError covers unwritable or read-only outputs, folders given as files, ...
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, TypeError, ImportError, OSError)
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+# --- argument types: a bad value is refused by the parser, before anything runs ------------------
+
+def _whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            rng = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _writable_file(path: str | Path, what: str) -> Path:
+    """Fail before any work when ``path`` cannot be written (its folder is a file, read-only...)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file name")
+    parent = path.parent
+    for p in (parent, *parent.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"{what} {path}: {p} is a file, not a folder")
+            if not os.access(p, os.W_OK):
+                raise ValueError(f"{what} {path}: {p} is not writable (read-only or no permission)")
+            break
+    return path
+
+
+# --- shared argument groups ----------------------------------------------------------------------
+
+def _add_model_args(p: argparse.ArgumentParser, default: str | None = "dlib-resnet") -> None:
     p.add_argument(
         "--model",
-        default="dlib-resnet",
+        default=default,
         metavar="NAME_OR_PATH",
         help="face model: 'dlib-resnet' (default), a dlib .dat, an .onnx (insightface packs: RGB, "
-        "mean=std=0.5) or a .pt/.pth holding a whole nn.Module",
+        "mean=std=0.5) or a .pt/.pth holding a whole pickled nn.Module (needs --trust-pickle)",
     )
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input size (ONNX with a dynamic size, .pt)")
-    p.add_argument("--mean", type=float, nargs="+", metavar="M", help="per-channel mean in [0,1] units (1 or 3 values)")
-    p.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel std in [0,1] units (1 or 3 values)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--input-size", type=_whole(1), nargs=2, metavar=("H", "W"),
+                   help="model input size (ONNX with a dynamic size, .pt); not for dlib")
+    p.add_argument("--mean", type=_number, nargs="+", metavar="M",
+                   help="per-channel mean in [0,1] units (1 or 3 values; .onnx/.pt only)")
+    p.add_argument("--std", type=_number, nargs="+", metavar="S",
+                   help="per-channel std in [0,1] units (1 or 3 values, > 0; .onnx/.pt only)")
+    p.add_argument("--trust-pickle", action="store_true", default=None,
+                   help="allow a .pt/.pth model file to be unpickled: unpickling runs any code the file "
+                   "holds, so only for files you made or trust (default: refused)")
+    p.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+
+
+def _one_or_three(v):
+    return None if v is None else (v[0] if len(v) == 1 else list(v))
 
 
 def _load_model(args: argparse.Namespace):
     from .models import load_model
 
-    def one_or_three(v):
-        return None if v is None else (v[0] if len(v) == 1 else v)
-
     return load_model(
         args.model,
         input_size=tuple(args.input_size) if args.input_size else None,
-        mean=one_or_three(args.mean),
-        std=one_or_three(args.std),
+        mean=_one_or_three(args.mean),
+        std=_one_or_three(args.std),
         device=args.device,
+        trust_pickle=bool(args.trust_pickle),
     )
 
 
@@ -55,20 +114,6 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", metavar="FILE", help="pairs file: LFW pairs.txt or CSV a,b,same (default: DIR/pairs.txt)")
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from .data import load_pairs
-    from .verification import verify
-
-    pairs = load_pairs(args.data, args.pairs, n_pairs=args.n_pairs, seed=args.seed)
-    model = _load_model(args)
-    result = verify(model, pairs, batch_size=args.batch_size, progress=not args.quiet and not args.json)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(result.format())
-    return 0
-
-
 def _parse_options(items: Sequence[str] | None, default_method: str | None = None) -> dict[str, dict]:
     """``--option gradcam.layer=layer4.2.conv2 --option ig.steps=128`` -> {method: {key: value}}.
 
@@ -81,27 +126,51 @@ def _parse_options(items: Sequence[str] | None, default_method: str | None = Non
         method, dot, opt = key.partition(".")
         if not dot and default_method:
             method, opt = default_method, key
-        if not sep or not method or not opt:
+        if not sep or not method.strip() or not opt.strip():
             form = "KEY=VALUE or METHOD.KEY=VALUE" if default_method else "METHOD.KEY=VALUE"
             raise ValueError(f"--option takes {form} (e.g. ig.steps=128), got {item!r}")
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
             parsed = value  # a plain string, e.g. a layer name
-        out.setdefault(method, {})[opt] = parsed
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            raise ValueError(f"--option {key}: expected a finite number, got {value!r}")
+        out.setdefault(method.strip(), {})[opt.strip()] = parsed
     return out
 
 
 def _methods(text: str) -> list[str]:
-    from .attribution import METHODS
-
-    names = [m.strip() for m in text.split(",") if m.strip()]
     if text.strip() == "all":
         return list(METHODS)
+    names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
         raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from: all, {', '.join(METHODS)}")
-    return names
+    return list(dict.fromkeys(names))
+
+
+# --- verify --------------------------------------------------------------------------------------
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .data import load_pairs
+    from .verification import verify
+
+    pairs = load_pairs(args.data, args.pairs, n_pairs=args.n_pairs, seed=args.seed)
+    model = _load_model(args)
+    result = verify(model, pairs, batch_size=args.batch_size, progress=not args.quiet and not args.json)
+    for warning in result.warnings():
+        print(f"falsify verify: warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(result.format())
+    return 0
+
+
+# --- explain -------------------------------------------------------------------------------------
+
+CAM_METHODS = ("gradcam", "gradcam++", "biometric-gradcam")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -116,51 +185,178 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if m not in methods:
             raise ValueError(f"--option names method {m!r}, which is not in --methods {','.join(methods)}")
     if args.layer:
+        if not any(m in CAM_METHODS for m in methods):
+            raise ValueError(f"--layer is for the CAM methods ({', '.join(CAM_METHODS)}), none of which is in --methods")
         for m in methods:
-            if m in ("gradcam", "gradcam++", "biometric-gradcam"):
+            if m in CAM_METHODS:
                 options.setdefault(m, {}).setdefault("layer", args.layer)
+    if args.out:
+        if Path(args.out).suffix.lower() not in FIGURE_SUFFIXES:
+            raise ValueError(f"--out {args.out}: the figure is written by suffix; use one of {', '.join(FIGURE_SUFFIXES)}")
+        _writable_file(args.out, "--out")
+    if args.save_maps:
+        _writable_file(args.save_maps, "--save-maps")
     model = _load_model(args)
+    from .attribution import get_explainer
+
+    for m in methods:  # bad options fail here, before any map is computed
+        get_explainer(m, model, **options.get(m, {}))
     a, b = (load_image(p, model.input_size) for p in (args.image_a, args.image_b))
     with tqdm(total=len(methods), desc="explaining", unit="method", disable=args.quiet) as bar:
         expl = explain_pair(model, a, b, methods, options, progress=bar)
     print(f"cosine similarity {expl.cosine:.4f}, angle {expl.angle:.4f} rad")
+    if args.save_maps:  # the arrays first: a failing figure must not lose them
+        written = expl.save_npz(args.save_maps)
+        print(f"maps: {written}")
     if args.out:
         fig = explanation_figure(expl, labels=(Path(args.image_a).stem, Path(args.image_b).stem))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.out, dpi=args.dpi)
         print(f"figure: {args.out}")
-    if args.save_maps:
-        expl.save_npz(args.save_maps)
-        print(f"maps: {args.save_maps}")
     return 0
 
+
+# --- test ----------------------------------------------------------------------------------------
+
+def _get_explainer(name: str, model, **options):
+    from .attribution import get_explainer
+
+    return get_explainer(name, model, **options)
+
+
+def _test_config(args: argparse.Namespace):
+    from .falsification import FalsificationConfig
+
+    taus = (args.tau_high, args.tau_low, args.epsilon)
+    if any(t is not None for t in taus) and any(t is None for t in taus):
+        raise ValueError("give all three of --tau-high, --tau-low and --epsilon, or none (then they are calibrated)")
+    if (args.theta_high is None) != (args.theta_low is None):
+        raise ValueError("threshold regions need both --theta-high and --theta-low")
+    return FalsificationConfig(
+        granularity=args.granularity, grid=args.grid, n_segments=args.n_segments,
+        region="threshold" if args.theta_high is not None else "quantile", q=args.q,
+        theta_high=args.theta_high, theta_low=args.theta_low, fill=args.fill, K=args.K,
+        tau_high=args.tau_high, tau_low=args.tau_low, epsilon=args.epsilon, seed=args.seed,
+        batch_size=args.batch_size,
+    )
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_image
+    from .falsification import falsification_test
+    from .falsification.calibration import calibrate, calibration_pairs
+    from .models.base import model_device
+
+    config = _test_config(args)  # bad options fail before anything is loaded
+    options = _parse_options(args.option, default_method=args.method)
+    others = sorted(set(options) - {args.method})
+    if others:
+        raise ValueError(f"--option names method(s) {', '.join(others)}, but --method is {args.method}")
+    options = options.get(args.method, {})
+    if args.layer:
+        options.setdefault("layer", args.layer)
+    if args.figure:
+        _writable_file(args.figure, "--figure")
+    model = _load_model(args)
+    explainer = _get_explainer(args.method, model, **options)
+    a = load_image(args.image_a, model.input_size)
+    b = load_image(args.image_b, model.input_size)
+    calibration = None
+    if not config.has_criterion:
+        pairs = calibration_pairs(args.data, args.pairs, n_pairs=args.calibration_pairs, seed=args.seed)
+        calibration = calibrate(model, pairs, batch_size=args.batch_size, progress=not (args.quiet or args.json))
+        config = calibration.apply(config)
+
+    images = torch.stack([a, b]) if args.both else a.unsqueeze(0)
+    device = model_device(model)
+    with torch.inference_mode():
+        emb = model(torch.stack([a, b]).to(device)).float().cpu()
+    references = torch.stack([emb[1], emb[0]]) if args.both else emb[1:2]
+    maps = explainer(images.to(device), references.to(device))
+    maps = torch.as_tensor(maps).detach().float().cpu()
+    results = falsification_test(
+        model, images, references, maps, config, keep_examples=bool(args.figure), progress=not (args.quiet or args.json)
+    )
+    names = [(args.image_a, args.image_b), (args.image_b, args.image_a)][: len(results)]
+    model_name = getattr(model, "name", args.model)
+    if args.json:
+        out = {
+            "method": args.method,
+            "model": model_name,
+            "config": config.to_dict(),
+            "calibration": calibration.to_dict() if calibration else None,
+            "results": [{"image": x, "reference": y, **r.to_dict()} for (x, y), r in zip(names, results)],
+        }
+        print(json.dumps(out, indent=2, allow_nan=False, default=_json_default))
+    else:
+        if calibration is not None:
+            print(
+                f"thresholds calibrated on {calibration.n_genuine + calibration.n_impostor} pairs: theta* = "
+                f"{calibration.threshold_angle:.4f} rad; tau_high {config.tau_high:.4f}, tau_low "
+                f"{config.tau_low:.4f}, epsilon {config.epsilon:.4f}"
+            )
+        for (x, y), r in zip(names, results):
+            print(f"\n{Path(x).name} explained against {Path(y).name} ({args.method}, {model_name})")
+            if r.pair_angle is not None:
+                print(f"pair      angle {r.pair_angle:.4f} rad (cos {math.cos(r.pair_angle):.4f})")
+            print(r.format())
+    if args.figure:
+        from .report.falsification_figure import falsification_figure
+
+        fig = falsification_figure(images, results, [Path(x).stem for x, _ in names], method=args.method)
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.figure, dpi=110)
+        if not args.json:
+            print(f"\nfigure: {args.figure}")
+    return 0
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# --- run and report ------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .experiments import RunConfig, Runner
 
     overrides = {
         "experiment": args.experiment, "data": args.data, "pairs": args.pairs, "model": args.model,
+        "input_size": list(args.input_size) if args.input_size else None,
+        "mean": _one_or_three(args.mean), "std": _one_or_three(args.std), "trust_pickle": args.trust_pickle,
         "methods": _methods(args.methods) if args.methods else None, "n_pairs": args.n_pairs,
         "K": args.K, "seed": args.seed, "out": args.out, "fill": args.fill,
         "granularity": args.granularity, "q": args.q, "tau_high": args.tau_high,
         "tau_low": args.tau_low, "epsilon": args.epsilon, "batch_pairs": args.batch_pairs,
         "device": args.device, "method_options": _parse_options(args.option) or None,
     }
-    if args.config:
-        config = RunConfig.from_toml(args.config, **overrides)
-    else:
-        config = RunConfig(**{k: v for k, v in overrides.items() if v is not None})
-    runner = Runner(config, progress=not args.quiet)
+    config = RunConfig.resolve(config_file=args.config, **overrides)
+    runner = Runner(config, progress=not args.quiet, retry_errors=args.retry_errors)
     summary = runner.run()
     print(_run_table(summary))
+    if "experiment_6_2" in summary:
+        print()
+        print(_margin_table(summary["experiment_6_2"]))
     print(f"results: {runner.out}/results.sqlite\nreport:  {runner.out}/report.html")
+    if summary["n_rows"] and summary["n_errors"] == summary["n_rows"]:
+        first = summary["errors"][0]["error"] if summary["errors"] else "?"
+        print(f"falsify run: every one of the {summary['n_rows']} rows is an error (e.g. {first}); fix the "
+              "cause and rerun with --retry-errors", file=sys.stderr)
+        return 1
     return 0
 
 
-def _run_table(summary: dict) -> str:
-    def pct(x):
-        return "  n/a" if x is None else f"{100 * x:5.1f}"
+def _pct(x) -> str:
+    return "  n/a" if x is None else f"{100 * x:5.1f}"
 
+
+def _run_table(summary: dict) -> str:
     lines = [f"experiment {summary['experiment']} on {summary['data']['n_pairs']} pairs, model {summary['model']}",
              f"{'method':18s} {'pass':>5s} {'fals':>5s} {'untest':>6s} {'err':>4s}   FR%  [95% CI]      d_high  d_low  s/pair"]
     for m in summary["methods"]:
@@ -168,9 +364,45 @@ def _run_table(summary: dict) -> str:
         dl = "  n/a" if m["mean_d_low"] is None else f"{m['mean_d_low']:.3f}"
         sp = "" if m["seconds_per_pair"] is None else f"{m['seconds_per_pair']:.2f}"
         lines.append(f"{m['method']:18s} {m['n_passed']:5d} {m['n_falsified']:5d} {m['n_untestable']:6d} "
-                     f"{m['n_error']:4d}  {pct(m['fr'])} [{pct(m['ci_low'])},{pct(m['ci_high'])}]   {dh}  {dl}  {sp}")
+                     f"{m['n_error']:4d}  {_pct(m['fr'])} [{_pct(m['ci_low'])},{_pct(m['ci_high'])}]   {dh}  {dl}  {sp}")
     return "\n".join(lines)
 
+
+def _margin_table(analysis: dict) -> str:
+    """Experiment 6.2 as text: FR per margin quartile and Spearman's rho, one line per method."""
+    edges = analysis["quartile_edges"]
+    head = "  ".join(f"Q{q} [{edges[q - 1]:+.3f},{edges[q]:+.3f}]" for q in range(1, 5))
+    lines = [f"experiment 6.2: FR% by quartile of the margin cos - {analysis['threshold_cos']:.4f} (pairs per quartile)",
+             f"{'method':18s} {head}   rho     p"]
+    rho = {c["method"]: c for c in analysis["correlation"]}
+    methods = list(dict.fromkeys(s["method"] for s in analysis["strata"]))
+    for m in methods:
+        cells = []
+        for q in range(1, 5):
+            s = next(s for s in analysis["strata"] if s["method"] == m and s["quartile"] == q)
+            cells.append(f"{_pct(s['fr'])} (n={s['n_pairs']:>3d})".ljust(len(f"Q{q} [+0.000,+0.000]")))
+        c = rho.get(m, {})
+        r = "  n/a" if c.get("spearman_rho") is None else f"{c['spearman_rho']:+.3f}"
+        p = "  n/a" if c.get("p") is None else f"{c['p']:.3g}"
+        lines.append(f"{m:18s} {'  '.join(cells)}  {r}  {p}")
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.figures import write_figures
+    from .report.html import load_summary, write_report
+    from .report.tables import write_tables
+
+    out = Path(args.out)
+    summary = load_summary(out)  # a missing, corrupt or foreign summary fails before anything is written
+    write_tables(summary, out)
+    if not args.no_figures:
+        write_figures(summary, out)
+    print(write_report(out))
+    return 0
+
+
+# --- the parser ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -185,18 +417,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="verification accuracy of a face model on pairs (LFW protocol)",
         description="LFW protocol: for each fold the cosine-similarity threshold is chosen on the "
         "other folds and accuracy measured on it; prints mean and std over folds, ROC AUC over all "
-        "pairs, and how many pairs were skipped (missing or unreadable images).",
+        "pairs, and how many pairs were skipped (missing or unreadable images). With one fold the "
+        "threshold is chosen on the test pairs themselves, and a warning says so.",
     )
     _add_data_args(p)
     _add_model_args(p)
-    p.add_argument("--n-pairs", type=int, metavar="N", help="use a seeded balanced sample of N pairs")
+    p.add_argument("--n-pairs", type=_whole(1), metavar="N", help="use a seeded balanced sample of N pairs")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling pairs (default 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--batch-size", type=_whole(1), default=64, help="images per forward pass (default 64)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (undefined values are null)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify)
-
-    from .attribution import METHODS
 
     p = sub.add_parser(
         "explain",
@@ -209,23 +440,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image_b", help="second face image")
     p.add_argument("--methods", default="gradcam,gradcam++,biometric-gradcam,ig,saliency",
                    help=f"comma-separated, or 'all' ({', '.join(METHODS)}); default %(default)s")
-    p.add_argument("--layer", help="layer for CAM methods (default: the last Conv2d)")
+    p.add_argument("--layer", help="layer for the CAM methods (default: the model's CAM layer, layer2.3 for "
+                   "dlib-resnet; otherwise the last Conv2d with more than a 1x1 output)")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. ig.steps=128 or occlusion.window=20 (repeatable)")
     _add_model_args(p)
     p.add_argument("--out", metavar="FIG", help="write the figure (PNG, PDF or SVG by suffix)")
-    p.add_argument("--dpi", type=int, default=110, help="figure resolution (default 110)")
-    p.add_argument("--save-maps", metavar="NPZ", help="write maps and raw attributions to an .npz")
+    p.add_argument("--dpi", type=_whole(20, 1200), default=110, help="figure resolution, 20-1200 (default 110)")
+    p.add_argument("--save-maps", metavar="NPZ", help="write maps and raw attributions to an .npz (suffix added if missing)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_explain)
 
-    from .falsification.command import add_test_command
+    p = sub.add_parser(
+        "test",
+        help="falsification test of one pair's attribution map",
+        description="Explains A against B's embedding with --method, then hides the features the map "
+        "ranks highest (S_high) and lowest (S_low) and measures how far A's embedding moves (geodesic "
+        "distance, radians). The map passes when d_high > tau_high, d_low < tau_low and d_high - d_low "
+        ">= epsilon; otherwise it is falsified; a map with no prediction (constant) is untestable. "
+        "Thresholds come from --tau-high/--tau-low/--epsilon, or are calibrated for the model on "
+        "pairs (--data, --calibration-pairs), on the same seeded sample 'falsify run' calibrates on.",
+    )
+    p.add_argument("image_a", help="the face to explain (any JPEG/PNG; resized to the model's input size)")
+    p.add_argument("image_b", help="the other face of the pair: the reference embedding")
+    p.add_argument("--method", required=True, help=f"attribution method ({', '.join(METHODS)})")
+    p.add_argument("--layer", help="layer for CAM methods (default: the method's default)")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a method option, e.g. steps=64 (repeatable)")
+    _add_model_args(p)
+    p.add_argument("--fill", choices=FILLS, default="blur", help="what replaces hidden pixels (default %(default)s)")
+    p.add_argument("-K", type=_whole(1), default=16, help="samples per region for stochastic fills (noise, optimised; default %(default)s)")
+    p.add_argument("--q", type=_number, default=0.2, help="fraction of pixels in S_high and in S_low, in (0, 0.5] (default %(default)s)")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="grid", help="features (default %(default)s)")
+    p.add_argument("--grid", type=_whole(1), default=14, help="cells per side for --granularity grid (default %(default)s)")
+    p.add_argument("--n-segments", type=_whole(2), default=100, help="SLIC superpixels (default %(default)s)")
+    p.add_argument("--theta-high", type=_number, help="absolute-threshold regions: S_high = map >= THETA_HIGH (with --theta-low)")
+    p.add_argument("--theta-low", type=_number, help="absolute-threshold regions: S_low = map <= THETA_LOW")
+    p.add_argument("--tau-high", type=_number, help="criterion in radians (all three of tau-high, tau-low, epsilon, or none: calibrate)")
+    p.add_argument("--tau-low", type=_number)
+    p.add_argument("--epsilon", type=_number)
+    _add_data_args(p)
+    p.add_argument("--calibration-pairs", type=_whole(4), default=600, metavar="N",
+                   help="pairs to calibrate the thresholds on when they are not given (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of ties, stochastic fills and the calibration sample (default 0)")
+    p.add_argument("--batch-size", type=_whole(1), default=64, help="images per forward pass (default %(default)s)")
+    p.add_argument("--both", action="store_true", help="also explain and test B against A")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--figure", metavar="OUT.png", help="write x, S_high, S_low and a counterfactual of each")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_test)
 
-    add_test_command(sub)
-
-    from .report.html import add_report_command
-
-    add_report_command(sub)
+    p = sub.add_parser(
+        "report",
+        help="rewrite the tables, figures and HTML report of a run from its summary.json",
+        description="Reads OUT/summary.json (written by 'falsify run') and rewrites OUT/tables/*.tex, the "
+        "figures that need only the summary (OUT/figures/fig_6_1_fr, fig_6_2_fr_vs_margin; .png and "
+        ".pdf) and OUT/report.html, a self-contained page. The saliency grid needs the attribution maps, "
+        "so it is kept as it is when present and not made otherwise.",
+    )
+    p.add_argument("out", metavar="OUT", help="output folder of 'falsify run' (holds summary.json)")
+    p.add_argument("--no-figures", action="store_true", help="keep the figures as they are; only rewrite tables and HTML")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "run",
@@ -234,33 +508,45 @@ def build_parser() -> argparse.ArgumentParser:
         "committed as each is computed: running the same command again resumes, and an interrupted "
         "run loses at most the rows in flight. Then writes OUT/summary.json, OUT/tables/*.tex, "
         "OUT/figures/*.png|pdf and OUT/report.html. 6.2 reads the same rows as 6.1 (computing any "
-        "missing) and adds the analysis by margin. Thresholds tau_high, tau_low, epsilon are "
-        "calibrated on the model's genuine/impostor angles unless all three are given.",
+        "missing) and adds the analysis by margin. On an existing OUT, settings not given are taken "
+        "from its store; given ones must match it. Thresholds tau_high, tau_low, epsilon are "
+        "calibrated on the model's genuine/impostor angles unless all three are given. Every option "
+        "is checked before anything is written; one run at a time may use an OUT.",
     )
-    p.add_argument("experiment", nargs="?", default=None, choices=["6.1", "6.2"], help="default 6.1")
+    p.add_argument("experiment", nargs="?", default=None, choices=list(EXPERIMENTS), help="default 6.1")
     _add_data_args(p)
-    p.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="face model (default dlib-resnet)")
+    _add_model_args(p, default=None)
     p.add_argument("--methods", help="comma-separated methods, or 'all' (default)")
-    p.add_argument("--n-pairs", type=int, help="seeded balanced sample of N pairs (default 200)")
-    p.add_argument("-K", "--counterfactuals", dest="K", type=int,
+    p.add_argument("--n-pairs", type=_whole(1), help="seeded balanced sample of N pairs (default 200)")
+    p.add_argument("-K", "--counterfactuals", dest="K", type=_whole(1),
                    help="counterfactuals per region for stochastic fills (default 16; deterministic fills use 1)")
     p.add_argument("--seed", type=int, help="seed for the pair sample, ties and fills (default 0)")
     p.add_argument("--out", help="run directory (default runs/<experiment>-<timestamp>, or the newest "
                    "one made with the same settings, which is resumed)")
     p.add_argument("--config", metavar="FILE", help="TOML file with the same keys (flags override it)")
-    p.add_argument("--fill", help="counterfactual fill: blur (default), mean, zero, noise, optimised")
-    p.add_argument("--granularity", help="regions: grid (default, 14x14), pixel, superpixel")
-    p.add_argument("--q", type=float, help="fraction of features in S_high and in S_low (default 0.2)")
-    p.add_argument("--tau-high", type=float, help="radians; with --tau-low and --epsilon skips calibration")
-    p.add_argument("--tau-low", type=float, help="radians")
-    p.add_argument("--epsilon", type=float, help="radians")
+    p.add_argument("--fill", choices=FILLS, help="counterfactual fill (default blur)")
+    p.add_argument("--granularity", choices=GRANULARITIES, help="regions (default grid, 14x14)")
+    p.add_argument("--q", type=_number, help="fraction of features in S_high and in S_low, in (0, 0.5] (default 0.2)")
+    p.add_argument("--tau-high", type=_number, help="radians, >= 0; with --tau-low and --epsilon skips calibration")
+    p.add_argument("--tau-low", type=_number, help="radians, >= 0")
+    p.add_argument("--epsilon", type=_number, help="radians, >= 0")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
-                   help="a method option, e.g. ig.steps=128 (repeatable)")
-    p.add_argument("--batch-pairs", type=int, help="pairs explained together (default 8)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+                   help="a method option, e.g. ig.steps=128 (repeatable; the method must be in --methods)")
+    p.add_argument("--batch-pairs", type=_whole(1), help="pairs explained together (default 8)")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="compute the error rows of OUT again (e.g. after fixing an unreadable image)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
     return parser
+
+
+def _message(exc: BaseException) -> str:
+    """One line for a user error; OSError names the file it failed on."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -278,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if os.environ.get("FALSIFY_DEBUG"):
             raise
-        print(f"falsify {args.command}: error: {exc}", file=sys.stderr)
+        print(f"falsify {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2
 
 

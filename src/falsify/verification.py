@@ -1,6 +1,8 @@
 """Embedding images once, in batches, and the LFW verification protocol."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -93,7 +95,18 @@ class VerificationResult:
     skipped_examples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As JSON-safe values: an undefined number (e.g. ROC AUC of one-class pairs) is None."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+    def warnings(self) -> list[str]:
+        """What a reader of the numbers must know: an optimistic 1-fold accuracy, an undefined AUC."""
+        out = []
+        if self.n_folds < 2:
+            out.append("the pairs have one fold, so the threshold was chosen on the same pairs it is tested on "
+                       "(the accuracy is optimistic); use a pairs file with folds (LFW: 10) for the protocol")
+        if not math.isfinite(self.roc_auc):
+            out.append(f"ROC AUC is undefined: the pairs are all {'genuine' if self.n_genuine else 'impostor'}")
+        return out
 
     def format(self) -> str:
         folds = ", ".join(f"{a:.2%}" for a in self.fold_accuracy)
@@ -103,8 +116,9 @@ class VerificationResult:
             f"pairs        {self.n_pairs} ({self.n_genuine} genuine, {self.n_impostor} impostor), "
             f"{self.n_skipped} skipped",
             f"accuracy     {self.accuracy_mean:.2%} +- {self.accuracy_std:.2%} "
-            f"({self.n_folds}-fold; per fold: {folds})",
-            f"ROC AUC      {self.roc_auc:.4f}",
+            f"({self.n_folds}-fold; per fold: {folds})"
+            + (", threshold chosen on the test pairs (optimistic)" if self.n_folds < 2 else ""),
+            f"ROC AUC      {self.roc_auc:.4f}" if math.isfinite(self.roc_auc) else "ROC AUC      undefined (one class)",
             f"threshold    cos >= {self.threshold:.4f} (angle <= {self.threshold_angle:.4f} rad), "
             "best on all pairs",
         ]

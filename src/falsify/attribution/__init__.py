@@ -8,7 +8,10 @@
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 
+from ..choices import METHODS as _CHOICES
 from .base import AttributionError, Explainer, SimilarityTarget, find_layer, normalise_maps
 from .biometric_gradcam import BiometricGradCAM
 from .geodesic_ig import GeodesicIntegratedGradients
@@ -39,8 +42,11 @@ _CLASSES: dict[str, type[Explainer]] = {
     )
 }
 
-#: Method names, in the order reports list them.
+#: Method names, in the order reports list them (the same tuple as ``falsify.choices.METHODS``,
+#: which the CLI reads without importing torch).
 METHODS: tuple[str, ...] = tuple(_CLASSES)
+if METHODS != _CHOICES:
+    raise ImportError(f"falsify.choices.METHODS {_CHOICES} does not match the registered methods {METHODS}")
 
 
 def method_options(name: str) -> list[str]:
@@ -57,15 +63,53 @@ def _method_class(name: str) -> type[Explainer]:
 
 
 def get_explainer(name: str, model, **options) -> Explainer:
-    """Build the explainer ``name`` for ``model``; unknown options raise a clear error."""
+    """Build the explainer ``name`` for ``model``; unknown or mistyped options raise a clear error
+    naming ``METHOD.OPTION``."""
     cls = _method_class(name)
-    allowed = method_options(name)
-    unknown = sorted(set(options) - set(allowed))
+    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k not in ("self", "model")}
+    unknown = sorted(set(options) - set(params))
     if unknown:
         raise AttributionError(
-            f"method {name!r} has no option {', '.join(map(repr, unknown))}; its options are: {', '.join(allowed)}"
+            f"method {name!r} has no option {', '.join(map(repr, unknown))}; its options are: {', '.join(params)}"
         )
-    return cls(model, **options)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no type check, the class still validates
+        hints = {}
+    for key, value in options.items():
+        _check_option_type(name, key, value, hints.get(key))
+    try:
+        return cls(model, **options)
+    except AttributionError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise AttributionError(f"{name}: {exc}") from None
+
+
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def _check_option_type(method: str, key: str, value, hint) -> None:
+    """An option's value must match its annotation (``int``, ``float``, ``str``, ``bool``, unions
+    and ``None``); a float annotation takes whole numbers too, an int one never takes a bool."""
+    if hint is None:
+        return
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not all(t in _TYPE_WORDS or t is type(None) for t in allowed):
+        return  # richer types (modules, tensors, callables): the class checks them
+
+    def fits(t) -> bool:
+        if t is type(None):
+            return value is None
+        if t is bool or isinstance(value, bool):
+            return t is bool and isinstance(value, bool)
+        if t is float:
+            return isinstance(value, (int, float))
+        return isinstance(value, t)
+
+    if not any(fits(t) for t in allowed):
+        words = " or ".join(_TYPE_WORDS.get(t, "none") for t in allowed)
+        raise AttributionError(f"option {method}.{key} must be {words}, got {value!r}")
 
 
 __all__ = [

@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 
 class ImageLoadError(ValueError):
-    """An image file is missing, not an image, or truncated/corrupt."""
+    """An image file is missing, not an image, truncated/corrupt, or over Pillow's pixel limit."""
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -42,6 +42,11 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.T
             rgb = _to_rgb(img)
     except FileNotFoundError:
         raise ImageLoadError(f"image not found: {path}") from None
+    except Image.DecompressionBombError as exc:  # not an OSError
+        raise ImageLoadError(
+            f"cannot read image {path}: it exceeds Pillow's pixel limit ({exc}); downscale it, "
+            f"or raise PIL.Image.MAX_IMAGE_PIXELS (now {Image.MAX_IMAGE_PIXELS}) if you trust the file"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"cannot read image {path}: {exc}") from None
     if size is not None:

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import os
 import random
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from functools import cached_property
+from pathlib import Path, PurePath
 from typing import Iterator, Sequence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -12,6 +16,21 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 class DataError(ValueError):
     """Pair data that cannot be used as given; the message says what to change."""
+
+
+def _check_n_pairs(n_pairs) -> None:
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 1:
+        raise DataError(f"n_pairs must be a whole number >= 1, got {n_pairs!r}")
+
+
+def _image_key(path: Path, root: Path | None) -> str:
+    """``path`` relative to ``root`` (posix) if it lies inside it, else its resolved absolute path."""
+    if root is not None:
+        for p, r in ((os.path.abspath(path), os.path.abspath(root)),
+                     (os.path.realpath(path), os.path.realpath(root))):
+            if PurePath(p).is_relative_to(r):
+                return PurePath(p).relative_to(r).as_posix()
+    return PurePath(os.path.realpath(path)).as_posix()
 
 
 @dataclass(frozen=True)
@@ -23,11 +42,18 @@ class Pair:
     same: bool
     fold: int = 0
     index: int = 0  # position in the source (pairs.txt pair number, CSV row, ...)
+    root: Path | None = field(default=None, compare=False)  # folder the ids are relative to
+
+    @cached_property
+    def id(self) -> str:
+        """A stable identifier ``a|b``: each image relative to ``root`` (posix), or its absolute
+        path when outside it. For LFW: ``Name/Name_0001.jpg|Other/Other_0002.jpg``."""
+        return "|".join(self.image_keys)
 
     @property
-    def id(self) -> str:
-        """A stable identifier: the two file names relative to their identity folders."""
-        return f"{self.a.parent.name}/{self.a.name}|{self.b.parent.name}/{self.b.name}"
+    def image_keys(self) -> tuple[str, str]:
+        """Each image relative to ``root`` (posix), or its resolved absolute path."""
+        return _image_key(self.a, self.root), _image_key(self.b, self.root)
 
 
 @dataclass(frozen=True)
@@ -62,6 +88,10 @@ class PairSet:
     def n_impostor(self) -> int:
         return len(self.pairs) - self.n_genuine
 
+    def ids(self) -> list[str]:
+        """Every pair's ``id``, in order (unique within a loaded PairSet)."""
+        return [p.id for p in self.pairs]
+
     def image_paths(self) -> list[Path]:
         """Every distinct image the pairs use, in first-use order."""
         return list(dict.fromkeys(p for pair in self.pairs for p in (pair.a, pair.b)))
@@ -79,8 +109,7 @@ class PairSet:
 
     def sample(self, n: int, seed: int = 0) -> "PairSet":
         """A seeded sample of ``n`` pairs, half genuine and half impostor (as far as possible)."""
-        if n < 1:
-            raise DataError(f"n_pairs must be at least 1, got {n}")
+        _check_n_pairs(n)
         if n >= len(self.pairs):
             return self
         rng = random.Random(seed)
@@ -104,19 +133,73 @@ class PairSet:
             text += f"\nskipped {len(self.skipped)} pairs: {shown}{more}"
         return text
 
+    def fingerprint(self) -> dict:
+        """A content fingerprint of the data, to check a resumed run uses the same pairs and images.
+
+        Equal for the same data however its folder is spelled or wherever it is copied (ids are
+        relative to the data folder); changes when a pair, label, fold or image byte changes.
+        Images are hashed, not decoded.
+        """
+        structure = hashlib.sha256()
+        for p in self.pairs:
+            structure.update(json.dumps([p.id, bool(p.same), int(p.fold)]).encode() + b"\n")
+        images: dict[str, Path] = {}  # one entry per image, however its path is spelled
+        for p in self.pairs:
+            for key, path in zip(p.image_keys, (p.a, p.b)):
+                images.setdefault(key, path)
+        hashes = {key: _file_sha256(path) for key, path in images.items()}
+        h = structure.copy()
+        for digest in hashes.values():
+            h.update(digest.encode() + b"\n")
+        return {
+            "sha256": h.hexdigest(),
+            "pairs_sha256": structure.hexdigest(),
+            "n_pairs": len(self.pairs),
+            "n_images": len(images),
+            "images": hashes,
+            "basis": "sha256 over each pair's id, label and fold (pairs_sha256), and the sha256 of every "
+                     "image's bytes (images)",
+        }
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    except OSError as exc:
+        raise DataError(f"cannot fingerprint {path}: {exc.strerror or exc}; was it moved or deleted?") from None
+    return h.hexdigest()
+
+
+def _keep(pair: Pair, where: str, pairs: list[Pair], skipped: list[SkippedPair], seen: dict[str, str]) -> None:
+    """Append ``pair`` unless an earlier pair (id -> where, in ``seen``) had its id: then report it."""
+    if pair.id in seen:
+        skipped.append(SkippedPair(where, f"duplicate of {seen[pair.id]}"))
+    else:
+        seen[pair.id] = where
+        pairs.append(pair)
+
 
 # --- LFW layout --------------------------------------------------------------------------------
 
 def lfw_image_path(root: Path, name: str, number: int) -> Path:
     """``root/<Name>/<Name>_NNNN.jpg``, or the same stem with another image suffix if that exists."""
     stem = root / name / f"{name}_{number:04d}"
-    jpg = stem.with_suffix(".jpg")
-    if jpg.exists():
-        return jpg
-    for suffix in IMAGE_SUFFIXES[1:]:
-        if stem.with_suffix(suffix).exists():
+    for suffix in IMAGE_SUFFIXES:
+        if os.path.exists(stem.with_suffix(suffix)):
             return stem.with_suffix(suffix)
-    return jpg
+    return stem.with_suffix(".jpg")
+
+
+def _folder_name(token: str, where: str, root: Path) -> str:
+    if token in (".", "..") or any(c in token for c in "/\\\0") or PurePath(token).parts != (token,):
+        raise DataError(
+            f"{where}: name {token!r} is not a folder name (contains '/', '\\', NUL or is '.' or '..'); "
+            f"LFW names are <Name> folders inside {root}"
+        )
+    return token
 
 
 def _int(token: str, where: str, what: str) -> int:
@@ -134,7 +217,9 @@ def read_lfw_pairs(pairs_file: str | Path, root: str | Path) -> PairSet:
 
     Folds are read from position: fold f holds lines f*2n+1 .. (f+1)*2n, the first n genuine
     and the next n impostor, as in the official file. Pairs whose images are missing are
-    skipped (reported with their line numbers); a malformed line raises ``DataError`` naming it.
+    skipped (reported with their line numbers), as are repeats of an earlier pair; a malformed
+    line, or a name that is not a plain folder name (``../x``, ``a/b``), raises ``DataError``
+    naming it. Pair ids are relative to ``root``: ``Name/Name_0001.jpg|Other/Other_0002.jpg``.
     """
     pairs_file, root = Path(pairs_file), Path(root)
     if not pairs_file.is_file():
@@ -142,7 +227,7 @@ def read_lfw_pairs(pairs_file: str | Path, root: str | Path) -> PairSet:
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
     try:
-        lines = pairs_file.read_text(encoding="utf-8").splitlines()
+        lines = pairs_file.read_text(encoding="utf-8").split("\n")  # line numbers as editors count
     except UnicodeDecodeError:
         raise DataError(f"{pairs_file} is not a text pairs file (LFW pairs.txt format)") from None
     where0 = f"{pairs_file.name}:1"
@@ -165,18 +250,19 @@ def read_lfw_pairs(pairs_file: str | Path, root: str | Path) -> PairSet:
             f"{pairs_file}: header says {n_folds} folds x {2 * per_fold} pairs = {expected} lines, "
             f"but the file has {len(body)}; is the file complete?"
         )
-    pairs, skipped = [], []
+    pairs, skipped, seen = [], [], {}
     for k, (lineno, line) in enumerate(body):
         where = f"{pairs_file.name}:{lineno}"
         tok = line.split()
         fold, same_expected = divmod(k, 2 * per_fold)[0], (k % (2 * per_fold)) < per_fold
         if len(tok) == 3:
-            a = lfw_image_path(root, tok[0], _int(tok[1], where, "image number"))
-            b = lfw_image_path(root, tok[0], _int(tok[2], where, "image number"))
+            name = _folder_name(tok[0], where, root)
+            a = lfw_image_path(root, name, _int(tok[1], where, "image number"))
+            b = lfw_image_path(root, name, _int(tok[2], where, "image number"))
             same = True
         elif len(tok) == 4:
-            a = lfw_image_path(root, tok[0], _int(tok[1], where, "image number"))
-            b = lfw_image_path(root, tok[2], _int(tok[3], where, "image number"))
+            a = lfw_image_path(root, _folder_name(tok[0], where, root), _int(tok[1], where, "image number"))
+            b = lfw_image_path(root, _folder_name(tok[2], where, root), _int(tok[3], where, "image number"))
             same = False
         else:
             raise DataError(
@@ -188,11 +274,11 @@ def read_lfw_pairs(pairs_file: str | Path, root: str | Path) -> PairSet:
                 f"{'genuine' if same_expected else 'impostor'} pairs (each fold: {per_fold} genuine, "
                 f"then {per_fold} impostor)"
             )
-        missing = [p for p in (a, b) if not p.is_file()]
+        missing = [p for p in (a, b) if not os.path.isfile(p)]
         if missing:
             skipped.append(SkippedPair(where, "missing " + ", ".join(_rel(p, root) for p in missing)))
             continue
-        pairs.append(Pair(a, b, same, fold, k))
+        _keep(Pair(a, b, same, fold, k, root), where, pairs, skipped, seen)
     return PairSet(pairs, skipped, f"{pairs_file} (images in {root})", n_folds)
 
 
@@ -212,9 +298,11 @@ def identity_folder_pairs(
 
     Genuine pairs draw two distinct images of one identity (identities with >= 2 images);
     impostor pairs draw one image of each of two identities. ``n_pairs`` defaults to twice the
-    number of genuine pairs available (capped at 6000, LFW's size). Pairs are dealt into
-    ``n_folds`` folds.
+    number of genuine pairs available (capped at 6000, LFW's size); otherwise it must be a
+    whole number >= 1. Pairs are dealt into ``n_folds`` folds.
     """
+    if n_pairs is not None:
+        _check_n_pairs(n_pairs)
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
@@ -243,11 +331,13 @@ def identity_folder_pairs(
             break
         n1, n2 = rng.sample(names, 2)
         imp[(n1, rng.randrange(len(ids[n1])), n2, rng.randrange(len(ids[n2])))] = None
-    items = [Pair(ids[n][i], ids[n][j], True) for n, i, j in gen]
-    items += [Pair(ids[n1][i], ids[n2][j], False) for n1, i, n2, j in imp]
+    items = [Pair(ids[n][i], ids[n][j], True, root=root) for n, i, j in gen]
+    items += [Pair(ids[n1][i], ids[n2][j], False, root=root) for n1, i, n2, j in imp]
     rng.shuffle(items)
-    pairs = [replace(p, fold=k % n_folds, index=k) for k, p in enumerate(items)]
-    return PairSet(pairs, [], f"{root} (identity folders, seed {seed})", min(n_folds, len(pairs)))
+    pairs, skipped, seen = [], [], {}
+    for k, p in enumerate(items):
+        _keep(replace(p, fold=k % n_folds, index=k), f"pair {k}", pairs, skipped, seen)
+    return PairSet(pairs, skipped, f"{root} (identity folders, seed {seed})", min(n_folds, len(pairs)))
 
 
 # --- CSV ---------------------------------------------------------------------------------------
@@ -259,15 +349,26 @@ _FALSE = {"0", "false", "no", "different", "impostor", "n", "f"}
 def read_csv_pairs(csv_file: str | Path, root: str | Path | None = None, n_folds: int = 10) -> PairSet:
     """Pairs from a CSV with columns ``a,b,same`` (optional ``fold``); a header row is optional.
 
-    Relative paths are resolved against ``root`` (default: the CSV's folder). Without a fold
-    column, pairs are dealt into ``n_folds`` folds by row order.
+    Cells are image paths, relative to ``root`` (default: the CSV's folder) or absolute, and may
+    point anywhere (``../other/x.jpg`` included). Pair ids are those paths relative to ``root``,
+    or absolute for images outside it. A repeat of an earlier row's pair is skipped and reported.
+    Without a fold column, pairs are dealt into ``n_folds`` folds by row order.
     """
     csv_file = Path(csv_file)
     if not csv_file.is_file():
         raise DataError(f"pairs CSV not found: {csv_file}")
     base = Path(root) if root is not None else csv_file.parent
-    with csv_file.open(newline="", encoding="utf-8") as fh:
-        rows = [(i + 1, r) for i, r in enumerate(csv.reader(fh)) if any(c.strip() for c in r)]
+    rows = []
+    with csv_file.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        try:
+            for r in reader:
+                if any(c.strip() for c in r):
+                    rows.append((reader.line_num, r))
+        except csv.Error as exc:
+            raise DataError(f"{csv_file.name}:{reader.line_num}: not a valid CSV row ({exc})") from None
+        except UnicodeDecodeError:
+            raise DataError(f"{csv_file} is not UTF-8 text; save the pairs CSV as UTF-8") from None
     if not rows:
         raise DataError(f"{csv_file} is empty; expected rows 'a,b,same'")
     cols = {"a": 0, "b": 1, "same": 2, "fold": None}
@@ -275,7 +376,7 @@ def read_csv_pairs(csv_file: str | Path, root: str | Path | None = None, n_folds
     if "a" in first and "b" in first and "same" in first:
         cols = {k: (first.index(k) if k in first else None) for k in cols}
         rows = rows[1:]
-    pairs, skipped = [], []
+    pairs, skipped, seen = [], [], {}
     for k, (lineno, row) in enumerate(rows):
         where = f"{csv_file.name}:{lineno}"
         need = max(c for c in cols.values() if c is not None)
@@ -290,13 +391,13 @@ def read_csv_pairs(csv_file: str | Path, root: str | Path | None = None, n_folds
                 fold = int(row[cols["fold"]])
             except ValueError:
                 raise DataError(f"{where}: fold must be a whole number, got {row[cols['fold']]!r}") from None
-        a, b = (Path(row[cols[c]].strip()).expanduser() for c in ("a", "b"))
+        a, b = (Path(os.path.expanduser(row[cols[c]].strip())) for c in ("a", "b"))
         a, b = (p if p.is_absolute() else base / p for p in (a, b))
-        missing = [p for p in (a, b) if not p.is_file()]
+        missing = [p for p in (a, b) if not os.path.isfile(p)]
         if missing:
             skipped.append(SkippedPair(where, "missing " + ", ".join(str(p) for p in missing)))
             continue
-        pairs.append(Pair(a, b, flag in _TRUE, fold, k))
+        _keep(Pair(a, b, flag in _TRUE, fold, k, base), where, pairs, skipped, seen)
     folds = sorted({p.fold for p in pairs})
     remap = {f: i for i, f in enumerate(folds)}
     pairs = [replace(p, fold=remap[p.fold]) for p in pairs]
@@ -320,8 +421,10 @@ def load_pairs(
     - ``data`` a ``.csv`` file: CSV pairs;
     - nothing: LFW through scikit-learn's downloader/cache (``SCIKIT_LEARN_DATA`` honoured).
 
-    ``n_pairs`` keeps a seeded balanced sample of that many pairs.
+    ``n_pairs`` (a whole number >= 1) keeps a seeded balanced sample of that many pairs.
     """
+    if n_pairs is not None:
+        _check_n_pairs(n_pairs)
     if data is None and pairs is None:
         from .sklearn_lfw import sklearn_lfw_paths
 
@@ -351,7 +454,7 @@ def load_pairs(
             f"no usable pairs in {result.source}: {len(result.skipped)} skipped"
             + (f" (e.g. {result.skipped[0].where}: {result.skipped[0].reason})" if result.skipped else "")
         )
-    return result.sample(n_pairs, seed) if n_pairs else result
+    return result.sample(n_pairs, seed) if n_pairs is not None else result
 
 
 __all__: Sequence[str] = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import sys
@@ -23,25 +24,74 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..choices import EXPERIMENTS, METHODS
 from ..data import load_images, load_pairs
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
 from .analysis import summarise, write_outputs
-from .store import ResultsStore
+from .store import ResultsStore, inspect_store
 
-EXPERIMENTS = ("6.1", "6.2")
 #: The experiment whose rows both 6.1 and 6.2 read.
 ROWS_OF = "6.1"
+
+_INT, _NUM, _STR, _BOOL = "a whole number", "a number", "a string", "true or false"
+#: The type of every setting (TOML values and flags go through the same check).
+_TYPES = {
+    "experiment": _STR, "data": _STR, "pairs": _STR, "model": _STR, "n_pairs": _INT, "K": _INT,
+    "seed": _INT, "out": _STR, "fill": _STR, "granularity": _STR, "grid": _INT, "q": _NUM,
+    "tau_high": _NUM, "tau_low": _NUM, "epsilon": _NUM, "calibration_pairs": _INT,
+    "batch_pairs": _INT, "batch_size": _INT, "grid_pairs": _INT, "device": _STR, "trust_pickle": _BOOL,
+}
+
+
+def _type_error(key: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid ``key`` (None when it is)."""
+    if value is None:
+        return None
+    want = _TYPES.get(key)
+    if want == _INT:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif want == _NUM:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif want == _STR:
+        ok = isinstance(value, str)
+    elif want == _BOOL:
+        ok = isinstance(value, bool)
+    elif key == "methods":
+        ok, want = isinstance(value, str) or (isinstance(value, list) and all(isinstance(m, str) for m in value)), \
+            "a list of method names"
+    elif key == "input_size":
+        ok, want = (isinstance(value, (list, tuple)) and len(value) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)), \
+            "two whole numbers >= 1 [height, width]"
+    elif key in ("mean", "std"):
+        vals = value if isinstance(value, (list, tuple)) else [value]
+        ok, want = (len(vals) in (1, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 for v in vals)), "a number or a list of three"
+    elif key == "method_options":
+        ok, want = isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()), \
+            "a table of method tables, e.g. [method_options.ig] steps = 128"
+    else:
+        return None
+    return None if ok else f"{key} must be {want}, got {value!r}"
 
 
 @dataclass
 class RunConfig:
-    """Every setting of a run. TOML files use the same keys; command-line flags override them."""
+    """Every setting of a run. TOML files use the same keys; command-line flags override them.
+
+    Every value is checked here, the one validation path for flags, TOML and library callers:
+    a bad value raises ``ValueError`` naming the key before anything is loaded or written.
+    """
 
     experiment: str = "6.1"
     data: str | None = None
     pairs: str | None = None
     model: str = "dlib-resnet"
+    input_size: list[int] | None = None  # .onnx with a dynamic size, .pt
+    mean: float | list[float] | None = None
+    std: float | list[float] | None = None
+    trust_pickle: bool = False  # allow a .pt model to be unpickled (runs the file's code)
     methods: list[str] = field(default_factory=list)  # empty: every method
     n_pairs: int = 200
     K: int = 16
@@ -63,13 +113,17 @@ class RunConfig:
 
     #: settings that change results: a store made with other values is not resumed
     RESULT_KEYS = (
-        "data", "pairs", "model", "n_pairs", "K", "seed", "fill", "granularity", "grid", "q",
-        "tau_high", "tau_low", "epsilon", "calibration_pairs", "method_options",
+        "data", "pairs", "model", "input_size", "mean", "std", "n_pairs", "K", "seed", "fill",
+        "granularity", "grid", "q", "tau_high", "tau_low", "epsilon", "calibration_pairs", "method_options",
     )
+    #: settings of the last invocation that a resumed run keeps unless they are given again
+    KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs")
 
     def __post_init__(self) -> None:
-        from ..attribution import METHODS
-
+        for f in dataclasses.fields(self):
+            problem = _type_error(f.name, getattr(self, f.name))
+            if problem:
+                raise ValueError(problem)
         if self.experiment not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {self.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
         if isinstance(self.methods, str):
@@ -79,18 +133,41 @@ class RunConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-        for name, minimum in (("n_pairs", 1), ("K", 1), ("calibration_pairs", 4), ("batch_pairs", 1), ("batch_size", 1)):
-            if int(getattr(self, name)) < minimum:
+        self.methods = list(dict.fromkeys(self.methods))
+        for name, minimum in (("n_pairs", 1), ("K", 1), ("grid", 1), ("calibration_pairs", 4), ("batch_pairs", 1),
+                              ("batch_size", 1), ("grid_pairs", 0)):
+            if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
         given = [v is not None for v in (self.tau_high, self.tau_low, self.epsilon)]
         if any(given) and not all(given):
             raise ValueError("give all of tau_high, tau_low and epsilon, or none (then they are calibrated)")
+        for name in ("tau_high", "tau_low", "epsilon"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 radians, got {getattr(self, name)}")
         unknown_opts = [m for m in self.method_options if m not in METHODS]
         if unknown_opts:
             raise ValueError(f"method_options names unknown method(s) {', '.join(unknown_opts)}")
+        unused = [m for m in self.method_options if m not in self.methods]
+        if unused:
+            raise ValueError(f"options are given for {', '.join(unused)}, which is not among the methods run "
+                             f"({', '.join(self.methods)}); add it to methods or drop its options")
+        self.falsification_config()  # fill, granularity, q, ... checked by the test's own config
+        if isinstance(self.input_size, tuple):
+            self.input_size = list(self.input_size)
 
-    @classmethod
-    def from_toml(cls, path: str | Path, **overrides: Any) -> "RunConfig":
+    def falsification_config(self, calibration=None):
+        """The ``FalsificationConfig`` of this run (thresholds from ``calibration`` when given)."""
+        from ..falsification import FalsificationConfig
+
+        fc = FalsificationConfig(
+            fill=self.fill, granularity=self.granularity, grid=self.grid, q=self.q, K=self.K, seed=self.seed,
+            batch_size=self.batch_size, tau_high=self.tau_high, tau_low=self.tau_low, epsilon=self.epsilon,
+        )
+        return calibration.apply(fc) if calibration is not None else fc
+
+    @staticmethod
+    def read_toml(path: str | Path) -> dict:
+        """The settings in a TOML file (keys as in ``RunConfig``; ``-`` may stand for ``_``)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
@@ -98,21 +175,90 @@ class RunConfig:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{path} is not valid TOML: {exc}") from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        if "counterfactuals" in values:
-            values["K"] = values.pop("counterfactuals")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not a UTF-8 text file (TOML)") from None
+        known = {f.name for f in dataclasses.fields(RunConfig)}
+        canonical: dict[str, Any] = {}
+        spelled: dict[str, str] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            name = "K" if name == "counterfactuals" else name
+            if name in canonical:
+                raise ValueError(f"{path}: {spelled[name]} and {key} are the same setting; keep one")
+            canonical[name], spelled[name] = value, key
+        values = canonical
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        for key, value in values.items():
+            problem = _type_error(key, value)
+            if problem:
+                raise ValueError(f"{path}: {problem}")
+        return values
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> "RunConfig":
+        values = cls.read_toml(path)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @classmethod
+    def resolve(cls, config_file: str | Path | None = None, **overrides: Any) -> "RunConfig":
+        """Settings from, in increasing precedence: the defaults, the store of an existing ``out``
+        (its result settings and its last run's methods), ``config_file``, ``overrides`` (None
+        meaning "not given"). So ``falsify run 6.2 --out DIR`` continues DIR's run as it was made."""
+        values = cls.read_toml(config_file) if config_file else {}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("out"):
+            stored = inspect_store(Path(values["out"]) / "results.sqlite")
+            if stored and stored["meta"].get("settings"):
+                base = {k: v for k, v in stored["meta"]["settings"].items() if k in cls.RESULT_KEYS}
+                if stored["runs"]:
+                    base.update({k: stored["runs"][-1][k] for k in cls.KEPT_KEYS if k in stored["runs"][-1]})
+                values = {**base, **values}
+        return cls(**values)
+
     def result_settings(self) -> dict:
-        return {k: getattr(self, k) for k in self.RESULT_KEYS}
+        """The settings that decide results, with data paths resolved (``DIR`` and ``DIR/`` are one)."""
+        out = {k: getattr(self, k) for k in self.RESULT_KEYS}
+        for key in ("data", "pairs"):
+            if out[key] is not None:
+                out[key] = str(Path(out[key]).expanduser().resolve())
+        return json.loads(json.dumps(out, default=str))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: Key of the data fingerprint in the stored settings.
+FINGERPRINT = "pairs_fingerprint"
+
+
+def data_changes(have: dict | None, want: dict) -> tuple[bool, list[str]]:
+    """How this run's data fingerprint ``want`` differs from a stored one ``have``: (whether the
+    pairs themselves - ids, labels, folds - differ, the image keys whose bytes changed)."""
+    have = have or {}
+    if have.get("sha256") == want.get("sha256"):
+        return False, []
+    if "pairs_sha256" not in have or have.get("pairs_sha256") != want.get("pairs_sha256"):
+        return True, []
+    old, new = have.get("images", {}), want.get("images", {})
+    return False, sorted(k for k in new if old.get(k) != new[k])
+
+
+def settings_conflicts(have: dict, want: dict) -> list[str]:
+    """The settings on which a stored run (``have``) and this one (``want``) differ. The data is
+    compared by its fingerprint (pair ids, labels, folds and image contents), so the same data
+    reached through another spelling of its path is the same run and other data behind the
+    same path is not; a store without a fingerprint (made by an older falsify) never matches."""
+    keys = (set(have) | set(want)) - {"data", "pairs", FINGERPRINT}
+    diff = sorted(k for k in keys if have.get(k) != want.get(k))
+    pairs_changed, images = data_changes(have.get(FINGERPRINT), want[FINGERPRINT])
+    if pairs_changed:
+        diff.append("data (the pairs or their images)")
+    elif images:
+        diff.append(f"data ({len(images)} image{'s' * (len(images) != 1)} changed, e.g. {images[0]})")
+    return diff
 
 
 def environment(device: torch.device) -> dict:
@@ -136,125 +282,231 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def default_out(config: RunConfig, runs_dir: Path = Path("runs")) -> Path:
+def default_out(config: RunConfig, settings: dict | None = None, runs_dir: Path = Path("runs")) -> Path:
     """``runs/<experiment>-<timestamp>``, or the newest such folder made with the same result
-    settings, so that running the same command again resumes it."""
-    wanted = json.dumps(config.result_settings(), sort_keys=True, default=str)
+    settings (``settings``: ``result_settings()`` plus the data fingerprint), so that running the
+    same command again resumes it."""
+    wanted = settings or config.result_settings()
     if runs_dir.is_dir():
         for d in sorted(runs_dir.glob("*-*"), reverse=True):
-            store = d / "results.sqlite"
-            if not store.is_file():
+            try:
+                stored = inspect_store(d / "results.sqlite")
+            except ValueError:
                 continue
-            with ResultsStore(store) as s:
-                have = s.get_meta("settings")
-            if have is not None and json.dumps(have, sort_keys=True, default=str) == wanted:
+            have = stored["meta"].get("settings") if stored else None
+            if have is not None and not settings_conflicts(have, wanted):
                 return d
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return runs_dir / f"{config.experiment}-{stamp}"
 
 
-class Runner:
-    """Runs one experiment into ``out``; ``run()`` returns the summary dict."""
+class RunLock:
+    """One run per output folder: an exclusive ``flock`` on ``OUT/run.lock``, released by the
+    operating system when the process ends, however it ends (SIGKILL included). The file holds
+    the pid of the run that holds the lock."""
 
-    def __init__(self, config: RunConfig, progress: bool = True, log=print) -> None:
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / "run.lock"
+        self._fh = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock (documented)
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "pid unknown"
+            fh.close()
+            raise ValueError(f"{self.path.parent} is in use by another falsify run ({holder}); wait for it to "
+                             "finish, or use another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} since {_now()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output folder that cannot be used, before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"--out {out}: {p} is a file, not a folder")
+            if not os.access(p, os.W_OK):
+                raise ValueError(f"--out {out}: {p} is read-only; give a writable folder (a finished run's "
+                                 "report can be rewritten elsewhere after copying the folder)")
+            return
+
+
+class Runner:
+    """Runs one experiment into ``out``; ``run()`` returns the summary dict.
+
+    Everything that can be wrong with the input (data, model, method options, output folder,
+    settings of an existing store) is checked before the first write; the calibration is
+    computed before the store is created, so a run that fails there leaves nothing behind.
+    ``retry_errors`` deletes the error rows of the store so that they are computed again.
+    """
+
+    def __init__(self, config: RunConfig, progress: bool = True, log=print, retry_errors: bool = False) -> None:
         self.config = config
         self.progress = progress
         self.log = log
-        self.out = Path(config.out) if config.out else default_out(config)
+        self.retry_errors = retry_errors
+        self.out = Path(config.out) if config.out else None
 
     # -- set-up -----------------------------------------------------------------------------
-    def _open_store(self) -> ResultsStore:
-        store = ResultsStore(self.out / "results.sqlite")
-        have = store.get_meta("settings")
-        want = json.loads(json.dumps(self.config.result_settings(), default=str))
-        if have is None:
-            store.set_meta("settings", want)
-        elif have != want:
-            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-            store.close()
-            raise ValueError(
-                f"{self.out} holds results made with other settings ({', '.join(diff)} differ); "
-                "nothing was changed there. Use another --out, or the same settings to resume"
-            )
-        return store
-
     def _pairs(self) -> PairSet:
         c = self.config
         return load_pairs(c.data, c.pairs, n_pairs=c.n_pairs, seed=c.seed)
 
-    def _calibration(self, model, store: ResultsStore):
+    def _stored(self, settings: dict, pairs: PairSet) -> dict | None:
+        """The existing store of ``out`` (read only), refused when its settings differ. Images that
+        changed since the store was made are accepted only with ``retry_errors`` and only when
+        every pair that uses them failed (an unreadable image, since fixed)."""
+        stored = inspect_store(self.out / "results.sqlite")
+        have = stored["meta"].get("settings") if stored else None
+        if have is None:
+            return stored
+        diff = settings_conflicts(have, settings)
+        _, images = data_changes(have.get(FINGERPRINT), settings[FINGERPRINT])
+        if images and len(diff) == 1 and diff[0].startswith("data ("):
+            changed = set(images)
+            users = {p.id for p in pairs if changed & set(p.image_keys)}
+            if not users & stored["pairs_with_results"]:
+                if self.retry_errors:
+                    self.log(f"{len(images)} image(s) changed since the run was made, used only by pairs that "
+                             "failed: their rows are computed again")
+                    return stored
+                raise ValueError(
+                    f"{self.out}: {len(images)} image(s) changed since the run was made (e.g. {images[0]}), "
+                    "used only by pairs whose rows are errors; rerun with --retry-errors to compute them again"
+                )
+        if diff:
+            raise ValueError(
+                f"{self.out} holds results made with other settings ({', '.join(diff)} differ); "
+                "nothing was changed there. Use another --out, or the same settings to resume"
+            )
+        return stored
+
+    def _calibration(self, model, stored: dict | None):
         from ..falsification import Calibration, calibrate
+        from ..falsification.calibration import calibration_pairs
 
         c = self.config
         if c.tau_high is not None:
             return None
-        cached = store.get_meta("calibration")
+        cached = stored["meta"].get("calibration") if stored else None
         if cached:
             return Calibration(**cached)
-        pairs = load_pairs(c.data, c.pairs, n_pairs=c.calibration_pairs, seed=c.seed + 1)
+        pairs = calibration_pairs(c.data, c.pairs, n_pairs=c.calibration_pairs, seed=c.seed)
         self.log(f"calibrating tau_high, tau_low, epsilon on {len(pairs)} pairs ...")
-        cal = calibrate(model, pairs, batch_size=c.batch_size, progress=self.progress)
-        store.set_meta("calibration", cal.to_dict())
-        return cal
+        return calibrate(model, pairs, batch_size=c.batch_size, progress=self.progress)
 
     def falsification_config(self, calibration):
-        from ..falsification import FalsificationConfig
+        return self.config.falsification_config(calibration)
+
+    def _load_model(self):
+        from ..models import load_model
 
         c = self.config
-        fc = FalsificationConfig(
-            fill=c.fill, granularity=c.granularity, grid=c.grid, q=c.q, K=c.K, seed=c.seed,
-            batch_size=c.batch_size, tau_high=c.tau_high, tau_low=c.tau_low, epsilon=c.epsilon,
-        )
-        return calibration.apply(fc) if calibration is not None else fc
+        return load_model(c.model, input_size=tuple(c.input_size) if c.input_size else None, mean=c.mean,
+                          std=c.std, device=c.device, trust_pickle=c.trust_pickle)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict:
         from ..attribution import get_explainer
-        from ..models import load_model
         from ..verification import embed_paths
 
         c = self.config
         started = _now()
         t0 = time.perf_counter()
+        # 1. everything that reads or checks input, writing nothing
         pairs = self._pairs()
-        self.grid_ids = {p.id for p in self._grid_pairs(pairs)}
-        model = load_model(c.model, device=c.device)
+        model = self._load_model()
         self.model_name = model.name
         device = model_device(model)
-        store = self._open_store()
+        explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods}
+        settings = {**c.result_settings(), FINGERPRINT: pairs.fingerprint()}
+        if self.out is None:
+            self.out = default_out(c, settings)
+        _check_out(self.out)
+        stored = self._stored(settings, pairs)
+        calibration = self._calibration(model, stored)
+        fconfig = self.falsification_config(calibration)
+        self.grid_ids = {p.id for p in self._grid_pairs(pairs)}
+        # 2. one run per folder, then the store
+        lock = RunLock(self.out).acquire()
         try:
-            store.add_run(started, c.experiment, c.to_dict(), environment(device))
-            self.log(f"run directory: {self.out}")
-            self.log(pairs.summary())
-            calibration = self._calibration(model, store)
-            fconfig = self.falsification_config(calibration)
-            store.set_meta("falsification_config", fconfig.to_dict())
-            done = store.done(ROWS_OF, model.name)
-            todo_pairs = [p for p in pairs if any((m, p.id) not in done for m in c.methods)]
-            n_todo = sum((m, p.id) not in done for p in pairs for m in c.methods)
-            if n_todo == 0:
-                self.log("all rows are already in the store; writing the summary")
-            else:
-                self.log(f"{n_todo} of {len(pairs) * len(c.methods)} (method, pair) rows to compute")
-                # every image of the sample, not only the pending ones: batch composition then
-                # never depends on where an earlier run stopped, so resumed rows equal fresh ones
-                emb, failed = embed_paths(
-                    model, [q for p in pairs for q in (p.a, p.b)], c.batch_size, progress=False
-                )
-                explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods}
-                bar = tqdm(total=n_todo, desc=f"experiment {ROWS_OF}", unit="test", disable=not self.progress)
-                for start in range(0, len(todo_pairs), c.batch_pairs):
-                    chunk = todo_pairs[start : start + c.batch_pairs]
-                    self._run_chunk(chunk, model, explainers, fconfig, emb, failed, done, store, bar)
-                bar.close()
-            elapsed = time.perf_counter() - t0
-            threshold = calibration.threshold_cos if calibration is not None else model.threshold
-            summary = summarise(store, c, pairs, model.name, threshold, elapsed_s=elapsed, started=started)
+            store = ResultsStore(self.out / "results.sqlite")
+            try:
+                summary = self._run_locked(store, stored, settings, calibration, fconfig, pairs, model, device,
+                                           explainers, started, t0, embed_paths)
+            finally:
+                store.close()
+            explanations = self._grid_explanations(model, pairs)
+            write_outputs(self.out, summary, explanations)
         finally:
-            store.close()
-        explanations = self._grid_explanations(model, pairs)
-        write_outputs(self.out, summary, explanations)
+            lock.release()
         return summary
+
+    def _run_locked(self, store, stored, settings, calibration, fconfig, pairs, model, device, explainers, started, t0,
+                    embed_paths) -> dict:
+        c = self.config
+        if store.get_meta("settings") != (stored or {}).get("meta", {}).get("settings"):
+            raise ValueError(f"{self.out} was changed by another run since it was checked; nothing was changed there")
+        store.set_meta("settings", settings)  # new, or the same with the fingerprint of fixed images
+        store.add_run(_now(), c.experiment, c.to_dict(), environment(device))
+        if calibration is not None and store.get_meta("calibration") is None:
+            store.set_meta("calibration", calibration.to_dict())
+        store.set_meta("falsification_config", fconfig.to_dict())
+        self.log(f"run directory: {self.out}")
+        self.log(pairs.summary())
+        if self.retry_errors:
+            n = store.delete_errors(ROWS_OF, model.name)
+            self.log(f"retrying {n} error row{'s' * (n != 1)}")
+        done = store.done(ROWS_OF, model.name)
+        todo_pairs = [p for p in pairs if any((m, p.id) not in done for m in c.methods)]
+        n_todo = sum((m, p.id) not in done for p in pairs for m in c.methods)
+        if n_todo == 0:
+            self.log("all rows are already in the store; writing the summary")
+        else:
+            self.log(f"{n_todo} of {len(pairs) * len(c.methods)} (method, pair) rows to compute")
+            # every image of the sample, not only the pending ones: batch composition then
+            # never depends on where an earlier run stopped, so resumed rows equal fresh ones
+            emb, failed = embed_paths(model, [q for p in pairs for q in (p.a, p.b)], c.batch_size, progress=False)
+            bar = tqdm(total=n_todo, desc=f"experiment {ROWS_OF}", unit="test", disable=not self.progress)
+            for start in range(0, len(todo_pairs), c.batch_pairs):
+                chunk = todo_pairs[start : start + c.batch_pairs]
+                self._run_chunk(chunk, model, explainers, fconfig, emb, failed, done, store, bar)
+            bar.close()
+        ids = {p.id for p in pairs}
+        stored_keys = {(m, p) for m, p in store.done(ROWS_OF, model.name) if p in ids and m in c.methods}
+        if len(stored_keys) != len(pairs) * len(c.methods):
+            raise RuntimeError(f"{self.out}: {len(stored_keys)} rows stored for {len(pairs)} pairs x "
+                               f"{len(c.methods)} methods; please report this")
+        n_err = sum(1 for r in store.rows(ROWS_OF, model.name, c.methods) if r["verdict"] == "error" and r["pair"] in ids)
+        if n_err:
+            self.log(f"{n_err} error row{'s' * (n_err != 1)} (see the summary); after fixing the cause, rerun "
+                     "with --retry-errors to compute them again")
+        elapsed = time.perf_counter() - t0
+        threshold = calibration.threshold_cos if calibration is not None else model.threshold
+        return summarise(store, c, pairs, model.name, threshold, elapsed_s=elapsed, started=started)
 
     def _grid_pairs(self, pairs: PairSet) -> list[Pair]:
         """The pairs of the saliency-grid figure: the first genuine and impostor pairs, half each."""

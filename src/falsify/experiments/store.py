@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,19 +72,66 @@ def _clean(value: Any) -> Any:
     return value
 
 
+TABLES = ("runs", "meta", "results")
+
+
+def inspect_store(path: str | Path) -> dict | None:
+    """Read a store without changing it: ``{"meta": {...}, "runs": [...], "n_rows": int,
+    "pairs_with_results": {pair ids with a row that is not an error}}``, or
+    ``None`` when there is no file (or an empty one). Raises ``ValueError`` naming the file when
+    it is not a falsify results store (not SQLite, or SQLite with other tables)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        if path.exists() and not path.is_file():
+            raise ValueError(f"{path} is not a file; choose another --out")
+        return None
+    # Only reads: a plain connection on a writable folder leaves it byte-for-byte as it was (SQLite
+    # removes the WAL files it made when the last connection closes); a read-only folder cannot
+    # hold WAL files, so its store is read as an immutable snapshot.
+    writable = os.access(path.parent, os.W_OK) and os.access(path, os.W_OK)
+    uri = path.resolve().as_uri() + ("" if writable else "?immutable=1")
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        raise ValueError(f"cannot open {path}: {exc}") from None
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not set(TABLES) <= tables:
+            what = f"an SQLite file with tables {', '.join(sorted(tables))}" if tables else "an empty SQLite file"
+            raise ValueError(f"{path} is not a falsify results store ({what}); choose another --out")
+        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        runs = [json.loads(c) for (c,) in conn.execute("SELECT config FROM runs ORDER BY id")]
+        n_rows = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        ok = {p for (p,) in conn.execute("SELECT DISTINCT pair FROM results WHERE verdict != 'error'")}
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{path} is not a falsify results store ({exc}); choose another --out") from None
+    finally:
+        conn.close()
+    return {"meta": meta, "runs": runs, "n_rows": n_rows, "pairs_with_results": ok}
+
+
 @dataclass
 class ResultsStore:
     path: Path
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        inspect_store(self.path)  # a foreign file is refused before anything is written to it
+        folder = self.path.parent
+        if (folder.exists() and not os.access(folder, os.W_OK)) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+            raise ValueError(f"{self.path} is read-only; copy the run folder somewhere writable (falsify report "
+                             "rewrites a report without writing to the store)")
+        folder.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=30)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.executescript(SCHEMA)
             self.conn.commit()
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "read-only" in str(exc):
+                raise ValueError(f"{self.path} is read-only ({exc}); copy the run folder somewhere writable") from None
+            raise ValueError(f"cannot open the results store {self.path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise ValueError(
                 f"{self.path} is not a falsify results store ({exc}); choose another --out"
@@ -163,8 +211,16 @@ class ResultsStore:
             out.append(row)
         return out
 
+    def count(self, experiment: str, model: str, verdict: str | None = None) -> int:
+        sql = "SELECT COUNT(*) FROM results WHERE experiment = ? AND model = ?"
+        args: list[Any] = [experiment, model]
+        if verdict is not None:
+            sql += " AND verdict = ?"
+            args.append(verdict)
+        return int(self.conn.execute(sql, args).fetchone()[0])
+
     def delete_errors(self, experiment: str, model: str) -> int:
-        """Remove error rows so that a run retries them (``falsify run --retry-errors``)."""
+        """Remove error rows so that a run computes them again (``falsify run --retry-errors``)."""
         with self.conn:
             cur = self.conn.execute(
                 "DELETE FROM results WHERE experiment = ? AND model = ? AND verdict = 'error'", (experiment, model)

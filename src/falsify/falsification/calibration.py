@@ -16,7 +16,7 @@ epsilon are derived from the model's own genuine and impostor angle distribution
 
 Why these and not ``tau_high = theta*``: see docs/method.md (falsification test) -- on dlib with blurred 20%
 regions even the model's own occlusion map is falsified in most pairs with ``tau_high = theta*``.
-``python -m falsify.falsification.command --data DIR`` prints a calibration, and with
+``python docs/scripts/calibration_study.py --data DIR`` prints a calibration, and with
 ``--study N`` reruns the measurements the defaults were chosen from.
 """
 from __future__ import annotations
@@ -147,6 +147,20 @@ def calibration_from_angles(
         tau_low=low_fraction * th_angle,
         epsilon=float(gap),
     )
+
+
+#: The calibration pairs are a seeded balanced sample drawn with ``seed + CALIBRATION_SEED_OFFSET``
+#: (``seed`` being the run's or test's seed), so ``falsify run`` and ``falsify test`` with the same
+#: seed judge a pair against the same thresholds.
+CALIBRATION_SEED_OFFSET = 1
+
+
+def calibration_pairs(data=None, pairs=None, *, n_pairs: int = 600, seed: int = 0):
+    """The pairs thresholds are calibrated on: ``load_pairs(data, pairs)`` sampled to ``n_pairs``
+    with ``seed + CALIBRATION_SEED_OFFSET``."""
+    from ..data import load_pairs
+
+    return load_pairs(data, pairs, n_pairs=n_pairs, seed=seed + CALIBRATION_SEED_OFFSET)
 
 
 def calibrate(

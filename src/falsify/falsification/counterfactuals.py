@@ -23,11 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..choices import DETERMINISTIC_FILLS, FILLS, STOCHASTIC_FILLS
 from ..geometry import geodesic_distance
-
-FILLS = ("blur", "mean", "zero", "noise", "optimised")
-STOCHASTIC_FILLS = ("noise", "optimised")
-DETERMINISTIC_FILLS = ("blur", "mean", "zero")
 
 
 def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:

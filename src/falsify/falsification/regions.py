@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-GRANULARITIES = ("pixel", "grid", "superpixel")
+from ..choices import GRANULARITIES
+
 REGION_MODES = ("quantile", "threshold")
 
 #: A map (or its feature scores) whose range is below this is constant: untestable.

@@ -21,6 +21,7 @@ from matplotlib.ticker import PercentFormatter
 
 from .tables import (
     as_float,
+    atomic_open,
     exp_6_2,
     method_rows,
     methods_6_2,
@@ -318,13 +319,17 @@ def fr_vs_margin(summary: Mapping) -> Figure:
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150, close: bool = True) -> list[Path]:
     """Write ``path.png`` (``dpi``) and ``path.pdf``; a ``.png``/``.pdf`` suffix on ``path`` is
-    replaced. Returns [png, pdf]. Closes the figure in pyplot when it is a pyplot figure."""
+    replaced. Returns [png, pdf]. Closes the figure in pyplot when it is a pyplot figure. Each file
+    is written to a temporary sibling and moved into place (:func:`~.tables.atomic_open`), so a
+    failed write (OSError, which propagates) leaves no half-written figure."""
     path = Path(path)
     base = path.with_suffix("") if path.suffix.lower() in (".png", ".pdf") else path
     base.parent.mkdir(parents=True, exist_ok=True)
     png, pdf = base.parent / (base.name + ".png"), base.parent / (base.name + ".pdf")
-    fig.savefig(png, dpi=dpi, facecolor="white")
-    fig.savefig(pdf, facecolor="white", metadata={"CreationDate": None})
+    with atomic_open(png) as f:
+        fig.savefig(f, format="png", dpi=dpi, facecolor="white")
+    with atomic_open(pdf) as f:
+        fig.savefig(f, format="pdf", facecolor="white", metadata={"CreationDate": None})
     if close and "matplotlib.pyplot" in sys.modules:
         import matplotlib.pyplot as plt
 

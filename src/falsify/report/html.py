@@ -21,14 +21,18 @@ from .figures import FIGURES
 from .tables import (
     as_float,
     as_int,
+    effective_k,
     exp_6_2,
+    fill_and_k,
     fmt_num,
     fmt_p,
+    is_deterministic_fill,
     method_rows,
     methods_6_2,
     run_description,
     table_6_1_cells,
     table_6_2_cells,
+    write_text_atomic,
 )
 
 #: Errors listed in the report's error table (all are counted).
@@ -196,14 +200,37 @@ def format_elapsed(seconds: Any) -> str | None:
     return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
+#: Keys every summary.json of 'falsify run' has (their values may be null).
+REQUIRED_KEYS: tuple[str, ...] = ("experiment", "model", "data", "methods")
+
+
 def load_summary(out_dir: str | Path) -> dict:
-    """``out_dir/summary.json`` as a dict (NaN/Infinity literals are accepted and become n/a)."""
+    """``out_dir/summary.json`` as a dict (NaN/Infinity literals are accepted and become n/a).
+
+    Raises FileNotFoundError without the file, and ValueError (one line, naming the file) when it is
+    not valid JSON or not a summary of 'falsify run': a :data:`REQUIRED_KEYS` key is missing, or
+    ``methods`` is not a list of objects with a ``method`` key."""
     path = Path(out_dir) / "summary.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {out_dir} the output folder of 'falsify run'?")
-    summary = json.loads(path.read_text(encoding="utf-8"))
+    rerun = "rerun 'falsify run' with the same --out to rewrite it"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); {rerun}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}); {rerun}") from exc
     if not isinstance(summary, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
+        raise ValueError(f"{path} does not hold a JSON object; {rerun}")
+    problems = []
+    missing = [k for k in REQUIRED_KEYS if k not in summary]
+    if missing:
+        problems.append("missing key" + ("s " if len(missing) > 1 else " ") + ", ".join(missing))
+    methods = summary.get("methods", [])
+    if not isinstance(methods, list) or not all(isinstance(m, dict) and "method" in m for m in methods):
+        problems.append("'methods' is not a list of objects with a 'method' key")
+    if problems:
+        raise ValueError(f"{path} is not a summary of 'falsify run': {'; '.join(problems)}")
     return summary
 
 
@@ -226,9 +253,21 @@ than random. Methods are compared with McNemar's exact paired test on the pairs 
 testable, with Holm's correction over all comparisons (* significant at &alpha; = 0.05); Cohen's h is
 the effect size between the two rates.</p>
 <p>All statistics count <b>pairs</b> (one verdict per pair and method), not counterfactual images:
-the K counterfactuals drawn per region are averaged into one verdict, so they do not inflate n.</p>
+{k_sentence}</p>
 </div>
 """
+
+
+def _how_to_read(summary: Mapping) -> str:
+    if is_deterministic_fill(fill_and_k(summary)[0]):
+        sentence = ("the fill is deterministic, so one counterfactual is drawn per region (K = 1) and each "
+                    "verdict rests on one pair of distances.")
+    else:
+        k = effective_k(summary)
+        drawn = "K" if k is None else f"K = {k}"
+        sentence = (f"the {drawn} counterfactuals drawn per region are averaged into one verdict, so they do not "
+                    "inflate n.")
+    return _HOW_TO_READ.format(k_sentence=_e(sentence))
 
 
 def _section_metadata(summary: Mapping) -> str:
@@ -258,16 +297,28 @@ _KNOWN_KEYS = {
 }
 
 
+def _with_effective_k(summary: Mapping, items: Mapping) -> list[tuple[str, Any]]:
+    """``items``, with a recorded K that is not the number of counterfactuals drawn annotated:
+    '16 (K = 1 used: deterministic fill)'."""
+    k = effective_k(summary)
+    det = is_deterministic_fill(fill_and_k(summary)[0])
+    return [
+        (key, f"{v} (K = {k} used{': deterministic fill' if det else ''})"
+         if key == "K" and k is not None and as_int(v) != k else v)
+        for key, v in items.items()
+    ]
+
+
 def _section_config(summary: Mapping) -> str:
     out = ['<h2 id="config">Configuration</h2>']
     cfg = summary.get("config")
     if isinstance(cfg, Mapping) and cfg:
-        out.append(_kv_table(cfg.items()))
+        out.append(_kv_table(_with_effective_k(summary, cfg)))
     else:
         out.append('<p class="na">No configuration recorded.</p>')
     fals = summary.get("falsification")
     if isinstance(fals, Mapping) and fals:
-        out += ["<h3>Falsification test settings</h3>", _kv_table(fals.items())]
+        out += ["<h3>Falsification test settings</h3>", _kv_table(_with_effective_k(summary, fals))]
     if "calibration" in summary:
         cal = summary.get("calibration")
         out.append("<h3>Calibration</h3>")
@@ -462,7 +513,7 @@ def render_report(summary: Mapping, out_dir: str | Path) -> str:
     has_6_2 = exp_6_2(summary) is not None
     body_parts = [
         _section_metadata(summary),
-        _HOW_TO_READ,
+        _how_to_read(summary),
         _section_data(summary),
         _section_6_1(summary, out_dir),
         _section_6_2(summary, out_dir),
@@ -499,12 +550,12 @@ def render_report(summary: Mapping, out_dir: str | Path) -> str:
 
 def write_report(out_dir: str | Path) -> Path:
     """Write ``out_dir/report.html`` from ``out_dir/summary.json``, ``out_dir/tables/*.tex`` and
-    ``out_dir/figures/*.png`` (embedded); returns its path."""
+    ``out_dir/figures/*.png`` (embedded); returns its path. The page is written to a temporary
+    sibling and moved into place, so a failed write (OSError, which propagates) leaves no
+    half-written report."""
     out_dir = Path(out_dir)
     summary = load_summary(out_dir)
-    path = out_dir / "report.html"
-    path.write_text(render_report(summary, out_dir), encoding="utf-8")
-    return path
+    return write_text_atomic(out_dir / "report.html", render_report(summary, out_dir))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,9 +10,13 @@ Every key of the summary may be absent or null (NaN is written as null): such ce
 from __future__ import annotations
 
 import math
+import os
 import re
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, BinaryIO, Iterator, Mapping, Sequence
+
+from ..choices import DETERMINISTIC_FILLS
 
 #: Methods every other method is compared against in table 6.1 (McNemar, Holm-adjusted p).
 REFERENCE_METHODS: tuple[str, ...] = ("random", "gradcam")
@@ -210,8 +214,38 @@ def n_pairs_of(summary: Mapping) -> int | None:
     return None
 
 
+def fill_and_k(summary: Mapping) -> tuple[Any, Any]:
+    """(fill, K) as recorded: from the falsification test's settings, else from the run's config."""
+    fals = summary.get("falsification") if isinstance(summary.get("falsification"), Mapping) else {}
+    cfg = _config(summary)
+    fill = fals.get("fill") or cfg.get("fill")
+    k = fals.get("K") if fals.get("K") is not None else cfg.get("K")
+    return fill, k
+
+
+def is_deterministic_fill(fill: Any) -> bool:
+    """Whether ``fill`` gives the same counterfactual every time (one sample per region is drawn)."""
+    return fill in DETERMINISTIC_FILLS
+
+
+def effective_k(summary: Mapping) -> int | None:
+    """Counterfactuals actually drawn per region: 1 for a deterministic fill (blur, mean, zero),
+    K otherwise (as ``FalsificationConfig.k_effective``); None when the summary does not say."""
+    fill, k = fill_and_k(summary)
+    return 1 if is_deterministic_fill(fill) else as_int(k)
+
+
+def k_text(summary: Mapping) -> str | None:
+    """'K = 8', or 'K = 1 (deterministic fill)'; None when the summary does not say."""
+    k = effective_k(summary)
+    if k is None:
+        return None
+    return f"K = {k}" + (" (deterministic fill)" if is_deterministic_fill(fill_and_k(summary)[0]) else "")
+
+
 def run_description(summary: Mapping) -> str:
-    """'40 pairs, model dlib-resnet, K = 8, fill blur' from whatever the summary holds."""
+    """'40 pairs, model dlib-resnet, K = 8, fill noise' from whatever the summary holds; K is the
+    number of counterfactuals actually drawn per region (:func:`k_text`)."""
     cfg = _config(summary)
     parts = []
     n = n_pairs_of(summary)
@@ -220,10 +254,12 @@ def run_description(summary: Mapping) -> str:
     model = summary.get("model") or cfg.get("model")
     if model:
         parts.append(f"model {model}")
-    if cfg.get("K") is not None:
-        parts.append(f"K = {cfg['K']}")
-    if cfg.get("fill"):
-        parts.append(f"fill {cfg['fill']}")
+    k = k_text(summary)
+    if k:
+        parts.append(k)
+    fill = fill_and_k(summary)[0]
+    if fill:
+        parts.append(f"fill {fill}")
     return ", ".join(str(p) for p in parts)
 
 
@@ -478,18 +514,42 @@ def _tex_table(caption: str, label: str, align: str, header: list[str], rows: li
     ])
 
 
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path``: it is written as a temporary sibling and moved onto
+    ``path`` with :func:`os.replace` when the block succeeds, or removed when anything fails, so
+    ``path`` is never left half-written. Errors (``OSError`` included) propagate unchanged."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_open`; returns ``path``."""
+    with atomic_open(path) as f:
+        f.write(text.encode("utf-8"))
+    return Path(path)
+
+
 def write_tables(summary: Mapping, out_dir: str | Path) -> list[Path]:
     """Write ``out_dir/tables/table_6_1.tex`` (and ``table_6_2.tex`` when 6.2 is in the summary)."""
     tables = Path(out_dir) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     written = []
     if summary.get("methods") is not None:
-        p = tables / "table_6_1.tex"
-        p.write_text(table_6_1_tex(summary), encoding="utf-8")
-        written.append(p)
+        written.append(write_text_atomic(tables / "table_6_1.tex", table_6_1_tex(summary)))
     tex = table_6_2_tex(summary)
     if tex is not None:
-        p = tables / "table_6_2.tex"
-        p.write_text(tex, encoding="utf-8")
-        written.append(p)
+        written.append(write_text_atomic(tables / "table_6_2.tex", tex))
     return written
