@@ -312,6 +312,9 @@ def test_read_only_run_folder_says_read_only(lfw_sample, tmp_path, capsys, read_
     assert "read-only" in _error_line(capsys, "run")
     assert main(["report", str(ro), "--no-figures"]) == 2
     assert "Read-only file system" in _error_line(capsys, "report")
+    faces = [str(p) for p in sorted((lfw_sample / "Abel_Pacheco").glob("*.jpg"))[:2]]
+    assert main(["explain", *faces, "--methods", "saliency", "--out", str(ro / "fig.png"), "-q"]) == 2
+    assert "not writable" in _error_line(capsys, "explain")
 
 
 @pytest.mark.parametrize("what", ["file", "file-parent"])

@@ -383,6 +383,9 @@ class Runner:
         have = stored["meta"].get("settings") if stored else None
         if have is None:
             return stored
+        if FINGERPRINT not in have:
+            raise ValueError(f"{self.out} was made by an older falsify whose store has no data fingerprint, so "
+                             "resuming it could mix data sets; nothing was changed there. Use another --out")
         diff = settings_conflicts(have, settings)
         _, images = data_changes(have.get(FINGERPRINT), settings[FINGERPRINT])
         if images and len(diff) == 1 and diff[0].startswith("data ("):
