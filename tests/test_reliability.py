@@ -213,11 +213,11 @@ def test_error_rows_stay_without_a_change(lfw_sample, tmp_path, capsys):
     real = runner._test
     calls = {"n": 0}
 
-    def flaky(method, explainer, model, fconfig, pairs, *rest):
+    def flaky(method, explainer, model, fconfig, pairs, *rest, **kw):
         calls["n"] += 1
         if calls["n"] == 1:  # a transient failure of the first batch, one row per pair
             return [runner._error_row(method, p, "RuntimeError: out of memory") for p in pairs]
-        return real(method, explainer, model, fconfig, pairs, *rest)
+        return real(method, explainer, model, fconfig, pairs, *rest, **kw)
 
     runner._test = flaky
     assert runner.run()["n_errors"] == 2

@@ -114,6 +114,64 @@ def make_summary(with_6_2: bool = True) -> dict:
     return summary
 
 
+#: Control rows added by make_control_summary: method -> (passed, falsified, untestable)
+CONTROL_COUNTS = {
+    "centre": (24, 14, 2),
+    "edge": (12, 26, 2),
+    "gradcam@random-model": (9, 29, 2),
+    "ig@random-model": (8, 30, 2),
+}
+IG_SENTENCE = ("ig is not falsified significantly less often than the centre prior (McNemar, Holm-corrected): "
+               "its falsification rate does not show that it explains this model on these images.")
+
+
+def make_control_summary(criterion: str = "beyond-prior", all_beat: bool = False) -> dict:
+    """make_summary (no 6.2) with the schema's control information: a ``control`` flag per row, the
+    controls centre, edge and two @random-model rows (centre placed among the methods, to be grouped
+    below them), comparisons against centre and each method's own @random-model, the verdicts of
+    ``summary["controls"]`` (ig does not beat centre unless ``all_beat``), the prior and the criterion."""
+    s = make_summary(with_6_2=False)
+    rows = {r["method"]: r for r in s["methods"]}
+    for m, (p, f, u) in CONTROL_COUNTS.items():
+        lo, hi = _wilson(f, p + f)
+        rows[m] = {"method": m, "n": 40, "n_passed": p, "n_falsified": f, "n_untestable": u, "n_error": 0,
+                   "fr": f / (p + f), "ci_low": lo, "ci_high": hi, "mean_d_high": 0.25, "mean_d_low": 0.14,
+                   "mean_d_prime": 1.2}
+    order = ["gradcam", "centre"] + [m for m in COUNTS if m != "gradcam"] + [m for m in CONTROL_COUNTS if m != "centre"]
+    s["methods"] = [{**rows[m], "control": m in ("random", "centre", "edge") or "@" in m} for m in order]
+    ig_p = 0.6 if all_beat else 0.30
+
+    def comp(m, against, p_holm, fr, fr_against):
+        sig = p_holm < 0.05
+        return {"method": m, "against": against, "n_paired": 36, "n_excluded": 4, "n10": 3, "n01": 12,
+                "fr": fr, "fr_against": fr_against, "p": p_holm / 4, "cohens_h": -0.5, "p_holm": p_holm,
+                "significant": sig, "beats": sig and fr < fr_against}
+
+    s["comparisons"] += [
+        comp("gradcam", "centre", 0.0002, 0.21, 0.37),
+        comp("ig", "centre", 0.03 if all_beat else ig_p, 0.47 if not all_beat else 0.30, 0.37),
+        comp("biometric-gradcam", "centre", 0.001, 0.13, 0.37),
+        comp("edge", "centre", 0.01, 0.68, 0.37),
+        comp("gradcam", "gradcam@random-model", 0.002, 0.21, 0.76),
+        comp("ig", "ig@random-model", 0.04, 0.47, 0.79),
+    ]
+    s["controls"] = [
+        {"method": "gradcam", "checked": ["centre", "gradcam@random-model"], "beats_all": True, "not_beaten": [],
+         "sentence": None},
+        {"method": "biometric-gradcam", "checked": ["centre"], "beats_all": True, "not_beaten": [], "sentence": None},
+        {"method": "ig", "checked": ["centre", "ig@random-model"], "beats_all": all_beat,
+         "not_beaten": [] if all_beat else ["centre"], "sentence": None if all_beat else IG_SENTENCE},
+    ]
+    s["prior"] = {"cells": [0.1 * i for i in range(100)], "grid": 10, "size": [150, 150], "n_images": 40,
+                  "fill": "blur", "delta": None}
+    s["falsification"] = {"fill": "blur", "K": 8, "tau_high": 0.3, "tau_low": 0.1, "epsilon": 0.1,
+                          "criterion": criterion, "delta": None}
+    if criterion == "beyond-prior":
+        s["prior"]["delta"] = {"delta": 0.031, "quantile": 0.95, "n": 160, "excess_median": 0.004}
+        s["falsification"]["delta"] = 0.031
+    return s
+
+
 def write_summary(out: Path, summary: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -211,11 +269,12 @@ def _check_structure(tex: str, n_rows: int, n_header_rows: int = 1) -> list[str]
     header = [ln for ln in tex[i_top:i_mid].splitlines() if ln.endswith(r"\\")]
     body = [ln for ln in tex[i_mid:i_bot].splitlines() if ln.endswith(r"\\")]
     assert len(header) == n_header_rows
-    assert len(body) == n_rows
     for ln in header + body:
         spans = sum(int(k) - 1 for k in re.findall(r"\\multicolumn\{(\d+)\}", ln))
         assert _unescaped(ln, "&") + spans == n_cols - 1, ln
         assert _unescaped(ln, "%") == 0 and _unescaped(ln, "#") == 0, ln
+    body = [ln for ln in body if not ln.startswith(r"\multicolumn")]  # group rows ("Controls") span all columns
+    assert len(body) == n_rows
     return body
 
 
@@ -254,6 +313,85 @@ def test_table_6_1_without_errors_or_comparisons(summary):
     assert all(ln.split(" & ")[-1].startswith("--") and ln.split(" & ")[-2] == "--" for ln in body)
 
 
+NON_CONTROLS = [m for m in COUNTS if m != "random"]
+CONTROLS_IN_ORDER = ["centre", "random", "edge", "gradcam@random-model", "ig@random-model"]
+
+
+def _caption(tex: str) -> str:
+    return re.search(r"\\caption\{(.*)\}\n\\label", tex, re.S).group(1)
+
+
+def test_table_6_1_controls():
+    s = make_control_summary()
+    header, cells = T.table_6_1_cells(s)
+    assert header[-5:] == ["p vs random", "p vs gradcam", "p vs centre", "p vs own random model", "Beats controls"]
+    # the methods in the summary's order, then the controls (centre was listed second)
+    assert [c[0] for c in cells] == NON_CONTROLS + CONTROLS_IN_ORDER
+    assert [c for _, c in T.table_6_1_rows(s)] == [False] * len(NON_CONTROLS) + [True] * len(CONTROLS_IN_ORDER)
+    row = {c[0]: dict(zip(header, c)) for c in cells}
+    assert row["gradcam"]["p vs centre"] == "<0.001*" and row["gradcam"]["p vs own random model"] == "0.002*"
+    assert row["gradcam"]["Beats controls"] == "yes" and row["biometric-gradcam"]["Beats controls"] == "yes"
+    assert row["ig"]["p vs centre"] == "0.30" and row["ig"]["p vs own random model"] == "0.040*"
+    assert row["ig"]["Beats controls"] == "no (centre)"
+    assert row["biometric-gradcam"]["p vs own random model"] is None  # its @random-model was not run
+    assert row["lime"]["Beats controls"] is None and row["centre"]["p vs centre"] is None
+    assert row["edge"]["p vs centre"] == "0.010*" and row["edge"]["Beats controls"] is None
+    assert T.beats_cell({"beats_all": False, "not_beaten": ["centre", "ig@random-model"]}) == \
+        "no (centre, own random model)"
+
+    tex = T.table_6_1_tex(s)
+    body = _check_structure(tex, n_rows=len(cells), n_header_rows=2)
+    assert [ln.split(" & ")[0] for ln in body] == [T.latex_escape(m) for m in NON_CONTROLS + CONTROLS_IN_ORDER]
+    n_cols = len(header)
+    group = rf"\multicolumn{{{n_cols}}}{{l}}{{\textit{{Controls}}}} \\"
+    lines = tex.splitlines()
+    i = lines.index(group)
+    assert lines[i - 2].startswith(r"my\_method\#1 & ") and lines[i - 1] == r"\midrule"
+    assert lines[i + 1].startswith("centre & ")
+    assert r"& $p$ vs & $p$ vs own & Beats \\" in tex and r"& centre & rand.\ model & controls \\" in tex
+    assert body[NON_CONTROLS.index("ig")].endswith(r"& 0.30 & 0.040* & no (centre) \\")
+    caption = _caption(tex)
+    for part in ("Criterion: beyond the prior", r"$\delta = 0.031$ rad", r"calibrated: the 95\% quantile",
+                 "160 tests", "Controls (below the rule) cannot be right about the model on this image",
+                 "centre, the model's image-independent prior map", "edge, the Sobel gradient magnitude",
+                 "random, a random map", "METHOD@random-model, the method's map computed on a randomised copy",
+                 "Beats controls: FR significantly (Holm) lower"):
+        assert part in caption, part
+    assert "absolute" not in caption and "other-reference" not in caption
+
+    # absolute thresholds, with their values; a delta given rather than calibrated
+    caption = _caption(T.table_6_1_tex(make_control_summary(criterion="absolute")))
+    assert "Criterion: absolute thresholds" in caption and r"$\tau_{\mathrm{high}} = 0.300$" in caption
+    assert r"$\epsilon = 0.100$ rad" in caption and "delta" not in caption
+    given = make_control_summary()
+    given["prior"]["delta"], given["falsification"]["delta"] = None, 0.05
+    caption = _caption(T.table_6_1_tex(given))
+    assert r"$\delta = 0.050$ rad." in caption and "calibrated" not in caption
+    assert T.criterion_of(given)["calibration"] is None
+
+
+def test_table_6_1_of_an_old_summary(summary):
+    """A summary from before controls and criteria: no control columns, absolute criterion, random
+    (recognised by name) grouped as a control."""
+    assert all("control" not in r for r in summary["methods"]) and "controls" not in summary
+    header, cells = T.table_6_1_cells(summary)
+    assert header[-2:] == ["p vs random", "p vs gradcam"] and "Beats controls" not in header
+    assert [c[0] for c in cells] == NON_CONTROLS + ["random"]
+    tex = T.table_6_1_tex(summary)
+    caption = _caption(tex)
+    assert "Criterion: absolute thresholds" in caption and r"$\tau_{\mathrm{low}} = 0.100$" in caption
+    assert "Controls (below the rule) cannot be right about the model on this image: random, a random map." in caption
+    assert "Beats controls" not in caption and "vs centre" not in caption
+    assert rf"\multicolumn{{{len(header)}}}{{l}}{{\textit{{Controls}}}} \\" in tex
+    assert T.criterion_of({}) == {"criterion": "absolute", "delta": None, "calibration": None, "tau_high": None,
+                                  "tau_low": None, "epsilon": None}
+    # a control flag in the summary wins over the name
+    flagged = copy.deepcopy(summary)
+    flagged["methods"][-1]["control"] = False
+    assert [c for _, c in T.table_6_1_rows(flagged)] == [False] * len(COUNTS)
+    assert r"\textit{Controls}" not in T.table_6_1_tex(flagged)
+
+
 def test_table_6_2(summary):
     tex = T.table_6_2_tex(summary)
     body = _check_structure(tex, n_rows=len(COUNTS), n_header_rows=2)
@@ -285,11 +423,13 @@ def test_tables_compile_with_pdflatex(tmp_path, summary):
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
     T.write_tables(summary, tmp_path)
+    (tmp_path / "tables" / "controls.tex").write_text(T.table_6_1_tex(make_control_summary()))
     doc = tmp_path / "doc.tex"
     doc.write_text(
         "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
         "\\begin{document}\n"
-        "\\input{tables/table_6_1.tex}\n\\input{tables/table_6_2.tex}\n\\end{document}\n"
+        "\\input{tables/table_6_1.tex}\n\\input{tables/table_6_2.tex}\n\\input{tables/controls.tex}\n"
+        "\\end{document}\n"
     )
     res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
@@ -321,6 +461,41 @@ def test_fr_bar_chart(summary):
     assert labels == ["gradcam\nn=38", "gradcam++\nn=38"]
     assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 1
     assert ax.yaxis.get_major_formatter()(0.5, 0) == "50%"
+
+
+def test_fr_bar_chart_controls():
+    s = make_control_summary()
+    fig = F.fr_bar_chart(s)
+    ax = fig.axes[0]
+    labels = [t.get_text().split(" (n=")[0] for t in ax.get_xticklabels()]
+    assert labels == NON_CONTROLS + CONTROLS_IN_ORDER
+    bars = sorted((p for p in ax.patches if p.get_height() > 0), key=lambda p: p.get_x())
+    grey = F._RANDOM_COLOUR
+    from matplotlib.colors import to_rgb
+
+    controls = [p for p in bars if p.get_hatch() == "///"]
+    assert len(controls) == len(CONTROLS_IN_ORDER)
+    assert all(to_rgb(p.get_facecolor()) == pytest.approx(to_rgb(grey)) for p in controls)
+    n_methods = len(NON_CONTROLS)
+    assert all(p.get_x() > n_methods - 0.5 for p in controls)  # right of the separator
+    assert all(p.get_hatch() is None and p.get_x() < n_methods - 0.5 for p in bars if p not in controls)
+    (sep,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert sep.get_xdata()[0] == pytest.approx(n_methods - 0.5)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["control"]
+    assert legend.legend_handles[0].get_hatch() == "///"
+    # only methods: no separator, no legend; only controls: a legend, no separator
+    only = {**s, "methods": [r for r in s["methods"] if not r["control"]]}
+    fig = F.fr_bar_chart(only)
+    assert not fig.legends and not [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == ":"]
+    fig = F.fr_bar_chart({**s, "methods": [r for r in s["methods"] if r["control"]]})
+    assert len(fig.legends) == 1 and not [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == ":"]
+    # 6.2: controls drawn dashed
+    s62 = make_summary()
+    s62["methods"] = [{**r, "control": r["method"] in ("random", "ig")} for r in s62["methods"]]
+    handles, labels = F.fr_vs_margin(s62).axes[0].get_legend_handles_labels()
+    style = {label: h.lines[0].get_linestyle() for h, label in zip(handles, labels) if hasattr(h, "lines")}
+    assert style["ig"] == style["random"] == "--" and style["gradcam"] == "-"
 
 
 def test_fr_vs_margin(summary):
@@ -457,6 +632,89 @@ def test_report_without_6_2_and_sparse_summary(tmp_path):
     assert "<h1>falsify report: experiment 6.1</h1>" in page and "gradcam" in page
     with pytest.raises(FileNotFoundError, match="summary.json"):
         H.write_report(tmp_path / "nothing")
+
+
+def _section(page: str, start: str, end: str) -> str:
+    i = page.index(start)
+    return page[i : page.index(end, i)]
+
+
+def test_report_controls(tmp_path):
+    s = make_control_summary()
+    write_summary(tmp_path, s)
+    F.write_figures(s, tmp_path)
+    page = H.write_report(tmp_path).read_text()
+    assert "<script" not in page and "<link" not in page
+    assert all(src.startswith("data:image/png;base64,") for src in _images(page)) and len(_images(page)) == 1
+    # the 6.1 table: the methods, then the controls in their own body, each row marked
+    t61 = _section(page, '<table id="table-6-1">', "</table>")
+    methods, controls = t61.split('<tbody class="controls">')
+    assert "control" not in methods.split("<tbody>")[1]
+    names = re.findall(r'<tr class="control"><td class="method">([^<]+)</td>', controls)
+    assert names == CONTROLS_IN_ORDER and controls.count("<tr") == len(CONTROLS_IN_ORDER)
+    assert '<th class="num">Beats controls</th>' in t61
+    assert '<td class="num">no (centre)</td>' in t61 and '<td class="num">yes</td>' in t61
+    assert "Grey rows below the rule are controls" in page
+    # the controls: what they are, and the methods that do not beat theirs, in plain sentences
+    section = _section(page, '<h3 id="controls">', '<h3 id="comparisons">')
+    for text in ("cannot be right about the model on this image", "<code>centre</code>, the model&#x27;s "
+                 "image-independent prior map", "<code>edge</code>, the Sobel", "<code>METHOD@random-model</code>"):
+        assert text in section, text
+    callout = _section(section, 'id="controls-not-beaten"', "</div>")
+    assert "Methods that do not beat their controls" in callout and f"<li>{IG_SENTENCE}</li>" in callout
+    assert callout.count("<li>") == 1 and "controls-all-beaten" not in page and "controls-not-run" not in page
+    comps = _section(page, '<table id="comparisons-table">', "</table>")
+    assert "<th>Beats</th>" in comps
+    # the criterion, and how delta was calibrated
+    criterion = _section(page, '<p id="criterion">', "</p>")
+    for text in ("Criterion: <b>beyond the prior</b>", "over 40 untested images", "by more than &delta; = 0.031 rad",
+                 "&delta; was calibrated", "the 95% quantile", "(160 tests, median excess 0.004 rad)"):
+        assert text in criterion, text
+    assert "absolute" not in criterion
+    # the prior in the configuration, without its cells; no new key left for "Other"
+    prior = _section(page, '<h3 id="prior">', "</table>")
+    assert "<th>n_images</th><td>40</td>" in prior and "<th>cells</th>" not in page
+    assert "<h3>Other</h3>" not in page
+    for key in ("criterion", "delta"):
+        assert f"<th>{key}</th>" in _section(page, "<h3>Falsification test settings</h3>", "</table>")
+
+    # every checked method beats its controls: one sentence, no callout
+    write_summary(tmp_path, make_control_summary(all_beat=True))
+    page = H.write_report(tmp_path).read_text()
+    assert "controls-not-beaten" not in page
+    assert re.search(r'<p id="controls-all-beaten">Every method checked against its controls \(gradcam, '
+                     r'biometric-gradcam, ig\) is falsified significantly less often than each of them', page)
+    # a sentence is text, not markup
+    odd = make_control_summary()
+    odd["controls"][2]["sentence"] = "ig <b>fails</b> & more"
+    write_summary(tmp_path, odd)
+    page = H.write_report(tmp_path).read_text()
+    assert "<li>ig &lt;b&gt;fails&lt;/b&gt; &amp; more</li>" in page and "<b>fails</b>" not in page
+    # absolute thresholds; a delta given, not calibrated
+    write_summary(tmp_path, make_control_summary(criterion="absolute"))
+    criterion = _section(H.write_report(tmp_path).read_text(), '<p id="criterion">', "</p>")
+    assert "Criterion: <b>absolute thresholds</b>" in criterion and "&tau;<sub>high</sub> = 0.300" in criterion
+    assert "&delta;" not in criterion
+    given = make_control_summary()
+    given["prior"]["delta"], given["falsification"]["delta"] = None, 0.05
+    write_summary(tmp_path, given)
+    criterion = _section(H.write_report(tmp_path).read_text(), '<p id="criterion">', "</p>")
+    assert "&delta; = 0.050 rad" in criterion and "was given for the run, not calibrated" in criterion
+
+
+def test_report_of_an_old_summary(tmp_path, summary):
+    """A summary from before controls and criteria (no control flags, controls, prior or criterion)."""
+    assert not {"controls", "prior", "falsification"} & set(summary)
+    write_summary(tmp_path, summary)
+    page = H.write_report(tmp_path).read_text()
+    assert 'id="controls-not-run"' in page and "controls-not-beaten" not in page and "controls-all-beaten" not in page
+    assert "<code>random</code>, a random map." in page and 'id="prior"' not in page
+    criterion = _section(page, '<p id="criterion">', "</p>")
+    assert "Criterion: <b>absolute thresholds</b>" in criterion and "&epsilon; = 0.100 rad" in criterion
+    t61 = _section(page, '<table id="table-6-1">', "</table>")
+    assert t61.split('<tbody class="controls">')[1].count("<tr") == 1 and "Beats" not in t61
+    assert "Beats" not in _section(page, '<table id="comparisons-table">', "</table>")
+    assert "<h3>Other</h3>" not in page
 
 
 def test_report_command(tmp_path, capsys, summary):

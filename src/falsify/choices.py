@@ -9,8 +9,22 @@ from __future__ import annotations
 #: registry matches this tuple).
 METHODS: tuple[str, ...] = (
     "gradcam", "gradcam++", "biometric-gradcam", "ig", "geodesic-ig", "saliency",
-    "gradient-x-input", "occlusion", "kernelshap", "lime", "random",
+    "gradient-x-input", "occlusion", "kernelshap", "lime", "random", "centre", "edge",
 )
+
+#: Control maps: they cannot be right about the model on this image (``random`` ignores both,
+#: ``centre`` ignores the image, ``edge`` ignores the model). Reports mark them as controls.
+CONTROLS: tuple[str, ...] = ("random", "centre", "edge")
+
+#: Suffixes of control rows derived from a method: its map computed on a randomised copy of the
+#: model (tested on the real one), or against another pair's reference.
+RANDOM_MODEL = "@random-model"
+OTHER_REFERENCE = "@other-reference"
+
+
+def is_control(method: str) -> bool:
+    """Whether a row name is a control (``centre``, ``edge``, ``random``, ``METHOD@random-model``, ...)."""
+    return method in CONTROLS or method.endswith((RANDOM_MODEL, OTHER_REFERENCE))
 
 #: Counterfactual fills: what replaces the hidden pixels.
 FILLS: tuple[str, ...] = ("blur", "mean", "zero", "noise", "optimised")
@@ -20,5 +34,12 @@ DETERMINISTIC_FILLS: tuple[str, ...] = ("blur", "mean", "zero")
 #: Feature granularities of the falsification regions.
 GRANULARITIES: tuple[str, ...] = ("pixel", "grid", "superpixel")
 
+#: Falsification criteria (docs/method.md): the plain thresholds, or beating the model's prior map.
+CRITERIA: tuple[str, ...] = ("absolute", "beyond-prior")
+
+#: What the test's distances measure: how far f(x) moves (``embedding``), or how far the pair's
+#: angle to the reference moves (``pair``).
+TARGETS: tuple[str, ...] = ("embedding", "pair")
+
 #: Experiments ``falsify run`` knows.
-EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2")
+EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "validity")

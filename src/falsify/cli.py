@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .choices import EXPERIMENTS, FILLS, GRANULARITIES, METHODS
+from .choices import CRITERIA, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, TARGETS
 
 #: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,
 #: no traceback. OSError covers unwritable or read-only outputs, folders given as files, ...
@@ -237,7 +237,7 @@ def _test_config(args: argparse.Namespace):
         region="threshold" if args.theta_high is not None else "quantile", q=args.q,
         theta_high=args.theta_high, theta_low=args.theta_low, fill=args.fill, K=args.K,
         tau_high=args.tau_high, tau_low=args.tau_low, epsilon=args.epsilon, seed=args.seed,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, criterion=args.criterion, delta=args.delta, target=args.target,
     )
 
 
@@ -260,14 +260,29 @@ def cmd_test(args: argparse.Namespace) -> int:
     if args.figure:
         _writable_file(args.figure, "--figure")
     model = _load_model(args)
-    explainer = _get_explainer(args.method, model, **options)
+    needs_prior = config.criterion == "beyond-prior" or args.method == "centre"
+    if args.method != "centre":
+        explainer = _get_explainer(args.method, model, **options)
     a = load_image(args.image_a, model.input_size)
     b = load_image(args.image_b, model.input_size)
-    calibration = None
-    if not config.has_criterion:
-        pairs = calibration_pairs(args.data, args.pairs, n_pairs=args.calibration_pairs, seed=args.seed)
-        calibration = calibrate(model, pairs, batch_size=args.batch_size, progress=not (args.quiet or args.json))
+    calibration = prior_map = None
+    pool = None
+    if not config.has_criterion or needs_prior:
+        pool = calibration_pairs(args.data, args.pairs, n_pairs=args.calibration_pairs, seed=args.seed)
+    if config.tau_high is None:
+        calibration = calibrate(model, pool, batch_size=args.batch_size, progress=not (args.quiet or args.json))
         config = calibration.apply(config)
+    if needs_prior:
+        from .falsification.prior import calibrate_delta, occlusion_prior, prior_image_batch
+
+        prior_imgs, prior_refs = prior_image_batch(model, pool, {Path(args.image_a), Path(args.image_b)},
+                                                   args.prior_images, batch_size=args.batch_size)
+        prior_map = occlusion_prior(model, prior_imgs, batch_size=args.batch_size).map()
+        if config.criterion == "beyond-prior" and config.delta is None:
+            delta = calibrate_delta(model, prior_imgs, prior_map, config, seed=args.seed, references=prior_refs)
+            config = config.replace(delta=delta["delta"])
+        if args.method == "centre":
+            explainer = _get_explainer("centre", model, prior=prior_map, **options)
 
     images = torch.stack([a, b]) if args.both else a.unsqueeze(0)
     device = model_device(model)
@@ -277,7 +292,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     maps = explainer(images.to(device), references.to(device))
     maps = torch.as_tensor(maps).detach().float().cpu()
     results = falsification_test(
-        model, images, references, maps, config, keep_examples=bool(args.figure), progress=not (args.quiet or args.json)
+        model, images, references, maps, config, keep_examples=bool(args.figure), progress=not (args.quiet or args.json),
+        prior=prior_map,
     )
     names = [(args.image_a, args.image_b), (args.image_b, args.image_a)][: len(results)]
     model_name = getattr(model, "name", args.model)
@@ -324,7 +340,7 @@ def _json_default(o):
 # --- run and report ------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .experiments import RunConfig, Runner
+    from .experiments import RunConfig, runner_for
 
     overrides = {
         "experiment": args.experiment, "data": args.data, "pairs": args.pairs, "model": args.model,
@@ -335,10 +351,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         "granularity": args.granularity, "q": args.q, "tau_high": args.tau_high,
         "tau_low": args.tau_low, "epsilon": args.epsilon, "batch_pairs": args.batch_pairs,
         "device": args.device, "method_options": _parse_options(args.option) or None,
+        "criterion": args.criterion, "delta": args.delta, "target": args.target, "sanity": args.sanity or None,
+        "other_reference": args.other_reference or None,
     }
     config = RunConfig.resolve(config_file=args.config, **overrides)
-    runner = Runner(config, progress=not args.quiet, retry_errors=args.retry_errors)
+    runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors)
     summary = runner.run()
+    if config.experiment == "validity":
+        from .experiments.validity import format_validity
+
+        print(format_validity(summary))
+        print(f"results: {runner.out}/results.sqlite\ntable:   {runner.out}/validity.md")
+        return 0
     print(_run_table(summary))
     if "experiment_6_2" in summary:
         print()
@@ -478,6 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-high", type=_number, help="criterion in radians (all three of tau-high, tau-low, epsilon, or none: calibrate)")
     p.add_argument("--tau-low", type=_number)
     p.add_argument("--epsilon", type=_number)
+    p.add_argument("--criterion", choices=CRITERIA, default="absolute",
+                   help="absolute (the thresholds) or beyond-prior (the margin must beat the model's prior map's "
+                   "margin on this image by --delta; default %(default)s)")
+    p.add_argument("--delta", type=_number, help="radians: the beyond-prior excess (default: calibrated)")
+    p.add_argument("--target", choices=TARGETS, default="embedding",
+                   help="embedding (how far f(A) moves) or pair (how far the pair's angle moves; default %(default)s)")
+    p.add_argument("--prior-images", type=_whole(1), default=40, metavar="N",
+                   help="calibration images whose mean occlusion map is the model's prior (beyond-prior, centre; "
+                   "default %(default)s)")
     _add_data_args(p)
     p.add_argument("--calibration-pairs", type=_whole(4), default=600, metavar="N",
                    help="pairs to calibrate the thresholds on when they are not given (default %(default)s)")
@@ -503,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run",
-        help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin)",
+        help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin; "
+        "validity: does the test falsify maps that cannot be right?)",
         description="Runs every (method, pair) falsification test into OUT/results.sqlite, one row "
         "committed as each is computed: running the same command again resumes, and an interrupted "
         "run loses at most the rows in flight. Then writes OUT/summary.json, OUT/tables/*.tex, "
@@ -532,6 +566,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=_number, help="radians, >= 0")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. ig.steps=128 (repeatable; the method must be in --methods)")
+    p.add_argument("--criterion", choices=CRITERIA,
+                   help="absolute: d_high > tau_high, d_low < tau_low, margin >= epsilon; beyond-prior: the "
+                   "margin must beat the model's prior map's margin on the same image by delta (see docs/method.md)")
+    p.add_argument("--delta", type=_number, help="radians, >= 0: the beyond-prior excess (default: calibrated)")
+    p.add_argument("--target", choices=TARGETS,
+                   help="what the distances measure: embedding (how far f(A) moves; default) or pair (how far "
+                   "the pair's angle to f(B) moves: a pair-aware test)")
+    p.add_argument("--sanity", action="store_true",
+                   help="add a row METHOD@random-model per method: its maps on a randomised copy of the model, "
+                   "tested on the real model (a control every method must beat)")
+    p.add_argument("--other-reference", action="store_true",
+                   help="add a row METHOD@other-reference per method: maps made against the face of another "
+                   "pair, tested as the true ones (is the explanation about this pair?)")
     p.add_argument("--batch-pairs", type=_whole(1), help="pairs explained together (default 8)")
     p.add_argument("--retry-errors", action="store_true",
                    help="compute the error rows of OUT again (e.g. after fixing an unreadable image)")

@@ -14,6 +14,8 @@ import typing
 from ..choices import METHODS as _CHOICES
 from .base import AttributionError, Explainer, SimilarityTarget, find_layer, normalise_maps
 from .biometric_gradcam import BiometricGradCAM
+from .centre import CentreExplainer
+from .edge import EdgeExplainer
 from .geodesic_ig import GeodesicIntegratedGradients
 from .gradcam import CAMExplainer, GradCAM
 from .gradcam_pp import GradCAMPlusPlus
@@ -39,6 +41,8 @@ _CLASSES: dict[str, type[Explainer]] = {
         KernelSHAPExplainer,
         LIMEExplainer,
         RandomExplainer,
+        CentreExplainer,
+        EdgeExplainer,
     )
 }
 

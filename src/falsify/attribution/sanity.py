@@ -45,6 +45,26 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def randomise_(module: nn.Module, gen: torch.Generator) -> None:
+    """Redraw every parameter of ``module`` in place: its own mean + its own std x N(0, 1)
+    (std 1 for scalars and constant tensors), as the cascading sanity check does per stage."""
+    with torch.no_grad():
+        for p in module.parameters():
+            std = float(p.std()) if p.numel() > 1 else 0.0
+            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
+            p.copy_(float(p.mean()) + (std if std > 0 else 1.0) * noise)
+
+
+def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` with all weights redrawn (seeded): a network that knows no faces,
+    for control maps (``METHOD@random-model``: computed on it, tested on the real model)."""
+    work = copy.deepcopy(model).eval()
+    randomise_(work, torch.Generator().manual_seed(seed))
+    if hasattr(work, "name"):
+        work.name = f"{model.name}:random"
+    return work
+
+
 def cascading_randomisation(
     model: nn.Module,
     method: str,
@@ -77,11 +97,7 @@ def cascading_randomisation(
     for name in stages:
         if name not in modules:
             raise ValueError(f"no stage named {name!r}; stages are {randomisation_stages(model)}")
-        with torch.no_grad():
-            for p in modules[name].parameters():
-                std = float(p.std()) if p.numel() > 1 else 0.0
-                noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
-                p.copy_(float(p.mean()) + (std if std > 0 else 1.0) * noise)
+        randomise_(modules[name], gen)
         rand = maps_of(work)
         rhos = [_spearman(a, b) for a, b in zip(original, rand)]
         results.append(SanityStage(name, float(np.mean(rhos)), rhos))

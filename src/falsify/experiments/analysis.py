@@ -15,11 +15,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data.pairs import PairSet
+from ..choices import RANDOM_MODEL, is_control
 from ..falsification import stats
 from .store import ResultsStore
 
-#: Methods every other method is compared with (when they were run).
-BASELINES = ("random", "gradcam")
+#: Methods every other method is compared with (when they were run): the controls first.
+BASELINES = ("centre", "random", "gradcam")
 
 
 def _f(x: Any) -> float | None:
@@ -36,6 +37,7 @@ def _mean(values: Sequence) -> float | None:
 
 
 def method_summary(method: str, rows: list[dict]) -> dict:
+    """One method's (or control row's) counts, FR with its Wilson CI, mean distances and time."""
     tested = [r for r in rows if r["verdict"] != "error"]
     rate = stats.falsification_rate([r["verdict"] for r in tested]) if tested else None
     testable = [r for r in tested if r["verdict"] != "untestable"]
@@ -46,6 +48,7 @@ def method_summary(method: str, rows: list[dict]) -> dict:
         ci = [_f(b.ci_low), _f(b.ci_high)]
     return {
         "method": method,
+        "control": is_control(method),
         "n": len(rows),
         "n_passed": rate.n_passed if rate else 0,
         "n_falsified": rate.n_falsified if rate else 0,
@@ -63,16 +66,27 @@ def method_summary(method: str, rows: list[dict]) -> dict:
     }
 
 
+def _baselines_of(method: str, by_method: dict) -> list[str]:
+    """What ``method`` is compared with: each baseline that was run, and its own control rows
+    (``METHOD@random-model``: the same method on a randomised model)."""
+    out = [b for b in BASELINES if b in by_method and b != method]
+    own = method + RANDOM_MODEL
+    if own in by_method:
+        out.append(own)
+    return out
+
+
 def comparisons(by_method: dict[str, dict[str, str]]) -> list[dict]:
-    """McNemar's exact test of every method against each baseline run, on the pairs both
-    tested (errors dropped; the test itself leaves out pairs untestable for either), Holm-
-    corrected over all the comparisons made."""
+    """McNemar's exact test of every method against each of its baselines (``centre``,
+    ``random``, ``gradcam`` and its own randomised-model rows, when run), on the pairs both
+    tested (errors dropped; the test itself leaves out pairs untestable for either),
+    Holm-corrected over all the comparisons made. ``beats`` says whether the method is
+    falsified significantly less often than that baseline."""
     out, seen = [], set()
-    for base in BASELINES:
-        if base not in by_method:
-            continue
-        for method, verdicts in by_method.items():
-            if method == base or frozenset((method, base)) in seen:
+    for method, verdicts in by_method.items():
+        for base in _baselines_of(method, by_method):
+            if frozenset((method, base)) in seen or (base in BASELINES and method in BASELINES
+                                                     and BASELINES.index(method) < BASELINES.index(base)):
                 continue
             seen.add(frozenset((method, base)))
             common = sorted(set(verdicts) & set(by_method[base]))
@@ -94,6 +108,32 @@ def comparisons(by_method: dict[str, dict[str, str]]) -> list[dict]:
     for c in out:
         c.setdefault("p_holm", None)
         c.setdefault("significant", False)
+        c["beats"] = bool(c["significant"] and c["fr"] is not None and c["fr_against"] is not None
+                          and c["fr"] < c["fr_against"])
+    return out
+
+
+def control_verdicts(summary_methods: list[dict], comps: list[dict]) -> list[dict]:
+    """For each method that is not a control: does it beat ``centre`` and its own randomised-model
+    rows (when run)? One entry per method, with a plain sentence when it does not."""
+    out = []
+    for m in summary_methods:
+        name = m["method"]
+        if is_control(name):
+            continue
+        against = {c["against"]: c for c in comps if c["method"] == name}
+        checks = [b for b in ("centre", name + RANDOM_MODEL) if b in against]
+        if not checks:
+            continue
+        failed = [b for b in checks if not against[b]["beats"]]
+        sentence = None
+        if failed:
+            what = " or ".join("the centre prior" if b == "centre" else "its own maps on a randomised model"
+                               for b in failed)
+            sentence = (f"{name} is not falsified significantly less often than {what} (McNemar, Holm-corrected): "
+                        "its falsification rate does not show that it explains this model on these images.")
+        out.append({"method": name, "checked": checks, "beats_all": not failed, "not_beaten": failed,
+                    "sentence": sentence})
     return out
 
 
@@ -149,8 +189,9 @@ def summarise(store: ResultsStore, config, pairs: PairSet, model_name: str, thre
               elapsed_s: float | None = None, started: str | None = None) -> dict:
     """The summary dict of a run (the schema of OUT/summary.json)."""
     ids = {p.id for p in pairs}
-    rows = [r for r in store.rows("6.1", model_name, config.methods) if r["pair"] in ids]
-    by_method = {m: [r for r in rows if r["method"] == m] for m in config.methods}
+    methods = config.row_methods()
+    rows = [r for r in store.rows("6.1", model_name, methods) if r["pair"] in ids]
+    by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     runs = store.runs()
     summary: dict[str, Any] = {
         "experiment": config.experiment,
@@ -171,10 +212,12 @@ def summarise(store: ResultsStore, config, pairs: PairSet, model_name: str, thre
         "errors": [{"method": r["method"], "pair": r["pair"], "error": r["error"]} for r in rows
                    if r["verdict"] == "error"][:50],
         "elapsed_s": _f(elapsed_s),
-        "methods": [method_summary(m, by_method[m]) for m in config.methods],
+        "methods": [method_summary(m, by_method[m]) for m in methods],
         "comparisons": comparisons({m: {r["pair"]: r["verdict"] for r in rs if r["verdict"] != "error"}
                                     for m, rs in by_method.items()}),
+        "prior": store.get_meta("prior"),
     }
+    summary["controls"] = control_verdicts(summary["methods"], summary["comparisons"])
     if config.experiment == "6.2":
         if threshold is None:
             raise ValueError("experiment 6.2 needs the model's decision threshold: run with calibration "

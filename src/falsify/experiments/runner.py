@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..choices import EXPERIMENTS, METHODS
+from ..choices import CONTROLS, EXPERIMENTS, METHODS, OTHER_REFERENCE, RANDOM_MODEL
 from ..data import load_images, load_pairs
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
@@ -41,6 +41,8 @@ _TYPES = {
     "seed": _INT, "out": _STR, "fill": _STR, "granularity": _STR, "grid": _INT, "q": _NUM,
     "tau_high": _NUM, "tau_low": _NUM, "epsilon": _NUM, "calibration_pairs": _INT,
     "batch_pairs": _INT, "batch_size": _INT, "grid_pairs": _INT, "device": _STR, "trust_pickle": _BOOL,
+    "criterion": _STR, "delta": _NUM, "prior_images": _INT, "prior_grid": _INT, "sanity": _BOOL,
+    "other_reference": _BOOL, "target": _STR,
 }
 
 
@@ -109,15 +111,23 @@ class RunConfig:
     batch_size: int = 64
     method_options: dict[str, dict] = field(default_factory=dict)
     grid_pairs: int = 4  # pairs in the saliency-grid figure
+    criterion: str = "absolute"  # or "beyond-prior": the margin must beat the model's prior map's
+    delta: float | None = None  # beyond-prior margin (radians); calibrated when None
+    target: str = "embedding"  # or "pair": distances are the change of the pair's angle
+    prior_images: int = 40  # images (not tested) whose mean occlusion map is the model's prior
+    prior_grid: int = 10  # cells per side of those occlusion maps
+    sanity: bool = False  # add METHOD@random-model rows: maps of a randomised model, tested on the real one
+    other_reference: bool = False  # add METHOD@other-reference rows: maps made against another pair's face
     device: str | None = None
 
     #: settings that change results: a store made with other values is not resumed
     RESULT_KEYS = (
         "data", "pairs", "model", "input_size", "mean", "std", "n_pairs", "K", "seed", "fill",
         "granularity", "grid", "q", "tau_high", "tau_low", "epsilon", "calibration_pairs", "method_options",
+        "criterion", "delta", "prior_images", "prior_grid", "target",
     )
     #: settings of the last invocation that a resumed run keeps unless they are given again
-    KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs")
+    KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -135,12 +145,14 @@ class RunConfig:
             raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         self.methods = list(dict.fromkeys(self.methods))
         for name, minimum in (("n_pairs", 1), ("K", 1), ("grid", 1), ("calibration_pairs", 4), ("batch_pairs", 1),
-                              ("batch_size", 1), ("grid_pairs", 0)):
+                              ("batch_size", 1), ("grid_pairs", 0), ("prior_images", 1), ("prior_grid", 2)):
             if getattr(self, name) < minimum:
                 raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
         given = [v is not None for v in (self.tau_high, self.tau_low, self.epsilon)]
         if any(given) and not all(given):
             raise ValueError("give all of tau_high, tau_low and epsilon, or none (then they are calibrated)")
+        if any(given) and self.experiment == "validity":
+            raise ValueError("the validity study calibrates its thresholds on the data: drop tau_high, tau_low, epsilon")
         for name in ("tau_high", "tau_low", "epsilon"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 radians, got {getattr(self, name)}")
@@ -162,6 +174,7 @@ class RunConfig:
         fc = FalsificationConfig(
             fill=self.fill, granularity=self.granularity, grid=self.grid, q=self.q, K=self.K, seed=self.seed,
             batch_size=self.batch_size, tau_high=self.tau_high, tau_low=self.tau_low, epsilon=self.epsilon,
+            criterion=self.criterion, delta=self.delta, target=self.target,
         )
         return calibration.apply(fc) if calibration is not None else fc
 
@@ -217,6 +230,23 @@ class RunConfig:
                     base.update({k: stored["runs"][-1][k] for k in cls.KEPT_KEYS if k in stored["runs"][-1]})
                 values = {**base, **values}
         return cls(**values)
+
+    @property
+    def needs_prior(self) -> bool:
+        """The model's prior map is needed: for the ``centre`` control or the beyond-prior criterion."""
+        return "centre" in self.methods or self.criterion == "beyond-prior" or self.experiment == "validity"
+
+    def row_methods(self) -> list[str]:
+        """The rows of each pair: every method, then its control rows (``--sanity``: maps of a
+        randomised model; ``--other-reference``: maps made against another pair's face). The
+        controls ``random``, ``centre`` and ``edge`` get no such rows (they ignore the model)."""
+        real = [m for m in self.methods if m not in CONTROLS]
+        rows = list(self.methods)
+        if self.sanity:
+            rows += [m + RANDOM_MODEL for m in real]
+        if self.other_reference:
+            rows += [m + OTHER_REFERENCE for m in real]
+        return rows
 
     def result_settings(self) -> dict:
         """The settings that decide results, with data paths resolved (``DIR`` and ``DIR/`` are one)."""
@@ -354,6 +384,15 @@ def _check_out(out: Path) -> None:
             return
 
 
+def runner_for(config: RunConfig, **kw) -> "Runner":
+    """The runner of ``config.experiment``: 6.1 and 6.2 share ``Runner``; the validity study has its own."""
+    if config.experiment == "validity":
+        from .validity import ValidityStudy
+
+        return ValidityStudy(config, **kw)
+    return Runner(config, **kw)
+
+
 class Runner:
     """Runs one experiment into ``out``; ``run()`` returns the summary dict.
 
@@ -424,6 +463,41 @@ class Runner:
     def falsification_config(self, calibration):
         return self.config.falsification_config(calibration)
 
+    def _prior_image_batch(self, model, pairs: PairSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images of the prior and of delta's calibration, and their partners' embeddings
+        (``falsify.falsification.prior.prior_image_batch`` on the calibration pairs)."""
+        from ..falsification.calibration import calibration_pairs
+        from ..falsification.prior import prior_image_batch
+
+        c = self.config
+        pool = calibration_pairs(c.data, c.pairs, n_pairs=c.calibration_pairs, seed=c.seed)
+        tested = {q for p in pairs for q in (p.a, p.b)}
+        return prior_image_batch(model, pool, tested, c.prior_images, batch_size=c.batch_size)
+
+    def _prior(self, model, stored: dict | None, pairs: PairSet, fconfig):
+        """The model's prior map, and for the beyond-prior criterion without a given delta its
+        calibrated delta: from the store, or computed on ``prior_images`` calibration images that
+        no tested pair uses (the mean of their occlusion maps; the excess that maps knowing only
+        the prior reach on them). Returns ``(Prior, delta_info | None)``."""
+        from ..falsification.prior import Prior, calibrate_delta, occlusion_prior
+
+        c = self.config
+        want_delta = c.criterion == "beyond-prior" and c.delta is None
+        cached = stored["meta"].get("prior") if stored else None
+        if cached and (cached.get("delta") or not want_delta):
+            return Prior.from_dict(cached), cached.get("delta") if want_delta else None
+        images, refs = self._prior_image_batch(model, pairs)
+        if cached:
+            prior = Prior.from_dict(cached)
+        else:
+            self.log(f"the model's prior map: mean occlusion map of {images.shape[0]} untested images ...")
+            prior = occlusion_prior(model, images, grid=c.prior_grid, fill="blur", batch_size=c.batch_size)
+        delta = None
+        if want_delta:
+            self.log("calibrating delta: the excess over the prior of maps that know only the prior ...")
+            delta = calibrate_delta(model, images, prior.map(), fconfig, seed=c.seed, references=refs)
+        return prior, delta
+
     def _load_model(self):
         from ..models import load_model
 
@@ -432,84 +506,126 @@ class Runner:
                           std=c.std, device=c.device, trust_pickle=c.trust_pickle)
 
     # -- the loop ---------------------------------------------------------------------------
-    def run(self) -> dict:
+    def _setup(self) -> None:
+        """Everything that reads or checks input, writing nothing: the pairs, the model, every
+        method's options, the output folder and its store's settings, the calibration, the prior."""
         from ..attribution import get_explainer
-        from ..verification import embed_paths
 
         c = self.config
+        self.pairs = self._pairs()
+        self.model = model = self._load_model()
+        self.model_name = model.name
+        self.device = model_device(model)
+        explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods if m != "centre"}
+        self.settings = {**c.result_settings(), FINGERPRINT: self.pairs.fingerprint()}
+        if self.out is None:
+            self.out = default_out(c, self.settings)
+        _check_out(self.out)
+        self.stored = self._stored(self.settings, self.pairs)
+        self.calibration = self._calibration(model, self.stored)
+        self.fconfig = self.falsification_config(self.calibration)
+        self.prior, self.delta = self._prior(model, self.stored, self.pairs, self.fconfig) if c.needs_prior else (None, None)
+        self.prior_map = self.prior.map() if self.prior is not None else None
+        if self.delta is not None:
+            self.fconfig = self.fconfig.replace(delta=self.delta["delta"])
+        self.prior_cache: dict = {}
+        if "centre" in c.methods:
+            explainers["centre"] = get_explainer("centre", model, prior=self.prior_map, **c.method_options.get("centre", {}))
+        self.random_model = None
+        if c.sanity or c.experiment == "validity":
+            from ..attribution.sanity import randomised_copy
+
+            self.random_model = randomised_copy(model, seed=c.seed)
+        rows = {}
+        for row in c.row_methods():
+            if row.endswith(RANDOM_MODEL):
+                m = row[: -len(RANDOM_MODEL)]
+                rows[row] = (get_explainer(m, self.random_model, **c.method_options.get(m, {})), "random-model")
+            elif row.endswith(OTHER_REFERENCE):
+                rows[row] = (explainers[row[: -len(OTHER_REFERENCE)]], "other-reference")
+            else:
+                rows[row] = (explainers[row], "real")
+        self.explainers = rows
+        self.grid_ids = {p.id for p in self._grid_pairs(self.pairs)}
+
+    def _open(self, store: ResultsStore) -> None:
+        """First writes: the settings (checked again under the lock), this invocation, the
+        calibration and the prior."""
+        c = self.config
+        if store.get_meta("settings") != (self.stored or {}).get("meta", {}).get("settings"):
+            raise ValueError(f"{self.out} was changed by another run since it was checked; nothing was changed there")
+        store.set_meta("settings", self.settings)  # new, or the same with the fingerprint of fixed images
+        store.add_run(_now(), c.experiment, c.to_dict(), environment(self.device))
+        if self.calibration is not None and store.get_meta("calibration") is None:
+            store.set_meta("calibration", self.calibration.to_dict())
+        if self.prior is not None and (store.get_meta("prior") is None or self.delta is not None):
+            store.set_meta("prior", {**self.prior.to_dict(), "delta": self.delta})
+        store.set_meta("falsification_config", self.fconfig.to_dict())
+        self.log(f"run directory: {self.out}")
+        self.log(self.pairs.summary())
+        if self.retry_errors:
+            n = store.delete_errors(self.rows_of, self.model.name)
+            self.log(f"retrying {n} error row{'s' * (n != 1)}")
+
+    #: the experiment key of the rows this runner computes
+    rows_of = ROWS_OF
+
+    def run(self) -> dict:
         started = _now()
         t0 = time.perf_counter()
-        # 1. everything that reads or checks input, writing nothing
-        pairs = self._pairs()
-        model = self._load_model()
-        self.model_name = model.name
-        device = model_device(model)
-        explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods}
-        settings = {**c.result_settings(), FINGERPRINT: pairs.fingerprint()}
-        if self.out is None:
-            self.out = default_out(c, settings)
-        _check_out(self.out)
-        stored = self._stored(settings, pairs)
-        calibration = self._calibration(model, stored)
-        fconfig = self.falsification_config(calibration)
-        self.grid_ids = {p.id for p in self._grid_pairs(pairs)}
-        # 2. one run per folder, then the store
-        lock = RunLock(self.out).acquire()
+        self._setup()
+        lock = RunLock(self.out).acquire()  # one run per folder, then the store
         try:
             store = ResultsStore(self.out / "results.sqlite")
             try:
-                summary = self._run_locked(store, stored, settings, calibration, fconfig, pairs, model, device,
-                                           explainers, started, t0, embed_paths)
+                self._open(store)
+                summary = self._compute(store, started, t0)
             finally:
                 store.close()
-            explanations = self._grid_explanations(model, pairs)
-            write_outputs(self.out, summary, explanations)
+            self._write(summary)
         finally:
             lock.release()
         return summary
 
-    def _run_locked(self, store, stored, settings, calibration, fconfig, pairs, model, device, explainers, started, t0,
-                    embed_paths) -> dict:
-        c = self.config
-        if store.get_meta("settings") != (stored or {}).get("meta", {}).get("settings"):
-            raise ValueError(f"{self.out} was changed by another run since it was checked; nothing was changed there")
-        store.set_meta("settings", settings)  # new, or the same with the fingerprint of fixed images
-        store.add_run(_now(), c.experiment, c.to_dict(), environment(device))
-        if calibration is not None and store.get_meta("calibration") is None:
-            store.set_meta("calibration", calibration.to_dict())
-        store.set_meta("falsification_config", fconfig.to_dict())
-        self.log(f"run directory: {self.out}")
-        self.log(pairs.summary())
-        if self.retry_errors:
-            n = store.delete_errors(ROWS_OF, model.name)
-            self.log(f"retrying {n} error row{'s' * (n != 1)}")
-        done = store.done(ROWS_OF, model.name)
-        todo_pairs = [p for p in pairs if any((m, p.id) not in done for m in c.methods)]
-        n_todo = sum((m, p.id) not in done for p in pairs for m in c.methods)
+    def _write(self, summary: dict) -> None:
+        explanations = self._grid_explanations(self.model, self.pairs)
+        write_outputs(self.out, summary, explanations)
+
+    def _compute(self, store: ResultsStore, started: str, t0: float) -> dict:
+        from ..verification import embed_paths
+
+        c, pairs, model, explainers, fconfig = self.config, self.pairs, self.model, self.explainers, self.fconfig
+        methods = c.row_methods()
+        done = store.done(self.rows_of, model.name)
+        todo_pairs = [p for p in pairs if any((m, p.id) not in done for m in methods)]
+        n_todo = sum((m, p.id) not in done for p in pairs for m in methods)
         if n_todo == 0:
             self.log("all rows are already in the store; writing the summary")
         else:
-            self.log(f"{n_todo} of {len(pairs) * len(c.methods)} (method, pair) rows to compute")
+            self.log(f"{n_todo} of {len(pairs) * len(methods)} (method, pair) rows to compute")
             # every image of the sample, not only the pending ones: batch composition then
             # never depends on where an earlier run stopped, so resumed rows equal fresh ones
             emb, failed = embed_paths(model, [q for p in pairs for q in (p.a, p.b)], c.batch_size, progress=False)
-            bar = tqdm(total=n_todo, desc=f"experiment {ROWS_OF}", unit="test", disable=not self.progress)
+            # another pair's reference for @other-reference rows: B of the next pair in the sample
+            self.other_ref = {p.id: pairs[(k + 1) % len(pairs)].b for k, p in enumerate(pairs)}
+            bar = tqdm(total=n_todo, desc=f"experiment {self.rows_of}", unit="test", disable=not self.progress)
             for start in range(0, len(todo_pairs), c.batch_pairs):
                 chunk = todo_pairs[start : start + c.batch_pairs]
                 self._run_chunk(chunk, model, explainers, fconfig, emb, failed, done, store, bar)
             bar.close()
         ids = {p.id for p in pairs}
-        stored_keys = {(m, p) for m, p in store.done(ROWS_OF, model.name) if p in ids and m in c.methods}
-        if len(stored_keys) != len(pairs) * len(c.methods):
+        stored_keys = {(m, p) for m, p in store.done(self.rows_of, model.name) if p in ids and m in methods}
+        if len(stored_keys) != len(pairs) * len(methods):
             raise RuntimeError(f"{self.out}: {len(stored_keys)} rows stored for {len(pairs)} pairs x "
-                               f"{len(c.methods)} methods; please report this")
-        n_err = sum(1 for r in store.rows(ROWS_OF, model.name, c.methods) if r["verdict"] == "error" and r["pair"] in ids)
+                               f"{len(methods)} methods; please report this")
+        n_err = sum(1 for r in store.rows(self.rows_of, model.name, methods) if r["verdict"] == "error" and r["pair"] in ids)
         if n_err:
             self.log(f"{n_err} error row{'s' * (n_err != 1)} (see the summary); after fixing the cause, rerun "
                      "with --retry-errors to compute them again")
         elapsed = time.perf_counter() - t0
-        threshold = calibration.threshold_cos if calibration is not None else model.threshold
+        threshold = self.calibration.threshold_cos if self.calibration is not None else model.threshold
         return summarise(store, c, pairs, model.name, threshold, elapsed_s=elapsed, started=started)
+
 
     def _grid_pairs(self, pairs: PairSet) -> list[Pair]:
         """The pairs of the saliency-grid figure: the first genuine and impostor pairs, half each."""
@@ -554,14 +670,20 @@ class Runner:
     def _run_chunk(self, chunk: Sequence[Pair], model, explainers, fconfig, emb, failed, done, store, bar) -> None:
         from ..geometry import cosine_similarity, geodesic_distance
 
-        c = self.config
-        bad = [p for p in chunk if p.a in failed or p.b in failed]
+        bad = [p for p in chunk if p.a in failed or p.b in failed or failed.get(self.other_ref[p.id])]
         for p in bad:
             reason = failed.get(p.a) or failed.get(p.b)
-            rows = [self._error_row(m, p, reason) for m in c.methods if (m, p.id) not in done]
+            rows = []
+            for m in explainers:
+                if (m, p.id) in done:
+                    continue
+                why = reason or (failed.get(self.other_ref[p.id]) if m.endswith(OTHER_REFERENCE) else None)
+                if why is None:  # only the other pair's reference is unreadable: the other rows are fine
+                    continue
+                rows.append(self._error_row(m, p, why))
             store.add_rows(rows)
             bar.update(len(rows))
-        good = [p for p in chunk if p not in bad]
+        good = [p for p in chunk if not (failed.get(p.a) or failed.get(p.b))]
         if not good:
             return
         images, _ = load_images([p.a for p in good], model.input_size)
@@ -570,31 +692,50 @@ class Runner:
         cos = cosine_similarity(probes, refs).tolist()
         ang = geodesic_distance(probes, refs).tolist()
         device = model_device(model)
-        for method, explainer in explainers.items():
+        random_refs = None
+        for method, (explainer, kind) in explainers.items():
             idx = [i for i, p in enumerate(good) if (method, p.id) not in done]
+            if kind == "other-reference":
+                idx = [i for i in idx if not failed.get(self.other_ref[good[i].id])]
             if not idx:
                 continue
+            if kind == "random-model":
+                if random_refs is None:  # the randomised model's own embedding of each partner face
+                    b_images, _ = load_images([p.b for p in good], model.input_size)
+                    with torch.inference_mode():
+                        random_refs = self.random_model(b_images.to(device)).float().cpu()
+                map_refs = random_refs[idx]
+            elif kind == "other-reference":
+                map_refs = torch.stack([emb[self.other_ref[good[i].id]] for i in idx])
+            else:
+                map_refs = refs[idx]
             rows = self._test(method, explainer, model, fconfig, [good[i] for i in idx],
                               images[idx].to(device), refs[idx].to(device),
-                              [cos[i] for i in idx], [ang[i] for i in idx])
+                              [cos[i] for i in idx], [ang[i] for i in idx], map_refs=map_refs.to(device))
             store.add_rows(rows)
             bar.update(len(rows))
 
-    def _test(self, method, explainer, model, fconfig, pairs, images, refs, cos, ang) -> list[dict]:
-        """Maps and tests for a batch; on failure, one by one so one bad pair costs one row."""
+    def _test(self, method, explainer, model, fconfig, pairs, images, refs, cos, ang, map_refs=None) -> list[dict]:
+        """Maps and tests for a batch; on failure, one by one so one bad pair costs one row.
+
+        ``map_refs`` are the references the maps are made against (default ``refs``; another
+        pair's face for @other-reference rows, the randomised model's embedding for
+        @random-model rows); the test always runs on the real model."""
         from ..falsification import falsification_test
 
+        map_refs = refs if map_refs is None else map_refs
         t = time.perf_counter()
         try:
-            maps = explainer(images, refs)
-            results = falsification_test(model, images, refs, maps, fconfig, pair_ids=[p.index for p in pairs])
+            maps = explainer(images, map_refs)
+            results = falsification_test(model, images, refs, maps, fconfig, pair_ids=[p.index for p in pairs],
+                                         prior=self.prior_map, prior_cache=self.prior_cache)
         except Exception as exc:  # noqa: BLE001 - recorded per pair below, the run goes on
             if len(pairs) == 1:
                 return [self._error_row(method, pairs[0], f"{type(exc).__name__}: {exc}")]
             out = []
             for i in range(len(pairs)):
                 out += self._test(method, explainer, model, fconfig, pairs[i : i + 1], images[i : i + 1],
-                                  refs[i : i + 1], cos[i : i + 1], ang[i : i + 1])
+                                  refs[i : i + 1], cos[i : i + 1], ang[i : i + 1], map_refs[i : i + 1])
             return out
         seconds = (time.perf_counter() - t) / len(pairs)
         for p, m in zip(pairs, maps):
@@ -613,7 +754,7 @@ class Runner:
         return rows
 
     def _base_row(self, method: str, p: Pair) -> dict:
-        return {"experiment": ROWS_OF, "model": self.model_name, "method": method, "pair": p.id,
+        return {"experiment": self.rows_of, "model": self.model_name, "method": method, "pair": p.id,
                 "pair_index": p.index, "same": int(p.same), "fold": p.fold}
 
     def _error_row(self, method: str, p: Pair, reason: str) -> dict:

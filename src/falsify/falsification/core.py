@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..choices import CRITERIA, TARGETS
 from ..geometry import geodesic_distance
 from ..models.base import model_device
 from .counterfactuals import (
@@ -39,6 +40,7 @@ VERDICTS = ("passed", "falsified", "untestable")
 COND_HIGH = "d_high<=tau_high"
 COND_LOW = "d_low>=tau_low"
 COND_MARGIN = "margin<epsilon"
+COND_PRIOR = "excess<delta"
 
 # Independent random streams per pair: tie-breaking of the ranking, and the fill's samples.
 _STREAM_REGIONS = 0
@@ -92,6 +94,9 @@ class FalsificationConfig:
     tau_high: float | None = None
     tau_low: float | None = None
     epsilon: float | None = None
+    criterion: str = "absolute"
+    delta: float | None = None
+    target: str = "embedding"
     seed: int = 0
     batch_size: int = 64
     opt_steps: int = 100
@@ -142,7 +147,11 @@ class FalsificationConfig:
                 f"blur_sigma is a fraction of the shorter image side (0.05 = 7.5 px on 150x150), "
                 f"in (0, 1]; got {self.blur_sigma}"
             )
-        for name in ("tau_high", "tau_low", "epsilon"):
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {self.criterion!r}; use one of {CRITERIA}")
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown target {self.target!r}; use one of {TARGETS}")
+        for name in ("tau_high", "tau_low", "epsilon", "delta"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and 0.0 <= v <= math.pi):
                 raise ValueError(f"{name} is an angle in radians in [0, pi], got {v}")
@@ -166,8 +175,10 @@ class FalsificationConfig:
 
     @property
     def has_criterion(self) -> bool:
-        """tau_high, tau_low and epsilon are all set (absolute or from a calibration)."""
-        return None not in (self.tau_high, self.tau_low, self.epsilon)
+        """The thresholds the criterion needs are set (given, or from a calibration): tau_high,
+        tau_low and epsilon for ``absolute``, delta too for ``beyond-prior``."""
+        need = (self.tau_high, self.tau_low, self.epsilon) + ((self.delta,) if self.criterion == "beyond-prior" else ())
+        return None not in need
 
     def replace(self, **changes) -> "FalsificationConfig":
         return replace(self, **changes)
@@ -199,6 +210,11 @@ class FalsificationResult:
     granularity: str
     separated: bool  # the map ranks every feature of S_high strictly above every one of S_low
     pair_angle: float | None = None  # d_g(f(x), reference): the pair's own angle, for reporting
+    criterion: str = "absolute"
+    delta: float | None = None  # beyond-prior: the excess the margin must reach
+    prior_d_high: float | None = None  # beyond-prior: the prior map's d_high, d_low on this image
+    prior_d_low: float | None = None
+    excess: float | None = None  # margin - (prior_d_high - prior_d_low)
     distances_high: tuple[float, ...] = ()
     distances_low: tuple[float, ...] = ()
     converged_high: float | None = None  # optimised fill: fraction of samples that converged
@@ -246,13 +262,21 @@ class FalsificationResult:
 
         sd = lambda s: f" (sd {s:.4f}, K={self.K})" if self.K > 1 else ""  # noqa: E731
         dp = "n/a (no spread: deterministic fill, K=1)" if not math.isfinite(self.d_prime) else f"{self.d_prime:.2f}"
-        lines = [
-            f"regions   S_high {self.n_high} px, S_low {self.n_low} px ({self.granularity}, fill {self.fill})",
-            f"d_high    {self.d_high:.4f} rad{sd(self.sd_high)}   > tau_high {self.tau_high:.4f}   {ok(COND_HIGH)}",
-            f"d_low     {self.d_low:.4f} rad{sd(self.sd_low)}   < tau_low  {self.tau_low:.4f}   {ok(COND_LOW)}",
-            f"margin    {self.margin:.4f} rad   >= epsilon {self.epsilon:.4f}   {ok(COND_MARGIN)}",
-            f"d'        {dp}",
-        ]
+        lines = [f"regions   S_high {self.n_high} px, S_low {self.n_low} px ({self.granularity}, fill {self.fill})"]
+        if self.criterion == "beyond-prior":
+            lines += [
+                f"d_high    {self.d_high:.4f} rad{sd(self.sd_high)}   (prior map: {self.prior_d_high:.4f})",
+                f"d_low     {self.d_low:.4f} rad{sd(self.sd_low)}   (prior map: {self.prior_d_low:.4f})",
+                f"excess    {self.excess:.4f} rad = margin {self.margin:.4f} - prior's margin "
+                f"{self.prior_d_high - self.prior_d_low:.4f}   > delta {self.delta:.4f}   {ok(COND_PRIOR)}",
+            ]
+        else:
+            lines += [
+                f"d_high    {self.d_high:.4f} rad{sd(self.sd_high)}   > tau_high {self.tau_high:.4f}   {ok(COND_HIGH)}",
+                f"d_low     {self.d_low:.4f} rad{sd(self.sd_low)}   < tau_low  {self.tau_low:.4f}   {ok(COND_LOW)}",
+                f"margin    {self.margin:.4f} rad   >= epsilon {self.epsilon:.4f}   {ok(COND_MARGIN)}",
+            ]
+        lines.append(f"d'        {dp}")
         if self.converged_high is not None:
             lines.append(
                 f"optimised converged {self.converged_high:.0%} (high) / {self.converged_low:.0%} (low) "
@@ -275,6 +299,50 @@ def verdict_of(d_high: float, d_low: float, tau_high: float, tau_low: float, eps
     if not (d_high - d_low) >= epsilon:
         failed.append(COND_MARGIN)
     return ("falsified" if failed else "passed"), tuple(failed)
+
+
+def verdict_beyond_prior(d_high: float, d_low: float, prior_high: float, prior_low: float,
+                         config: "FalsificationConfig") -> tuple[str, tuple[str, ...]]:
+    """The ``beyond-prior`` criterion: the map's margin must exceed the prior's margin on the same
+    image by more than ``delta``: (d_high - d_low) - (prior_high - prior_low) > delta. Strict, so
+    the prior itself (excess 0) is falsified at delta = 0."""
+    excess = (d_high - d_low) - (prior_high - prior_low)
+    if excess > config.delta:
+        return "passed", ()
+    return "falsified", (COND_PRIOR,)
+
+
+def _distances(f_x: torch.Tensor, emb: torch.Tensor, reference: torch.Tensor | None, target: str) -> torch.Tensor:
+    """How far each counterfactual embedding in ``emb`` moved, in radians: from f(x) itself
+    (``embedding``), or along the pair's own question (``pair``: the change of its angle to the
+    reference, |d_g(f(x'), r) - d_g(f(x), r)|)."""
+    if target == "pair":
+        r = reference.double().unsqueeze(0)
+        return (geodesic_distance(emb, r) - geodesic_distance(f_x.unsqueeze(0), r)).abs()
+    return geodesic_distance(f_x.unsqueeze(0), emb)
+
+
+def _prior_distances(model, images, f_x, prior, config, pair_ids, device, cache, references=None) -> dict[int, tuple[float, float]]:
+    """(d_high, d_low) of the prior map on each image, from ``cache`` or computed (deterministic
+    fills: one forward per region; stochastic fills: the same K draws a map gets)."""
+    prior = _as_tensor(prior, "prior").float()
+    if tuple(prior.shape) != tuple(images.shape[-2:]):
+        raise ValueError(f"prior must be (H, W) = {tuple(images.shape[-2:])}, got {tuple(prior.shape)}")
+    k = config.k_effective
+    todo = [i for i in range(images.shape[0]) if pair_ids[i] not in cache]
+    if todo:
+        embedder = _BatchedEmbedder(model, config.batch_size, 2 * k * len(todo), device)
+        for i in todo:
+            reg = regions_for(images[i], prior, config, pair_ids[i])
+            high, low = _counterfactual_halves(images[i], reg, config, pair_ids[i])
+            embedder.add(high)
+            embedder.add(low)
+        emb = embedder.finish()
+        for j, i in enumerate(todo):
+            ref = None if references is None else references[i]
+            d = _distances(f_x[i].double(), emb[2 * k * j : 2 * k * (j + 1)].double(), ref, config.target)
+            cache[pair_ids[i]] = (float(d[:k].mean()), float(d[k:].mean()))
+    return {pair_ids[i]: cache[pair_ids[i]] for i in range(images.shape[0])}
 
 
 def d_prime_of(margin: float, sd_high: float, sd_low: float) -> float:
@@ -520,6 +588,8 @@ def falsification_test(
     pair_ids: Sequence[int] | None = None,
     keep_examples: bool = False,
     progress: bool = False,
+    prior: torch.Tensor | None = None,
+    prior_cache: dict | None = None,
 ) -> list[FalsificationResult]:
     """Test one attribution map per image; returns one :class:`FalsificationResult` per image.
 
@@ -543,6 +613,13 @@ def falsification_test(
         to get the same result for a pair whether it is tested alone or in a batch.
     keep_examples:
         Keep the masks and the first high and low counterfactual in each result (for figures).
+    prior:
+        ``(H, W)`` the model's prior map (``falsify.falsification.prior``), needed by the
+        ``beyond-prior`` criterion: the prior is tested on each image like the map, and the map's
+        margin must exceed the prior's by ``delta``.
+    prior_cache:
+        A dict reused across calls on the same images (keyed by pair id): the prior's distances
+        on an image are then computed once, however many methods are tested on it.
 
     All 2K counterfactuals of every image go through the model in batches of
     ``config.batch_size``; f(x) is computed once per image.
@@ -550,10 +627,16 @@ def falsification_test(
     config = config or FalsificationConfig()
     if not config.has_criterion:
         raise ValueError(
-            "the criterion needs tau_high, tau_low and epsilon (radians): set them in "
-            "FalsificationConfig(...) or calibrate them for this model with "
+            "the criterion needs tau_high, tau_low and epsilon (and delta for 'beyond-prior'; radians): set "
+            "them in FalsificationConfig(...) or calibrate them for this model with "
             "config = calibrate(model, pairs).apply(config)"
         )
+    if config.target == "pair" and references is None:
+        raise ValueError("target='pair' measures how far each counterfactual moves the pair's angle: pass the "
+                         "references (the other face's embedding of each pair)")
+    if config.criterion == "beyond-prior" and prior is None:
+        raise ValueError("the 'beyond-prior' criterion needs prior=... (H, W): the model's prior map, from "
+                         "falsify.falsification.prior.occlusion_prior(model, images).map()")
     images, references, maps = check_inputs(model, images, references, maps)
     b = images.shape[0]
     if pair_ids is None:
@@ -601,6 +684,10 @@ def falsification_test(
     pair_angles = None
     if references is not None:
         pair_angles = geodesic_distance(f_x.double(), references.double())
+    prior_d: dict[int, tuple[float, float]] = {}
+    if config.criterion == "beyond-prior":
+        prior_d = _prior_distances(model, images, f_x, prior, config, pair_ids, device,
+                                   prior_cache if prior_cache is not None else {}, references)
 
     results = []
     row = 0
@@ -614,6 +701,8 @@ def falsification_test(
             fill=config.fill,
             granularity=config.granularity,
             pair_angle=None if pair_angles is None else float(pair_angles[i]),
+            criterion=config.criterion,
+            delta=None if config.delta is None else float(config.delta),
         )
         masks = dict(high_mask=reg.high, low_mask=reg.low) if keep_examples else {}
         if not reg.testable:
@@ -628,17 +717,23 @@ def falsification_test(
             continue
         e = emb[row : row + 2 * k].double()
         row += 2 * k
-        d = geodesic_distance(f_x[i].double().unsqueeze(0), e)
+        d = _distances(f_x[i].double(), e, None if references is None else references[i], config.target)
         dh, dl = d[:k], d[k:]
         d_high, d_low = float(dh.mean()), float(dl.mean())
         sd_high = float(dh.std(unbiased=True)) if k > 1 else 0.0
         sd_low = float(dl.std(unbiased=True)) if k > 1 else 0.0
         margin = d_high - d_low
-        verdict, failed = verdict_of(d_high, d_low, config.tau_high, config.tau_low, config.epsilon)
         extra = {}
+        if config.criterion == "beyond-prior":
+            p_high, p_low = prior_d[pair_ids[i]]
+            excess = margin - (p_high - p_low)
+            verdict, failed = verdict_beyond_prior(d_high, d_low, p_high, p_low, config)
+            extra.update(prior_d_high=p_high, prior_d_low=p_low, excess=excess)
+        else:
+            verdict, failed = verdict_of(d_high, d_low, config.tau_high, config.tau_low, config.epsilon)
         if i in opt_info:
             info = opt_info[i]
-            extra = dict(
+            extra.update(
                 converged_high=float(info.converged[:k].float().mean()),
                 converged_low=float(info.converged[k:].float().mean()),
                 iterations_high=float(info.iterations[:k].float().mean()),

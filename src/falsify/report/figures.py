@@ -17,8 +17,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import PercentFormatter
 
+from ..choices import is_control
 from .tables import (
     as_float,
     atomic_open,
@@ -28,8 +30,10 @@ from .tables import (
     n_testable,
     quartiles_of,
     rate_of,
+    row_is_control,
     run_description,
     stratum,
+    table_6_1_rows,
 )
 
 #: File stems of the figures :func:`write_figures` writes under ``OUT/figures``, with the report
@@ -38,8 +42,9 @@ FIGURES: dict[str, tuple[str, str]] = {
     "fig_6_1_fr": (
         "6.1",
         "Falsification rate per attribution method: falsified / (passed + falsified); untestable maps "
-        "are excluded. Whiskers: Wilson 95% confidence interval; n: testable pairs. The random-map "
-        "control is grey and hatched; the dashed line marks its rate.",
+        "are excluded. Whiskers: Wilson 95% confidence interval; n: testable pairs. Controls (maps that "
+        "cannot be right about the model on this image) are grey and hatched, right of the dotted line; "
+        "the dashed line marks the random map's rate.",
     ),
     "fig_6_1_saliency": (
         "6.1",
@@ -56,6 +61,7 @@ FIGURES: dict[str, tuple[str, str]] = {
 
 RANDOM = "random"
 _RANDOM_COLOUR = "#9a9a9a"
+_CONTROL_STYLE = dict(facecolor=_RANDOM_COLOUR, alpha=0.55, hatch="///", edgecolor="0.25")
 _FALLBACK_ORDER = (
     "gradcam", "gradcam++", "biometric-gradcam", "ig", "geodesic-ig", "saliency",
     "gradient-x-input", "occlusion", "kernelshap", "lime",
@@ -96,28 +102,27 @@ def method_colours(methods: Sequence[str]) -> dict[str, str]:
 
 
 def fr_bar_chart(summary: Mapping) -> Figure:
-    """Falsification rate per method (bars) with Wilson 95% CI whiskers; random grey and hatched,
-    with a dashed line at its rate. Methods without a testable pair are marked n/a."""
-    rows = method_rows(summary)
+    """Falsification rate per method (bars) with Wilson 95% CI whiskers; the controls after the
+    methods, grey and hatched, behind a dotted separator and with a legend entry "control"; a
+    dashed line at random's rate. Methods without a testable pair are marked n/a."""
+    ordered = table_6_1_rows(summary)
+    rows = [r for r, _ in ordered]
     names = [str(r["method"]) for r in rows]
-    colours = method_colours(names)
+    colours = method_colours([m for m, (_, control) in zip(names, ordered) if not control])
     k = len(names)
     fig = Figure(figsize=(max(5.0, 0.78 * k + 1.9), 4.3), layout="constrained")
     ax = fig.add_subplot()
     random_fr = None
     rotate = k > 6 or max((len(n) for n in names), default=0) > 14
-    for i, (m, r) in enumerate(zip(names, rows)):
+    for i, (m, (r, control)) in enumerate(zip(names, ordered)):
         fr, lo, hi = rate_of(r)
-        is_random = m == RANDOM
-        if is_random:
+        if m == RANDOM:
             random_fr = fr
         if fr is None:
             ax.text(i, 0.015, "n/a", ha="center", va="bottom", fontsize=8, color="0.35")
             continue
-        ax.bar(
-            i, fr, width=0.66, color=colours[m], alpha=0.55 if is_random else 0.9,
-            hatch="///" if is_random else None, edgecolor="0.25" if is_random else "none", linewidth=0.8,
-        )
+        style = _CONTROL_STYLE if control else dict(facecolor=colours[m], alpha=0.9, edgecolor="none")
+        ax.bar(i, fr, width=0.66, linewidth=0.8, **style)
         top = fr
         if lo is not None and hi is not None:
             ax.errorbar(i, fr, yerr=[[max(fr - lo, 0.0)], [max(hi - fr, 0.0)]], fmt="none",
@@ -129,6 +134,12 @@ def fr_bar_chart(summary: Mapping) -> Figure:
         # labelled at the line's right end, outside the bars (a legend would cover bar labels)
         ax.text(k - 0.4 + 0.08, random_fr, f"random\n{100 * random_fr:.1f}%", ha="left", va="center",
                 fontsize=8, color="0.3", clip_on=False)
+    n_methods = sum(not control for _, control in ordered)
+    if 0 < n_methods < k:
+        ax.axvline(n_methods - 0.5, ls=":", lw=1.0, color="0.35")
+    if n_methods < k:
+        fig.legend(handles=[Patch(linewidth=0.8, label="control", **_CONTROL_STYLE)], loc="outside upper right",
+                   fontsize=8, frameon=False)
     labels = []
     for m, r in zip(names, rows):
         n = n_testable(r)
@@ -264,6 +275,7 @@ def fr_vs_margin(summary: Mapping) -> Figure:
     ax = fig.add_subplot()
     k = len(methods)
     spread = 0.32
+    flags = {str(r["method"]): row_is_control(r) for r in method_rows(summary)}
     for j, m in enumerate(methods):
         dx = (j - (k - 1) / 2) * (spread / max(k - 1, 1)) if k > 1 else 0.0
         xs, ys, lo_err, hi_err = [], [], [], []
@@ -274,14 +286,14 @@ def fr_vs_margin(summary: Mapping) -> Figure:
             ys.append(np.nan if fr is None else fr)
             lo_err.append(0.0 if fr is None or lo is None else max(fr - lo, 0.0))
             hi_err.append(0.0 if fr is None or hi is None else max(hi - fr, 0.0))
-        is_random = m == RANDOM
+        control = flags.get(m, is_control(m))
         if all(np.isnan(ys)):
             m = f"{m} (no testable {section.get('unit') or 'pair'})"
         colour = colours[methods[j]]
         ax.errorbar(
             xs, ys, yerr=[lo_err, hi_err], color=colour, ecolor=colour,
-            ls="--" if is_random else "-", marker="s" if is_random else "o", ms=4.5,
-            lw=1.6 if is_random else 1.3, elinewidth=0.9, capsize=2.5, alpha=0.95, label=m,
+            ls="--" if control else "-", marker="s" if control else "o", ms=4.5,
+            lw=1.6 if control else 1.3, elinewidth=0.9, capsize=2.5, alpha=0.95, label=m,
         )
     x0 = _threshold_x(quarts)
     if x0 is not None:

@@ -21,6 +21,10 @@ from .figures import FIGURES
 from .tables import (
     as_float,
     as_int,
+    control_kinds,
+    control_label,
+    control_verdicts,
+    criterion_of,
     effective_k,
     exp_6_2,
     fill_and_k,
@@ -29,8 +33,10 @@ from .tables import (
     is_deterministic_fill,
     method_rows,
     methods_6_2,
+    row_is_control,
     run_description,
     table_6_1_cells,
+    table_6_1_rows,
     table_6_2_cells,
     write_text_atomic,
 )
@@ -63,6 +69,9 @@ tbody tr:nth-child(even) td, tbody tr:nth-child(even) th { background:#f8f9fb; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
 td.method { font-weight:600; white-space:nowrap; }
 tr.control td { color:#555; font-style:italic; }
+tbody.controls tr:first-child td { border-top:2px solid #b9c1cf; }
+tr.control td.method::after { content:"control"; margin-left:8px; padding:0 5px; border-radius:3px;
+                              background:#e4e7ec; color:#444; font:normal 11px/1.6 sans-serif; }
 .na { color:var(--na); }
 table.kv th { background:none; font-weight:600; white-space:nowrap; border-bottom:1px solid var(--line); }
 table.kv { min-width:420px; }
@@ -134,7 +143,9 @@ def _table(
     raw_header: bool = False,
     first_is_method: bool = True,
     table_id: str | None = None,
+    split: int | None = None,
 ) -> str:
+    """An HTML table; rows from index ``split`` on go in a second ``<tbody class="controls">``."""
     numeric = set(numeric)
 
     def cls(i: int) -> str:
@@ -154,7 +165,9 @@ def _table(
         rc = f' class="{_e(row_class[j])}"' if row_class and row_class[j] else ""
         body.append(f"<tr{rc}>" + "".join(f"<td{cls(i)}>{_cell(c)}</td>" for i, c in enumerate(r)) + "</tr>")
     tid = f' id="{_e(table_id)}"' if table_id else ""
-    return f'<div class="scroll"><table{tid}><thead>{thead}</thead><tbody>{"".join(body)}</tbody></table></div>'
+    parts = [(body, "")] if split is None else [(body[:split], ""), (body[split:], ' class="controls"')]
+    tbody = "".join(f"<tbody{c}>{''.join(b)}</tbody>" for b, c in parts if b) or "<tbody></tbody>"
+    return f'<div class="scroll"><table{tid}><thead>{thead}</thead>{tbody}</table></div>'
 
 
 def png_display_width(data: bytes) -> int | None:
@@ -241,21 +254,60 @@ _HOW_TO_READ = """
 <div class="callout" id="how-to-read">
 <p><b>How to read this.</b> Each attribution method explains one face of a pair against the other
 face's embedding. The falsification test hides the features the map ranks highest and lowest and
-measures how far the embedding moves (geodesic distance, radians): the map <i>passes</i> when hiding
-the top-ranked features moves the embedding far (d<sub>high</sub> &gt; &tau;<sub>high</sub>), hiding the
-bottom-ranked ones barely moves it (d<sub>low</sub> &lt; &tau;<sub>low</sub>) and the gap is at least
-&epsilon;; otherwise it is <i>falsified</i>. A map that makes no prediction (e.g. a constant map) is
-<i>untestable</i>.</p>
+measures how far the embedding moves (geodesic distance, radians: d<sub>high</sub> and d<sub>low</sub>).
+A map that makes no prediction (e.g. a constant map) is <i>untestable</i>.</p>
+<p id="criterion">{criterion}</p>
 <p><b>Falsification rate</b> FR = falsified / (passed + falsified): untestable maps (and errors) are
-excluded from numerator and denominator. Intervals are Wilson 95% score intervals. The
-<code>random</code> map is a control: a method is useful only if it is falsified clearly less often
-than random. Methods are compared with McNemar's exact paired test on the pairs where both maps are
-testable, with Holm's correction over all comparisons (* significant at &alpha; = 0.05); Cohen's h is
-the effect size between the two rates.</p>
+excluded from numerator and denominator. Intervals are Wilson 95% score intervals.
+<a href="#controls">Controls</a> (grey rows) are maps that cannot be right about the model on this
+image: a method is informative only if it is falsified clearly less often than they are. Methods are
+compared with McNemar's exact paired test on the pairs where both maps are testable, with Holm's
+correction over all comparisons (* significant at &alpha; = 0.05); Cohen's h is the effect size
+between the two rates.</p>
 <p>All statistics count <b>pairs</b> (one verdict per pair and method), not counterfactual images:
 {k_sentence}</p>
 </div>
 """
+
+
+def _criterion_html(summary: Mapping) -> str:
+    """The criterion of the run, for "How to read": absolute thresholds, or beyond the prior by
+    delta, with how delta was calibrated (``prior.delta``)."""
+    c = criterion_of(summary)
+    if c["criterion"] == "beyond-prior":
+        prior = summary.get("prior") if isinstance(summary.get("prior"), Mapping) else {}
+        n_img = as_int(prior.get("n_images"))
+        over = f"over {n_img} untested images" if n_img is not None else "over untested images"
+        delta = "&delta;" if c["delta"] is None else f"&delta; = {c['delta']:.3f} rad"
+        text = ("Criterion: <b>beyond the prior</b>. The test is also run with the model's <i>prior map</i> (the "
+                f"mean of its own occlusion maps {_e(over)}: what hiding does to this model on any face); a map "
+                "<i>passes</i> when its gap d<sub>high</sub> &minus; d<sub>low</sub> exceeds the prior's gap on the "
+                f"same image by more than {delta}, and is <i>falsified</i> otherwise. ")
+        cal = c["calibration"]
+        if cal is not None:
+            q, n, med = as_float(cal.get("quantile")), as_int(cal.get("n")), as_float(cal.get("excess_median"))
+            quant = "a high" if q is None else f"the {100 * q:g}%"
+            detail = ", ".join(x for x in (None if n is None else f"{n} tests",
+                                           None if med is None else f"median excess {med:.3f} rad") if x)
+            text += (f"&delta; was calibrated: it is {_e(quant)} quantile of the excess over the prior that maps "
+                     "knowing only the prior (the prior map, its cells reordered at random within bands of its "
+                     "range) reach on those untested images" + (f" ({_e(detail)})" if detail else "")
+                     + ", so a map passes only if it beats the prior by more than such maps do.")
+        elif c["delta"] is not None:
+            text += "&delta; was given for the run, not calibrated."
+        else:
+            text += "&delta; is not recorded."
+        return text
+    if c["criterion"] != "absolute":
+        return f"Criterion: <b>{_e(c['criterion'])}</b>."
+    values = ""
+    if None not in (c["tau_high"], c["tau_low"], c["epsilon"]):
+        values = (f" (&tau;<sub>high</sub> = {c['tau_high']:.3f}, &tau;<sub>low</sub> = {c['tau_low']:.3f}, "
+                  f"&epsilon; = {c['epsilon']:.3f} rad)")
+    return ("Criterion: <b>absolute thresholds</b>. The map <i>passes</i> when hiding the top-ranked features "
+            "moves the embedding far (d<sub>high</sub> &gt; &tau;<sub>high</sub>), hiding the bottom-ranked ones "
+            "barely moves it (d<sub>low</sub> &lt; &tau;<sub>low</sub>) and the gap is at least &epsilon;"
+            f"{values}; otherwise it is <i>falsified</i>.")
 
 
 def _how_to_read(summary: Mapping) -> str:
@@ -267,7 +319,7 @@ def _how_to_read(summary: Mapping) -> str:
         drawn = "K" if k is None else f"K = {k}"
         sentence = (f"the {drawn} counterfactuals drawn per region are averaged into one verdict, so they do not "
                     "inflate n.")
-    return _HOW_TO_READ.format(k_sentence=_e(sentence))
+    return _HOW_TO_READ.format(k_sentence=_e(sentence), criterion=_criterion_html(summary))
 
 
 def _section_metadata(summary: Mapping) -> str:
@@ -294,6 +346,7 @@ def _section_metadata(summary: Mapping) -> str:
 _KNOWN_KEYS = {
     "experiment", "created", "started", "model", "config", "falsification", "calibration", "environment",
     "data", "n_rows", "n_errors", "errors", "elapsed_s", "methods", "comparisons", "experiment_6_2",
+    "controls", "prior",
 }
 
 
@@ -319,6 +372,14 @@ def _section_config(summary: Mapping) -> str:
     fals = summary.get("falsification")
     if isinstance(fals, Mapping) and fals:
         out += ["<h3>Falsification test settings</h3>", _kv_table(_with_effective_k(summary, fals))]
+    prior = summary.get("prior")
+    if isinstance(prior, Mapping) and prior:
+        out += ['<h3 id="prior">Prior map</h3>',
+                _kv_table((k, v) for k, v in prior.items() if k != "cells"),
+                '<p class="caption">The model\'s image-independent prior map: the mean of its occlusion maps '
+                "over images that are not tested (the <code>centre</code> control, and the reference of the "
+                "beyond-prior criterion). delta: the beyond-prior margin calibrated on those images, when it "
+                "was.</p>"]
     if "calibration" in summary:
         cal = summary.get("calibration")
         out.append("<h3>Calibration</h3>")
@@ -397,43 +458,90 @@ def _section_6_1(summary: Mapping, out_dir: Path) -> str:
     if cells:
         hdr = [_HTML_HEADER_6_1.get(h, _e(h)) for h in header]
         numeric = range(1, len(header))
-        controls = ["control" if c[0] == "random" else "" for c in cells]
-        out.append(_table(hdr, cells, numeric=numeric, raw_header=True, row_class=controls, table_id="table-6-1"))
+        flags = [control for _, control in table_6_1_rows(summary)]
+        out.append(_table(hdr, cells, numeric=numeric, raw_header=True, table_id="table-6-1",
+                          row_class=["control" if f else "" for f in flags],
+                          split=flags.index(True) if True in flags else None))
+        beats = ""
+        if "p vs centre" in header or "p vs own random model" in header:
+            beats += (" p vs centre, p vs own random model: against the centre prior and against the method's own "
+                      "maps on a randomised model.")
+        if "Beats controls" in header:
+            beats += (" Beats controls: falsified significantly (Holm) less often than each control it was compared "
+                      "with; no: not shown to explain this model on these images.")
         out.append(
             '<p class="caption">FR = falsified / (passed + falsified) in %, with its Wilson 95% CI; untestable '
             "maps excluded. d<sub>high</sub>, d<sub>low</sub>: geodesic shift of the embedding (radians) when the "
             "highest / lowest ranked features are hidden, averaged over testable pairs; d&prime;: separation of "
             "the two. "
             "p: McNemar exact test against the named method, Holm-adjusted (* significant at &alpha; = 0.05); "
-            "&ndash;: not applicable or not available.</p>"
+            f"&ndash;: not applicable or not available.{beats} Grey rows below the rule are controls.</p>"
         )
     else:
         out.append('<p class="na">No method results in the summary.</p>')
+    out.append(_section_controls(summary))
     comps = [c for c in summary.get("comparisons") or [] if isinstance(c, Mapping)]
     if comps:
         out.append('<h3 id="comparisons">Paired comparisons</h3>')
         rows = []
+        yes_no = lambda x: None if not isinstance(x, bool) else ("yes" if x else "no")  # noqa: E731
+        with_beats = any("beats" in c for c in comps)
         for c in comps:
-            sig = c.get("significant")
             rows.append([
                 c.get("method"), c.get("against"), fmt_num(c.get("n_paired"), 0), fmt_num(c.get("n01"), 0),
                 fmt_num(c.get("n10"), 0), fmt_p(c.get("p")), fmt_p(c.get("p_holm")), fmt_num(c.get("cohens_h"), 2),
-                None if sig is None else ("yes" if sig else "no"),
-            ])
+                yes_no(c.get("significant")),
+            ] + ([yes_no(c.get("beats"))] if with_beats else []))
         out.append(_table(
-            ["Method", "Against", "n paired", "n01", "n10", "p", "p (Holm)", "Cohen's h", "Significant"],
+            ["Method", "Against", "n paired", "n01", "n10", "p", "p (Holm)", "Cohen's h", "Significant"]
+            + (["Beats"] if with_beats else []),
             rows, numeric=range(2, 8), table_id="comparisons-table",
         ))
         out.append(
             '<p class="caption">McNemar exact test on the pairs where both maps are testable (n paired); n01 and '
             "n10 are the discordant pairs (one method falsified, the other passed). p (Holm): adjusted over all "
             "comparisons of the run. Cohen's h between the two falsification rates (0.2 small, 0.5 medium, "
-            "0.8 large).</p>"
+            "0.8 large)." + (" Beats: significant, and the method is falsified less often than the one it is "
+                             "compared with." if with_beats else "") + "</p>"
         )
     figs = _figures_for(out_dir, "6.1")
     if figs:
         out.append("<h3>Figures</h3>")
         out.append(figs)
+    return "\n".join(out)
+
+
+def _section_controls(summary: Mapping) -> str:
+    """What the controls of the run are, and which methods do not beat theirs (``summary["controls"]``)."""
+    names = [str(r["method"]) for r, control in table_6_1_rows(summary) if control]
+    kinds = control_kinds(names)
+    out = ['<h3 id="controls">Controls</h3>']
+    intro = ("Controls are maps that cannot be right about the model on this image; a method whose map the test "
+             "does not falsify clearly less often than its controls' is not shown to explain this model on "
+             "these images, however low its own falsification rate.")
+    if kinds:
+        intro += " This run has: " + "; ".join(f"<code>{_e(label)}</code>, {_e(what)}" for label, what in kinds) + "."
+    elif not names:
+        intro += " This run has none."
+    out.append(f'<p id="controls-intro">{intro}</p>')
+    verdicts = control_verdicts(summary)
+    if not verdicts:
+        out.append('<p class="caption" id="controls-not-run">No method was compared with the <code>centre</code> '
+                   "prior or with its own maps on a randomised model (not run: add <code>centre</code> to the "
+                   "methods, or run with <code>--sanity</code>).</p>")
+        return "\n".join(out)
+    failing = [v for v in verdicts if v.get("beats_all") is not True]
+    if failing:
+        items = "".join(
+            "<li>" + _e(v.get("sentence") or f"{v['method']} does not beat "
+                        + ", ".join(control_label(b) for b in v.get("not_beaten") or []) + ".") + "</li>"
+            for v in failing)
+        out.append('<div class="callout warn" id="controls-not-beaten"><p><b>Methods that do not beat their '
+                   f"controls</b></p><ul>{items}</ul></div>")
+    else:
+        checked = ", ".join(str(v["method"]) for v in verdicts)
+        out.append(f'<p id="controls-all-beaten">Every method checked against its controls ({_e(checked)}) is '
+                   "falsified significantly less often than each of them (McNemar, Holm-corrected).</p>")
     return "\n".join(out)
 
 
@@ -453,7 +561,8 @@ def _section_6_2(summary: Mapping, out_dir: Path) -> str:
     built = table_6_2_cells(summary)
     if built is not None:
         header, sub, cells = built
-        controls = ["control" if c[0] == "random" else "" for c in cells]
+        flags = {str(r["method"]): row_is_control(r) for r in method_rows(summary)}
+        controls = ["control" if flags.get(c[0], c[0] == "random") else "" for c in cells]
         hdr = [_e(h).replace("Spearman rho", "Spearman &rho;") for h in header]
         out.append(_table(hdr, cells, numeric=range(1, len(header)), sub_header=sub, row_class=controls,
                           raw_header=True, table_id="table-6-2"))

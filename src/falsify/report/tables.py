@@ -16,10 +16,27 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Mapping, Sequence
 
-from ..choices import DETERMINISTIC_FILLS
+from ..choices import DETERMINISTIC_FILLS, OTHER_REFERENCE, RANDOM_MODEL, is_control
 
 #: Methods every other method is compared against in table 6.1 (McNemar, Holm-adjusted p).
 REFERENCE_METHODS: tuple[str, ...] = ("random", "gradcam")
+
+#: The controls each method must beat, columns of table 6.1 when they were run: the centre prior,
+#: and the method's own maps on a randomised model (``METHOD@random-model``).
+OWN_RANDOM_MODEL = "own random model"
+CONTROL_COLUMNS: tuple[str, ...] = ("centre", OWN_RANDOM_MODEL)
+
+#: Kinds of control: (name or ``@suffix``, label, what it is). Controls cannot be right about the
+#: model on this image; captions and the report describe those a run has.
+CONTROL_KINDS: tuple[tuple[str, str, str], ...] = (
+    ("random", "random", "a random map"),
+    ("centre", "centre", "the model's image-independent prior map (the mean of its own occlusion maps "
+     "over untested images)"),
+    ("edge", "edge", "the Sobel gradient magnitude of the image (model-free)"),
+    (RANDOM_MODEL, "METHOD" + RANDOM_MODEL, "the method's map computed on a randomised copy of the model, "
+     "tested on the real model"),
+    (OTHER_REFERENCE, "METHOD" + OTHER_REFERENCE, "the method's map made against another pair's face"),
+)
 
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}",
@@ -161,6 +178,74 @@ def comparison_cell(summary: Mapping, method: str, against: str) -> str | None:
     return p + ("*" if c.get("significant") is True else "")
 
 
+def row_is_control(row: Mapping) -> bool:
+    """Whether a method row is a control: its ``control`` flag, or (older summaries) its name."""
+    flag = row.get("control")
+    return flag if isinstance(flag, bool) else is_control(str(row["method"]))
+
+
+def control_kinds(names: Sequence[str]) -> list[tuple[str, str]]:
+    """(label, description) of each kind of control among the row ``names``, in :data:`CONTROL_KINDS` order."""
+    return [(label, text) for key, label, text in CONTROL_KINDS
+            if any(n == key or (key.startswith("@") and n.endswith(key)) for n in names)]
+
+
+def control_verdicts(summary: Mapping) -> list[Mapping]:
+    """``summary["controls"]``: per checked method, whether it beats ``centre`` and its own
+    randomised-model rows; empty when those controls were not run (or the summary predates them)."""
+    return [v for v in summary.get("controls") or [] if isinstance(v, Mapping) and v.get("method") is not None]
+
+
+def control_label(name: Any) -> str:
+    """'centre', or 'own random model' for a ``METHOD@random-model`` baseline."""
+    return OWN_RANDOM_MODEL if str(name).endswith(RANDOM_MODEL) else str(name)
+
+
+def beats_cell(verdict: Mapping | None) -> str | None:
+    """'yes' when the method beats every control it was checked against, else 'no (centre, ...)'."""
+    if verdict is None:
+        return None
+    if verdict.get("beats_all") is True:
+        return "yes"
+    missed = [control_label(b) for b in verdict.get("not_beaten") or []]
+    return "no" + (f" ({', '.join(missed)})" if missed else "")
+
+
+def control_columns(summary: Mapping) -> list[str]:
+    """Those of :data:`CONTROL_COLUMNS` that some comparison of the summary was made against."""
+    comps = [c for c in summary.get("comparisons") or [] if isinstance(c, Mapping)]
+    cols = []
+    if any("centre" in (c.get("method"), c.get("against")) for c in comps):
+        cols.append("centre")
+    if any(str(c.get("against")).endswith(RANDOM_MODEL) for c in comps):
+        cols.append(OWN_RANDOM_MODEL)
+    return cols
+
+
+def criterion_of(summary: Mapping) -> dict:
+    """The falsification criterion of the run: ``{"criterion", "delta", "calibration", "tau_high",
+    "tau_low", "epsilon"}``. ``criterion`` is "absolute" when not recorded (runs before the
+    beyond-prior criterion); ``calibration`` is ``prior["delta"]`` (``{delta, quantile, n,
+    excess_median}``) when delta was calibrated, else None; numbers are None when not recorded."""
+    fals = summary.get("falsification") if isinstance(summary.get("falsification"), Mapping) else {}
+    cfg = _config(summary)
+    prior = summary.get("prior") if isinstance(summary.get("prior"), Mapping) else {}
+    cal = prior.get("delta") if isinstance(prior.get("delta"), Mapping) else None
+
+    def value(key: str) -> float | None:
+        v = as_float(fals.get(key))
+        return as_float(cfg.get(key)) if v is None else v
+
+    delta = value("delta")
+    if delta is None and cal is not None:
+        delta = as_float(cal.get("delta"))
+    calibrated = cal is not None and delta is not None and as_float(cal.get("delta")) == delta
+    out = {"criterion": fals.get("criterion") or cfg.get("criterion") or "absolute", "delta": delta,
+           "calibration": cal if calibrated else None}
+    out.update((k, value(k)) for k in ("tau_high", "tau_low", "epsilon"))
+    return out
+
+
 def _has_errors(rows: Sequence[Mapping]) -> bool:
     return any((as_int(r.get("n_error")) or 0) > 0 for r in rows)
 
@@ -169,20 +254,34 @@ def _has_errors(rows: Sequence[Mapping]) -> bool:
 # table 6.1
 
 
+def table_6_1_rows(summary: Mapping) -> list[tuple[Mapping, bool]]:
+    """(row, is_control) of table 6.1: the methods in the summary's order, then the controls."""
+    rows = [(r, row_is_control(r)) for r in method_rows(summary)]
+    return [x for x in rows if not x[1]] + [x for x in rows if x[1]]
+
+
 def table_6_1_cells(summary: Mapping) -> tuple[list[str], list[list[str | None]]]:
-    """Plain-text header and cells of table 6.1: one row per method, in the summary's order.
+    """Plain-text header and cells of table 6.1: one row per method, in the summary's order, then
+    the controls (:func:`table_6_1_rows`).
 
     Columns: method, passed, falsified, untestable, (errors, only when some method had one),
     FR % [95% CI], mean d_high, mean d_low (radians), mean d', and the Holm-adjusted McNemar p
-    against each of :data:`REFERENCE_METHODS` (``*``: significant).
+    against each of :data:`REFERENCE_METHODS` (``*``: significant); then, where they were run,
+    against each of :data:`CONTROL_COLUMNS` and whether the method beats them ("yes", or "no"
+    with those it does not beat; from ``summary["controls"]``).
     """
-    rows = method_rows(summary)
+    ordered = table_6_1_rows(summary)
+    rows = [r for r, _ in ordered]
     errors = _has_errors(rows)
+    controls = control_columns(summary)
+    verdicts = {str(v["method"]): v for v in control_verdicts(summary)}
     header = ["Method", "Passed", "Falsified", "Untestable"]
     if errors:
         header.append("Errors")
     header += ["FR % [95% CI]", "d_high", "d_low", "d'"]
-    header += [f"p vs {ref}" for ref in REFERENCE_METHODS]
+    header += [f"p vs {ref}" for ref in REFERENCE_METHODS + tuple(controls)]
+    if verdicts:
+        header.append("Beats controls")
     cells: list[list[str | None]] = []
     for r in rows:
         m = str(r["method"])
@@ -197,6 +296,9 @@ def table_6_1_cells(summary: Mapping) -> tuple[list[str], list[list[str | None]]
             fmt_num(r.get("mean_d_prime"), 2),
         ]
         line += [comparison_cell(summary, m, ref) for ref in REFERENCE_METHODS]
+        line += [comparison_cell(summary, m, m + RANDOM_MODEL if c == OWN_RANDOM_MODEL else c) for c in controls]
+        if verdicts:
+            line.append(beats_cell(verdicts.get(m)))
         cells.append(line)
     return header, cells
 
@@ -275,6 +377,8 @@ _HEADER_6_1_TEX = {
     "d_high": ("", r"$\bar d_{\mathrm{high}}$"),
     "d_low": ("", r"$\bar d_{\mathrm{low}}$"),
     "d'": ("", r"$\bar d'$"),
+    "p vs " + OWN_RANDOM_MODEL: (r"$p$ vs own", r"rand.\ model"),
+    "Beats controls": ("Beats", "controls"),
 }
 
 _MINUS = re.compile(r"(?<![\w.])-(?=\d)")
@@ -314,9 +418,52 @@ def _tex_header_6_1(header: Sequence[str]) -> list[str]:
     return lines
 
 
+def _criterion_tex(summary: Mapping) -> str:
+    """The caption's sentence on the criterion: absolute thresholds, or beyond the prior by delta."""
+    c = criterion_of(summary)
+    if c["criterion"] == "beyond-prior":
+        delta = r"$\delta$" if c["delta"] is None else rf"$\delta = {c['delta']:.3f}$ rad"
+        text = (r"Criterion: beyond the prior; a map passes iff its margin $d_{\mathrm{high}} - d_{\mathrm{low}}$"
+                r" exceeds the margin of the model's prior map on the same image by more than " + delta)
+        cal = c["calibration"]
+        if cal is not None:
+            q, n = as_float(cal.get("quantile")), as_int(cal.get("n"))
+            text += (" (calibrated: the " + ("" if q is None else rf"{100 * q:g}\% ") + "quantile of the excess"
+                     " reached by maps that know only the prior" + ("" if n is None else f", {n} tests") + ")")
+        return text + "."
+    if c["criterion"] != "absolute":
+        return f"Criterion: {latex_escape(c['criterion'])}."
+    text = (r"Criterion: absolute thresholds; a map passes iff $d_{\mathrm{high}} > \tau_{\mathrm{high}}$,"
+            r" $d_{\mathrm{low}} < \tau_{\mathrm{low}}$ and $d_{\mathrm{high}} - d_{\mathrm{low}} \ge \epsilon$")
+    if None not in (c["tau_high"], c["tau_low"], c["epsilon"]):
+        text += (rf" ($\tau_{{\mathrm{{high}}}} = {c['tau_high']:.3f}$, $\tau_{{\mathrm{{low}}}} = {c['tau_low']:.3f}$,"
+                 rf" $\epsilon = {c['epsilon']:.3f}$ rad)")
+    return text + "."
+
+
+def _controls_tex(summary: Mapping, header: Sequence[str]) -> str:
+    """The caption's sentences on the controls among the rows and the columns comparing with them."""
+    names = [str(r["method"]) for r, control in table_6_1_rows(summary) if control]
+    kinds = control_kinds(names)
+    text = ""
+    if names:
+        text += " Controls (below the rule) cannot be right about the model on this image"
+        text += "".join(f"{'; ' if i else ': '}{latex_escape(label)}, {latex_escape(what)}"
+                        for i, (label, what) in enumerate(kinds)) + "."
+    if "p vs centre" in header or "p vs " + OWN_RANDOM_MODEL in header:
+        text += (r" $p$ vs centre, vs own rand.\ model: against the centre prior and against the method's own"
+                 r" maps on a randomised model.")
+    if "Beats controls" in header:
+        text += (" Beats controls: FR significantly (Holm) lower than each of those it was compared with;"
+                 " no: it is not shown to explain this model on these images.")
+    return text
+
+
 def table_6_1_tex(summary: Mapping) -> str:
-    """Table 6.1 as a LaTeX ``table`` (needs ``booktabs`` and ``graphicx``); label ``tab:exp-6-1``."""
+    """Table 6.1 as a LaTeX ``table`` (needs ``booktabs`` and ``graphicx``); label ``tab:exp-6-1``.
+    The controls are grouped under a "Controls" row below a rule; the caption states the criterion."""
     header, cells = table_6_1_cells(summary)
+    flags = [control for _, control in table_6_1_rows(summary)]
     desc = run_description(summary)
     err = ", error: the method failed" if "Errors" in header else ""
     caption = (
@@ -326,11 +473,17 @@ def table_6_1_tex(summary: Mapping) -> str:
         + err
         + r". FR = falsified / (passed + falsified), untestable maps excluded, with a Wilson 95\% CI."
         r" $\bar d_{\mathrm{high}}$, $\bar d_{\mathrm{low}}$: mean geodesic embedding shift (radians)"
-        r" when hiding the highest / lowest ranked features; $\bar d'$: mean separation."
-        r" $p$: exact McNemar test on the pairs where both methods are testable, Holm-adjusted"
+        r" when hiding the highest / lowest ranked features; $\bar d'$: mean separation. "
+        + _criterion_tex(summary)
+        + r" $p$: exact McNemar test on the pairs where both methods are testable, Holm-adjusted"
         r" (* significant at $\alpha = 0.05$); -- not applicable."
+        + _controls_tex(summary, header)
     )
     rows = [" & ".join(_tex_cell(c) for c in line) + r" \\" for line in cells]
+    if True in flags:  # the controls come last (table_6_1_rows): a rule and a group heading above them
+        first = flags.index(True)
+        group = rf"\multicolumn{{{len(header)}}}{{l}}{{\textit{{Controls}}}} \\"
+        rows[first:first] = [r"\midrule"] * (first > 0) + [group]
     if not rows:
         rows = [rf"\multicolumn{{{len(header)}}}{{c}}{{no methods}} \\"]
     return _tex_table(caption, "tab:exp-6-1", "l" + "r" * (len(header) - 1), _tex_header_6_1(header), rows)

@@ -1,0 +1,181 @@
+"""Validity of the test: controls (centre, edge, random, randomised-model, other-reference), the
+beyond-prior criterion, the comparisons with the controls, and the validity study."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from falsify.attribution import get_explainer
+from falsify.attribution.sanity import randomised_copy
+from falsify.data import load_images, load_pairs
+from falsify.experiments import RunConfig, Runner, runner_for
+from falsify.experiments.analysis import comparisons, control_verdicts
+from falsify.experiments.store import ResultsStore
+from falsify.falsification import FalsificationConfig, falsification_test
+from falsify.falsification.prior import Prior, calibrate_delta, null_maps, occlusion_prior
+
+FIXED = dict(tau_high=0.2, tau_low=0.1, epsilon=0.05)
+
+
+@pytest.fixture(scope="module")
+def faces(lfw_sample, dlib_model):
+    pairs = load_pairs(lfw_sample, n_pairs=8, seed=5)
+    a, _ = load_images([p.a for p in pairs], dlib_model.input_size)
+    b, _ = load_images([p.b for p in pairs], dlib_model.input_size)
+    with torch.inference_mode():
+        refs = dlib_model(b)
+    return pairs, a, refs
+
+
+@pytest.fixture(scope="module")
+def prior(lfw_sample, dlib_model, faces):
+    pairs = faces[0]
+    tested = {q for p in pairs for q in (p.a, p.b)}
+    pool = [p.a for p in load_pairs(lfw_sample, n_pairs=40, seed=11) if p.a not in tested][:6]
+    images, _ = load_images(pool, dlib_model.input_size)
+    return occlusion_prior(dlib_model, images, grid=5), images
+
+
+def test_prior_is_stored_by_cell_and_round_trips(prior, dlib_model):
+    prior, _ = prior
+    m = prior.map()
+    assert tuple(m.shape) == tuple(dlib_model.input_size) and float(m.min()) == 0.0 and float(m.max()) == 1.0
+    assert len(prior.cells) == 25 and len(torch.unique(m)) <= 25
+    assert torch.equal(Prior.from_dict(json.loads(json.dumps(prior.to_dict()))).map(), m)
+    h, w = m.shape  # the middle of the face matters more than the corners
+    assert float(m[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3].mean()) > float(m[: h // 5, : w // 5].mean())
+
+
+def test_controls_are_deterministic(dlib_model, faces, prior):
+    _, a, refs = faces
+    prior, _ = prior
+    for name, kw in (("centre", {"prior": prior.map()}), ("edge", {}), ("random", {})):
+        e = get_explainer(name, dlib_model, **kw)
+        m1, m2 = e(a, refs), e(a[:3], refs[:3])
+        assert torch.equal(m1[:3], m2), name  # alone or in a batch: the same map
+        assert torch.equal(m1, get_explainer(name, dlib_model, **kw)(a, refs)), name
+    centre = get_explainer("centre", dlib_model, prior=prior.map())(a, refs)
+    assert all(torch.equal(centre[0], c) for c in centre)  # the same for every image
+    edge = get_explainer("edge", dlib_model)(a, refs)
+    assert not torch.equal(edge[0], edge[1])  # an image map
+    with pytest.raises(ValueError, match="centre needs the model's prior"):
+        get_explainer("centre", dlib_model)
+
+
+def test_a_prior_only_map_is_falsified_by_beyond_prior(dlib_model, faces, prior):
+    pairs, a, refs = faces
+    prior, prior_images = prior
+    p = prior.map()
+    cfg = FalsificationConfig(criterion="beyond-prior", delta=0.0, **FIXED)
+    ids = [q.index for q in pairs]
+    results = falsification_test(dlib_model, a, refs, p.expand(len(a), -1, -1), cfg, pair_ids=ids, prior=p)
+    assert all(r.verdict == "falsified" and r.excess == 0.0 for r in results)
+    # the same map passes the absolute criterion on most pairs: the reason for the new criterion
+    plain = falsification_test(dlib_model, a, refs, p.expand(len(a), -1, -1), FalsificationConfig(**FIXED), pair_ids=ids)
+    assert sum(r.passed for r in plain) >= len(plain) // 2
+    # maps that know only the prior pass by chance at delta = 0; the calibrated delta stops them
+    g = torch.Generator().manual_seed(0)
+    noisy = null_maps(p, len(a), 14, g)
+    calibrated = calibrate_delta(dlib_model, prior_images, p, cfg, seed=1)
+    assert calibrated["delta"] > 0 and calibrated["n"] == 4 * len(prior_images)
+    res = falsification_test(dlib_model, a, refs, noisy, cfg.replace(delta=calibrated["delta"]), pair_ids=ids, prior=p)
+    assert sum(r.falsified for r in res) >= len(res) - 1
+    with pytest.raises(ValueError, match="needs prior"):
+        falsification_test(dlib_model, a, refs, noisy, cfg)
+
+
+def test_prior_cache_gives_the_same_verdicts(dlib_model, faces, prior):
+    pairs, a, refs = faces
+    p = prior[0].map()
+    cfg = FalsificationConfig(criterion="beyond-prior", delta=0.01, **FIXED)
+    m = get_explainer("saliency", dlib_model)(a, refs)
+    ids = [q.index for q in pairs]
+    cache: dict = {}
+    first = falsification_test(dlib_model, a, refs, m, cfg, pair_ids=ids, prior=p, prior_cache=cache)
+    assert len(cache) == len(a)
+    again = falsification_test(dlib_model, a[:4], refs[:4], m[:4], cfg, pair_ids=ids[:4], prior=p, prior_cache=cache)
+    fresh = falsification_test(dlib_model, a[:4], refs[:4], m[:4], cfg, pair_ids=ids[:4], prior=p)
+    for x, y, z in zip(first[:4], again, fresh):
+        assert x.verdict == y.verdict == z.verdict and x.excess == pytest.approx(z.excess, abs=1e-9)
+
+
+def test_random_model_rows_are_made_on_the_random_model_and_tested_on_the_real_one(lfw_sample, tmp_path, dlib_model):
+    config = RunConfig(data=str(lfw_sample), methods=["saliency", "random"], n_pairs=4, seed=2, out=str(tmp_path / "r"),
+                       sanity=True, grid_pairs=0, **FIXED)
+    summary = Runner(config, progress=False, log=lambda *a: None).run()
+    names = [m["method"] for m in summary["methods"]]
+    assert names == ["saliency", "random", "saliency@random-model"]  # controls get no random-model row
+    assert next(m for m in summary["methods"] if m["method"] == "saliency@random-model")["control"]
+    with ResultsStore(tmp_path / "r" / "results.sqlite") as s:
+        row = next(r for r in s.rows("6.1", "dlib-resnet", ["saliency@random-model"]))
+    pair = next(p for p in load_pairs(lfw_sample, n_pairs=4, seed=2) if p.id == row["pair"])
+    a, _ = load_images([pair.a], dlib_model.input_size)
+    b, _ = load_images([pair.b], dlib_model.input_size)
+    rand = randomised_copy(dlib_model, seed=2)
+    with torch.inference_mode():
+        ref_real, ref_rand = dlib_model(b), rand(b)
+    m = get_explainer("saliency", rand)(a, ref_rand)
+    expected = falsification_test(dlib_model, a, ref_real, m, FalsificationConfig(**FIXED), pair_ids=[pair.index])[0]
+    assert row["d_high"] == pytest.approx(expected.d_high, abs=1e-5)
+    assert row["d_low"] == pytest.approx(expected.d_low, abs=1e-5)
+    real_map = get_explainer("saliency", dlib_model)(a, ref_real)
+    on_real = falsification_test(dlib_model, a, ref_real, real_map, FalsificationConfig(**FIXED), pair_ids=[pair.index])[0]
+    assert abs(on_real.d_high - row["d_high"]) > 1e-4  # a different map than the real model's
+    against = {c["against"] for c in summary["comparisons"] if c["method"] == "saliency"}
+    assert "saliency@random-model" in against
+
+
+def test_other_reference_rows_use_the_next_pairs_face(lfw_sample, tmp_path):
+    config = RunConfig(data=str(lfw_sample), methods=["saliency"], n_pairs=4, seed=2, out=str(tmp_path / "r"),
+                       other_reference=True, grid_pairs=0, **FIXED)
+    summary = Runner(config, progress=False, log=lambda *a: None).run()
+    by = {m["method"]: m for m in summary["methods"]}
+    assert set(by) == {"saliency", "saliency@other-reference"} and by["saliency@other-reference"]["control"]
+    assert by["saliency@other-reference"]["n"] == 4
+
+
+def test_6_1_runs_centre_edge_and_random_by_default():
+    methods = RunConfig().methods
+    assert {"centre", "edge", "random"} <= set(methods)
+    assert RunConfig(methods=["centre"]).needs_prior
+
+
+def test_comparisons_with_controls_and_the_plain_sentence():
+    pairs = [f"p{i}" for i in range(30)]
+    good = {p: "passed" for p in pairs}
+    centre = {p: ("falsified" if i < 25 else "passed") for i, p in enumerate(pairs)}
+    weak = {p: ("falsified" if i < 24 else "passed") for i, p in enumerate(pairs)}
+    by = {"centre": centre, "good": good, "weak": weak, "good@random-model": centre}
+    comps = comparisons(by)
+    get = {(c["method"], c["against"]): c for c in comps}
+    assert get[("good", "centre")]["beats"] and get[("good", "good@random-model")]["beats"]
+    assert not get[("weak", "centre")]["beats"]
+    methods = [{"method": m} for m in by]
+    verdicts = {v["method"]: v for v in control_verdicts(methods, comps)}
+    assert verdicts["good"]["beats_all"] and verdicts["good"]["sentence"] is None
+    assert not verdicts["weak"]["beats_all"] and "the centre prior" in verdicts["weak"]["sentence"]
+    assert "centre" not in verdicts and "good@random-model" not in verdicts  # controls are not judged
+
+
+def test_validity_study_end_to_end(lfw_sample, tmp_path, capsys):
+    from falsify.cli import main
+
+    out = tmp_path / "v"
+    argv = ["run", "validity", "--data", str(lfw_sample), "--n-pairs", "4", "--out", str(out), "-q", "-K", "2",
+            "--option", "ig.steps=8", "--option", "ig.tolerance=null", "--methods", "ig"]
+    # the study's own maps are fixed; --methods/--option only pass IG's options through
+    rc = main(argv)
+    assert rc == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "| fill | q | target | criterion |" in text and "power" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"] == "validity" and summary["best"] is not None
+    conf = summary["configurations"]
+    assert len(conf) == 2 * 3 * 2 * 4
+    beyond = next(e for e in conf if e["criterion"].startswith("beyond-prior, delta 0 ") and e["fill"] == "blur")
+    assert beyond["rates"]["all"]["centre"]["fr"] == 1.0  # the prior is never beyond itself
+    assert (out / "validity.md").is_file()
+    assert main(argv) == 0 and "0 of" in capsys.readouterr().out  # resumes: nothing left to compute
