@@ -22,7 +22,7 @@ CHEAP = "gradcam,saliency,random"
 
 def _argv(lfw, out, n_pairs=10, extra=()):
     return ["run", "6.1", "--data", str(lfw), "--n-pairs", str(n_pairs), "--methods", CHEAP,
-            "--out", str(out), "--batch-pairs", "2", "--seed", "3", "-q", *FIXED, *extra]
+            "--out", str(out), "--batch-pairs", "2", "--seed", "3", "-q", "--preset", "plain", *FIXED, *extra]
 
 
 def _rows(out: Path) -> list[tuple]:
@@ -112,7 +112,7 @@ def test_error_rows_and_the_run_goes_on(lfw_sample, tmp_path):
     csv = data / "pairs.csv"
     csv.write_text("a,b,same\n" + "".join(f"{a},{b},{s}\n" for a, b, s in rows))
     config = RunConfig(data=str(csv), methods=["gradcam", "random"], n_pairs=4, out=str(tmp_path / "run"),
-                       tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=2)
+                       tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=2, preset="plain")
     summary = Runner(config, progress=False, log=lambda *a: None).run()
     assert summary["n_errors"] == 2 and summary["n_rows"] == 8
     assert all("cannot read image" in e["error"] for e in summary["errors"])
@@ -124,7 +124,7 @@ def test_error_rows_and_the_run_goes_on(lfw_sample, tmp_path):
 def test_other_settings_are_refused_and_nothing_is_lost(lfw_sample, tmp_path):
     out = tmp_path / "run"
     base = dict(data=str(lfw_sample), methods=["random"], n_pairs=4, out=str(out),
-                tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=0)
+                tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=0, preset="plain")
     Runner(RunConfig(**base), progress=False, log=lambda *a: None).run()
     before = _rows(out)
     with pytest.raises(ValueError, match="other settings.*seed"):
@@ -153,7 +153,7 @@ def test_toml_config_and_flags(tmp_path):
 def test_experiment_6_2_counts_pairs_not_counterfactuals(lfw_sample, tmp_path):
     """K = 4 noise counterfactuals per region: every statistic still has one unit per pair."""
     config = RunConfig(experiment="6.2", data=str(lfw_sample), methods=["gradcam", "random"], n_pairs=12,
-                       K=4, fill="noise", out=str(tmp_path / "run"), calibration_pairs=60, grid_pairs=0)
+                       K=4, fill="noise", out=str(tmp_path / "run"), calibration_pairs=60, grid_pairs=0, preset="plain")
     summary = Runner(config, progress=False, log=lambda *a: None).run()
     e = summary["experiment_6_2"]
     assert e["unit"] == "pair"

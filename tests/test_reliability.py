@@ -31,7 +31,7 @@ def _tree(folder: Path) -> dict[str, str]:
 
 def _run(lfw, out, *extra, n_pairs="4", methods="random"):
     return ["run", "--data", str(lfw), "--n-pairs", n_pairs, "--methods", methods, "--out", str(out), "-q",
-            "--batch-pairs", "2", *extra]
+            "--batch-pairs", "2", "--preset", "plain", *extra]
 
 
 def _error_line(capsys, command: str) -> str:
@@ -107,7 +107,7 @@ def test_a_failing_calibration_leaves_no_store(tmp_path, lfw_sample, capsys):
     imgs = faces["Abel_Pacheco"]
     data = _csv(tmp_path / "faces" / "pairs.csv", [(imgs[0], imgs[1], 1), (imgs[1], imgs[2], 1)])
     out = tmp_path / "run"
-    assert main(["run", "--data", str(data), "--methods", "random", "--out", str(out), "-q"]) == 2
+    assert main(["run", "--data", str(data), "--methods", "random", "--out", str(out), "-q", "--preset", "plain"]) == 2
     _error_line(capsys, "run")
     assert not out.exists()
 
@@ -208,7 +208,7 @@ def test_error_rows_stay_without_a_change(lfw_sample, tmp_path, capsys):
     data = _csv(tmp_path / "faces" / "pairs.csv", [(a[0], a[1], 1), (b[0], b[1], 1), (a[0], b[0], 0), (a[1], b[1], 0)])
     out = tmp_path / "run"
     config = RunConfig(data=str(data), methods=["random"], n_pairs=4, out=str(out), tau_high=0.2, tau_low=0.1,
-                       epsilon=0.05, grid_pairs=0, batch_pairs=2)
+                       epsilon=0.05, grid_pairs=0, batch_pairs=2, preset="plain")
     runner = Runner(config, progress=False, log=lambda *a: None)
     real = runner._test
     calls = {"n": 0}
@@ -247,7 +247,7 @@ def test_decompression_bomb_is_an_error_row(lfw_sample, tmp_path, monkeypatch):
                 [(a[0], a[1], 1), (b[0], b[1], 1), (tmp_path / "faces" / "bomb.png", a[1], 0), (a[0], b[0], 0)])
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # 9 Mpx is then a bomb (> 2x the limit)
     config = RunConfig(data=str(data), methods=["random"], n_pairs=4, out=str(tmp_path / "run"),
-                       tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=0)
+                       tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=0, preset="plain")
     summary = Runner(config, progress=False, log=lambda *a: None).run()
     assert summary["n_rows"] == 4 and summary["n_errors"] == 1
     assert "pixel" in summary["errors"][0]["error"]
@@ -397,12 +397,12 @@ def test_verify_n_pairs_0_and_one_class_json(lfw_sample, tmp_path, capsys):
 
 def test_test_and_run_calibrate_on_the_same_pairs(lfw_sample, two_faces, tmp_path, capsys):
     config = RunConfig(data=str(lfw_sample), methods=["random"], n_pairs=4, calibration_pairs=24, seed=2,
-                       out=str(tmp_path / "run"), grid_pairs=0)
+                       out=str(tmp_path / "run"), grid_pairs=0, preset="plain")
     Runner(config, progress=False, log=lambda *a: None).run()
     with ResultsStore(tmp_path / "run" / "results.sqlite") as s:
         run_cal = s.get_meta("calibration")
     assert main(["test", *two_faces, "--method", "random", "--data", str(lfw_sample), "--calibration-pairs", "24",
-                 "--seed", "2", "--json", "-q"]) == 0
+                 "--seed", "2", "--json", "-q", "--preset", "plain"]) == 0
     test_cal = json.loads(capsys.readouterr().out)["calibration"]
     assert test_cal == run_cal
 

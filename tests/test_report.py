@@ -5,7 +5,6 @@ or selenium are missing (``tests/setup_browser.sh`` installs the first two).
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import copy
 import json
@@ -722,10 +721,9 @@ def test_report_command(tmp_path, capsys, summary):
     grid = tmp_path / "figures" / "fig_6_1_saliency.png"
     F.save_figure(F.saliency_grid(fake_explanations(1), ["gradcam"]), grid)
     stamp = grid.read_bytes()
-    parser = argparse.ArgumentParser(prog="falsify")
-    H.add_report_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(tmp_path)])
-    assert args.func(args) == 0
+    from falsify.cli import main
+
+    assert main(["report", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "report.html")
     assert (tmp_path / "tables" / "table_6_2.tex").is_file()
     assert (tmp_path / "figures" / "fig_6_2_fr_vs_margin.pdf").is_file()

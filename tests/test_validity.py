@@ -3,7 +3,6 @@ beyond-prior criterion, the comparisons with the controls, and the validity stud
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 from falsify.attribution import get_explainer
 from falsify.attribution.sanity import randomised_copy
 from falsify.data import load_images, load_pairs
-from falsify.experiments import RunConfig, Runner, runner_for
+from falsify.experiments import RunConfig, Runner
 from falsify.experiments.analysis import comparisons, control_verdicts
 from falsify.experiments.store import ResultsStore
 from falsify.falsification import FalsificationConfig, falsification_test
@@ -104,7 +103,7 @@ def test_prior_cache_gives_the_same_verdicts(dlib_model, faces, prior):
 
 def test_random_model_rows_are_made_on_the_random_model_and_tested_on_the_real_one(lfw_sample, tmp_path, dlib_model):
     config = RunConfig(data=str(lfw_sample), methods=["saliency", "random"], n_pairs=4, seed=2, out=str(tmp_path / "r"),
-                       sanity=True, grid_pairs=0, **FIXED)
+                       sanity=True, grid_pairs=0, preset="plain", **FIXED)
     summary = Runner(config, progress=False, log=lambda *a: None).run()
     names = [m["method"] for m in summary["methods"]]
     assert names == ["saliency", "random", "saliency@random-model"]  # controls get no random-model row
@@ -130,7 +129,7 @@ def test_random_model_rows_are_made_on_the_random_model_and_tested_on_the_real_o
 
 def test_other_reference_rows_use_the_next_pairs_face(lfw_sample, tmp_path):
     config = RunConfig(data=str(lfw_sample), methods=["saliency"], n_pairs=4, seed=2, out=str(tmp_path / "r"),
-                       other_reference=True, grid_pairs=0, **FIXED)
+                       other_reference=True, grid_pairs=0, preset="plain", **FIXED)
     summary = Runner(config, progress=False, log=lambda *a: None).run()
     by = {m["method"]: m for m in summary["methods"]}
     assert set(by) == {"saliency", "saliency@other-reference"} and by["saliency@other-reference"]["control"]
@@ -138,9 +137,32 @@ def test_other_reference_rows_use_the_next_pairs_face(lfw_sample, tmp_path):
 
 
 def test_6_1_runs_centre_edge_and_random_by_default():
-    methods = RunConfig().methods
-    assert {"centre", "edge", "random"} <= set(methods)
-    assert RunConfig(methods=["centre"]).needs_prior
+    c = RunConfig()
+    assert {"centre", "edge", "random"} <= set(c.methods)
+    assert (c.fill, c.q, c.criterion, c.delta) == ("mean", 0.1, "beyond-prior", 0.0)  # the validity study's choice
+    assert RunConfig(methods=["centre"], preset="plain").needs_prior
+    plain = RunConfig(preset="plain", fill="noise")
+    assert (plain.fill, plain.q, plain.criterion) == ("noise", 0.2, "absolute")
+    with pytest.raises(ValueError, match="unknown preset"):
+        RunConfig(preset="nope")
+
+
+def test_default_run_judges_beyond_the_prior(lfw_sample, tmp_path):
+    config = RunConfig(data=str(lfw_sample), methods=["saliency", "centre"], n_pairs=4, seed=2, out=str(tmp_path / "r"),
+                       prior_images=4, prior_grid=5, grid_pairs=0, **FIXED)
+    summary = Runner(config, progress=False, log=lambda *a: None).run()
+    assert summary["falsification"]["criterion"] == "beyond-prior" and summary["falsification"]["fill"] == "mean"
+    assert summary["prior"]["n_images"] == 4 and summary["prior"]["delta"] is None
+    centre = next(m for m in summary["methods"] if m["method"] == "centre")
+    assert centre["n_falsified"] == 4  # the prior is never beyond itself
+    with ResultsStore(tmp_path / "r" / "results.sqlite") as s:
+        rows = s.rows("6.1", "dlib-resnet", ["saliency"])
+    detail = json.loads(rows[0]["detail"])
+    assert detail["criterion"] == "beyond-prior" and detail["excess"] is not None
+    calibrated = RunConfig(data=str(lfw_sample), methods=["saliency"], n_pairs=4, seed=2, out=str(tmp_path / "c"),
+                           prior_images=4, prior_grid=5, grid_pairs=0, delta="calibrated", **FIXED)
+    summary = Runner(calibrated, progress=False, log=lambda *a: None).run()
+    assert summary["prior"]["delta"]["n"] == 16 and summary["falsification"]["delta"] == summary["prior"]["delta"]["delta"]
 
 
 def test_comparisons_with_controls_and_the_plain_sentence():
@@ -179,3 +201,68 @@ def test_validity_study_end_to_end(lfw_sample, tmp_path, capsys):
     assert beyond["rates"]["all"]["centre"]["fr"] == 1.0  # the prior is never beyond itself
     assert (out / "validity.md").is_file()
     assert main(argv) == 0 and "0 of" in capsys.readouterr().out  # resumes: nothing left to compute
+    (out / "validity.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "validity.md").read_text().startswith("| fill |")
+
+
+def test_pair_target_measures_the_pairs_angle(dlib_model, faces):
+    pairs, a, refs = faces
+    m = get_explainer("saliency", dlib_model)(a[:2], refs[:2])
+    emb_cfg = FalsificationConfig(**FIXED)
+    pair_cfg = FalsificationConfig(target="pair", **FIXED)
+    r_emb = falsification_test(dlib_model, a[:2], refs[:2], m, emb_cfg, keep_examples=True)
+    r_pair = falsification_test(dlib_model, a[:2], refs[:2], m, pair_cfg, keep_examples=True)
+    from falsify.geometry import geodesic_distance
+
+    with torch.inference_mode():
+        fx = dlib_model(a[:1])
+        fh = dlib_model(r_pair[0].example_high.unsqueeze(0))
+    expected = abs(float(geodesic_distance(fh, refs[:1])) - float(geodesic_distance(fx, refs[:1])))
+    assert r_pair[0].d_high == pytest.approx(expected, abs=1e-4)
+    assert r_pair[0].d_high <= r_emb[0].d_high + 1e-6  # |change of the angle to r| <= how far f(x) moved
+    with pytest.raises(ValueError, match="pass the references"):
+        falsification_test(dlib_model, a[:2], None, m, pair_cfg)
+
+
+def test_deletion_curve_flips_sooner_for_the_oracle(dlib_model, faces):
+    from falsify.falsification.calibration import occlusion_sensitivity
+    from falsify.falsification.deletion import deletion_curve
+
+    pairs, a, refs = faces
+    with torch.inference_mode():
+        cos = torch.nn.functional.cosine_similarity(dlib_model(a), refs, dim=1)
+    i = next(k for k, p in enumerate(pairs) if p.same and cos[k] > dlib_model.threshold)
+    occ = occlusion_sensitivity(dlib_model, a[i : i + 1], grid=10)[0]
+    good = deletion_curve(dlib_model, a[i], occ, refs[i], dlib_model.threshold)
+    bad = deletion_curve(dlib_model, a[i], -occ, refs[i], dlib_model.threshold)
+    assert good.fractions[0] == 0.0 and good.fractions[-1] == pytest.approx(1.0)
+    assert good.cosines[0] == pytest.approx(float(cos[i]), abs=1e-5)
+    assert good.flipped and good.flip_fraction < bad.flip_fraction and good.area < bad.area
+
+
+def test_cli_test_beyond_prior_and_centre(lfw_sample, capsys):
+    from falsify.cli import main
+
+    a, b = (str(p) for p in sorted((lfw_sample / "Abel_Pacheco").glob("*.jpg"))[:2])
+    argv = ["test", a, b, "--method", "centre", "--criterion", "beyond-prior", "--data", str(lfw_sample),
+            "--calibration-pairs", "40", "--prior-images", "4", "--json", "-q"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    r = out["results"][0]
+    assert r["criterion"] == "beyond-prior" and r["excess"] == 0.0 and r["verdict"] == "falsified"
+    assert out["config"]["delta"] is not None and out["config"]["delta"] >= 0
+
+
+def test_6_1_deletion_curves(lfw_sample, tmp_path, capsys):
+    from falsify.cli import main
+
+    out = tmp_path / "d"
+    argv = ["run", "--data", str(lfw_sample), "--n-pairs", "6", "--seed", "4", "--methods", "saliency,random",
+            "--out", str(out), "-q", "--preset", "plain", "--deletion",
+            "--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.05"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    sal = next(m for m in summary["methods"] if m["method"] == "saliency")["deletion"]
+    assert sal is not None and 1 <= sal["n"] <= 3 and 0 <= sal["median_flip_fraction"] <= 1
+    assert "deletion curves" in text and "saliency" in text.split("deletion curves")[1]

@@ -37,6 +37,9 @@ GRANULARITIES: tuple[str, ...] = ("pixel", "grid", "superpixel")
 #: Falsification criteria (docs/method.md): the plain thresholds, or beating the model's prior map.
 CRITERIA: tuple[str, ...] = ("absolute", "beyond-prior")
 
+#: Named test configurations (``falsify.falsification.core.PRESETS`` holds their values).
+PRESET_NAMES: tuple[str, ...] = ("beyond-prior", "plain")
+
 #: What the test's distances measure: how far f(x) moves (``embedding``), or how far the pair's
 #: angle to the reference moves (``pair``).
 TARGETS: tuple[str, ...] = ("embedding", "pair")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .choices import CRITERIA, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, TARGETS
+from .choices import CRITERIA, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES, TARGETS
 
 #: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,
 #: no traceback. OSError covers unwritable or read-only outputs, folders given as files, ...
@@ -45,6 +45,15 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _delta(text: str) -> float | str:
+    if text == "calibrated":
+        return text
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 radians or 'calibrated', got {text}")
     return value
 
 
@@ -226,6 +235,15 @@ def _get_explainer(name: str, model, **options):
 
 def _test_config(args: argparse.Namespace):
     from .falsification import FalsificationConfig
+    from .falsification.core import PRESETS
+
+    preset = PRESETS[args.preset]
+    for key in ("fill", "q", "criterion"):
+        if getattr(args, key) is None:
+            setattr(args, key, preset[key])
+    if args.delta is None and args.criterion == "beyond-prior":
+        args.delta = preset["delta"] if preset["delta"] is not None else 0.0
+    calibrated_delta = args.calibrate_delta = args.delta == "calibrated"
 
     taus = (args.tau_high, args.tau_low, args.epsilon)
     if any(t is not None for t in taus) and any(t is None for t in taus):
@@ -237,7 +255,8 @@ def _test_config(args: argparse.Namespace):
         region="threshold" if args.theta_high is not None else "quantile", q=args.q,
         theta_high=args.theta_high, theta_low=args.theta_low, fill=args.fill, K=args.K,
         tau_high=args.tau_high, tau_low=args.tau_low, epsilon=args.epsilon, seed=args.seed,
-        batch_size=args.batch_size, criterion=args.criterion, delta=args.delta, target=args.target,
+        batch_size=args.batch_size, criterion=args.criterion, delta=None if calibrated_delta else args.delta,
+        target=args.target,
     )
 
 
@@ -278,7 +297,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         prior_imgs, prior_refs = prior_image_batch(model, pool, {Path(args.image_a), Path(args.image_b)},
                                                    args.prior_images, batch_size=args.batch_size)
         prior_map = occlusion_prior(model, prior_imgs, batch_size=args.batch_size).map()
-        if config.criterion == "beyond-prior" and config.delta is None:
+        if config.criterion == "beyond-prior" and args.calibrate_delta:
             delta = calibrate_delta(model, prior_imgs, prior_map, config, seed=args.seed, references=prior_refs)
             config = config.replace(delta=delta["delta"])
         if args.method == "centre":
@@ -351,8 +370,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "granularity": args.granularity, "q": args.q, "tau_high": args.tau_high,
         "tau_low": args.tau_low, "epsilon": args.epsilon, "batch_pairs": args.batch_pairs,
         "device": args.device, "method_options": _parse_options(args.option) or None,
-        "criterion": args.criterion, "delta": args.delta, "target": args.target, "sanity": args.sanity or None,
-        "other_reference": args.other_reference or None,
+        "preset": args.preset, "criterion": args.criterion, "delta": args.delta, "target": args.target, "sanity": args.sanity or None,
+        "other_reference": args.other_reference or None, "deletion": args.deletion or None,
     }
     config = RunConfig.resolve(config_file=args.config, **overrides)
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors)
@@ -364,6 +383,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"results: {runner.out}/results.sqlite\ntable:   {runner.out}/validity.md")
         return 0
     print(_run_table(summary))
+    if any(m.get("deletion") for m in summary["methods"]):
+        print()
+        print(_deletion_table(summary))
     if "experiment_6_2" in summary:
         print()
         print(_margin_table(summary["experiment_6_2"]))
@@ -389,6 +411,18 @@ def _run_table(summary: dict) -> str:
         sp = "" if m["seconds_per_pair"] is None else f"{m['seconds_per_pair']:.2f}"
         lines.append(f"{m['method']:18s} {m['n_passed']:5d} {m['n_falsified']:5d} {m['n_untestable']:6d} "
                      f"{m['n_error']:4d}  {_pct(m['fr'])} [{_pct(m['ci_low'])},{_pct(m['ci_high'])}]   {dh}  {dl}  {sp}")
+    return "\n".join(lines)
+
+
+def _deletion_table(summary: dict) -> str:
+    """The deletion curves (``--deletion``) as text, one line per method that has them."""
+    lines = ["deletion curves (genuine pairs the model accepts; cells blurred in the map's order)",
+             f"{'method':28s} {'curves':>6s} {'flipped':>8s} {'median hidden at flip':>22s} {'mean area':>10s}"]
+    for m in summary["methods"]:
+        d = m.get("deletion")
+        if d:
+            lines.append(f"{m['method']:28s} {d['n']:6d} {100 * d['flipped']:7.0f}% {d['median_flip_fraction']:22.2f} "
+                         f"{d['mean_area']:+10.4f}")
     return "\n".join(lines)
 
 
@@ -418,6 +452,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report.tables import write_tables
 
     out = Path(args.out)
+    try:
+        raw = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raw = None  # load_summary below says what is wrong, naming the file
+    if isinstance(raw, dict) and raw.get("experiment") == "validity":
+        from .experiments.validity import format_validity
+
+        path = out / "validity.md"
+        path.write_text(format_validity(raw) + "\n", encoding="utf-8")
+        print(path)
+        return 0
     summary = load_summary(out)  # a missing, corrupt or foreign summary fails before anything is written
     write_tables(summary, out)
     if not args.no_figures:
@@ -491,9 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="layer for CAM methods (default: the method's default)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a method option, e.g. steps=64 (repeatable)")
     _add_model_args(p)
-    p.add_argument("--fill", choices=FILLS, default="blur", help="what replaces hidden pixels (default %(default)s)")
+    p.add_argument("--preset", choices=PRESET_NAMES, default="beyond-prior",
+                   help="the test's configuration: beyond-prior (fill mean, q 0.1, criterion beyond-prior, delta 0: "
+                   "the highest discriminative power in the validity study) or plain (fill blur, q 0.2, absolute "
+                   "thresholds: the earlier default); --fill, --q, --criterion, --delta override it (default %(default)s)")
+    p.add_argument("--fill", choices=FILLS, help="what replaces hidden pixels (default: the preset's)")
     p.add_argument("-K", type=_whole(1), default=16, help="samples per region for stochastic fills (noise, optimised; default %(default)s)")
-    p.add_argument("--q", type=_number, default=0.2, help="fraction of pixels in S_high and in S_low, in (0, 0.5] (default %(default)s)")
+    p.add_argument("--q", type=_number, help="fraction of pixels in S_high and in S_low, in (0, 0.5] (default: the preset's)")
     p.add_argument("--granularity", choices=GRANULARITIES, default="grid", help="features (default %(default)s)")
     p.add_argument("--grid", type=_whole(1), default=14, help="cells per side for --granularity grid (default %(default)s)")
     p.add_argument("--n-segments", type=_whole(2), default=100, help="SLIC superpixels (default %(default)s)")
@@ -502,10 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-high", type=_number, help="criterion in radians (all three of tau-high, tau-low, epsilon, or none: calibrate)")
     p.add_argument("--tau-low", type=_number)
     p.add_argument("--epsilon", type=_number)
-    p.add_argument("--criterion", choices=CRITERIA, default="absolute",
+    p.add_argument("--criterion", choices=CRITERIA,
                    help="absolute (the thresholds) or beyond-prior (the margin must beat the model's prior map's "
-                   "margin on this image by --delta; default %(default)s)")
-    p.add_argument("--delta", type=_number, help="radians: the beyond-prior excess (default: calibrated)")
+                   "margin on this image by more than --delta; default: the preset's)")
+    p.add_argument("--delta", type=_delta, help="radians, or 'calibrated' (the 95th percentile of the excess of maps "
+                   "that know only the prior); default 0")
     p.add_argument("--target", choices=TARGETS, default="embedding",
                    help="embedding (how far f(A) moves) or pair (how far the pair's angle moves; default %(default)s)")
     p.add_argument("--prior-images", type=_whole(1), default=40, metavar="N",
@@ -558,9 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<experiment>-<timestamp>, or the newest "
                    "one made with the same settings, which is resumed)")
     p.add_argument("--config", metavar="FILE", help="TOML file with the same keys (flags override it)")
-    p.add_argument("--fill", choices=FILLS, help="counterfactual fill (default blur)")
+    p.add_argument("--preset", choices=PRESET_NAMES,
+                   help="the test's configuration: beyond-prior (default: fill mean, q 0.1, criterion beyond-prior, "
+                   "delta 0, chosen by the validity study) or plain (fill blur, q 0.2, absolute thresholds: the "
+                   "earlier default); --fill, --q, --criterion, --delta override it")
+    p.add_argument("--fill", choices=FILLS, help="counterfactual fill (default: the preset's)")
     p.add_argument("--granularity", choices=GRANULARITIES, help="regions (default grid, 14x14)")
-    p.add_argument("--q", type=_number, help="fraction of features in S_high and in S_low, in (0, 0.5] (default 0.2)")
+    p.add_argument("--q", type=_number, help="fraction of features in S_high and in S_low, in (0, 0.5] (default: the preset's)")
     p.add_argument("--tau-high", type=_number, help="radians, >= 0; with --tau-low and --epsilon skips calibration")
     p.add_argument("--tau-low", type=_number, help="radians, >= 0")
     p.add_argument("--epsilon", type=_number, help="radians, >= 0")
@@ -568,8 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a method option, e.g. ig.steps=128 (repeatable; the method must be in --methods)")
     p.add_argument("--criterion", choices=CRITERIA,
                    help="absolute: d_high > tau_high, d_low < tau_low, margin >= epsilon; beyond-prior: the "
-                   "margin must beat the model's prior map's margin on the same image by delta (see docs/method.md)")
-    p.add_argument("--delta", type=_number, help="radians, >= 0: the beyond-prior excess (default: calibrated)")
+                   "margin must beat the model's prior map's margin on the same image by more than delta (default: "
+                   "the preset's; see docs/method.md)")
+    p.add_argument("--delta", type=_delta, help="radians, >= 0, or 'calibrated': the beyond-prior excess (default 0)")
     p.add_argument("--target", choices=TARGETS,
                    help="what the distances measure: embedding (how far f(A) moves; default) or pair (how far "
                    "the pair's angle to f(B) moves: a pair-aware test)")
@@ -579,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--other-reference", action="store_true",
                    help="add a row METHOD@other-reference per method: maps made against the face of another "
                    "pair, tested as the true ones (is the explanation about this pair?)")
+    p.add_argument("--deletion", action="store_true",
+                   help="also a deletion curve per (method, genuine pair the model accepts): cells blurred in the "
+                   "map's order until the decision flips (threshold-free; docs/method.md)")
     p.add_argument("--batch-pairs", type=_whole(1), help="pairs explained together (default 8)")
     p.add_argument("--retry-errors", action="store_true",
                    help="compute the error rows of OUT again (e.g. after fixing an unreadable image)")

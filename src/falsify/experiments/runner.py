@@ -41,8 +41,8 @@ _TYPES = {
     "seed": _INT, "out": _STR, "fill": _STR, "granularity": _STR, "grid": _INT, "q": _NUM,
     "tau_high": _NUM, "tau_low": _NUM, "epsilon": _NUM, "calibration_pairs": _INT,
     "batch_pairs": _INT, "batch_size": _INT, "grid_pairs": _INT, "device": _STR, "trust_pickle": _BOOL,
-    "criterion": _STR, "delta": _NUM, "prior_images": _INT, "prior_grid": _INT, "sanity": _BOOL,
-    "other_reference": _BOOL, "target": _STR,
+    "criterion": _STR, "prior_images": _INT, "preset": _STR, "prior_grid": _INT, "sanity": _BOOL,
+    "other_reference": _BOOL, "target": _STR, "deletion": _BOOL,
 }
 
 
@@ -62,6 +62,9 @@ def _type_error(key: str, value: Any) -> str | None:
     elif key == "methods":
         ok, want = isinstance(value, str) or (isinstance(value, list) and all(isinstance(m, str) for m in value)), \
             "a list of method names"
+    elif key == "delta":
+        ok, want = (value == "calibrated" or isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value)), 'a number of radians or "calibrated"'
     elif key == "input_size":
         ok, want = (isinstance(value, (list, tuple)) and len(value) == 2
                     and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)), \
@@ -99,10 +102,11 @@ class RunConfig:
     K: int = 16
     seed: int = 0
     out: str | None = None
-    fill: str = "blur"
+    preset: str = "beyond-prior"  # fill, q, criterion and delta not given come from it (PRESETS)
+    fill: str | None = None
     granularity: str = "grid"
     grid: int = 14
-    q: float = 0.2
+    q: float | None = None
     tau_high: float | None = None
     tau_low: float | None = None
     epsilon: float | None = None
@@ -111,20 +115,21 @@ class RunConfig:
     batch_size: int = 64
     method_options: dict[str, dict] = field(default_factory=dict)
     grid_pairs: int = 4  # pairs in the saliency-grid figure
-    criterion: str = "absolute"  # or "beyond-prior": the margin must beat the model's prior map's
-    delta: float | None = None  # beyond-prior margin (radians); calibrated when None
+    criterion: str | None = None  # absolute, or beyond-prior: the margin must beat the model's prior map's
+    delta: float | str | None = None  # beyond-prior margin (radians), or "calibrated"
     target: str = "embedding"  # or "pair": distances are the change of the pair's angle
     prior_images: int = 40  # images (not tested) whose mean occlusion map is the model's prior
     prior_grid: int = 10  # cells per side of those occlusion maps
     sanity: bool = False  # add METHOD@random-model rows: maps of a randomised model, tested on the real one
     other_reference: bool = False  # add METHOD@other-reference rows: maps made against another pair's face
+    deletion: bool = False  # a deletion curve per (method, genuine pair the model accepts), in the row's detail
     device: str | None = None
 
     #: settings that change results: a store made with other values is not resumed
     RESULT_KEYS = (
         "data", "pairs", "model", "input_size", "mean", "std", "n_pairs", "K", "seed", "fill",
         "granularity", "grid", "q", "tau_high", "tau_low", "epsilon", "calibration_pairs", "method_options",
-        "criterion", "delta", "prior_images", "prior_grid", "target",
+        "criterion", "delta", "prior_images", "prior_grid", "target", "deletion",
     )
     #: settings of the last invocation that a resumed run keeps unless they are given again
     KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference")
@@ -136,6 +141,17 @@ class RunConfig:
                 raise ValueError(problem)
         if self.experiment not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {self.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
+        from ..falsification.core import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.criterion == "beyond-prior" and self.delta is None:
+            self.delta = 0.0
+        if isinstance(self.delta, (int, float)) and self.delta < 0:
+            raise ValueError(f"delta must be >= 0 radians (or \"calibrated\"), got {self.delta}")
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         if not self.methods or self.methods == ["all"]:
@@ -174,7 +190,7 @@ class RunConfig:
         fc = FalsificationConfig(
             fill=self.fill, granularity=self.granularity, grid=self.grid, q=self.q, K=self.K, seed=self.seed,
             batch_size=self.batch_size, tau_high=self.tau_high, tau_low=self.tau_low, epsilon=self.epsilon,
-            criterion=self.criterion, delta=self.delta, target=self.target,
+            criterion=self.criterion, delta=None if self.delta == "calibrated" else self.delta, target=self.target,
         )
         return calibration.apply(fc) if calibration is not None else fc
 
@@ -482,7 +498,7 @@ class Runner:
         from ..falsification.prior import Prior, calibrate_delta, occlusion_prior
 
         c = self.config
-        want_delta = c.criterion == "beyond-prior" and c.delta is None
+        want_delta = c.criterion == "beyond-prior" and c.delta == "calibrated"
         cached = stored["meta"].get("prior") if stored else None
         if cached and (cached.get("delta") or not want_delta):
             return Prior.from_dict(cached), cached.get("delta") if want_delta else None
@@ -742,8 +758,10 @@ class Runner:
             if p.id in self.grid_ids:
                 self._save_map(method, p, m)
         rows = []
-        for p, r, cs, an in zip(pairs, results, cos, ang):
+        for i, (p, r, cs, an) in enumerate(zip(pairs, results, cos, ang)):
             d = r.to_dict()
+            if self.config.deletion:
+                d["deletion"] = self._deletion(p, images[i], maps[i], refs[i], cs)
             rows.append({
                 **self._base_row(method, p), "cosine": cs, "angle": an, "verdict": r.verdict,
                 "failed": list(r.failed), "d_high": r.d_high, "d_low": r.d_low, "sd_high": r.sd_high,
@@ -752,6 +770,16 @@ class Runner:
                 "epsilon": r.epsilon, "seconds": seconds, "detail": d,
             })
         return rows
+
+    def _deletion(self, pair: Pair, image, attribution, reference, cosine: float) -> dict | None:
+        """The deletion curve of a genuine pair the model accepts (``--deletion``), else None."""
+        from ..falsification.deletion import deletion_curve
+
+        threshold = self.calibration.threshold_cos if self.calibration is not None else self.model.threshold
+        if threshold is None or not pair.same or cosine < threshold:
+            return None
+        return deletion_curve(self.model, image, attribution, reference, threshold, grid=self.config.grid,
+                              batch_size=self.config.batch_size).to_dict()
 
     def _base_row(self, method: str, p: Pair) -> dict:
         return {"experiment": self.rows_of, "model": self.model_name, "method": method, "pair": p.id,

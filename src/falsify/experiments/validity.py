@@ -5,7 +5,8 @@ On the pairs given, maps that *must fail* - they ignore the image (``centre``: t
 (``saliency@random-model``, ``ig@random-model``: computed on a randomised copy of the model), or
 rank the regions backwards (``inverted``: the model's own occlusion map, reversed) - are tested
 beside the model's own occlusion map (``occlusion-oracle``: the quantity the test measures, one
-cell at a time) and two real methods (``saliency``, ``ig``), and, for the reference-swap control,
+cell at a time) and three real methods (``occlusion``: captum's sliding window with a black patch,
+``saliency``, ``ig``), and, for the reference-swap control,
 ``saliency@other-reference`` (saliency made against another pair's face). Every configuration
 
     fill in FILLS_STUDIED  x  q in QS_STUDIED  x  criterion (absolute; beyond-prior at each delta)
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ MUST_FAIL = ("inverted", "centre", "gaussian", "edge", "random", "saliency@rando
 #: The model's own occlusion map: the reference a good map should match.
 ORACLE = "occlusion-oracle"
 #: Real methods and the reference-swap control, reported for context.
-OTHERS = ("saliency", "ig", "saliency@other-reference")
+OTHERS = ("occlusion", "saliency", "ig", "saliency@other-reference")
 MAPS = (ORACLE, *MUST_FAIL, *OTHERS)
 #: IG in the study: a fixed 32-step path (the completeness refinement would spend up to 512 steps on
 #: the randomised model, whose attributions never add up); ``--option ig.KEY=VALUE`` overrides.
@@ -102,6 +102,7 @@ class ValidityStudy(Runner):
             "saliency@random-model": get_explainer("saliency", self.random_model, **opts.get("saliency", {}))(
                 x, random_refs.to(device)).cpu(),
             "ig@random-model": get_explainer("ig", self.random_model, **ig_opts)(x, random_refs.to(device)).cpu(),
+            "occlusion": get_explainer("occlusion", model, **opts.get("occlusion", {}))(x, r).cpu(),
             "saliency": sal(x, r).cpu(),
             "ig": get_explainer("ig", model, **ig_opts)(x, r).cpu(),
             "saliency@other-reference": sal(x, other).cpu(),

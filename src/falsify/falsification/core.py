@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..choices import CRITERIA, TARGETS
+from ..choices import CRITERIA, PRESET_NAMES, TARGETS
 from ..geometry import geodesic_distance
 from ..models.base import model_device
 from .counterfactuals import (
@@ -41,6 +41,18 @@ COND_HIGH = "d_high<=tau_high"
 COND_LOW = "d_low>=tau_low"
 COND_MARGIN = "margin<epsilon"
 COND_PRIOR = "excess<delta"
+
+#: Named test configurations for ``falsify run`` and ``falsify test`` (``--preset``). The default,
+#: ``beyond-prior``, is the configuration with the highest discriminative power in the validity
+#: study (docs/method.md, "Validity of the test"); ``plain`` is the configuration used before it
+#: (the library's ``FalsificationConfig()`` defaults).
+PRESETS: dict[str, dict] = {
+    "beyond-prior": {"fill": "mean", "q": 0.1, "criterion": "beyond-prior", "delta": 0.0},
+    "plain": {"fill": "blur", "q": 0.2, "criterion": "absolute", "delta": None},
+}
+DEFAULT_PRESET = "beyond-prior"
+if tuple(PRESETS) != PRESET_NAMES:
+    raise ImportError(f"falsify.choices.PRESET_NAMES {PRESET_NAMES} does not match PRESETS {tuple(PRESETS)}")
 
 # Independent random streams per pair: tie-breaking of the ranking, and the fill's samples.
 _STREAM_REGIONS = 0

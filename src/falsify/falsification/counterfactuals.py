@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..choices import DETERMINISTIC_FILLS, FILLS, STOCHASTIC_FILLS
+from ..choices import DETERMINISTIC_FILLS, FILLS, STOCHASTIC_FILLS  # noqa: F401 - re-exported by the package
 from ..geometry import geodesic_distance
 
 

@@ -4,12 +4,11 @@ The page has inline CSS, figures embedded as ``data:image/png;base64`` URIs and 
 resource, so it opens from disk (or as an e-mail attachment) anywhere. Every piece of text from the
 summary is escaped with :func:`html.escape`.
 
-``falsify report OUT`` (:func:`add_report_command`) rewrites the tables, the figures that the
+``falsify report OUT`` (``falsify.cli.cmd_report``) rewrites the tables, the figures that the
 summary alone allows, and the page.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
@@ -665,37 +664,3 @@ def write_report(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     summary = load_summary(out_dir)
     return write_text_atomic(out_dir / "report.html", render_report(summary, out_dir))
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_report_command(subparsers) -> argparse.ArgumentParser:
-    """Register ``falsify report OUT`` on the CLI's subparsers; returns its parser."""
-    p = subparsers.add_parser(
-        "report",
-        help="rewrite the tables, figures and HTML report of a run from its summary.json",
-        description="Reads OUT/summary.json (written by 'falsify run') and rewrites OUT/tables/*.tex, the "
-        "figures that need only the summary (OUT/figures/fig_6_1_fr, fig_6_2_fr_vs_margin; .png and "
-        ".pdf) and OUT/report.html, a self-contained page. The saliency grid needs the attribution maps, "
-        "so it is kept as it is when present and not made otherwise.",
-    )
-    p.add_argument("out", metavar="OUT", help="output folder of 'falsify run' (holds summary.json)")
-    p.add_argument("--no-figures", action="store_true", help="keep the figures as they are; only rewrite tables and HTML")
-    p.set_defaults(func=cmd_report)
-    return p
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from .figures import write_figures
-    from .tables import write_tables
-
-    out = Path(args.out)
-    summary = load_summary(out)
-    write_tables(summary, out)
-    if not getattr(args, "no_figures", False):
-        write_figures(summary, out)
-    path = write_report(out)
-    print(path)
-    return 0
