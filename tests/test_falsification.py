@@ -504,6 +504,7 @@ def test_command_json_and_figure(face_files, tiny_pt, tmp_path, monkeypatch, cap
     fig = tmp_path / "out" / "test.png"
     argv = [*face_files, "--method", "fake", "--model", tiny_pt, "--input-size", "32", "32", "--fill", "noise", "-K", "3",
             "--tau-high", "0.05", "--tau-low", "0.03", "--epsilon", "0.01", "--both", "--json", "--figure", str(fig),
+            "--preset", "plain",
             "--option", "steps=4", "--device", "cpu"]
     assert _run_test_command(argv, monkeypatch) == 0
     out = json.loads(capsys.readouterr().out)

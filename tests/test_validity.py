@@ -186,8 +186,10 @@ def test_validity_study_end_to_end(lfw_sample, tmp_path, capsys):
     from falsify.cli import main
 
     out = tmp_path / "v"
+    cfg = tmp_path / "small.toml"  # a small prior and calibration keep the test short
+    cfg.write_text("prior_images = 4\nprior_grid = 5\ncalibration_pairs = 40\n")
     argv = ["run", "validity", "--data", str(lfw_sample), "--n-pairs", "4", "--out", str(out), "-q", "-K", "2",
-            "--option", "ig.steps=8", "--option", "ig.tolerance=null", "--methods", "ig"]
+            "--option", "ig.steps=8", "--option", "ig.tolerance=null", "--methods", "ig", "--config", str(cfg)]
     # the study's own maps are fixed; --methods/--option only pass IG's options through
     rc = main(argv)
     assert rc == 0, capsys.readouterr().err

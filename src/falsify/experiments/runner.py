@@ -145,11 +145,12 @@ class RunConfig:
 
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
-        for key, value in PRESETS[self.preset].items():
+        preset = PRESETS[self.preset]
+        for key in ("fill", "q", "criterion"):
             if getattr(self, key) is None:
-                setattr(self, key, value)
-        if self.criterion == "beyond-prior" and self.delta is None:
-            self.delta = 0.0
+                setattr(self, key, preset[key])
+        if self.criterion == "beyond-prior" and self.delta is None:  # absolute has no delta
+            self.delta = preset["delta"] if preset["delta"] is not None else 0.0
         if isinstance(self.delta, (int, float)) and self.delta < 0:
             raise ValueError(f"delta must be >= 0 radians (or \"calibrated\"), got {self.delta}")
         if isinstance(self.methods, str):
