@@ -268,3 +268,25 @@ def test_6_1_deletion_curves(lfw_sample, tmp_path, capsys):
     sal = next(m for m in summary["methods"] if m["method"] == "saliency")["deletion"]
     assert sal is not None and 1 <= sal["n"] <= 3 and 0 <= sal["median_flip_fraction"] <= 1
     assert "deletion curves" in text and "saliency" in text.split("deletion curves")[1]
+
+
+def test_prior_image_batch_skips_unreadable_images_and_partners(tmp_path, tiny_model):
+    from PIL import Image
+
+    from falsify.data import Pair
+    from falsify.falsification.prior import prior_image_batch
+
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"f{i}.png"
+        Image.new("RGB", (32, 32), (40 * i, 10, 200 - 30 * i)).save(p)
+        paths.append(p)
+    paths[1].write_bytes(b"not an image")  # unreadable itself
+    pool = [Pair(paths[0], paths[1], True), Pair(paths[2], paths[3], False), Pair(paths[4], paths[5], True)]
+    images, refs = prior_image_batch(tiny_model, pool, exclude={paths[2]}, n=10)
+    # f0 (partner f1 broken) and f1 are dropped, f2 is excluded: f3 (partner f2), f4, f5 remain
+    expected, _ = load_images([paths[3], paths[4], paths[5]], tiny_model.input_size)
+    assert torch.equal(images, expected)
+    with torch.inference_mode():
+        partners, _ = load_images([paths[2], paths[5], paths[4]], tiny_model.input_size)
+        assert torch.allclose(refs, tiny_model(partners))

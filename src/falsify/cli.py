@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .choices import CRITERIA, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES, TARGETS
+from .paths import check_writable
 
 #: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,
 #: no traceback. OSError covers unwritable or read-only outputs, folders given as files, ...
@@ -55,22 +56,6 @@ def _delta(text: str) -> float | str:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 radians or 'calibrated', got {text}")
     return value
-
-
-def _writable_file(path: str | Path, what: str) -> Path:
-    """Fail before any work when ``path`` cannot be written (its folder is a file, read-only...)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{what} {path} is a folder; give a file name")
-    parent = path.parent
-    for p in (parent, *parent.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ValueError(f"{what} {path}: {p} is a file, not a folder")
-            if not os.access(p, os.W_OK):
-                raise ValueError(f"{what} {path}: {p} is not writable (read-only or no permission)")
-            break
-    return path
 
 
 # --- shared argument groups ----------------------------------------------------------------------
@@ -202,9 +187,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.out:
         if Path(args.out).suffix.lower() not in FIGURE_SUFFIXES:
             raise ValueError(f"--out {args.out}: the figure is written by suffix; use one of {', '.join(FIGURE_SUFFIXES)}")
-        _writable_file(args.out, "--out")
+        check_writable(args.out, "--out", folder=False)
     if args.save_maps:
-        _writable_file(args.save_maps, "--save-maps")
+        check_writable(args.save_maps, "--save-maps", folder=False)
     model = _load_model(args)
     from .attribution import get_explainer
 
@@ -235,14 +220,10 @@ def _get_explainer(name: str, model, **options):
 
 def _test_config(args: argparse.Namespace):
     from .falsification import FalsificationConfig
-    from .falsification.core import PRESETS
+    from .falsification.core import apply_preset
 
-    preset = PRESETS[args.preset]
-    for key in ("fill", "q", "criterion"):
-        if getattr(args, key) is None:
-            setattr(args, key, preset[key])
-    if args.delta is None and args.criterion == "beyond-prior":
-        args.delta = preset["delta"] if preset["delta"] is not None else 0.0
+    for key, value in apply_preset(args.preset, args.fill, args.q, args.criterion, args.delta).items():
+        setattr(args, key, value)
     calibrated_delta = args.calibrate_delta = args.delta == "calibrated"
 
     taus = (args.tau_high, args.tau_low, args.epsilon)
@@ -277,7 +258,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     if args.layer:
         options.setdefault("layer", args.layer)
     if args.figure:
-        _writable_file(args.figure, "--figure")
+        check_writable(args.figure, "--figure", folder=False)
     model = _load_model(args)
     needs_prior = config.criterion == "beyond-prior" or args.method == "centre"
     if args.method != "centre":
@@ -286,7 +267,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     b = load_image(args.image_b, model.input_size)
     calibration = prior_map = None
     pool = None
-    if not config.has_criterion or needs_prior:
+    if config.tau_high is None or needs_prior:
         pool = calibration_pairs(args.data, args.pairs, n_pairs=args.calibration_pairs, seed=args.seed)
     if config.tau_high is None:
         calibration = calibrate(model, pool, batch_size=args.batch_size, progress=not (args.quiet or args.json))
@@ -525,10 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="falsification test of one pair's attribution map",
         description="Explains A against B's embedding with --method, then hides the features the map "
         "ranks highest (S_high) and lowest (S_low) and measures how far A's embedding moves (geodesic "
-        "distance, radians). The map passes when d_high > tau_high, d_low < tau_low and d_high - d_low "
-        ">= epsilon; otherwise it is falsified; a map with no prediction (constant) is untestable. "
-        "Thresholds come from --tau-high/--tau-low/--epsilon, or are calibrated for the model on "
-        "pairs (--data, --calibration-pairs), on the same seeded sample 'falsify run' calibrates on.",
+        "distance, radians). By default (--preset beyond-prior) the map passes when its margin d_high - "
+        "d_low exceeds the margin of the model's prior map (its mean occlusion map over untested "
+        "calibration images) on the same image by more than delta; with --criterion absolute it passes "
+        "when d_high > tau_high, d_low < tau_low and d_high - d_low >= epsilon. Otherwise it is "
+        "falsified; a map with no prediction (constant) is untestable. Thresholds come from "
+        "--tau-high/--tau-low/--epsilon, or are calibrated for the model on pairs (--data, "
+        "--calibration-pairs), on the same seeded sample 'falsify run' calibrates on.",
     )
     p.add_argument("image_a", help="the face to explain (any JPEG/PNG; resized to the model's input size)")
     p.add_argument("image_b", help="the other face of the pair: the reference embedding")

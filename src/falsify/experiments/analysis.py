@@ -68,18 +68,11 @@ def method_summary(method: str, rows: list[dict]) -> dict:
 
 
 def _deletion_summary(rows: list[dict]) -> dict | None:
-    """The method's deletion curves (``--deletion``): how many, the share that flipped to a false
-    non-match, the median share hidden at the flip (1 = never), the mean area (cos - threshold)."""
-    curves = []
-    for r in rows:
-        detail = json.loads(r["detail"]) if isinstance(r.get("detail"), str) else (r.get("detail") or {})
-        if detail.get("deletion"):
-            curves.append(detail["deletion"])
-    if not curves:
-        return None
-    return {"n": len(curves), "flipped": float(np.mean([c["flipped"] for c in curves])),
-            "median_flip_fraction": float(np.median([c["flip_fraction"] for c in curves])),
-            "mean_area": float(np.mean([c["area"] for c in curves]))}
+    """The method's deletion curves (``--deletion``), summarised by ``summarise_curves``."""
+    from ..falsification.deletion import summarise_curves
+
+    details = [json.loads(r["detail"]) if isinstance(r.get("detail"), str) else (r.get("detail") or {}) for r in rows]
+    return summarise_curves([d["deletion"] for d in details if d.get("deletion")])
 
 
 def _baselines_of(method: str, by_method: dict) -> list[str]:

@@ -28,6 +28,7 @@ from ..choices import CONTROLS, EXPERIMENTS, METHODS, OTHER_REFERENCE, RANDOM_MO
 from ..data import load_images, load_pairs
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
+from ..paths import check_writable
 from .analysis import summarise, write_outputs
 from .store import ResultsStore, inspect_store
 
@@ -141,16 +142,10 @@ class RunConfig:
                 raise ValueError(problem)
         if self.experiment not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {self.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
-        from ..falsification.core import PRESETS
+        from ..falsification.core import apply_preset
 
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
-        preset = PRESETS[self.preset]
-        for key in ("fill", "q", "criterion"):
-            if getattr(self, key) is None:
-                setattr(self, key, preset[key])
-        if self.criterion == "beyond-prior" and self.delta is None:  # absolute has no delta
-            self.delta = preset["delta"] if preset["delta"] is not None else 0.0
+        for key, value in apply_preset(self.preset, self.fill, self.q, self.criterion, self.delta).items():
+            setattr(self, key, value)
         if isinstance(self.delta, (int, float)) and self.delta < 0:
             raise ValueError(f"delta must be >= 0 radians (or \"calibrated\"), got {self.delta}")
         if isinstance(self.methods, str):
@@ -293,13 +288,18 @@ def data_changes(have: dict | None, want: dict) -> tuple[bool, list[str]]:
     return False, sorted(k for k in new if old.get(k) != new[k])
 
 
+def _changed_settings(have: dict, want: dict) -> list[str]:
+    """The settings other than the data on which ``have`` and ``want`` differ."""
+    keys = (set(have) | set(want)) - {"data", "pairs", FINGERPRINT}
+    return sorted(k for k in keys if have.get(k) != want.get(k))
+
+
 def settings_conflicts(have: dict, want: dict) -> list[str]:
     """The settings on which a stored run (``have``) and this one (``want``) differ. The data is
     compared by its fingerprint (pair ids, labels, folds and image contents), so the same data
     reached through another spelling of its path is the same run and other data behind the
     same path is not; a store without a fingerprint (made by an older falsify) never matches."""
-    keys = (set(have) | set(want)) - {"data", "pairs", FINGERPRINT}
-    diff = sorted(k for k in keys if have.get(k) != want.get(k))
+    diff = _changed_settings(have, want)
     pairs_changed, images = data_changes(have.get(FINGERPRINT), want[FINGERPRINT])
     if pairs_changed:
         diff.append("data (the pairs or their images)")
@@ -387,20 +387,6 @@ class RunLock:
             self._fh = None
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an output folder that cannot be used, before anything is written."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder")
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise ValueError(f"--out {out}: {p} is a file, not a folder")
-            if not os.access(p, os.W_OK):
-                raise ValueError(f"--out {out}: {p} is read-only; give a writable folder (a finished run's "
-                                 "report can be rewritten elsewhere after copying the folder)")
-            return
-
-
 def runner_for(config: RunConfig, **kw) -> "Runner":
     """The runner of ``config.experiment``: 6.1 and 6.2 share ``Runner``; the validity study has its own."""
     if config.experiment == "validity":
@@ -442,9 +428,8 @@ class Runner:
         if FINGERPRINT not in have:
             raise ValueError(f"{self.out} was made by an older falsify whose store has no data fingerprint, so "
                              "resuming it could mix data sets; nothing was changed there. Use another --out")
-        diff = settings_conflicts(have, settings)
-        _, images = data_changes(have.get(FINGERPRINT), settings[FINGERPRINT])
-        if images and len(diff) == 1 and diff[0].startswith("data ("):
+        pairs_changed, images = data_changes(have.get(FINGERPRINT), settings[FINGERPRINT])
+        if images and not pairs_changed and not _changed_settings(have, settings):
             changed = set(images)
             users = {p.id for p in pairs if changed & set(p.image_keys)}
             if not users & stored["pairs_with_results"]:
@@ -456,6 +441,7 @@ class Runner:
                     f"{self.out}: {len(images)} image(s) changed since the run was made (e.g. {images[0]}), "
                     "used only by pairs whose rows are errors; rerun with --retry-errors to compute them again"
                 )
+        diff = settings_conflicts(have, settings)
         if diff:
             raise ValueError(
                 f"{self.out} holds results made with other settings ({', '.join(diff)} differ); "
@@ -537,9 +523,11 @@ class Runner:
         self.settings = {**c.result_settings(), FINGERPRINT: self.pairs.fingerprint()}
         if self.out is None:
             self.out = default_out(c, self.settings)
-        _check_out(self.out)
+        check_writable(self.out, "--out", folder=True)
         self.stored = self._stored(self.settings, self.pairs)
         self.calibration = self._calibration(model, self.stored)
+        #: the model's decision threshold (cosine): calibrated on the data, else the model's own
+        self.threshold = self.calibration.threshold_cos if self.calibration is not None else model.threshold
         self.fconfig = self.falsification_config(self.calibration)
         self.prior, self.delta = self._prior(model, self.stored, self.pairs, self.fconfig) if c.needs_prior else (None, None)
         self.prior_map = self.prior.map() if self.prior is not None else None
@@ -635,13 +623,13 @@ class Runner:
         if len(stored_keys) != len(pairs) * len(methods):
             raise RuntimeError(f"{self.out}: {len(stored_keys)} rows stored for {len(pairs)} pairs x "
                                f"{len(methods)} methods; please report this")
-        n_err = sum(1 for r in store.rows(self.rows_of, model.name, methods) if r["verdict"] == "error" and r["pair"] in ids)
+        summary = summarise(store, c, pairs, model.name, self.threshold, elapsed_s=time.perf_counter() - t0,
+                            started=started)
+        n_err = summary["n_errors"]
         if n_err:
             self.log(f"{n_err} error row{'s' * (n_err != 1)} (see the summary); after fixing the cause, rerun "
                      "with --retry-errors to compute them again")
-        elapsed = time.perf_counter() - t0
-        threshold = self.calibration.threshold_cos if self.calibration is not None else model.threshold
-        return summarise(store, c, pairs, model.name, threshold, elapsed_s=elapsed, started=started)
+        return summary
 
 
     def _grid_pairs(self, pairs: PairSet) -> list[Pair]:
@@ -776,10 +764,9 @@ class Runner:
         """The deletion curve of a genuine pair the model accepts (``--deletion``), else None."""
         from ..falsification.deletion import deletion_curve
 
-        threshold = self.calibration.threshold_cos if self.calibration is not None else self.model.threshold
-        if threshold is None or not pair.same or cosine < threshold:
+        if self.threshold is None or not pair.same or cosine < self.threshold:
             return None
-        return deletion_curve(self.model, image, attribution, reference, threshold, grid=self.config.grid,
+        return deletion_curve(self.model, image, attribution, reference, self.threshold, grid=self.config.grid,
                               batch_size=self.config.batch_size).to_dict()
 
     def _base_row(self, method: str, p: Pair) -> dict:

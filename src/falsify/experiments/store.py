@@ -76,7 +76,7 @@ TABLES = ("runs", "meta", "results")
 
 
 def inspect_store(path: str | Path) -> dict | None:
-    """Read a store without changing it: ``{"meta": {...}, "runs": [...], "n_rows": int,
+    """Read a store without changing it: ``{"meta": {...}, "runs": [...],
     "pairs_with_results": {pair ids with a row that is not an error}}``, or
     ``None`` when there is no file (or an empty one). Raises ``ValueError`` naming the file when
     it is not a falsify results store (not SQLite, or SQLite with other tables)."""
@@ -101,13 +101,12 @@ def inspect_store(path: str | Path) -> dict | None:
             raise ValueError(f"{path} is not a falsify results store ({what}); choose another --out")
         meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
         runs = [json.loads(c) for (c,) in conn.execute("SELECT config FROM runs ORDER BY id")]
-        n_rows = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
         ok = {p for (p,) in conn.execute("SELECT DISTINCT pair FROM results WHERE verdict != 'error'")}
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{path} is not a falsify results store ({exc}); choose another --out") from None
     finally:
         conn.close()
-    return {"meta": meta, "runs": runs, "n_rows": n_rows, "pairs_with_results": ok}
+    return {"meta": meta, "runs": runs, "pairs_with_results": ok}
 
 
 @dataclass
@@ -210,14 +209,6 @@ class ResultsStore:
             row["same"] = bool(row["same"])
             out.append(row)
         return out
-
-    def count(self, experiment: str, model: str, verdict: str | None = None) -> int:
-        sql = "SELECT COUNT(*) FROM results WHERE experiment = ? AND model = ?"
-        args: list[Any] = [experiment, model]
-        if verdict is not None:
-            sql += " AND verdict = ?"
-            args.append(verdict)
-        return int(self.conn.execute(sql, args).fetchone()[0])
 
     def delete_errors(self, experiment: str, model: str) -> int:
         """Remove error rows so that a run computes them again (``falsify run --retry-errors``)."""

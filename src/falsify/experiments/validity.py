@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -108,14 +107,9 @@ class ValidityStudy(Runner):
             "saliency@other-reference": sal(x, other).cpu(),
         }
 
-    def _deletion_rows(self, pairs, images, refs, maps, done, t) -> list[dict]:
-        """One deletion curve per (map, genuine pair the model accepts); other pairs get an
-        untestable row saying why (so that a resumed study knows they are done)."""
-        from ..falsification.deletion import deletion_curve
-
-        threshold = self.calibration.threshold_cos
-        cos = torch.nn.functional.cosine_similarity(
-            torch.stack([self._emb_a[p.id] for p in pairs]), refs, dim=1).tolist()
+    def _deletion_rows(self, pairs, images, refs, cos, maps, done, t) -> list[dict]:
+        """One deletion curve per (map, genuine pair the model accepts: ``Runner._deletion``); other
+        pairs get an untestable row saying why (so that a resumed study knows they are done)."""
         rows = []
         for name, mp in maps.items():
             key = f"{DELETION}|{name}"
@@ -123,18 +117,25 @@ class ValidityStudy(Runner):
                 if (key, p.id) in done:
                     continue
                 base = self._base_row(key, p)
-                if not p.same or cos[i] < threshold:
+                curve = self._deletion(p, images[i], mp[i], refs[i], cos[i])
+                if curve is None:
                     why = "impostor pair" if not p.same else "a genuine pair the model already rejects"
                     rows.append({**base, "verdict": "untestable", "failed": [f"no deletion curve: {why}"]})
-                    continue
-                curve = deletion_curve(self.model, images[i], mp[i], refs[i], threshold, grid=self.config.grid,
-                                       batch_size=self.config.batch_size)
-                rows.append({**base, "verdict": "passed", "detail": curve.to_dict(),
-                             "seconds": time.perf_counter() - t})
+                else:
+                    rows.append({**base, "verdict": "passed", "detail": curve, "seconds": time.perf_counter() - t})
         return rows
 
+    def _study_config(self, fill: str, q: float, target: str, **thresholds):
+        """The test's configuration for one (fill, q, target) of the study, the run's other settings."""
+        from ..falsification import FalsificationConfig
+
+        c = self.config
+        return FalsificationConfig(fill=fill, q=q, K=c.K, seed=c.seed, batch_size=c.batch_size, grid=c.grid,
+                                   granularity=c.granularity, target=target, **thresholds)
+
     def _compute(self, store: ResultsStore, started: str, t0: float) -> dict:
-        from ..falsification import FalsificationConfig, falsification_test
+        from ..falsification import falsification_test
+        from ..geometry import cosine_similarity
         from ..verification import embed_paths
 
         c, pairs, model = self.config, self.pairs, self.model
@@ -159,15 +160,14 @@ class ValidityStudy(Runner):
                 if good:
                     images, _ = load_images([p.a for p in good], model.input_size)
                     refs = torch.stack([emb[p.b] for p in good])
-                    self._emb_a = {p.id: emb[p.a] for p in good}
+                    cos = cosine_similarity(torch.stack([emb[p.a] for p in good]), refs).tolist()
                     b_images, _ = load_images([p.b for p in good], model.input_size)
                     with torch.inference_mode():
                         random_refs = self.random_model(b_images.to(self.device)).float().cpu()
                     t = time.perf_counter()
                     maps = self._maps(good, images, refs, emb, random_refs)
                     for fill, q, target in _configs():
-                        cfg = FalsificationConfig(fill=fill, q=q, K=c.K, seed=c.seed, batch_size=c.batch_size,
-                                                  grid=c.grid, granularity=c.granularity, target=target, **loose)
+                        cfg = self._study_config(fill, q, target, **loose)
                         rows = []
                         for name, mp in maps.items():
                             key = f"{config_key(fill, q, target)}|{name}"
@@ -183,7 +183,7 @@ class ValidityStudy(Runner):
                                              "n_low": r.n_low, "k": r.K, "failed": list(r.failed),
                                              "seconds": (time.perf_counter() - t) / len(good)})
                         store.add_rows(rows)
-                    store.add_rows(self._deletion_rows(good, images, refs, maps, done, t))
+                    store.add_rows(self._deletion_rows(good, images, refs, cos, maps, done, t))
                 bar.update(len(chunk))
             bar.close()
         deltas = store.get_meta("validity_deltas")
@@ -194,8 +194,7 @@ class ValidityStudy(Runner):
             images, prior_refs = self._prior_image_batch(model, pairs)
             deltas = {}
             for fill, q, target in _configs():
-                cfg = FalsificationConfig(fill=fill, q=q, K=c.K, seed=c.seed, batch_size=c.batch_size,
-                                          grid=c.grid, granularity=c.granularity, target=target)
+                cfg = self._study_config(fill, q, target)
                 deltas[config_key(fill, q, target)] = calibrate_delta(model, images, self.prior_map, cfg, seed=c.seed,
                                                                       references=prior_refs)
             store.set_meta("validity_deltas", deltas)
@@ -285,20 +284,17 @@ def validity_summary(rows: list[dict], pairs, calibration, config, deltas: dict)
 
 
 def deletion_summary(rows: list[dict]) -> dict:
-    """Per map: how many genuine pairs had a curve, the share that flipped to a false non-match,
-    the median flip fraction (1 = never flipped) and the mean area (cos - threshold)."""
+    """Per map, its deletion curves summarised by ``summarise_curves`` (``n`` 0 when it has none)."""
     import json
+
+    from ..falsification.deletion import summarise_curves
 
     out = {}
     for name in MAPS:
         curves = [json.loads(r["detail"]) if isinstance(r["detail"], str) else r["detail"]
                   for r in rows if r["method"] == f"{DELETION}|{name}" and r["verdict"] == "passed" and r["detail"]]
-        if not curves:
-            out[name] = {"n": 0, "flipped": None, "median_flip_fraction": None, "mean_area": None}
-            continue
-        out[name] = {"n": len(curves), "flipped": float(np.mean([c["flipped"] for c in curves])),
-                     "median_flip_fraction": float(np.median([c["flip_fraction"] for c in curves])),
-                     "mean_area": float(np.mean([c["area"] for c in curves]))}
+        out[name] = summarise_curves(curves) or {"n": 0, "flipped": None, "median_flip_fraction": None,
+                                                 "mean_area": None}
     return out
 
 

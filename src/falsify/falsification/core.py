@@ -54,6 +54,21 @@ DEFAULT_PRESET = "beyond-prior"
 if tuple(PRESETS) != PRESET_NAMES:
     raise ImportError(f"falsify.choices.PRESET_NAMES {PRESET_NAMES} does not match PRESETS {tuple(PRESETS)}")
 
+
+def apply_preset(preset: str, fill=None, q=None, criterion=None, delta=None) -> dict:
+    """``fill``, ``q``, ``criterion`` and ``delta`` with those not given (None) taken from the
+    preset; delta only for the beyond-prior criterion (0 when the preset has none)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    values = PRESETS[preset]
+    out = {"fill": fill, "q": q, "criterion": criterion, "delta": delta}
+    for key in ("fill", "q", "criterion"):
+        if out[key] is None:
+            out[key] = values[key]
+    if out["criterion"] == "beyond-prior" and out["delta"] is None:  # absolute has no delta
+        out["delta"] = values["delta"] if values["delta"] is not None else 0.0
+    return out
+
 # Independent random streams per pair: tie-breaking of the ranking, and the fill's samples.
 _STREAM_REGIONS = 0
 _STREAM_FILL = 1
@@ -313,13 +328,11 @@ def verdict_of(d_high: float, d_low: float, tau_high: float, tau_low: float, eps
     return ("falsified" if failed else "passed"), tuple(failed)
 
 
-def verdict_beyond_prior(d_high: float, d_low: float, prior_high: float, prior_low: float,
-                         config: "FalsificationConfig") -> tuple[str, tuple[str, ...]]:
+def verdict_beyond_prior(excess: float, delta: float) -> tuple[str, tuple[str, ...]]:
     """The ``beyond-prior`` criterion: the map's margin must exceed the prior's margin on the same
-    image by more than ``delta``: (d_high - d_low) - (prior_high - prior_low) > delta. Strict, so
-    the prior itself (excess 0) is falsified at delta = 0."""
-    excess = (d_high - d_low) - (prior_high - prior_low)
-    if excess > config.delta:
+    image by more than ``delta``: excess = (d_high - d_low) - (prior_high - prior_low) > delta.
+    Strict, so the prior itself (excess 0) is falsified at delta = 0."""
+    if excess > delta:
         return "passed", ()
     return "falsified", (COND_PRIOR,)
 
@@ -739,7 +752,7 @@ def falsification_test(
         if config.criterion == "beyond-prior":
             p_high, p_low = prior_d[pair_ids[i]]
             excess = margin - (p_high - p_low)
-            verdict, failed = verdict_beyond_prior(d_high, d_low, p_high, p_low, config)
+            verdict, failed = verdict_beyond_prior(excess, config.delta)
             extra.update(prior_d_high=p_high, prior_d_low=p_low, excess=excess)
         else:
             verdict, failed = verdict_of(d_high, d_low, config.tau_high, config.tau_low, config.epsilon)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..geometry import cosine_similarity
@@ -67,3 +68,14 @@ def deletion_curve(model, image: torch.Tensor, attribution: torch.Tensor, refere
     flip = fractions[int(below[0])] if flipped else 1.0
     return DeletionCurve(fractions, [float(c) for c in cos], float(threshold), flip, flipped,
                          float((cos - threshold).mean()))
+
+
+def summarise_curves(curves: list[dict]) -> dict | None:
+    """Deletion curves (``DeletionCurve.to_dict()``) in a few numbers: how many, the share that
+    flipped to a false non-match, the median share hidden at the flip (1 = never), the mean area
+    (cos - threshold); None without curves."""
+    if not curves:
+        return None
+    return {"n": len(curves), "flipped": float(np.mean([c["flipped"] for c in curves])),
+            "median_flip_fraction": float(np.median([c["flip_fraction"] for c in curves])),
+            "mean_area": float(np.mean([c["area"] for c in curves]))}

@@ -8,7 +8,7 @@ distance it causes) over images that are not tested. It serves twice:
 
 - as the ``centre`` control method (the same map for every image);
 - in the ``beyond-prior`` criterion, which asks a map to beat the prior on the same image:
-  (d_high - d_low) of the map minus (d_high - d_low) of the prior must reach ``delta``.
+  (d_high - d_low) of the map minus (d_high - d_low) of the prior must exceed ``delta``.
 """
 from __future__ import annotations
 
@@ -77,15 +77,18 @@ def prior_image_batch(model, pool, exclude: set, n: int, batch_size: int = 64) -
         partner.setdefault(p.a, p.b)
         partner.setdefault(p.b, p.a)
     paths = prior_images(list(partner), exclude, n)
-    _, bad = load_images(paths, model.input_size, errors="skip")
-    _, bad_partners = load_images([partner[q] for q in paths], model.input_size, errors="skip")
-    broken = {str(q) for q, _ in bad + bad_partners}
-    keep = [q for q in paths if str(q) not in broken and str(partner[q]) not in broken]
-    if not keep:
+    images, bad = load_images(paths, model.input_size, errors="skip")
+    others, bad_partners = load_images([partner[q] for q in paths], model.input_size, errors="skip")
+    # load_images returns the readable ones in input order: keep the rows whose image and partner both are
+    bad_a, bad_b = {q for q, _ in bad}, {q for q, _ in bad_partners}
+    rows_a = [i for i, q in enumerate(paths) if q not in bad_a]
+    rows_b = [i for i, q in enumerate(paths) if partner[q] not in bad_b]
+    both = sorted(set(rows_a) & set(rows_b))
+    if not both:
         raise ValueError(f"no readable image (with a readable partner) for the model's prior among {len(paths)} "
                          "calibration images")
-    images, _ = load_images(keep, model.input_size)
-    others, _ = load_images([partner[q] for q in keep], model.input_size)
+    images = images[[rows_a.index(i) for i in both]]
+    others = others[[rows_b.index(i) for i in both]]
     device = model_device(model)
     with torch.inference_mode():
         refs = torch.cat([model(others[i : i + batch_size].to(device)).float().cpu()
