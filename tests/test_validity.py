@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from falsify.attribution import get_explainer
-from falsify.attribution.sanity import randomised_copy
+from falsify.models.base import randomised_copy
 from falsify.data import load_images, load_pairs
 from falsify.experiments import RunConfig, Runner
 from falsify.experiments.analysis import comparisons, control_verdicts
@@ -111,8 +111,8 @@ def test_random_model_rows_are_made_on_the_random_model_and_tested_on_the_real_o
     with ResultsStore(tmp_path / "r" / "results.sqlite") as s:
         row = next(r for r in s.rows("6.1", "dlib-resnet", ["saliency@random-model"]))
     pair = next(p for p in load_pairs(lfw_sample, n_pairs=4, seed=2) if p.id == row["pair"])
-    a, _ = load_images([pair.a], dlib_model.input_size)
-    b, _ = load_images([pair.b], dlib_model.input_size)
+    a, _ = load_images([pair.a], dlib_model.input_size, align=dlib_model.aligner)
+    b, _ = load_images([pair.b], dlib_model.input_size, align=dlib_model.aligner)
     rand = randomised_copy(dlib_model, seed=2)
     with torch.inference_mode():
         ref_real, ref_rand = dlib_model(b), rand(b)

@@ -26,6 +26,9 @@ def is_control(method: str) -> bool:
     """Whether a row name is a control (``centre``, ``edge``, ``random``, ``METHOD@random-model``, ...)."""
     return method in CONTROLS or method.endswith((RANDOM_MODEL, OTHER_REFERENCE))
 
+#: ``--align``: the model's own choice, a plain resize, or a template (falsify.models.alignment).
+ALIGN_CHOICES: tuple[str, ...] = ("auto", "none", "arcface-112", "dlib-150")
+
 #: Counterfactual fills: what replaces the hidden pixels.
 FILLS: tuple[str, ...] = ("blur", "mean", "zero", "noise", "optimised")
 STOCHASTIC_FILLS: tuple[str, ...] = ("noise", "optimised")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .choices import CRITERIA, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES, TARGETS
+from .choices import ALIGN_CHOICES, CRITERIA, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES, TARGETS
 from .paths import check_writable
 
 #: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,
@@ -65,9 +65,15 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None = "dlib-resn
         "--model",
         default=default,
         metavar="NAME_OR_PATH",
-        help="face model: 'dlib-resnet' (default), a dlib .dat, an .onnx (insightface packs: RGB, "
-        "mean=std=0.5) or a .pt/.pth holding a whole pickled nn.Module (needs --trust-pickle)",
+        help="face model: 'dlib-resnet' (default), 'sface' (OpenCV Zoo's SFace), NAME:random (the same "
+        "architecture with random weights: a control), a dlib .dat, an .onnx (insightface packs: RGB, "
+        "mean=std=0.5) or a .pt/.pth holding a whole pickled nn.Module (needs --trust-pickle); "
+        "`falsify models` lists the built-in ones",
     )
+    p.add_argument("--align", choices=ALIGN_CHOICES, default=None,
+                   help="face alignment before the model: auto (default: the model's own choice, see "
+                   "`falsify models`; none for model files), none (a plain resize), or a template "
+                   "(five YuNet landmarks mapped onto it by a similarity transform)")
     p.add_argument("--input-size", type=_whole(1), nargs=2, metavar=("H", "W"),
                    help="model input size (ONNX with a dynamic size, .pt); not for dlib")
     p.add_argument("--mean", type=_number, nargs="+", metavar="M",
@@ -94,6 +100,7 @@ def _load_model(args: argparse.Namespace):
         std=_one_or_three(args.std),
         device=args.device,
         trust_pickle=bool(args.trust_pickle),
+        align=args.align or "auto",
     )
 
 
@@ -161,6 +168,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- models --------------------------------------------------------------------------------------
+
+def models_table() -> str:
+    """The built-in models, as ``falsify models`` prints them."""
+    from .models import MODELS, RANDOM_SUFFIX
+
+    lines = []
+    for info in MODELS.values():
+        h, w = info.input_size
+        lines += [
+            f"{info.name}",
+            f"  {info.description}",
+            f"  input        {h}x{w} RGB; alignment {info.align} (--align auto)",
+            f"  embedding    {info.embedding_dim}-d, L2-normalised",
+            f"  source       {info.source}",
+            f"  licence      {info.licence}",
+            "  measured on the shared LFW sample (falsify verify, 3 folds; docs/results.md):",
+        ]
+        for align in sorted(set(info.thresholds) | set(info.accuracy), key=lambda a: a != info.align):
+            acc = info.accuracy.get(align)
+            th = info.thresholds.get(align)
+            lines.append(f"    --align {align:<12} accuracy {'n/a' if acc is None else f'{acc:.2%}'}, "
+                         f"threshold cos >= {'n/a' if th is None else f'{th:.4f}'}"
+                         + ("  (default)" if align == info.align else ""))
+        lines.append(f"  {info.name}{RANDOM_SUFFIX}: the same network with every weight redrawn (seed 0), a control")
+        lines.append("")
+    lines.append("Any other model: a path to an .onnx, a dlib .dat, or a .pt/.pth (--trust-pickle); see --help.")
+    return "\n".join(lines)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.json:
+        import dataclasses
+
+        from .models import MODELS
+
+        print(json.dumps([dataclasses.asdict(i) for i in MODELS.values()], indent=2))
+    else:
+        print(models_table())
+    return 0
+
+
 # --- explain -------------------------------------------------------------------------------------
 
 CAM_METHODS = ("gradcam", "gradcam++", "biometric-gradcam")
@@ -195,7 +244,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     for m in methods:  # bad options fail here, before any map is computed
         get_explainer(m, model, **options.get(m, {}))
-    a, b = (load_image(p, model.input_size) for p in (args.image_a, args.image_b))
+    a, b = (load_image(p, model.input_size, model.aligner) for p in (args.image_a, args.image_b))
     with tqdm(total=len(methods), desc="explaining", unit="method", disable=args.quiet) as bar:
         expl = explain_pair(model, a, b, methods, options, progress=bar)
     print(f"cosine similarity {expl.cosine:.4f}, angle {expl.angle:.4f} rad")
@@ -263,8 +312,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     needs_prior = config.criterion == "beyond-prior" or args.method == "centre"
     if args.method != "centre":
         explainer = _get_explainer(args.method, model, **options)
-    a = load_image(args.image_a, model.input_size)
-    b = load_image(args.image_b, model.input_size)
+    a = load_image(args.image_a, model.input_size, model.aligner)
+    b = load_image(args.image_b, model.input_size, model.aligner)
     calibration = prior_map = None
     pool = None
     if config.tau_high is None or needs_prior:
@@ -346,7 +395,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "experiment": args.experiment, "data": args.data, "pairs": args.pairs, "model": args.model,
         "input_size": list(args.input_size) if args.input_size else None,
         "mean": _one_or_three(args.mean), "std": _one_or_three(args.std), "trust_pickle": args.trust_pickle,
-        "methods": _methods(args.methods) if args.methods else None, "n_pairs": args.n_pairs,
+        "align": args.align, "methods": _methods(args.methods) if args.methods else None, "n_pairs": args.n_pairs,
         "K": args.K, "seed": args.seed, "out": args.out, "fill": args.fill,
         "granularity": args.granularity, "q": args.q, "tau_high": args.tau_high,
         "tau_low": args.tau_low, "epsilon": args.epsilon, "batch_pairs": args.batch_pairs,
@@ -567,6 +616,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="output folder of 'falsify run' (holds summary.json)")
     p.add_argument("--no-figures", action="store_true", help="keep the figures as they are; only rewrite tables and HTML")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "models",
+        help="list the built-in face models (input, alignment, threshold, source, licence, accuracy)",
+        description="Lists every built-in model with its input size, the alignment --align auto picks, "
+        "its embedding size, source file and licence, and the verification accuracy and threshold "
+        "measured on the shared LFW sample for each alignment.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser(
         "run",

@@ -37,7 +37,7 @@ def embed_paths(
     bar = tqdm(total=len(paths), desc="embedding", unit="img", disable=not progress, leave=False)
     with torch.inference_mode():
         for chunk in iter_chunks(paths, batch_size):
-            batch, bad = load_images(chunk, model.input_size, errors="skip")
+            batch, bad = load_images(chunk, model.input_size, errors="skip", align=getattr(model, "aligner", None))
             failed.update(bad)
             good = [p for p in chunk if p not in failed]
             if good:
@@ -93,6 +93,10 @@ class VerificationResult:
     threshold_angle: float  # the same threshold as a geodesic angle (radians)
     n_skipped: int
     skipped_examples: list[str] = field(default_factory=list)
+    #: the alignment template (None: a plain resize) and, with one, the photos in which no face
+    #: was found (they were resized instead): {"aligned", "no_face_found", "no_face_examples", ...}
+    align: str | None = None
+    alignment: dict | None = None
 
     def to_dict(self) -> dict:
         """As JSON-safe values: an undefined number (e.g. ROC AUC of one-class pairs) is None."""
@@ -106,6 +110,10 @@ class VerificationResult:
                        "(the accuracy is optimistic); use a pairs file with folds (LFW: 10) for the protocol")
         if not math.isfinite(self.roc_auc):
             out.append(f"ROC AUC is undefined: the pairs are all {'genuine' if self.n_genuine else 'impostor'}")
+        if self.alignment and self.alignment.get("no_face_found"):
+            a = self.alignment
+            out.append(f"no face was found in {a['no_face_found']} of {a['no_face_found'] + a['aligned']} images; "
+                       f"they were resized without alignment (e.g. {a['no_face_examples'][0]})")
         return out
 
     def format(self) -> str:
@@ -122,6 +130,12 @@ class VerificationResult:
             f"threshold    cos >= {self.threshold:.4f} (angle <= {self.threshold_angle:.4f} rad), "
             "best on all pairs",
         ]
+        if self.align is None:
+            lines.append("alignment    none (plain resize)")
+        else:
+            a = self.alignment or {}
+            lines.append(f"alignment    {self.align}: {a.get('aligned', 0)} images aligned, "
+                         f"{a.get('no_face_found', 0)} without a face found (resized)")
         if self.skipped_examples:
             lines.append("skipped e.g. " + "; ".join(self.skipped_examples))
         return "\n".join(lines)
@@ -147,7 +161,16 @@ def verify(
     """The LFW protocol: for each fold, the threshold is chosen on the other folds."""
     from sklearn.metrics import roc_auc_score
 
+    aligner = getattr(model, "aligner", None)
+    before = set(aligner.stats.not_found) if aligner is not None else set()
     pairs, sims, _ = pair_similarities(model, pairs, batch_size, progress)
+    alignment = None
+    if aligner is not None:
+        used = {str(p) for p in pairs.image_paths()}
+        found = {n for n in aligner.stats.aligned if n in used}
+        missed = {n for n in aligner.stats.not_found | before if n in used}
+        alignment = {"aligned": len(found), "no_face_found": len(missed), "no_face_examples": sorted(missed)[:10],
+                     "detector_runs": aligner.stats.detections}
     labels = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     fold_ids = sorted(set(folds.tolist()))
@@ -179,4 +202,6 @@ def verify(
         threshold_angle=float(np.arccos(np.clip(th_all, -1.0, 1.0))),
         n_skipped=len(pairs.skipped),
         skipped_examples=[f"{s.where}: {s.reason}" for s in pairs.skipped[:3]],
+        align=getattr(model, "align", None),
+        alignment=alignment,
     )

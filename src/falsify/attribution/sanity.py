@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from scipy.stats import spearmanr
 
+from ..models.base import randomise_
 from . import get_explainer
 
 
@@ -43,26 +44,6 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0  # a constant map carries no ranking to agree with
     return float(spearmanr(a, b).statistic)
-
-
-def randomise_(module: nn.Module, gen: torch.Generator) -> None:
-    """Redraw every parameter of ``module`` in place: its own mean + its own std x N(0, 1)
-    (std 1 for scalars and constant tensors), as the cascading sanity check does per stage."""
-    with torch.no_grad():
-        for p in module.parameters():
-            std = float(p.std()) if p.numel() > 1 else 0.0
-            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
-            p.copy_(float(p.mean()) + (std if std > 0 else 1.0) * noise)
-
-
-def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A deep copy of ``model`` with all weights redrawn (seeded): a network that knows no faces,
-    for control maps (``METHOD@random-model``: computed on it, tested on the real model)."""
-    work = copy.deepcopy(model).eval()
-    randomise_(work, torch.Generator().manual_seed(seed))
-    if hasattr(work, "name"):
-        work.name = f"{model.name}:random"
-    return work
 
 
 def cascading_randomisation(

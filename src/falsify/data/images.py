@@ -1,10 +1,12 @@
 """Image loading: any JPEG/PNG (gray, RGB, RGBA, palette, 16-bit) to the model's input tensor."""
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -29,15 +31,29 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+#: ``align(rgb, key, name) -> (H, W, 3) uint8``: a model's face aligner (``model.aligner``,
+#: see falsify.models.alignment); ``key`` is the sha256 of the file's bytes, ``name`` its path.
+Aligner = Callable[[np.ndarray, str, str], np.ndarray]
+
+
+def load_image(path: str | Path, size: tuple[int, int] | None = None, align: Aligner | None = None) -> torch.Tensor:
     """Read one image as a float32 tensor (3, H, W), RGB in [0, 1].
 
     ``size=(H, W)`` resizes with Pillow's bilinear filter (the pipeline dlib's reference
-    descriptors were made with); ``None`` keeps the image's own size.
+    descriptors were made with); ``None`` keeps the image's own size. ``align`` (a model's
+    ``aligner``) maps the face onto the model's template instead, at ``size``; the model's own
+    loader passes it, so ``load_image(path, model.input_size, model.aligner)`` is what the model
+    expects either way.
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageLoadError(f"image not found: {path}") from None
+    except OSError as exc:
+        raise ImageLoadError(f"cannot read image {path}: {exc}") from None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             rgb = _to_rgb(img)
     except FileNotFoundError:
@@ -49,6 +65,12 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.T
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"cannot read image {path}: {exc}") from None
+    if align is not None:
+        out = align(np.asarray(rgb), hashlib.sha256(data).hexdigest(), str(path))
+        if size is not None and tuple(out.shape[:2]) != tuple(size):
+            raise ValueError(f"the aligner makes {out.shape[0]}x{out.shape[1]} crops, not {size[0]}x{size[1]}")
+        arr = np.asarray(out, dtype=np.float32) / 255.0
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
     if size is not None:
         h, w = size
         if rgb.size != (w, h):
@@ -62,12 +84,13 @@ def load_images(
     size: tuple[int, int],
     workers: int | None = None,
     errors: str = "raise",
+    align: Aligner | None = None,
 ) -> tuple[torch.Tensor, list[tuple[Path, str]]]:
     """Load many images (threads; Pillow decodes without the GIL) into one (N, 3, H, W) batch.
 
     ``errors="raise"`` raises the first ``ImageLoadError``; ``errors="skip"`` leaves the bad
     images out and returns them as ``[(path, reason), ...]`` beside the batch of the good ones,
-    in input order.
+    in input order. ``align``: as in :func:`load_image`.
     """
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
@@ -75,7 +98,7 @@ def load_images(
 
     def one(p: Path):
         try:
-            return load_image(p, size), None
+            return load_image(p, size, align), None
         except ImageLoadError as exc:
             if errors == "raise":
                 raise

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..choices import CONTROLS, EXPERIMENTS, METHODS, OTHER_REFERENCE, RANDOM_MODEL
+from ..choices import ALIGN_CHOICES, CONTROLS, EXPERIMENTS, METHODS, OTHER_REFERENCE, RANDOM_MODEL
 from ..data import load_images, load_pairs
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
@@ -43,7 +43,7 @@ _TYPES = {
     "tau_high": _NUM, "tau_low": _NUM, "epsilon": _NUM, "calibration_pairs": _INT,
     "batch_pairs": _INT, "batch_size": _INT, "grid_pairs": _INT, "device": _STR, "trust_pickle": _BOOL,
     "criterion": _STR, "prior_images": _INT, "preset": _STR, "prior_grid": _INT, "sanity": _BOOL,
-    "other_reference": _BOOL, "target": _STR, "deletion": _BOOL,
+    "other_reference": _BOOL, "target": _STR, "deletion": _BOOL, "align": _STR,
 }
 
 
@@ -98,6 +98,7 @@ class RunConfig:
     mean: float | list[float] | None = None
     std: float | list[float] | None = None
     trust_pickle: bool = False  # allow a .pt model to be unpickled (runs the file's code)
+    align: str = "auto"  # face alignment: auto (the model's own), none, or a template; stored resolved
     methods: list[str] = field(default_factory=list)  # empty: every method
     n_pairs: int = 200
     K: int = 16
@@ -130,8 +131,10 @@ class RunConfig:
     RESULT_KEYS = (
         "data", "pairs", "model", "input_size", "mean", "std", "n_pairs", "K", "seed", "fill",
         "granularity", "grid", "q", "tau_high", "tau_low", "epsilon", "calibration_pairs", "method_options",
-        "criterion", "delta", "prior_images", "prior_grid", "target", "deletion",
+        "criterion", "delta", "prior_images", "prior_grid", "target", "deletion", "align",
     )
+    #: the value a setting had before it existed, for stores made by an older falsify
+    LEGACY = {"align": "none"}
     #: settings of the last invocation that a resumed run keeps unless they are given again
     KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference")
 
@@ -142,6 +145,8 @@ class RunConfig:
                 raise ValueError(problem)
         if self.experiment not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {self.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
+        if self.align not in ALIGN_CHOICES:
+            raise ValueError(f"align must be one of {', '.join(ALIGN_CHOICES)}, got {self.align!r}")
         from ..falsification.core import apply_preset
 
         for key, value in apply_preset(self.preset, self.fill, self.q, self.criterion, self.delta).items():
@@ -237,7 +242,7 @@ class RunConfig:
         if values.get("out"):
             stored = inspect_store(Path(values["out"]) / "results.sqlite")
             if stored and stored["meta"].get("settings"):
-                base = {k: v for k, v in stored["meta"]["settings"].items() if k in cls.RESULT_KEYS}
+                base = {**cls.LEGACY, **{k: v for k, v in stored["meta"]["settings"].items() if k in cls.RESULT_KEYS}}
                 if stored["runs"]:
                     base.update({k: stored["runs"][-1][k] for k in cls.KEPT_KEYS if k in stored["runs"][-1]})
                 values = {**base, **values}
@@ -262,7 +267,10 @@ class RunConfig:
 
     def result_settings(self) -> dict:
         """The settings that decide results, with data paths resolved (``DIR`` and ``DIR/`` are one)."""
+        from ..models import resolve_align
+
         out = {k: getattr(self, k) for k in self.RESULT_KEYS}
+        out["align"] = resolve_align(self.model, self.align) or "none"  # what auto meant for this model
         for key in ("data", "pairs"):
             if out[key] is not None:
                 out[key] = str(Path(out[key]).expanduser().resolve())
@@ -290,6 +298,7 @@ def data_changes(have: dict | None, want: dict) -> tuple[bool, list[str]]:
 
 def _changed_settings(have: dict, want: dict) -> list[str]:
     """The settings other than the data on which ``have`` and ``want`` differ."""
+    have = {**RunConfig.LEGACY, **have}
     keys = (set(have) | set(want)) - {"data", "pairs", FINGERPRINT}
     return sorted(k for k in keys if have.get(k) != want.get(k))
 
@@ -506,7 +515,7 @@ class Runner:
 
         c = self.config
         return load_model(c.model, input_size=tuple(c.input_size) if c.input_size else None, mean=c.mean,
-                          std=c.std, device=c.device, trust_pickle=c.trust_pickle)
+                          std=c.std, device=c.device, trust_pickle=c.trust_pickle, align=c.align)
 
     # -- the loop ---------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -538,7 +547,7 @@ class Runner:
             explainers["centre"] = get_explainer("centre", model, prior=self.prior_map, **c.method_options.get("centre", {}))
         self.random_model = None
         if c.sanity or c.experiment == "validity":
-            from ..attribution.sanity import randomised_copy
+            from ..models.base import randomised_copy
 
             self.random_model = randomised_copy(model, seed=c.seed)
         rows = {}
@@ -625,12 +634,25 @@ class Runner:
                                f"{len(methods)} methods; please report this")
         summary = summarise(store, c, pairs, model.name, self.threshold, elapsed_s=time.perf_counter() - t0,
                             started=started)
+        summary["alignment"] = self._alignment(pairs)
         n_err = summary["n_errors"]
         if n_err:
             self.log(f"{n_err} error row{'s' * (n_err != 1)} (see the summary); after fixing the cause, rerun "
                      "with --retry-errors to compute them again")
         return summary
 
+
+    def _alignment(self, pairs: PairSet) -> dict:
+        """The alignment of the run's images: the template, and the photos in which no face was
+        found (resized instead), from the landmark cache (detected only if never seen)."""
+        aligner = self.model.aligner
+        if aligner is None:
+            return {"template": None}
+        survey = aligner.survey(sorted({q for p in pairs for q in (p.a, p.b)}))
+        if survey["no_face_found"]:
+            self.log(f"alignment: no face found in {survey['no_face_found']} of {survey['images']} images; they "
+                     f"were resized instead (e.g. {survey['no_face_examples'][0]})")
+        return {"template": aligner.template, **survey}
 
     def _grid_pairs(self, pairs: PairSet) -> list[Pair]:
         """The pairs of the saliency-grid figure: the first genuine and impostor pairs, half each."""
@@ -661,7 +683,7 @@ class Runner:
             if len(maps) != len(self.config.methods):
                 continue
             try:
-                a, b = (load_image(q, model.input_size) for q in (p.a, p.b))
+                a, b = (load_image(q, model.input_size, model.aligner) for q in (p.a, p.b))
             except ValueError:
                 continue
             with torch.inference_mode():
@@ -691,7 +713,7 @@ class Runner:
         good = [p for p in chunk if not (failed.get(p.a) or failed.get(p.b))]
         if not good:
             return
-        images, _ = load_images([p.a for p in good], model.input_size)
+        images, _ = load_images([p.a for p in good], model.input_size, align=model.aligner)
         refs = torch.stack([emb[p.b] for p in good])
         probes = torch.stack([emb[p.a] for p in good])
         cos = cosine_similarity(probes, refs).tolist()
@@ -706,7 +728,7 @@ class Runner:
                 continue
             if kind == "random-model":
                 if random_refs is None:  # the randomised model's own embedding of each partner face
-                    b_images, _ = load_images([p.b for p in good], model.input_size)
+                    b_images, _ = load_images([p.b for p in good], model.input_size, align=model.aligner)
                     with torch.inference_mode():
                         random_refs = self.random_model(b_images.to(device)).float().cpu()
                 map_refs = random_refs[idx]

@@ -158,10 +158,10 @@ class ValidityStudy(Runner):
                     store.add_rows([self._error_row(k, p, why) for k in keys if (k, p.id) not in done])
                 good = [p for p in chunk if p not in bad]
                 if good:
-                    images, _ = load_images([p.a for p in good], model.input_size)
+                    images, _ = load_images([p.a for p in good], model.input_size, align=model.aligner)
                     refs = torch.stack([emb[p.b] for p in good])
                     cos = cosine_similarity(torch.stack([emb[p.a] for p in good]), refs).tolist()
-                    b_images, _ = load_images([p.b for p in good], model.input_size)
+                    b_images, _ = load_images([p.b for p in good], model.input_size, align=model.aligner)
                     with torch.inference_mode():
                         random_refs = self.random_model(b_images.to(self.device)).float().cpu()
                     t = time.perf_counter()

@@ -256,7 +256,7 @@ def study(
         print(*a, file=out, flush=True)
 
     sub = pairs.sample(n_images, seed=seed + 1)
-    xa, _ = load_images([p.a for p in sub], model.input_size)
+    xa, _ = load_images([p.a for p in sub], model.input_size, align=getattr(model, "aligner", None))
     n = xa.shape[0]
     h, w = model.input_size
     t0 = time.time()

@@ -77,8 +77,9 @@ def prior_image_batch(model, pool, exclude: set, n: int, batch_size: int = 64) -
         partner.setdefault(p.a, p.b)
         partner.setdefault(p.b, p.a)
     paths = prior_images(list(partner), exclude, n)
-    images, bad = load_images(paths, model.input_size, errors="skip")
-    others, bad_partners = load_images([partner[q] for q in paths], model.input_size, errors="skip")
+    images, bad = load_images(paths, model.input_size, errors="skip", align=getattr(model, "aligner", None))
+    others, bad_partners = load_images([partner[q] for q in paths], model.input_size, errors="skip",
+                                       align=getattr(model, "aligner", None))
     # load_images returns the readable ones in input order: keep the rows whose image and partner both are
     bad_a, bad_b = {q for q, _ in bad}, {q for q, _ in bad_partners}
     rows_a = [i for i, q in enumerate(paths) if q not in bad_a]

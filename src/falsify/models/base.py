@@ -7,6 +7,7 @@ methods can hook its layers by name.
 """
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -73,6 +74,10 @@ class FaceEmbedder(nn.Module):
         self.name = name
         self.threshold = threshold
         self.cam_layer = cam_layer
+        #: the alignment template (None: a plain resize) and its aligner, set by load_model;
+        #: the image loaders take ``aligner`` (falsify.data.load_images(..., align=model.aligner))
+        self.align: str | None = None
+        self.aligner = None
         self.register_buffer("mean", torch.tensor(_triple(mean, "mean")).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std_t).view(1, 3, 1, 1), persistent=False)
         self.eval()
@@ -154,3 +159,23 @@ def wrap_model(
         channel_order=channel_order,
         name=name or type(module).__name__,
     )
+
+
+def randomise_(module: nn.Module, gen: torch.Generator) -> None:
+    """Redraw every parameter of ``module`` in place: its own mean + its own std x N(0, 1)
+    (std 1 for scalars and constant tensors), as the cascading sanity check does per stage."""
+    with torch.no_grad():
+        for p in module.parameters():
+            std = float(p.std()) if p.numel() > 1 else 0.0
+            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
+            p.copy_(float(p.mean()) + (std if std > 0 else 1.0) * noise)
+
+
+def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` with all weights redrawn (seeded): a network that knows no faces,
+    for control maps (``METHOD@random-model``: computed on it, tested on the real model)."""
+    work = copy.deepcopy(model).eval()
+    randomise_(work, torch.Generator().manual_seed(seed))
+    if hasattr(work, "name"):
+        work.name = f"{model.name}:random"
+    return work

@@ -58,13 +58,10 @@ dlib's ``fc`` computes ``x @ W`` with ``W`` of shape ``(inputs, outputs)``, the 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.resources
 import math
 import os
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -75,6 +72,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import FaceEmbedder
+from .weights import cached_weights
 
 DLIB_INPUT_SIZE = (150, 150)
 #: dlib's per-channel (R, G, B) means, in [0, 1] units (dlib subtracts 122.782, 117.001, 104.298).
@@ -643,81 +641,6 @@ def default_dat_path() -> Path:
     return path
 
 
-def _cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("FALSIFY_CACHE"):
-        return Path(os.environ["FALSIFY_CACHE"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "falsify"
-    return Path.home() / ".cache" / "falsify"
-
-
-def _content_hash(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for key in sorted(tensors):
-        digest.update(f"{key}{tuple(tensors[key].shape)}{tensors[key].dtype}".encode())
-        digest.update(tensors[key].contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _read_cache(path: Path, source_sha256: str) -> dict[str, torch.Tensor]:
-    """The cached tensors, or ``ValueError`` saying why the file cannot be used."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (OSError, SafetensorError) as exc:
-        raise ValueError(f"unreadable ({exc})") from None
-    written_for = (metadata.get("format"), metadata.get("source_sha256"))
-    if written_for != (str(_CACHE_FORMAT), source_sha256):
-        raise ValueError("written for another .dat file or cache format")
-    if metadata.get("content_sha256") != _content_hash(tensors):
-        raise ValueError("its tensors do not match their checksum")
-    return tensors
-
-
-def _write_cache(path: Path, tensors: dict[str, torch.Tensor], source_sha256: str) -> None:
-    """Write the cache atomically (temporary file + ``os.replace``)."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "format": str(_CACHE_FORMAT),
-        "source_sha256": source_sha256,
-        "content_sha256": _content_hash(tensors),
-    }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _load_weights(path: Path, cache_dir: str | os.PathLike[str] | None) -> dict[str, torch.Tensor]:
-    """The converted weights: from the cache when it is valid, else converted (and cached)."""
-    source_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-    cache = _cache_dir(cache_dir) / f"dlib_resnet-{source_sha256[:16]}-v{_CACHE_FORMAT}.safetensors"
-    if cache.exists():
-        try:
-            return _read_cache(cache, source_sha256)
-        except ValueError as exc:
-            warnings.warn(
-                f"ignoring the dlib-resnet weight cache {cache}: {exc}; rebuilding it", stacklevel=3
-            )
-    tensors = read_dlib_dat(path)
-    try:
-        _write_cache(cache, tensors, source_sha256)
-    except OSError as exc:
-        warnings.warn(f"could not write the dlib-resnet weight cache {cache}: {exc}", stacklevel=3)
-    return tensors
-
-
 def load_dlib_resnet(
     path: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -730,7 +653,7 @@ def load_dlib_resnet(
     """
     path = default_dat_path() if path is None else Path(path)
     backbone = DlibResNet()
-    backbone.load_state_dict(_load_weights(path, cache_dir))
+    backbone.load_state_dict(cached_weights("dlib_resnet", path, read_dlib_dat, _CACHE_FORMAT, cache_dir))
     return FaceEmbedder(
         backbone, input_size=DLIB_INPUT_SIZE, mean=DLIB_MEAN, std=DLIB_STD, name="dlib-resnet"
     )

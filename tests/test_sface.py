@@ -1,0 +1,177 @@
+"""SFace: the PyTorch port against onnxruntime on the shipped graph, the model registry,
+randomised control models and `falsify models`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from falsify.cli import main
+from falsify.models import MODELS, load_model, resolve_align
+from falsify.models.sface import SFACE_SHA256, default_onnx_path, dequantize_blockwise, read_sface_onnx
+from falsify.models.weights import file_sha256
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def sface():
+    return load_model("sface", device="cpu")
+
+
+def _ort_session():
+    """onnxruntime on the file as shipped, its DequantizeLinear nodes included. The graph lists
+    its weights (and some unused ones) as graph inputs; onnxruntime refuses unfed inputs, so the
+    inputs are cut to the image ("data"): nothing else of the graph is changed."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    model = onnx.load(str(default_onnx_path()))
+    keep = [i for i in model.graph.input if i.name == "data"]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def test_shipped_file_is_the_documented_one():
+    assert file_sha256(default_onnx_path()) == SFACE_SHA256
+
+
+@pytest.mark.slow
+def test_port_equals_onnxruntime_on_real_aligned_faces(sface, lfw_sample):
+    from falsify.data import load_images
+
+    paths = sorted(lfw_sample.glob("*/*.jpg"))[:12]
+    x, bad = load_images(paths, sface.input_size, align=sface.aligner)
+    assert not bad and x.shape == (12, 3, 112, 112)
+    assert sface.aligner.stats.aligned, "no face was aligned"
+    session = _ort_session()
+    ref = np.concatenate([session.run(None, {"data": (xi[None].numpy() * 255.0).astype(np.float32)})[0] for xi in x])
+    with torch.no_grad():
+        ours = sface.embed_raw(x).numpy()
+    assert np.abs(ours - ref).max() <= 1e-4
+    # and the embeddings leave unit-length, as every falsify model's
+    with torch.no_grad():
+        assert torch.allclose(sface(x).norm(dim=1), torch.ones(12), atol=1e-5)
+
+
+def test_blockwise_dequantisation_known_values():
+    q = np.array([[1, 2, 3, 4, 5]], dtype=np.int8)
+    scale = np.array([[0.5, 2.0, 10.0]], dtype=np.float32)  # blocks of 2 along axis 1: the last block is short
+    zp = np.array([[1, 0, 5]], dtype=np.int8)
+    out = dequantize_blockwise(q, scale, zp, axis=1, block_size=2)
+    np.testing.assert_allclose(out, [[0.0, 0.5, 6.0, 8.0, 0.0]])
+
+
+def test_reader_refuses_another_graph(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["data"], ["out"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 112, 112])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 112, 112])])
+    path = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(ValueError, match="not OpenCV Zoo's SFace graph"):
+        read_sface_onnx(path)
+
+
+def test_sface_contract(sface):
+    assert sface.input_size == (112, 112) and sface.align == "arcface-112" and sface.aligner is not None
+    assert sface.embedding_dim == 128
+    assert sface.threshold == MODELS["sface"].thresholds["arcface-112"]
+    names = dict(sface.named_modules())
+    assert "backbone.conv_14.conv" in names and "backbone.pre_fc1" in names  # hookable, graph names
+
+
+def test_sface_refuses_preprocessing_flags():
+    with pytest.raises(ValueError, match="sface has fixed preprocessing .112x112"):
+        load_model("sface", mean=0.5)
+
+
+def test_alignment_choice_per_model():
+    assert resolve_align("sface") == "arcface-112"
+    assert resolve_align("dlib-resnet") == MODELS["dlib-resnet"].align
+    assert resolve_align("sface:random") == "arcface-112"
+    assert resolve_align("model.onnx") is None  # a model file: no alignment unless asked
+    assert resolve_align("model.onnx", "arcface-112") == "arcface-112"
+    assert resolve_align("sface", "none") is None
+    with pytest.raises(ValueError, match="unknown alignment"):
+        resolve_align("sface", "mtcnn")
+    m = load_model("sface", align="none", device="cpu")
+    assert m.aligner is None and m.threshold == MODELS["sface"].thresholds["none"]
+
+
+def test_random_model_is_seeded_and_knows_no_faces(sface):
+    a = load_model("sface:random", device="cpu")
+    b = load_model("sface:random", device="cpu")
+    assert a.name == "sface:random" and a.threshold is None and a.align == "arcface-112"
+    for (n, p), (_, q), (_, r) in zip(a.named_parameters(), b.named_parameters(), sface.named_parameters()):
+        assert torch.equal(p, q), n  # seeded: the same control every time
+        if p.numel() > 1:
+            assert not torch.equal(p, r), n  # every tensor redrawn
+    x = torch.rand(2, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.allclose(a(x).norm(dim=1), torch.ones(2), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown model 'resnet' in 'resnet:random'"):
+        load_model("resnet:random")
+
+
+def test_models_command(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name, info in MODELS.items():
+        assert name in out and info.licence in out and f"{info.accuracy[info.align]:.2%}" in out
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {m["name"] for m in listed} == set(MODELS)
+
+
+@pytest.mark.slow
+def test_run_6_1_with_sface_end_to_end_and_resume(lfw_sample, tmp_path, capsys):
+    """6.1 on SFace: thresholds calibrated for it, aligned inputs, report written, and a second
+    invocation resumes (nothing to compute)."""
+    out = tmp_path / "run"
+    argv = ["run", "6.1", "--model", "sface", "--data", str(lfw_sample), "--n-pairs", "4", "--methods",
+            "gradcam,saliency", "--preset", "plain", "--out", str(out), "--batch-pairs", "2", "-q"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "sface" and summary["n_rows"] == 8 and summary["n_errors"] == 0
+    assert summary["alignment"]["template"] == "arcface-112" and summary["alignment"]["images"] >= 4
+    cal = summary["calibration"]
+    assert cal and cal["threshold_cos"] < 0.6  # SFace's own scale (dlib's sits near 0.9)
+    settings = summary["config"]
+    assert settings["model"] == "sface"
+    assert (out / "report.html").is_file() and (out / "tables" / "table_6_1.tex").is_file()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "all rows are already in the store" in capsys.readouterr().out
+    # another alignment is another run: refused, nothing changed
+    assert main([*argv, "--align", "none"]) == 2
+    assert "align" in capsys.readouterr().err
+
+
+def test_stores_made_before_alignment_resume_unaligned(lfw_sample, tmp_path):
+    """A store without an ``align`` setting was made with a plain resize: resuming it takes that,
+    and asking for alignment is refused."""
+    from falsify.experiments import ResultsStore, RunConfig, Runner
+
+    out = tmp_path / "old"
+    base = dict(data=str(lfw_sample), methods=["random"], n_pairs=2, out=str(out), tau_high=0.2, tau_low=0.1,
+                epsilon=0.05, grid_pairs=0, preset="plain")
+    Runner(RunConfig(**base, align="none"), progress=False, log=lambda *a: None).run()
+    store = ResultsStore(out / "results.sqlite")
+    settings = store.get_meta("settings")
+    assert settings["align"] == "none"
+    del settings["align"]  # as an older falsify wrote it
+    store.set_meta("settings", settings)
+    store.close()
+    resumed = RunConfig.resolve(out=str(out))
+    assert resumed.align == "none"
+    Runner(resumed, progress=False, log=lambda *a: None).run()
+    with pytest.raises(ValueError, match="align"):
+        Runner(RunConfig(**base, align="dlib-150"), progress=False, log=lambda *a: None).run()
