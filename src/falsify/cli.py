@@ -501,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin; "
-        "validity: does the test falsify maps that cannot be right?)",
+        "6.5: convergence of the optimised fill and sample size; validity: does the test falsify maps that "
+        "cannot be right?)",
         description="Runs every (method, pair) falsification test into OUT/results.sqlite, one row "
         "committed as each is computed: running the same command again resumes, and an interrupted "
         "run loses at most the rows in flight. Then writes OUT/summary.json, OUT/tables/*.tex, "
