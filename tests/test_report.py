@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from falsify.experiments import exp_6_1 as E61
+from falsify.experiments import exp_6_2 as E62
 from falsify.report import figures as F
 from falsify.report import html as H
 from falsify.report import tables as T
@@ -278,7 +280,7 @@ def _check_structure(tex: str, n_rows: int, n_header_rows: int = 1) -> list[str]
 
 
 def test_table_6_1(summary):
-    tex = T.table_6_1_tex(summary)
+    tex = E61.table_6_1_tex(summary)
     body = _check_structure(tex, n_rows=len(COUNTS), n_header_rows=2)
     assert r"\multicolumn{4}{c}{Pairs}" in tex and r"\cmidrule(lr){2-5}" in tex
     assert r"\label{tab:exp-6-1}" in tex
@@ -306,7 +308,7 @@ def test_table_6_1_without_errors_or_comparisons(summary):
     for r in s["methods"]:
         r["n_error"] = 0
     del s["comparisons"]
-    tex = T.table_6_1_tex(s)
+    tex = E61.table_6_1_tex(s)
     body = _check_structure(tex, n_rows=len(COUNTS), n_header_rows=2)
     assert "error" not in tex and r"\multicolumn{3}{c}{Pairs}" in tex
     assert all(ln.split(" & ")[-1].startswith("--") and ln.split(" & ")[-2] == "--" for ln in body)
@@ -322,11 +324,11 @@ def _caption(tex: str) -> str:
 
 def test_table_6_1_controls():
     s = make_control_summary()
-    header, cells = T.table_6_1_cells(s)
+    header, cells = E61.table_6_1_cells(s)
     assert header[-5:] == ["p vs random", "p vs gradcam", "p vs centre", "p vs own random model", "Beats controls"]
     # the methods in the summary's order, then the controls (centre was listed second)
     assert [c[0] for c in cells] == NON_CONTROLS + CONTROLS_IN_ORDER
-    assert [c for _, c in T.table_6_1_rows(s)] == [False] * len(NON_CONTROLS) + [True] * len(CONTROLS_IN_ORDER)
+    assert [c for _, c in E61.table_6_1_rows(s)] == [False] * len(NON_CONTROLS) + [True] * len(CONTROLS_IN_ORDER)
     row = {c[0]: dict(zip(header, c)) for c in cells}
     assert row["gradcam"]["p vs centre"] == "<0.001*" and row["gradcam"]["p vs own random model"] == "0.002*"
     assert row["gradcam"]["Beats controls"] == "yes" and row["biometric-gradcam"]["Beats controls"] == "yes"
@@ -335,10 +337,10 @@ def test_table_6_1_controls():
     assert row["biometric-gradcam"]["p vs own random model"] is None  # its @random-model was not run
     assert row["lime"]["Beats controls"] is None and row["centre"]["p vs centre"] is None
     assert row["edge"]["p vs centre"] == "0.010*" and row["edge"]["Beats controls"] is None
-    assert T.beats_cell({"beats_all": False, "not_beaten": ["centre", "ig@random-model"]}) == \
+    assert E61.beats_cell({"beats_all": False, "not_beaten": ["centre", "ig@random-model"]}) == \
         "no (centre, own random model)"
 
-    tex = T.table_6_1_tex(s)
+    tex = E61.table_6_1_tex(s)
     body = _check_structure(tex, n_rows=len(cells), n_header_rows=2)
     assert [ln.split(" & ")[0] for ln in body] == [T.latex_escape(m) for m in NON_CONTROLS + CONTROLS_IN_ORDER]
     n_cols = len(header)
@@ -359,12 +361,12 @@ def test_table_6_1_controls():
     assert "absolute" not in caption and "other-reference" not in caption
 
     # absolute thresholds, with their values; a delta given rather than calibrated
-    caption = _caption(T.table_6_1_tex(make_control_summary(criterion="absolute")))
+    caption = _caption(E61.table_6_1_tex(make_control_summary(criterion="absolute")))
     assert "Criterion: absolute thresholds" in caption and r"$\tau_{\mathrm{high}} = 0.300$" in caption
     assert r"$\epsilon = 0.100$ rad" in caption and "delta" not in caption
     given = make_control_summary()
     given["prior"]["delta"], given["falsification"]["delta"] = None, 0.05
-    caption = _caption(T.table_6_1_tex(given))
+    caption = _caption(E61.table_6_1_tex(given))
     assert r"$\delta = 0.050$ rad." in caption and "calibrated" not in caption
     assert T.criterion_of(given)["calibration"] is None
 
@@ -373,10 +375,10 @@ def test_table_6_1_of_an_old_summary(summary):
     """A summary from before controls and criteria: no control columns, absolute criterion, random
     (recognised by name) grouped as a control."""
     assert all("control" not in r for r in summary["methods"]) and "controls" not in summary
-    header, cells = T.table_6_1_cells(summary)
+    header, cells = E61.table_6_1_cells(summary)
     assert header[-2:] == ["p vs random", "p vs gradcam"] and "Beats controls" not in header
     assert [c[0] for c in cells] == NON_CONTROLS + ["random"]
-    tex = T.table_6_1_tex(summary)
+    tex = E61.table_6_1_tex(summary)
     caption = _caption(tex)
     assert "Criterion: absolute thresholds" in caption and r"$\tau_{\mathrm{low}} = 0.100$" in caption
     assert "Controls (below the rule) cannot be right about the model on this image: random, a random map." in caption
@@ -387,12 +389,12 @@ def test_table_6_1_of_an_old_summary(summary):
     # a control flag in the summary wins over the name
     flagged = copy.deepcopy(summary)
     flagged["methods"][-1]["control"] = False
-    assert [c for _, c in T.table_6_1_rows(flagged)] == [False] * len(COUNTS)
-    assert r"\textit{Controls}" not in T.table_6_1_tex(flagged)
+    assert [c for _, c in E61.table_6_1_rows(flagged)] == [False] * len(COUNTS)
+    assert r"\textit{Controls}" not in E61.table_6_1_tex(flagged)
 
 
 def test_table_6_2(summary):
-    tex = T.table_6_2_tex(summary)
+    tex = E62.table_6_2_tex(summary)
     body = _check_structure(tex, n_rows=len(COUNTS), n_header_rows=2)
     assert r"\label{tab:exp-6-2}" in tex
     rows = {ln.split(" & ")[0]: ln.split(" & ") for ln in body}
@@ -403,11 +405,11 @@ def test_table_6_2(summary):
     assert rows["lime"][1] == "n/a (n=0)" and rows["lime"][5].startswith("--")
     assert "$-$0.21" in rows["gradcam"][5] and "p=0.20" in rows["gradcam"][5]
     assert "[$-$0.10, +0.02]" in tex  # Q2's margin range under its name, with minus signs
-    header, sub, cells = T.table_6_2_cells(summary)
+    header, sub, cells = E62.table_6_2_cells(summary)
     assert header == ["Method", "Q1", "Q2", "Q3", "Q4", "Spearman rho"]
     assert sub[2] == "[-0.10, +0.02]"
     assert cells[0][1] == ("60.0 (n=10)", f"[{100 * lo:.1f}, {100 * hi:.1f}]") and cells[0][5] == ("-0.21", "p=0.20")
-    assert T.table_6_2_tex(make_summary(with_6_2=False)) is None
+    assert E62.table_6_2_tex(make_summary(with_6_2=False)) is None
 
 
 def test_write_tables(tmp_path, summary):
@@ -422,7 +424,7 @@ def test_tables_compile_with_pdflatex(tmp_path, summary):
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
     T.write_tables(summary, tmp_path)
-    (tmp_path / "tables" / "controls.tex").write_text(T.table_6_1_tex(make_control_summary()))
+    (tmp_path / "tables" / "controls.tex").write_text(E61.table_6_1_tex(make_control_summary()))
     doc = tmp_path / "doc.tex"
     doc.write_text(
         "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
@@ -443,7 +445,7 @@ def test_tables_compile_with_pdflatex(tmp_path, summary):
 
 
 def test_fr_bar_chart(summary):
-    fig = F.fr_bar_chart(summary)
+    fig = E61.fr_bar_chart(summary)
     ax = fig.axes[0]
     bars = [p for p in ax.patches if p.get_height() > 0]
     assert len(bars) == len(COUNTS) - 1  # lime has no testable pair: no bar, an "n/a"
@@ -456,7 +458,7 @@ def test_fr_bar_chart(summary):
     assert labels[0] == "gradcam (n=38)" and labels[5] == "lime (n=0)"  # rotated: one line each
     assert any(t.get_text() == "random\n86.8%" for t in ax.texts)
     few = {**summary, "methods": summary["methods"][:2]}
-    labels = [t.get_text() for t in F.fr_bar_chart(few).axes[0].get_xticklabels()]
+    labels = [t.get_text() for t in E61.fr_bar_chart(few).axes[0].get_xticklabels()]
     assert labels == ["gradcam\nn=38", "gradcam++\nn=38"]
     assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 1
     assert ax.yaxis.get_major_formatter()(0.5, 0) == "50%"
@@ -464,7 +466,7 @@ def test_fr_bar_chart(summary):
 
 def test_fr_bar_chart_controls():
     s = make_control_summary()
-    fig = F.fr_bar_chart(s)
+    fig = E61.fr_bar_chart(s)
     ax = fig.axes[0]
     labels = [t.get_text().split(" (n=")[0] for t in ax.get_xticklabels()]
     assert labels == NON_CONTROLS + CONTROLS_IN_ORDER
@@ -485,20 +487,20 @@ def test_fr_bar_chart_controls():
     assert legend.legend_handles[0].get_hatch() == "///"
     # only methods: no separator, no legend; only controls: a legend, no separator
     only = {**s, "methods": [r for r in s["methods"] if not r["control"]]}
-    fig = F.fr_bar_chart(only)
+    fig = E61.fr_bar_chart(only)
     assert not fig.legends and not [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == ":"]
-    fig = F.fr_bar_chart({**s, "methods": [r for r in s["methods"] if r["control"]]})
+    fig = E61.fr_bar_chart({**s, "methods": [r for r in s["methods"] if r["control"]]})
     assert len(fig.legends) == 1 and not [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == ":"]
     # 6.2: controls drawn dashed
     s62 = make_summary()
     s62["methods"] = [{**r, "control": r["method"] in ("random", "ig")} for r in s62["methods"]]
-    handles, labels = F.fr_vs_margin(s62).axes[0].get_legend_handles_labels()
+    handles, labels = E62.fr_vs_margin(s62).axes[0].get_legend_handles_labels()
     style = {label: h.lines[0].get_linestyle() for h, label in zip(handles, labels) if hasattr(h, "lines")}
     assert style["ig"] == style["random"] == "--" and style["gradcam"] == "-"
 
 
 def test_fr_vs_margin(summary):
-    fig = F.fr_vs_margin(summary)
+    fig = E62.fr_vs_margin(summary)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()][1] == "Q2\n[-0.10, +0.02]"
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -506,7 +508,7 @@ def test_fr_vs_margin(summary):
     (vline,) = [ln for ln in ax.get_lines() if ln.get_linestyle() == ":"]
     assert vline.get_xdata()[0] == pytest.approx(1.5 + 0.1 / 0.12)  # margin 0 inside Q2 = [-0.10, 0.02]
     with pytest.raises(ValueError, match="6_2"):
-        F.fr_vs_margin(make_summary(with_6_2=False))
+        E62.fr_vs_margin(make_summary(with_6_2=False))
 
 
 def test_saliency_grid():
@@ -590,7 +592,7 @@ def test_report_content(report_dir):
     assert "Calibration" not in page  # no calibration key: no section
     # the 6.1 table carries the same cells as the LaTeX one
     t61 = re.search(r'<table id="table-6-1">(.*?)</table>', page, re.S).group(1)
-    _, cells = T.table_6_1_cells(make_summary())
+    _, cells = E61.table_6_1_cells(make_summary())
     assert t61.count("<tr") == 1 + len(cells)
     for row in cells:
         for c in row:
@@ -770,10 +772,10 @@ def test_captions_show_the_effective_k(tmp_path, summary):
     assert T.effective_k({"config": {"fill": "zero"}}) == 1 and T.effective_k({}) is None
     assert "K = 1 (deterministic fill), fill blur" in T.run_description(blur)
     assert "K = 8, fill noise" in T.run_description(noise)
-    for tex in (T.table_6_1_tex(blur), T.table_6_2_tex(blur)):
+    for tex in (E61.table_6_1_tex(blur), E62.table_6_2_tex(blur)):
         assert "K = 1 (deterministic fill)" in tex and "K = 16" not in tex
-    assert "K = 8," in T.table_6_1_tex(noise)
-    for fig in (F.fr_bar_chart(blur), F.fr_vs_margin(blur)):
+    assert "K = 8," in E61.table_6_1_tex(noise)
+    for fig in (E61.fr_bar_chart(blur), E62.fr_vs_margin(blur)):
         title = fig.axes[0].get_title()
         assert "K = 1 (deterministic fill)" in title and "K = 16" not in title
     write_summary(tmp_path, blur)

@@ -48,4 +48,4 @@ PRESET_NAMES: tuple[str, ...] = ("beyond-prior", "plain")
 TARGETS: tuple[str, ...] = ("embedding", "pair")
 
 #: Experiments ``falsify run`` knows.
-EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "validity")
+EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "6.5", "validity")

@@ -406,21 +406,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig.resolve(config_file=args.config, **overrides)
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors)
     summary = runner.run()
-    if config.experiment == "validity":
-        from .experiments.validity import format_validity
+    from .experiments.registry import experiments_in, get
 
-        print(format_validity(summary))
-        print(f"results: {runner.out}/results.sqlite\ntable:   {runner.out}/validity.md")
-        return 0
-    print(_run_table(summary))
-    if any(m.get("deletion") for m in summary["methods"]):
-        print()
-        print(_deletion_table(summary))
-    if "experiment_6_2" in summary:
-        print()
-        print(_margin_table(summary["experiment_6_2"]))
-    print(f"results: {runner.out}/results.sqlite\nreport:  {runner.out}/report.html")
-    if summary["n_rows"] and summary["n_errors"] == summary["n_rows"]:
+    texts = [e.text(summary) for e in experiments_in(summary)]
+    print("\n\n".join(t for t in texts if t))
+    print(get(config.experiment).outputs(runner.out))
+    if summary.get("n_rows") and summary.get("n_errors") == summary["n_rows"]:
         first = summary["errors"][0]["error"] if summary["errors"] else "?"
         print(f"falsify run: every one of the {summary['n_rows']} rows is an error (e.g. {first}); fix the "
               "cause and rerun with --retry-errors", file=sys.stderr)
@@ -428,76 +419,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pct(x) -> str:
-    return "  n/a" if x is None else f"{100 * x:5.1f}"
-
-
-def _run_table(summary: dict) -> str:
-    lines = [f"experiment {summary['experiment']} on {summary['data']['n_pairs']} pairs, model {summary['model']}",
-             f"{'method':18s} {'pass':>5s} {'fals':>5s} {'untest':>6s} {'err':>4s}   FR%  [95% CI]      d_high  d_low  s/pair"]
-    for m in summary["methods"]:
-        dh = "  n/a" if m["mean_d_high"] is None else f"{m['mean_d_high']:.3f}"
-        dl = "  n/a" if m["mean_d_low"] is None else f"{m['mean_d_low']:.3f}"
-        sp = "" if m["seconds_per_pair"] is None else f"{m['seconds_per_pair']:.2f}"
-        lines.append(f"{m['method']:18s} {m['n_passed']:5d} {m['n_falsified']:5d} {m['n_untestable']:6d} "
-                     f"{m['n_error']:4d}  {_pct(m['fr'])} [{_pct(m['ci_low'])},{_pct(m['ci_high'])}]   {dh}  {dl}  {sp}")
-    return "\n".join(lines)
-
-
-def _deletion_table(summary: dict) -> str:
-    """The deletion curves (``--deletion``) as text, one line per method that has them."""
-    lines = ["deletion curves (genuine pairs the model accepts; cells blurred in the map's order)",
-             f"{'method':28s} {'curves':>6s} {'flipped':>8s} {'median hidden at flip':>22s} {'mean area':>10s}"]
-    for m in summary["methods"]:
-        d = m.get("deletion")
-        if d:
-            lines.append(f"{m['method']:28s} {d['n']:6d} {100 * d['flipped']:7.0f}% {d['median_flip_fraction']:22.2f} "
-                         f"{d['mean_area']:+10.4f}")
-    return "\n".join(lines)
-
-
-def _margin_table(analysis: dict) -> str:
-    """Experiment 6.2 as text: FR per margin quartile and Spearman's rho, one line per method."""
-    edges = analysis["quartile_edges"]
-    head = "  ".join(f"Q{q} [{edges[q - 1]:+.3f},{edges[q]:+.3f}]" for q in range(1, 5))
-    lines = [f"experiment 6.2: FR% by quartile of the margin cos - {analysis['threshold_cos']:.4f} (pairs per quartile)",
-             f"{'method':18s} {head}   rho     p"]
-    rho = {c["method"]: c for c in analysis["correlation"]}
-    methods = list(dict.fromkeys(s["method"] for s in analysis["strata"]))
-    for m in methods:
-        cells = []
-        for q in range(1, 5):
-            s = next(s for s in analysis["strata"] if s["method"] == m and s["quartile"] == q)
-            cells.append(f"{_pct(s['fr'])} (n={s['n_pairs']:>3d})".ljust(len(f"Q{q} [+0.000,+0.000]")))
-        c = rho.get(m, {})
-        r = "  n/a" if c.get("spearman_rho") is None else f"{c['spearman_rho']:+.3f}"
-        p = "  n/a" if c.get("p") is None else f"{c['p']:.3g}"
-        lines.append(f"{m:18s} {'  '.join(cells)}  {r}  {p}")
-    return "\n".join(lines)
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report.figures import write_figures
-    from .report.html import load_summary, write_report
-    from .report.tables import write_tables
+    from .experiments.base import load_raw_summary
+    from .experiments.registry import of_summary
 
-    out = Path(args.out)
     try:
-        raw = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        raw = load_raw_summary(args.out)
     except (OSError, ValueError):
-        raw = None  # load_summary below says what is wrong, naming the file
-    if isinstance(raw, dict) and raw.get("experiment") == "validity":
-        from .experiments.validity import format_validity
-
-        path = out / "validity.md"
-        path.write_text(format_validity(raw) + "\n", encoding="utf-8")
-        print(path)
-        return 0
-    summary = load_summary(out)  # a missing, corrupt or foreign summary fails before anything is written
-    write_tables(summary, out)
-    if not args.no_figures:
-        write_figures(summary, out)
-    print(write_report(out))
+        raw = {}  # the experiment's rewrite says what is wrong, naming the file, before writing anything
+    print(of_summary(raw).rewrite(Path(args.out), figures=not args.no_figures))
     return 0
 
 
@@ -630,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin; "
-        "validity: does the test falsify maps that cannot be right?)",
+        "6.5: convergence of the optimised fill and sample size; validity: does the test falsify maps that "
+        "cannot be right?)",
         description="Runs every (method, pair) falsification test into OUT/results.sqlite, one row "
         "committed as each is computed: running the same command again resumes, and an interrupted "
         "run loses at most the rows in flight. Then writes OUT/summary.json, OUT/tables/*.tex, "

@@ -1,5 +1,7 @@
-"""Experiments 6.1 and 6.2 and the validity study: runners, results store and analyses."""
-from .analysis import comparisons, margin_analysis, method_summary, summarise, write_outputs
+"""The experiments (one module each: ``exp_6_1``, ``exp_6_2``, ``validity``, ...; the registry in
+``registry``), their runner, results store and analyses."""
+from .analysis import comparisons, method_summary, summarise, write_outputs
+from .exp_6_2 import margin_analysis
 from .runner import EXPERIMENTS, RunConfig, Runner, runner_for
 from .store import ResultsStore
 

@@ -1,4 +1,5 @@
-"""Summaries of experiments 6.1 and 6.2 from the results store, and writing the outputs.
+"""The summary of experiment 6.1 from the results store (every experiment that reads 6.1's rows
+starts from it), and writing the outputs of a run.
 
 Every statistic counts **pairs**: one verdict per (method, pair), whatever K was. (The
 research code counted each of the K counterfactuals as a sample, inflating n by K and
@@ -146,54 +147,6 @@ def control_verdicts(summary_methods: list[dict], comps: list[dict]) -> list[dic
     return out
 
 
-def margin_analysis(rows_by_method: dict[str, list[dict]], threshold: float) -> dict:
-    """Experiment 6.2: FR by quartile of the verification margin (cos - threshold), and the
-    Spearman correlation of margin with the per-pair verdict (falsified = 1, passed = 0)."""
-    from scipy.stats import spearmanr
-
-    margin_of = {}
-    for rows in rows_by_method.values():
-        for r in rows:
-            if r["cosine"] is not None:
-                margin_of[r["pair"]] = r["cosine"] - threshold
-    if len(margin_of) < 4:
-        raise ValueError(f"experiment 6.2 needs at least 4 pairs with a similarity, got {len(margin_of)}")
-    values = np.array(sorted(margin_of.values()))
-    edges = np.quantile(values, [0, 0.25, 0.5, 0.75, 1.0])
-
-    def quartile(m: float) -> int:
-        return int(min(3, np.searchsorted(edges[1:-1], m, side="right"))) + 1
-
-    strata, corr = [], []
-    for method, rows in rows_by_method.items():
-        tested = [r for r in rows if r["verdict"] != "error" and r["pair"] in margin_of]
-        for q in range(1, 5):
-            inq = [r["verdict"] for r in tested if quartile(margin_of[r["pair"]]) == q]
-            rate = stats.falsification_rate(inq) if inq else None
-            strata.append({
-                "method": method, "quartile": q, "margin_low": _f(edges[q - 1]), "margin_high": _f(edges[q]),
-                "n_pairs": len(inq), "n_passed": rate.n_passed if rate else 0,
-                "n_falsified": rate.n_falsified if rate else 0, "n_untestable": rate.n_untestable if rate else 0,
-                "fr": _f(rate.rate) if rate else None, "ci_low": _f(rate.ci_low) if rate else None,
-                "ci_high": _f(rate.ci_high) if rate else None,
-            })
-        testable = [r for r in tested if r["verdict"] in ("passed", "falsified")]
-        x = [margin_of[r["pair"]] for r in testable]
-        y = [1.0 if r["verdict"] == "falsified" else 0.0 for r in testable]
-        rho = p = None
-        if len(testable) >= 3 and np.ptp(y) > 0 and np.ptp(x) > 0:
-            res = spearmanr(x, y)
-            rho, p = _f(res.statistic), _f(res.pvalue)
-        corr.append({"method": method, "n": len(testable), "spearman_rho": rho, "p": p})
-    return {
-        "threshold_cos": _f(threshold),
-        "quartile_edges": [_f(e) for e in edges],
-        "strata": strata,
-        "correlation": corr,
-        "unit": "pair",
-    }
-
-
 def summarise(store: ResultsStore, config, pairs: PairSet, model_name: str, threshold: float | None,
               elapsed_s: float | None = None, started: str | None = None) -> dict:
     """The summary dict of a run (the schema of OUT/summary.json)."""
@@ -227,12 +180,15 @@ def summarise(store: ResultsStore, config, pairs: PairSet, model_name: str, thre
         "prior": store.get_meta("prior"),
     }
     summary["controls"] = control_verdicts(summary["methods"], summary["comparisons"])
-    if config.experiment == "6.2":
-        if threshold is None:
-            raise ValueError("experiment 6.2 needs the model's decision threshold: run with calibration "
-                             "(leave tau_high/tau_low/epsilon unset) or use a model with a threshold")
-        summary["experiment_6_2"] = margin_analysis(by_method, threshold)
     return summary
+
+
+def __getattr__(name: str):
+    if name == "margin_analysis":  # moved to the module of experiment 6.2
+        from .exp_6_2 import margin_analysis
+
+        return margin_analysis
+    raise AttributeError(name)
 
 
 def write_outputs(out: Path, summary: dict, explanations=None) -> list[Path]:

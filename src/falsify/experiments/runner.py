@@ -1,9 +1,10 @@
-"""``falsify run``: experiments 6.1 and 6.2, resumable, one SQLite row per (method, pair).
+"""``falsify run``: the settings of a run and the resumable runner of 6.1's rows, one SQLite row
+per (method, pair).
 
 Experiment 6.1 explains the probe image A of each pair against its reference f(B) with every
-method and runs the falsification test on the map. Experiment 6.2 analyses the same tests by
-the pair's verification margin, so ``falsify run 6.2`` computes whatever 6.1 rows are missing
-and then adds its analysis; both read one store.
+method and runs the falsification test on the map. Experiments that analyse the same tests
+(6.2: by the pair's verification margin) subclass ``Runner`` in their own module, so ``falsify
+run 6.2`` computes whatever 6.1 rows are missing and then adds its analysis; all read one store.
 """
 from __future__ import annotations
 
@@ -397,12 +398,10 @@ class RunLock:
 
 
 def runner_for(config: RunConfig, **kw) -> "Runner":
-    """The runner of ``config.experiment``: 6.1 and 6.2 share ``Runner``; the validity study has its own."""
-    if config.experiment == "validity":
-        from .validity import ValidityStudy
+    """The runner of ``config.experiment``, from its module (``falsify.experiments.registry``)."""
+    from .registry import get
 
-        return ValidityStudy(config, **kw)
-    return Runner(config, **kw)
+    return get(config.experiment).runner(config, **kw)
 
 
 class Runner:
@@ -632,9 +631,12 @@ class Runner:
         if len(stored_keys) != len(pairs) * len(methods):
             raise RuntimeError(f"{self.out}: {len(stored_keys)} rows stored for {len(pairs)} pairs x "
                                f"{len(methods)} methods; please report this")
-        summary = summarise(store, c, pairs, model.name, self.threshold, elapsed_s=time.perf_counter() - t0,
-                            started=started)
+        summary = summarise(store, c, pairs, model.name, self.threshold, elapsed_s=None, started=started)
         summary["alignment"] = self._alignment(pairs)
+        from .registry import get
+
+        get(c.experiment).extend(self, store, summary)  # 6.2, 6.5, ...: their analysis (and rows) on 6.1's
+        summary["elapsed_s"] = time.perf_counter() - t0
         n_err = summary["n_errors"]
         if n_err:
             self.log(f"{n_err} error row{'s' * (n_err != 1)} (see the summary); after fixing the cause, rerun "

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data import load_images
 from ..falsification import stats
+from .base import Experiment, load_raw_summary
 from .runner import Runner, _now
 from .store import ResultsStore
 
@@ -352,3 +354,34 @@ def format_validity(summary: dict) -> str:
             lines.append(f"| {m} | {d['n']} | {100 * d['flipped']:.0f}% | {d['median_flip_fraction']:.2f} | "
                          f"{d['mean_area']:+.4f} |")
     return "\n".join(lines)
+
+
+class ValidityExperiment(Experiment):
+    """``falsify run validity``: its runner is :class:`ValidityStudy`; its output is
+    ``OUT/validity.md`` (:func:`format_validity`), which ``falsify report`` rewrites."""
+
+    name = "validity"
+    title = "The validity study"
+    anchor = "validity"
+    nav = "Validity"
+    key = "configurations"
+
+    def runner(self, config, **kw):
+        return ValidityStudy(config, **kw)
+
+    def present(self, summary) -> bool:
+        return summary.get("experiment") == "validity" and isinstance(summary.get("configurations"), list)
+
+    def text(self, summary) -> str:
+        return format_validity(summary)
+
+    def rewrite(self, out, figures: bool = True):
+        path = Path(out) / "validity.md"
+        path.write_text(format_validity(load_raw_summary(out)) + "\n", encoding="utf-8")
+        return path
+
+    def outputs(self, out) -> str:
+        return f"results: {out}/results.sqlite\ntable:   {out}/validity.md"
+
+
+EXPERIMENT = ValidityExperiment()

@@ -107,6 +107,9 @@ class OptimisationInfo:
     converged: torch.Tensor  # (N,) bool: stopped early because the loss stopped improving
     iterations: torch.Tensor  # (N,) long: gradient steps taken
     final_loss: torch.Tensor  # (N,) float
+    #: (N, steps) float: the loss evaluated before each step (NaN once the sample stopped); with
+    #: ``history=True`` only
+    losses: torch.Tensor | None = None
 
 
 def optimise_counterfactuals(
@@ -123,6 +126,7 @@ def optimise_counterfactuals(
     grad_clip: float = 1.0,
     tol: float = 1e-3,
     patience: int = 5,
+    history: bool = False,
 ) -> tuple[torch.Tensor, OptimisationInfo]:
     """Algorithm 1: gradient steps on the pixels of S only, batched over samples.
 
@@ -138,7 +142,8 @@ def optimise_counterfactuals(
     sample, an Adam step of size ``lr`` (pixel units), and pixels clipped to [0, 1]. A sample
     stops early -- *converged* -- when its loss has not improved by a relative ``tol`` for
     ``patience`` steps; otherwise it runs ``steps`` steps. Samples are independent: the result
-    for one sample does not depend on the others in the batch.
+    for one sample does not depend on the others in the batch. ``history=True`` also returns every
+    sample's loss curve (``OptimisationInfo.losses``).
     """
     n = images.shape[0]
     m = masks.to(images.dtype).view(n, 1, *masks.shape[-2:])
@@ -153,7 +158,8 @@ def optimise_counterfactuals(
     converged = torch.zeros(n, dtype=torch.bool)
     final_loss = torch.full((n,), float("nan"), dtype=torch.float64)
     active = torch.ones(n, dtype=torch.bool)
-    for _ in range(steps):
+    losses = torch.full((n, steps), float("nan"), dtype=torch.float32) if history else None
+    for step in range(steps):
         idx = torch.nonzero(active).flatten()
         if idx.numel() == 0:
             break
@@ -165,6 +171,8 @@ def optimise_counterfactuals(
             (grad,) = torch.autograd.grad(loss.sum(), xa)
         lv = loss.detach().to("cpu", torch.float64)
         final_loss[idx] = lv
+        if losses is not None:
+            losses[idx, step] = lv.to(torch.float32)
         improved = lv < best[idx] * (1.0 - tol)
         best[idx] = torch.where(improved, lv, best[idx])
         stall[idx] = torch.where(improved, torch.zeros_like(stall[idx]), stall[idx] + 1)
@@ -186,4 +194,4 @@ def optimise_counterfactuals(
         v_hat = exp_sq[step_idx] / (1 - b2**t)
         update = lr * m_hat / (v_hat.sqrt() + eps) * m[step_idx]
         x[step_idx] = (x[step_idx] - update).clamp(0.0, 1.0)
-    return x.detach(), OptimisationInfo(converged, iterations, final_loss.to(torch.float32))
+    return x.detach(), OptimisationInfo(converged, iterations, final_loss.to(torch.float32), losses)

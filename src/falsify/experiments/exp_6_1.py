@@ -1,0 +1,455 @@
+"""Experiment 6.1: the falsification rate of every attribution method.
+
+Rows: one per (method, pair) under the experiment key ``6.1`` (``Runner``): the method explains
+the probe face A of each pair against its partner's embedding f(B) and the map is put to the
+falsification test. Analysis: ``falsify.experiments.analysis.summarise`` (per method: counts, FR
+with a Wilson CI, mean distances; McNemar against the baselines and controls, Holm-corrected).
+Table 6.1, the FR bar chart, the saliency grid, and the report section ``exp_6_1.html.j2``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..choices import OTHER_REFERENCE, RANDOM_MODEL
+from ..report.tables import (
+    as_float,
+    comparison_cell,
+    criterion_of,
+    fmt_int,
+    fmt_num,
+    fmt_p,
+    fmt_rate_ci,
+    latex_escape,
+    method_rows,
+    n_testable,
+    rate_of,
+    row_is_control,
+    run_description,
+)
+from .base import Experiment
+
+#: Methods every other method is compared against in table 6.1 (McNemar, Holm-adjusted p).
+REFERENCE_METHODS: tuple[str, ...] = ("random", "gradcam")
+
+#: The controls each method must beat, columns of table 6.1 when they were run: the centre prior,
+#: and the method's own maps on a randomised model (``METHOD@random-model``).
+OWN_RANDOM_MODEL = "own random model"
+CONTROL_COLUMNS: tuple[str, ...] = ("centre", OWN_RANDOM_MODEL)
+
+#: Kinds of control: (name or ``@suffix``, label, what it is). Controls cannot be right about the
+#: model on this image; captions and the report describe those a run has.
+CONTROL_KINDS: tuple[tuple[str, str, str], ...] = (
+    ("random", "random", "a random map"),
+    ("centre", "centre", "the model's image-independent prior map (the mean of its own occlusion maps "
+     "over untested images)"),
+    ("edge", "edge", "the Sobel gradient magnitude of the image (model-free)"),
+    (RANDOM_MODEL, "METHOD" + RANDOM_MODEL, "the method's map computed on a randomised copy of the model, "
+     "tested on the real model"),
+    (OTHER_REFERENCE, "METHOD" + OTHER_REFERENCE, "the method's map made against another pair's face"),
+)
+
+
+def control_kinds(names: Sequence[str]) -> list[tuple[str, str]]:
+    """(label, description) of each kind of control among the row ``names``, in :data:`CONTROL_KINDS` order."""
+    return [(label, text) for key, label, text in CONTROL_KINDS
+            if any(n == key or (key.startswith("@") and n.endswith(key)) for n in names)]
+
+
+def control_verdicts(summary: Mapping) -> list[Mapping]:
+    """``summary["controls"]``: per checked method, whether it beats ``centre`` and its own
+    randomised-model rows; empty when those controls were not run (or the summary predates them)."""
+    return [v for v in summary.get("controls") or [] if isinstance(v, Mapping) and v.get("method") is not None]
+
+
+def control_label(name: Any) -> str:
+    """'centre', or 'own random model' for a ``METHOD@random-model`` baseline."""
+    return OWN_RANDOM_MODEL if str(name).endswith(RANDOM_MODEL) else str(name)
+
+
+def beats_cell(verdict: Mapping | None) -> str | None:
+    """'yes' when the method beats every control it was checked against, else 'no (centre, ...)'."""
+    if verdict is None:
+        return None
+    if verdict.get("beats_all") is True:
+        return "yes"
+    missed = [control_label(b) for b in verdict.get("not_beaten") or []]
+    return "no" + (f" ({', '.join(missed)})" if missed else "")
+
+
+def control_columns(summary: Mapping) -> list[str]:
+    """Those of :data:`CONTROL_COLUMNS` that some comparison of the summary was made against."""
+    comps = [c for c in summary.get("comparisons") or [] if isinstance(c, Mapping)]
+    cols = []
+    if any("centre" in (c.get("method"), c.get("against")) for c in comps):
+        cols.append("centre")
+    if any(str(c.get("against")).endswith(RANDOM_MODEL) for c in comps):
+        cols.append(OWN_RANDOM_MODEL)
+    return cols
+
+
+def _has_errors(rows: Sequence[Mapping]) -> bool:
+    return any((as_float(r.get("n_error")) or 0) > 0 for r in rows)
+
+
+def table_6_1_rows(summary: Mapping) -> list[tuple[Mapping, bool]]:
+    """(row, is_control) of table 6.1: the methods in the summary's order, then the controls."""
+    rows = [(r, row_is_control(r)) for r in method_rows(summary)]
+    return [x for x in rows if not x[1]] + [x for x in rows if x[1]]
+
+
+def table_6_1_cells(summary: Mapping) -> tuple[list[str], list[list[str | None]]]:
+    """Plain-text header and cells of table 6.1: one row per method, in the summary's order, then
+    the controls (:func:`table_6_1_rows`).
+
+    Columns: method, passed, falsified, untestable, (errors, only when some method had one),
+    FR % [95% CI], mean d_high, mean d_low (radians), mean d', and the Holm-adjusted McNemar p
+    against each of :data:`REFERENCE_METHODS` (``*``: significant); then, where they were run,
+    against each of :data:`CONTROL_COLUMNS` and whether the method beats them ("yes", or "no"
+    with those it does not beat; from ``summary["controls"]``).
+    """
+    ordered = table_6_1_rows(summary)
+    rows = [r for r, _ in ordered]
+    errors = _has_errors(rows)
+    controls = control_columns(summary)
+    verdicts = {str(v["method"]): v for v in control_verdicts(summary)}
+    header = ["Method", "Passed", "Falsified", "Untestable"]
+    if errors:
+        header.append("Errors")
+    header += ["FR % [95% CI]", "d_high", "d_low", "d'"]
+    header += [f"p vs {ref}" for ref in REFERENCE_METHODS + tuple(controls)]
+    if verdicts:
+        header.append("Beats controls")
+    cells: list[list[str | None]] = []
+    for r in rows:
+        m = str(r["method"])
+        fr, lo, hi = rate_of(r)
+        line: list[str | None] = [m, fmt_int(r.get("n_passed")), fmt_int(r.get("n_falsified")), fmt_int(r.get("n_untestable"))]
+        if errors:
+            line.append(fmt_int(r.get("n_error")))
+        line += [
+            fmt_rate_ci(fr, lo, hi),
+            fmt_num(r.get("mean_d_high"), 3),
+            fmt_num(r.get("mean_d_low"), 3),
+            fmt_num(r.get("mean_d_prime"), 2),
+        ]
+        line += [comparison_cell(summary, m, ref) for ref in REFERENCE_METHODS]
+        line += [comparison_cell(summary, m, m + RANDOM_MODEL if c == OWN_RANDOM_MODEL else c) for c in controls]
+        if verdicts:
+            line.append(beats_cell(verdicts.get(m)))
+        cells.append(line)
+    return header, cells
+
+
+#: LaTeX header of table 6.1: (group, line 1, line 2) per plain header; the verdict counts sit under
+#: a "Pairs" heading spanning them, so their own labels can be short.
+_HEADER_6_1_TEX = {
+    "Method": (None, "", "Method"),
+    "Passed": ("Pairs", "", "pass"),
+    "Falsified": ("Pairs", "", "fals."),
+    "Untestable": ("Pairs", "", "untest."),
+    "Errors": ("Pairs", "", "error"),
+    "FR % [95% CI]": (None, r"FR \%", r"[95\% CI]"),
+    "d_high": (None, "", r"$\bar d_{\mathrm{high}}$"),
+    "d_low": (None, "", r"$\bar d_{\mathrm{low}}$"),
+    "d'": (None, "", r"$\bar d'$"),
+    "p vs " + OWN_RANDOM_MODEL: (None, r"$p$ vs own", r"rand.\ model"),
+    "Beats controls": (None, "Beats", "controls"),
+}
+
+#: Plain header -> HTML header of table 6.1 (others are escaped).
+_HTML_HEADER_6_1 = {
+    "d_high": "mean d<sub>high</sub> (rad)",
+    "d_low": "mean d<sub>low</sub> (rad)",
+    "d'": "mean d&prime;",
+}
+
+
+def _tex_header(h: str) -> tuple[str | None, str, str]:
+    if h in _HEADER_6_1_TEX:
+        return _HEADER_6_1_TEX[h]
+    if h.startswith("p vs "):
+        return None, r"$p$ vs", latex_escape(h[5:])
+    return None, "", latex_escape(h)
+
+
+def _criterion_tex(summary: Mapping) -> str:
+    """The caption's sentence on the criterion: absolute thresholds, or beyond the prior by delta."""
+    c = criterion_of(summary)
+    if c["criterion"] == "beyond-prior":
+        delta = r"$\delta$" if c["delta"] is None else rf"$\delta = {c['delta']:.3f}$ rad"
+        text = (r"Criterion: beyond the prior; a map passes iff its margin $d_{\mathrm{high}} - d_{\mathrm{low}}$"
+                r" exceeds the margin of the model's prior map on the same image by more than " + delta)
+        cal = c["calibration"]
+        if cal is not None:
+            q, n = as_float(cal.get("quantile")), as_float(cal.get("n"))
+            text += (" (calibrated: the " + ("" if q is None else rf"{100 * q:g}\% ") + "quantile of the excess"
+                     " reached by maps that know only the prior" + ("" if n is None else f", {int(round(n))} tests")
+                     + ")")
+        return text + "."
+    if c["criterion"] != "absolute":
+        return f"Criterion: {latex_escape(c['criterion'])}."
+    text = (r"Criterion: absolute thresholds; a map passes iff $d_{\mathrm{high}} > \tau_{\mathrm{high}}$,"
+            r" $d_{\mathrm{low}} < \tau_{\mathrm{low}}$ and $d_{\mathrm{high}} - d_{\mathrm{low}} \ge \epsilon$")
+    if None not in (c["tau_high"], c["tau_low"], c["epsilon"]):
+        text += (rf" ($\tau_{{\mathrm{{high}}}} = {c['tau_high']:.3f}$, $\tau_{{\mathrm{{low}}}} = {c['tau_low']:.3f}$,"
+                 rf" $\epsilon = {c['epsilon']:.3f}$ rad)")
+    return text + "."
+
+
+def _controls_tex(summary: Mapping, header: Sequence[str]) -> str:
+    """The caption's sentences on the controls among the rows and the columns comparing with them."""
+    names = [str(r["method"]) for r, control in table_6_1_rows(summary) if control]
+    kinds = control_kinds(names)
+    text = ""
+    if names:
+        text += " Controls (below the rule) cannot be right about the model on this image"
+        text += "".join(f"{'; ' if i else ': '}{latex_escape(label)}, {latex_escape(what)}"
+                        for i, (label, what) in enumerate(kinds)) + "."
+    if "p vs centre" in header or "p vs " + OWN_RANDOM_MODEL in header:
+        text += (r" $p$ vs centre, vs own rand.\ model: against the centre prior and against the method's own"
+                 r" maps on a randomised model.")
+    if "Beats controls" in header:
+        text += (" Beats controls: FR significantly (Holm) lower than each of those it was compared with;"
+                 " no: it is not shown to explain this model on these images.")
+    return text
+
+
+def table_6_1(summary: Mapping):
+    """Table 6.1 as a :class:`~falsify.report.render.Table`; LaTeX label ``tab:exp-6-1``, HTML id
+    ``table-6-1``. The controls are grouped under a "Controls" row below a rule (LaTeX) and in a
+    second table body (HTML); the caption states the criterion."""
+    from ..report.render import Table, frame
+
+    header, cells = table_6_1_cells(summary)
+    flags = [control for _, control in table_6_1_rows(summary)]
+    desc = run_description(summary)
+    err = ", error: the method failed" if "Errors" in header else ""
+    caption = (
+        "Experiment 6.1: falsification rate (FR) of each attribution method"
+        + (f" ({latex_escape(desc)})" if desc else "")
+        + r". Pairs whose map passed the test, was falsified, was untestable"
+        + err
+        + r". FR = falsified / (passed + falsified), untestable maps excluded, with a Wilson 95\% CI."
+        r" $\bar d_{\mathrm{high}}$, $\bar d_{\mathrm{low}}$: mean geodesic embedding shift (radians)"
+        r" when hiding the highest / lowest ranked features; $\bar d'$: mean separation. "
+        + _criterion_tex(summary)
+        + r" $p$: exact McNemar test on the pairs where both methods are testable, Holm-adjusted"
+        r" (* significant at $\alpha = 0.05$); -- not applicable."
+        + _controls_tex(summary, header)
+    )
+    split = flags.index(True) if True in flags else None
+    return Table(
+        name="table_6_1", frame=frame(header, cells), label="tab:exp-6-1", caption=caption,
+        tex_header=[_tex_header(h) for h in header], tex_groups={} if split is None else {split: "Controls"},
+        tex_empty="no methods", html_id="table-6-1",
+        html_header=[_HTML_HEADER_6_1.get(h) or _escape(h) for h in header],
+        row_class=["control" if f else "" for f in flags], split=split, numeric=range(1, len(header)),
+    )
+
+
+def _escape(text: str) -> str:
+    from ..report.render import escape
+
+    return escape(text)
+
+
+def table_6_1_tex(summary: Mapping) -> str:
+    """Table 6.1 as a LaTeX ``table`` (needs ``booktabs`` and ``graphicx``); label ``tab:exp-6-1``."""
+    from ..report.render import to_latex
+
+    return to_latex(table_6_1(summary))
+
+
+def comparisons_table(summary: Mapping):
+    """The paired comparisons of the run (McNemar), as a table (HTML only)."""
+    from ..report.render import Table, frame
+
+    comps = [c for c in summary.get("comparisons") or [] if isinstance(c, Mapping)]
+    yes_no = lambda x: None if not isinstance(x, bool) else ("yes" if x else "no")  # noqa: E731
+    with_beats = any("beats" in c for c in comps)
+    rows = [[
+        c.get("method"), c.get("against"), fmt_num(c.get("n_paired"), 0), fmt_num(c.get("n01"), 0),
+        fmt_num(c.get("n10"), 0), fmt_p(c.get("p")), fmt_p(c.get("p_holm")), fmt_num(c.get("cohens_h"), 2),
+        yes_no(c.get("significant")),
+    ] + ([yes_no(c.get("beats"))] if with_beats else []) for c in comps]
+    header = (["Method", "Against", "n paired", "n01", "n10", "p", "p (Holm)", "Cohen's h", "Significant"]
+              + (["Beats"] if with_beats else []))
+    return Table(name="comparisons", frame=frame(header, rows), html_id="comparisons-table", numeric=range(2, 8))
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def fr_bar_chart(summary: Mapping):
+    """Falsification rate per method (bars) with Wilson 95% CI whiskers; the controls after the
+    methods, grey and hatched, behind a dotted separator and with a legend entry "control"; a
+    dashed line at random's rate. Methods without a testable pair are marked n/a."""
+    import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import PercentFormatter
+
+    from ..report.figures import CONTROL_STYLE, RANDOM, method_colours
+
+    ordered = table_6_1_rows(summary)
+    rows = [r for r, _ in ordered]
+    names = [str(r["method"]) for r in rows]
+    colours = method_colours([m for m, (_, control) in zip(names, ordered) if not control])
+    k = len(names)
+    fig = Figure(figsize=(max(5.0, 0.78 * k + 1.9), 4.3), layout="constrained")
+    ax = fig.add_subplot()
+    random_fr = None
+    rotate = k > 6 or max((len(n) for n in names), default=0) > 14
+    for i, (m, (r, control)) in enumerate(zip(names, ordered)):
+        fr, lo, hi = rate_of(r)
+        if m == RANDOM:
+            random_fr = fr
+        if fr is None:
+            ax.text(i, 0.015, "n/a", ha="center", va="bottom", fontsize=8, color="0.35")
+            continue
+        style = CONTROL_STYLE if control else dict(facecolor=colours[m], alpha=0.9, edgecolor="none")
+        ax.bar(i, fr, width=0.66, linewidth=0.8, **style)
+        top = fr
+        if lo is not None and hi is not None:
+            ax.errorbar(i, fr, yerr=[[max(fr - lo, 0.0)], [max(hi - fr, 0.0)]], fmt="none",
+                        ecolor="0.1", elinewidth=1.1, capsize=4)
+            top = hi
+        ax.text(i, top + 0.015, f"{100 * fr:.0f}%", ha="center", va="bottom", fontsize=8)
+    if random_fr is not None:
+        ax.axhline(random_fr, ls="--", lw=1.0, color="0.3", zorder=0.5)
+        # labelled at the line's right end, outside the bars (a legend would cover bar labels)
+        ax.text(k - 0.4 + 0.08, random_fr, f"random\n{100 * random_fr:.1f}%", ha="left", va="center",
+                fontsize=8, color="0.3", clip_on=False)
+    n_methods = sum(not control for _, control in ordered)
+    if 0 < n_methods < k:
+        ax.axvline(n_methods - 0.5, ls=":", lw=1.0, color="0.35")
+    if n_methods < k:
+        fig.legend(handles=[Patch(linewidth=0.8, label="control", **CONTROL_STYLE)], loc="outside upper right",
+                   fontsize=8, frameon=False)
+    labels = []
+    for m, r in zip(names, rows):
+        n = n_testable(r)
+        labels.append(m if n is None else f"{m} (n={n})" if rotate else f"{m}\nn={n}")
+    ax.set_xticks(range(k))
+    ax.set_xticklabels(labels, fontsize=8.5, rotation=35 if rotate else 0,
+                       ha="right" if rotate else "center", rotation_mode="anchor" if rotate else "default")
+    ax.set_xlim(-0.6, k - 0.4)
+    ax.set_ylim(0, 1.08)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_ylabel("falsification rate")
+    ax.grid(axis="y", lw=0.5, alpha=0.4)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    desc = run_description(summary)
+    ax.set_title("Experiment 6.1: falsification rate per method" + (f"\n{desc}" if desc else ""), fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# the experiment
+
+
+class Experiment61(Experiment):
+    name = "6.1"
+    title = "Experiment 6.1: falsification rate per method"
+    anchor = "exp-6-1"
+    nav = "6.1 results"
+    template = "exp_6_1.html.j2"
+    figures = {
+        "fig_6_1_fr": (
+            "Falsification rate per attribution method: falsified / (passed + falsified); untestable maps "
+            "are excluded. Whiskers: Wilson 95% confidence interval; n: testable pairs. Controls (maps that "
+            "cannot be right about the model on this image) are grey and hatched, right of the dotted line; "
+            "the dashed line marks the random map's rate."
+        ),
+        "fig_6_1_saliency": (
+            "Attribution maps of example pairs: each row is a pair (first face, explained against the "
+            "second face's embedding), each column a method's map overlaid on the face (red: ranked highest)."
+        ),
+    }
+
+    def runner(self, config, **kw):
+        from .runner import Runner
+
+        return Runner(config, **kw)
+
+    def present(self, summary: Mapping) -> bool:
+        return "methods" in summary
+
+    def tables(self, summary: Mapping) -> list:
+        if summary.get("methods") is None:
+            return []
+        return [table_6_1(summary)]
+
+    def write_figures(self, summary: Mapping, out_dir: Path, explanations=None, pair_labels=None, **kw) -> list[Path]:
+        from ..report.figures import saliency_grid, save_figure
+
+        figures = Path(out_dir) / "figures"
+        written: list[Path] = []
+        if method_rows(summary):
+            written += save_figure(fr_bar_chart(summary), figures / "fig_6_1_fr")
+        if explanations:
+            present = list(getattr(explanations[0], "maps_a", {}) or {})
+            order = [str(r["method"]) for r in method_rows(summary)]
+            methods = [m for m in order if m in present] + [m for m in present if m not in order]
+            written += save_figure(saliency_grid(explanations, methods, pair_labels), figures / "fig_6_1_saliency")
+        return written
+
+    def context(self, summary: Mapping, out_dir: Path) -> dict:
+        from ..report.render import to_html
+
+        header, cells = table_6_1_cells(summary)
+        names = [str(r["method"]) for r, control in table_6_1_rows(summary) if control]
+        verdicts = control_verdicts(summary)
+        comps = [c for c in summary.get("comparisons") or [] if isinstance(c, Mapping)]
+        return {
+            "description": run_description(summary), "has_cells": bool(cells),
+            "control_columns": "p vs centre" in header or "p vs own random model" in header,
+            "beats_column": "Beats controls" in header, "control_names": names, "kinds": control_kinds(names),
+            "verdicts": verdicts, "failing": [v for v in verdicts if v.get("beats_all") is not True],
+            "not_beaten": {str(v["method"]): ", ".join(control_label(b) for b in v.get("not_beaten") or [])
+                           for v in verdicts},
+            "comparisons": to_html(comparisons_table(summary)) if comps else None,
+            "with_beats": any("beats" in c for c in comps),
+        }
+
+    def text(self, summary: Mapping) -> str:
+        lines = [_run_table(summary)]
+        if any(m.get("deletion") for m in summary.get("methods") or []):
+            lines += ["", _deletion_table(summary)]
+        return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "  n/a" if x is None else f"{100 * x:5.1f}"
+
+
+def _run_table(summary: Mapping) -> str:
+    lines = [f"experiment {summary['experiment']} on {summary['data']['n_pairs']} pairs, model {summary['model']}",
+             f"{'method':18s} {'pass':>5s} {'fals':>5s} {'untest':>6s} {'err':>4s}   FR%  [95% CI]      d_high  d_low  s/pair"]
+    for m in summary["methods"]:
+        dh = "  n/a" if m["mean_d_high"] is None else f"{m['mean_d_high']:.3f}"
+        dl = "  n/a" if m["mean_d_low"] is None else f"{m['mean_d_low']:.3f}"
+        sp = "" if m["seconds_per_pair"] is None else f"{m['seconds_per_pair']:.2f}"
+        lines.append(f"{m['method']:18s} {m['n_passed']:5d} {m['n_falsified']:5d} {m['n_untestable']:6d} "
+                     f"{m['n_error']:4d}  {_pct(m['fr'])} [{_pct(m['ci_low'])},{_pct(m['ci_high'])}]   {dh}  {dl}  {sp}")
+    return "\n".join(lines)
+
+
+def _deletion_table(summary: Mapping) -> str:
+    """The deletion curves (``--deletion``) as text, one line per method that has them."""
+    lines = ["deletion curves (genuine pairs the model accepts; cells blurred in the map's order)",
+             f"{'method':28s} {'curves':>6s} {'flipped':>8s} {'median hidden at flip':>22s} {'mean area':>10s}"]
+    for m in summary["methods"]:
+        d = m.get("deletion")
+        if d:
+            lines.append(f"{m['method']:28s} {d['n']:6d} {100 * d['flipped']:7.0f}% {d['median_flip_fraction']:22.2f} "
+                         f"{d['mean_area']:+10.4f}")
+    return "\n".join(lines)
+
+
+EXPERIMENT = Experiment61()
