@@ -136,8 +136,11 @@ def test_run_6_1_with_sface_end_to_end_and_resume(lfw_sample, tmp_path, capsys):
     """6.1 on SFace: thresholds calibrated for it, aligned inputs, report written, and a second
     invocation resumes (nothing to compute)."""
     out = tmp_path / "run"
+    config = tmp_path / "run.toml"
+    config.write_text("calibration_pairs = 60\n")  # SFace embeds ~10x slower than dlib on a CPU: keep it short
     argv = ["run", "6.1", "--model", "sface", "--data", str(lfw_sample), "--n-pairs", "4", "--methods",
-            "gradcam,saliency", "--preset", "plain", "--out", str(out), "--batch-pairs", "2", "-q"]
+            "gradcam,saliency", "--preset", "plain", "--out", str(out), "--batch-pairs", "2", "-q",
+            "--config", str(config)]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "sface" and summary["n_rows"] == 8 and summary["n_errors"] == 0
@@ -146,7 +149,8 @@ def test_run_6_1_with_sface_end_to_end_and_resume(lfw_sample, tmp_path, capsys):
     assert cal and cal["threshold_cos"] < 0.6  # SFace's own scale (dlib's sits near 0.9)
     settings = summary["config"]
     assert settings["model"] == "sface"
-    assert (out / "report.html").is_file() and (out / "tables" / "table_6_1.tex").is_file()
+    assert (out / "tables" / "table_6_1.tex").is_file()
+    assert "arcface-112: " in (out / "report.html").read_text()  # the report says how the photos were aligned
     capsys.readouterr()
     assert main(argv) == 0
     assert "all rows are already in the store" in capsys.readouterr().out
@@ -175,3 +179,22 @@ def test_stores_made_before_alignment_resume_unaligned(lfw_sample, tmp_path):
     Runner(resumed, progress=False, log=lambda *a: None).run()
     with pytest.raises(ValueError, match="align"):
         Runner(RunConfig(**base, align="dlib-150"), progress=False, log=lambda *a: None).run()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sface", "dlib-resnet"])
+def test_listed_accuracy_and_threshold_are_what_verify_measures(name, lfw_sample):
+    """The numbers `falsify models` lists for the default alignment are printed by `falsify verify`
+    on the shared sample (3-fold protocol); SFace aligned reaches at least 98%."""
+    from falsify.data import load_pairs
+    from falsify.verification import verify
+
+    model = load_model(name, device="cpu")
+    result = verify(model, load_pairs(lfw_sample), progress=False)
+    info = MODELS[name]
+    assert result.n_pairs == 1682 and result.n_folds == 3
+    assert result.accuracy_mean == pytest.approx(info.accuracy[info.align], abs=5e-5)
+    assert result.threshold == pytest.approx(info.thresholds[info.align], abs=5e-5)
+    assert result.alignment["no_face_found"] == 2
+    if name == "sface":
+        assert result.accuracy_mean >= 0.98

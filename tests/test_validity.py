@@ -182,6 +182,18 @@ def test_comparisons_with_controls_and_the_plain_sentence():
     assert "centre" not in verdicts and "good@random-model" not in verdicts  # controls are not judged
 
 
+def test_a_method_untestable_on_every_pair_is_not_compared():
+    """A method with no testable map (e.g. a CAM at a layer whose maps are constant) has nothing
+    to compare: the run's summary is still written, without that method's comparisons."""
+    pairs = [f"p{i}" for i in range(6)]
+    by = {"centre": {p: "falsified" for p in pairs}, "flat": {p: "untestable" for p in pairs},
+          "good": {p: "passed" for p in pairs}}
+    comps = comparisons(by)
+    assert {(c["method"], c["against"]) for c in comps} == {("good", "centre")}
+    verdicts = {v["method"]: v for v in control_verdicts([{"method": m} for m in by], comps)}
+    assert "flat" in verdicts and not verdicts["flat"]["beats_all"]
+
+
 def test_validity_study_end_to_end(lfw_sample, tmp_path, capsys):
     from falsify.cli import main
 

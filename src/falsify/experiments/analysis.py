@@ -100,8 +100,8 @@ def comparisons(by_method: dict[str, dict[str, str]]) -> list[dict]:
                 continue
             seen.add(frozenset((method, base)))
             common = sorted(set(verdicts) & set(by_method[base]))
-            if not common:
-                continue
+            if not any(verdicts[p] != "untestable" and by_method[base][p] != "untestable" for p in common):
+                continue  # no pair both could be tested on (e.g. a method untestable everywhere): nothing to compare
             c = stats.mcnemar_paired([verdicts[p] for p in common], [by_method[base][p] for p in common],
                                      name_a=method, name_b=base)
             (a_f_b_f, a_f_b_p), (a_p_b_f, a_p_b_p) = c.table
@@ -127,19 +127,25 @@ def control_verdicts(summary_methods: list[dict], comps: list[dict]) -> list[dic
     """For each method that is not a control: does it beat ``centre`` and its own randomised-model
     rows (when run)? One entry per method, with a plain sentence when it does not."""
     out = []
+    run = {m["method"] for m in summary_methods}
     for m in summary_methods:
         name = m["method"]
         if is_control(name):
             continue
         against = {c["against"]: c for c in comps if c["method"] == name}
-        checks = [b for b in ("centre", name + RANDOM_MODEL) if b in against]
-        if not checks:
+        expected = [b for b in ("centre", name + RANDOM_MODEL) if b in run]
+        if not expected:
             continue
-        failed = [b for b in checks if not against[b]["beats"]]
+        checks = [b for b in expected if b in against]
+        uncompared = [b for b in expected if b not in against]  # no pair on which both were testable
+        failed = [b for b in checks if not against[b]["beats"]] + uncompared
+        label = {b: "the centre prior" if b == "centre" else "its own maps on a randomised model" for b in expected}
         sentence = None
-        if failed:
-            what = " or ".join("the centre prior" if b == "centre" else "its own maps on a randomised model"
-                               for b in failed)
+        if uncompared:
+            sentence = (f"{name} could not be compared with {' or '.join(label[b] for b in uncompared)}: no pair "
+                        "had a testable map from both, so nothing shows that it explains this model on these images.")
+        elif failed:
+            what = " or ".join(label[b] for b in failed)
             sentence = (f"{name} is not falsified significantly less often than {what} (McNemar, Holm-corrected): "
                         "its falsification rate does not show that it explains this model on these images.")
         out.append({"method": name, "checked": checks, "beats_all": not failed, "not_beaten": failed,

