@@ -85,6 +85,8 @@ def test_identity_summary_known_answers():
     assert s["high"]["n_survives"] == 1 and s["high"]["survives"] == pytest.approx(1 / 3)
     assert s["high"]["survive_share_mean"] == pytest.approx(0.5) and s["low"]["survives"] == 1.0
     assert s["high"]["ci_low"] < 1 / 3 < s["high"]["ci_high"]
+    two = E.identity_summary([{**d[0], "method": "ig"}, d[0]], order=["gradcam", "ig"])
+    assert [e["method"] for e in two] == ["gradcam", "ig"]
 
 
 def test_group_fairness_by_probe_image_and_unlabelled():

@@ -92,14 +92,15 @@ def family_comparison(verdicts: Mapping[str, Mapping[str, str]], families: Seque
     return out
 
 
-def identity_summary(details: Sequence[Mapping]) -> list[dict]:
-    """Per method (in first-seen order) and region: the mean and minimum over pairs of the mean
+def identity_summary(details: Sequence[Mapping], order: Sequence[str] = ()) -> list[dict]:
+    """Per method (those of ``order`` first, in its order, then in first-seen order) and region: the mean and minimum over pairs of the mean
     SSIM(x, x') of the pair's counterfactuals; the decision's survival: pairs on which it
     survives every counterfactual of the region (with a Wilson 95% CI) and the mean share of
     counterfactuals it survives; and how many rows reproduced the test's distances."""
     from .exp_6_5 import wilson
 
-    methods = list(dict.fromkeys(d["method"] for d in details))
+    seen = list(dict.fromkeys(d["method"] for d in details))
+    methods = [m for m in order if m in seen] + [m for m in seen if m not in order]
     out = []
     for m in methods:
         ds = [d for d in details if d["method"] == m]
@@ -425,6 +426,7 @@ def figure_fairness(summary: Mapping):
                 hi.append(max(b["ci_high"] - b["fr"], 0.0))
             ax.bar(xs, ys, width=width * 0.9, color=colours[e["method"]], alpha=0.5 if e["control"] else 0.9,
                    label=e["method"], yerr=[lo, hi], error_kw={"elinewidth": 0.8, "capsize": 2})
+            ax.plot(xs, ys, ls="none", marker="_", ms=10, mew=2, color=colours[e["method"]])  # 0% shows too
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([f"{g}\n(n={a['coverage'].get(g, 0)})" for g in groups], fontsize=8)
         ax.set_ylim(0, 1.05)
@@ -470,7 +472,7 @@ class Experiment66(Experiment):
             "families": family_comparison(verdicts, families_in(c.methods)),
             "missing_families": [list(f) for f in METHOD_FAMILIES if f not in families_in(c.methods)],
             "alpha": ALPHA,
-            "identity": {"threshold": runner.threshold, "methods": identity_summary(details),
+            "identity": {"threshold": runner.threshold, "methods": identity_summary(details, c.methods),
                          "n_untestable": sum(r["verdict"] == "untestable" for r in rows),
                          "n_errors": sum(r["verdict"] == "error" for r in rows)},
             "fairness": None, "fairness_note": NO_LABELS,
@@ -536,7 +538,8 @@ class Experiment66(Experiment):
                 dir_ = "n/a" if e["dir"] is None else (
                     f"{e['dir']:.2f}" + ("" if e["dir_ci_low"] is None else
                                          f" [{e['dir_ci_low']:.2f}, {e['dir_ci_high']:.2f}]"))
-                lines.append(f"  {e['method']:18s} {frs}; gap {pct(e['gap'])}, DIR {dir_}, Fisher p "
+                gap = "n/a" if e["gap"] is None else f"{100 * e['gap']:.1f} points"
+                lines.append(f"  {e['method']:18s} {frs}; gap {gap}, DIR {dir_}, Fisher p "
                              f"{fmt_p(e['fisher_p']) or 'n/a'}")
         return "\n".join(lines)
 
