@@ -48,4 +48,11 @@ PRESET_NAMES: tuple[str, ...] = ("beyond-prior", "plain")
 TARGETS: tuple[str, ...] = ("embedding", "pair")
 
 #: Experiments ``falsify run`` knows.
-EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "6.5", "validity")
+EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "6.5", "6.6", "validity")
+
+#: Experiment 6.6's paired families: (standard method, its biometric counterpart). Each pair is two
+#: real methods (``falsify.attribution``), not a rescaled copy of one.
+METHOD_FAMILIES: tuple[tuple[str, str], ...] = (("gradcam", "biometric-gradcam"), ("ig", "geodesic-ig"))
+
+#: ``--stratify``: sample pairs balanced by this attribute of image A (``falsify.data.labels``).
+STRATIFY_CHOICES: tuple[str, ...] = ("gender",)

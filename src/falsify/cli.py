@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .choices import ALIGN_CHOICES, CRITERIA, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES, TARGETS
+from .choices import (ALIGN_CHOICES, CRITERIA, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
+                      STRATIFY_CHOICES, TARGETS)
 from .paths import check_writable
 
 #: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,
@@ -402,6 +403,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "device": args.device, "method_options": _parse_options(args.option) or None,
         "preset": args.preset, "criterion": args.criterion, "delta": args.delta, "target": args.target, "sanity": args.sanity or None,
         "other_reference": args.other_reference or None, "deletion": args.deletion or None,
+        "labels": args.labels, "stratify": args.stratify,
     }
     config = RunConfig.resolve(config_file=args.config, **overrides)
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors)
@@ -560,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin; "
-        "6.5: convergence of the optimised fill and sample size; validity: does the test falsify maps that "
+        "6.5: convergence of the optimised fill and sample size; 6.6: biometric vs standard methods, identity "
+        "preservation of the counterfactuals and fairness by gender and race; validity: does the test falsify maps that "
         "cannot be right?)",
         description="Runs every (method, pair) falsification test into OUT/results.sqlite, one row "
         "committed as each is computed: running the same command again resumes, and an interrupted "
@@ -611,6 +614,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deletion", action="store_true",
                    help="also a deletion curve per (method, genuine pair the model accepts): cells blurred in the "
                    "map's order until the decision flips (threshold-free; docs/method.md)")
+    p.add_argument("--labels", metavar="DIR",
+                   help="demographic labels of the images (male_names.txt, female_names.txt, race_by_person.json; "
+                   "e.g. ../shared/data/lfw-labels): experiment 6.6 then reports the falsification rate by the "
+                   "gender and race of each pair's image A")
+    p.add_argument("--stratify", choices=STRATIFY_CHOICES,
+                   help="sample the pairs balanced by this attribute of image A (half female, half male; needs "
+                   "--labels; pairs whose A is unlabelled are not sampled)")
     p.add_argument("--batch-pairs", type=_whole(1), help="pairs explained together (default 8)")
     p.add_argument("--retry-errors", action="store_true",
                    help="compute the error rows of OUT again (e.g. after fixing an unreadable image)")

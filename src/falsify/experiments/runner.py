@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..choices import ALIGN_CHOICES, CONTROLS, EXPERIMENTS, METHODS, OTHER_REFERENCE, RANDOM_MODEL
+from ..choices import (ALIGN_CHOICES, CONTROLS, EXPERIMENTS, METHOD_FAMILIES, METHODS, OTHER_REFERENCE, RANDOM_MODEL,
+                       STRATIFY_CHOICES)
 from ..data import load_images, load_pairs
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
@@ -44,7 +45,7 @@ _TYPES = {
     "tau_high": _NUM, "tau_low": _NUM, "epsilon": _NUM, "calibration_pairs": _INT,
     "batch_pairs": _INT, "batch_size": _INT, "grid_pairs": _INT, "device": _STR, "trust_pickle": _BOOL,
     "criterion": _STR, "prior_images": _INT, "preset": _STR, "prior_grid": _INT, "sanity": _BOOL,
-    "other_reference": _BOOL, "target": _STR, "deletion": _BOOL, "align": _STR,
+    "other_reference": _BOOL, "target": _STR, "deletion": _BOOL, "align": _STR, "labels": _STR, "stratify": _STR,
 }
 
 
@@ -126,18 +127,20 @@ class RunConfig:
     sanity: bool = False  # add METHOD@random-model rows: maps of a randomised model, tested on the real one
     other_reference: bool = False  # add METHOD@other-reference rows: maps made against another pair's face
     deletion: bool = False  # a deletion curve per (method, genuine pair the model accepts), in the row's detail
+    labels: str | None = None  # demographic labels folder (falsify.data.labels): 6.6's fairness, --stratify
+    stratify: str | None = None  # "gender": sample pairs balanced by the gender of image A (needs labels)
     device: str | None = None
 
     #: settings that change results: a store made with other values is not resumed
     RESULT_KEYS = (
         "data", "pairs", "model", "input_size", "mean", "std", "n_pairs", "K", "seed", "fill",
         "granularity", "grid", "q", "tau_high", "tau_low", "epsilon", "calibration_pairs", "method_options",
-        "criterion", "delta", "prior_images", "prior_grid", "target", "deletion", "align",
+        "criterion", "delta", "prior_images", "prior_grid", "target", "deletion", "align", "stratify", "labels",
     )
     #: the value a setting had before it existed, for stores made by an older falsify
     LEGACY = {"align": "none"}
     #: settings of the last invocation that a resumed run keeps unless they are given again
-    KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference")
+    KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference", "labels")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -157,7 +160,9 @@ class RunConfig:
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         if not self.methods or self.methods == ["all"]:
-            self.methods = list(METHODS)
+            # 6.6 compares the paired families; other experiments run every method
+            self.methods = [m for f in METHOD_FAMILIES for m in f] if self.experiment == "6.6" and not self.methods \
+                else list(METHODS)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -181,6 +186,15 @@ class RunConfig:
         if unused:
             raise ValueError(f"options are given for {', '.join(unused)}, which is not among the methods run "
                              f"({', '.join(self.methods)}); add it to methods or drop its options")
+        if self.stratify is not None and self.stratify not in STRATIFY_CHOICES:
+            raise ValueError(f"stratify must be one of {', '.join(STRATIFY_CHOICES)}, got {self.stratify!r}")
+        if self.stratify is not None and self.labels is None:
+            raise ValueError(f"stratify {self.stratify} samples pairs by the {self.stratify} of image A: give the "
+                             "labels folder too (--labels DIR, e.g. ../shared/data/lfw-labels)")
+        if self.labels is not None:
+            from ..data.labels import check_folder
+
+            check_folder(self.labels)
         self.falsification_config()  # fill, granularity, q, ... checked by the test's own config
         if isinstance(self.input_size, tuple):
             self.input_size = list(self.input_size)
@@ -272,7 +286,9 @@ class RunConfig:
 
         out = {k: getattr(self, k) for k in self.RESULT_KEYS}
         out["align"] = resolve_align(self.model, self.align) or "none"  # what auto meant for this model
-        for key in ("data", "pairs"):
+        if self.stratify is None:  # the labels decide which pairs are run only through --stratify
+            out["labels"] = None
+        for key in ("data", "pairs", "labels"):
             if out[key] is not None:
                 out[key] = str(Path(out[key]).expanduser().resolve())
         return json.loads(json.dumps(out, default=str))
@@ -423,6 +439,10 @@ class Runner:
     # -- set-up -----------------------------------------------------------------------------
     def _pairs(self) -> PairSet:
         c = self.config
+        if c.stratify == "gender":
+            from ..data.labels import load_labels, stratified_sample
+
+            return stratified_sample(load_pairs(c.data, c.pairs), load_labels(c.labels), c.n_pairs, c.seed)
         return load_pairs(c.data, c.pairs, n_pairs=c.n_pairs, seed=c.seed)
 
     def _stored(self, settings: dict, pairs: PairSet) -> dict | None:
