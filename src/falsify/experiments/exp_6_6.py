@@ -453,8 +453,6 @@ class Experiment66(Experiment):
     }
 
     def runner(self, config, **kw):
-        from .runner import Runner
-
         if not families_in(config.methods):
             raise ValueError("experiment 6.6 compares " + " and ".join(f"{a} with {b}" for a, b in METHOD_FAMILIES)
                              + ": give both methods of at least one of these in --methods (or leave --methods out)")
