@@ -403,7 +403,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "device": args.device, "method_options": _parse_options(args.option) or None,
         "preset": args.preset, "criterion": args.criterion, "delta": args.delta, "target": args.target, "sanity": args.sanity or None,
         "other_reference": args.other_reference or None, "deletion": args.deletion or None,
-        "labels": args.labels, "stratify": args.stratify,
+        "labels": args.labels, "stratify": args.stratify, "models": getattr(args, "models", None),
     }
     config = RunConfig.resolve(config_file=args.config, **overrides)
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors)
@@ -578,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_model_args(p, default=None)
     p.add_argument("--methods", help="comma-separated methods, or 'all' (default)")
+    p.add_argument("--models", help="experiment 6.4: comma-separated models compared on the same pairs (default "
+                   "dlib-resnet,sface,dlib-resnet:random; NAME:random is a randomised negative control)")
     p.add_argument("--n-pairs", type=_whole(1), help="seeded balanced sample of N pairs (default 200)")
     p.add_argument("-K", "--counterfactuals", dest="K", type=_whole(1),
                    help="counterfactuals per region for stochastic fills (default 16; deterministic fills use 1)")

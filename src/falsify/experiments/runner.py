@@ -62,9 +62,9 @@ def _type_error(key: str, value: Any) -> str | None:
         ok = isinstance(value, str)
     elif want == _BOOL:
         ok = isinstance(value, bool)
-    elif key == "methods":
+    elif key in ("methods", "models"):
         ok, want = isinstance(value, str) or (isinstance(value, list) and all(isinstance(m, str) for m in value)), \
-            "a list of method names"
+            f"a list of {key[:-1]} names"
     elif key == "delta":
         ok, want = (value == "calibrated" or isinstance(value, (int, float)) and not isinstance(value, bool)
                     and math.isfinite(value)), 'a number of radians or "calibrated"'
@@ -129,6 +129,7 @@ class RunConfig:
     deletion: bool = False  # a deletion curve per (method, genuine pair the model accepts), in the row's detail
     labels: str | None = None  # demographic labels folder (falsify.data.labels): 6.6's fairness, --stratify
     stratify: str | None = None  # "gender": sample pairs balanced by the gender of image A (needs labels)
+    models: list[str] | None = None  # experiment 6.4: the models compared (default exp_6_4.DEFAULT_MODELS)
     device: str | None = None
 
     #: settings that change results: a store made with other values is not resumed
@@ -136,9 +137,10 @@ class RunConfig:
         "data", "pairs", "model", "input_size", "mean", "std", "n_pairs", "K", "seed", "fill",
         "granularity", "grid", "q", "tau_high", "tau_low", "epsilon", "calibration_pairs", "method_options",
         "criterion", "delta", "prior_images", "prior_grid", "target", "deletion", "align", "stratify", "labels",
+        "models",
     )
     #: the value a setting had before it existed, for stores made by an older falsify
-    LEGACY = {"align": "none"}
+    LEGACY = {"align": "none", "models": None}
     #: settings of the last invocation that a resumed run keeps unless they are given again
     KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference", "labels")
 
@@ -195,9 +197,32 @@ class RunConfig:
             from ..data.labels import check_folder
 
             check_folder(self.labels)
+        self._check_models()
         self.falsification_config()  # fill, granularity, q, ... checked by the test's own config
         if isinstance(self.input_size, tuple):
             self.input_size = list(self.input_size)
+
+    def _check_models(self) -> None:
+        """``models``: only for 6.4 (default: two real models and a randomised control); each a
+        built-in name, ``NAME:random`` or an existing model file."""
+        if self.experiment != "6.4":
+            if self.models is not None:
+                raise ValueError(f"models is a setting of experiment 6.4; drop it, or run 6.4 (got experiment "
+                                 f"{self.experiment})")
+            return
+        from ..models import MODELS, RANDOM_SUFFIX, builtin_name
+        from .exp_6_4 import DEFAULT_MODELS
+
+        if isinstance(self.models, str):
+            self.models = [m.strip() for m in self.models.split(",") if m.strip()]
+        self.models = list(dict.fromkeys(self.models or DEFAULT_MODELS))
+        for m in self.models:
+            base = m[: -len(RANDOM_SUFFIX)] if m.endswith(RANDOM_SUFFIX) else m
+            if builtin_name(base) is None and not Path(base).expanduser().is_file():
+                raise ValueError(f"unknown model {m!r} in models; use built-in names ({', '.join(sorted(MODELS))}), "
+                                 f"NAME{RANDOM_SUFFIX} or a model file (see 'falsify models')")
+        if len(self.models) < 2:
+            raise ValueError(f"experiment 6.4 compares models: give at least two in models, got {self.models}")
 
     def falsification_config(self, calibration=None):
         """The ``FalsificationConfig`` of this run (thresholds from ``calibration`` when given)."""
