@@ -561,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run",
-        help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin; "
+        help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin; 6.4: across models; "
         "6.5: convergence of the optimised fill and sample size; 6.6: biometric vs standard methods, identity "
         "preservation of the counterfactuals and fairness by gender and race; validity: does the test falsify maps that "
         "cannot be right?)",
