@@ -132,3 +132,18 @@ def test_real_run_resumes(lfw_sample, tmp_path, capsys):
     # another setting on the same folder is refused before anything is written
     rc = main([a if a != "2" else "3" for a in argv])  # --n-pairs 3
     assert rc == 2 and "other settings" in capsys.readouterr().err
+
+
+def test_each_model_keeps_its_own_alignment_on_resume(lfw_sample, tmp_path):
+    """6.4 stores --align as given (auto): each model's own run resolves it (SFace arcface-112,
+    dlib dlib-150), also when the 6.4 run is resumed from its store."""
+    from falsify.experiments.exp_6_4 import sub_config
+    from falsify.experiments.runner import RunConfig
+
+    c = RunConfig(experiment="6.4", models=["dlib-resnet", "sface"], data=str(lfw_sample), out=str(tmp_path / "o"))
+    assert c.result_settings()["align"] == "auto"
+    assert sub_config(c, "sface").result_settings()["align"] == "arcface-112"
+    assert sub_config(c, "dlib-resnet").result_settings()["align"] == "dlib-150"
+    pinned = RunConfig(experiment="6.4", models=["dlib-resnet", "sface"], data=str(lfw_sample), align="none",
+                       out=str(tmp_path / "p"))
+    assert {sub_config(pinned, m).result_settings()["align"] for m in pinned.models} == {"none"}

@@ -431,7 +431,7 @@ class Experiment64(Experiment):
     def text(self, summary: Mapping) -> str:
         s = summary[KEY]
         by = {(r["model"], r["maps_of"], r["method"]): r for r in s["rates"]}
-        lines = [f"experiment 6.4 on {s['n_kept']} pairs ({s['n_dropped']} dropped: some model could not use them)"]
+        lines = [f"experiment 6.4 on {s['n_kept']} pairs ({s['n_dropped']} dropped because some model could not use them)"]
         for pm in s["per_model"]:
             th = ", ".join(f"{k} {pm[k]:.3f}" for k in ("tau_high", "tau_low", "epsilon") if pm.get(k) is not None)
             lines.append(f"  {pm['model']}: {'calibrated' if pm['calibrated'] else 'given'} {th}; rows in {pm['out']}")

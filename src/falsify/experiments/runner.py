@@ -310,7 +310,8 @@ class RunConfig:
         from ..models import resolve_align
 
         out = {k: getattr(self, k) for k in self.RESULT_KEYS}
-        out["align"] = resolve_align(self.model, self.align) or "none"  # what auto meant for this model
+        # what auto meant for this model; 6.4 runs several models, whose own stores record theirs
+        out["align"] = self.align if self.experiment == "6.4" else resolve_align(self.model, self.align) or "none"
         if self.stratify is None:  # the labels decide which pairs are run only through --stratify
             out["labels"] = None
         for key in ("data", "pairs", "labels"):
