@@ -73,8 +73,8 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None = "dlib-resn
     )
     p.add_argument("--align", choices=ALIGN_CHOICES, default=None,
                    help="face alignment before the model: auto (default: the model's own choice, see "
-                   "`falsify models`; none for model files), none (a plain resize), or a template "
-                   "(five YuNet landmarks mapped onto it by a similarity transform)")
+                   "`falsify models`; a dlib .dat as dlib-resnet; none for .onnx/.pt files), none (a plain "
+                   "resize), or a template (five YuNet landmarks mapped onto it by a similarity transform)")
     p.add_argument("--input-size", type=_whole(1), nargs=2, metavar=("H", "W"),
                    help="model input size (ONNX with a dynamic size, .pt); not for dlib")
     p.add_argument("--mean", type=_number, nargs="+", metavar="M",

@@ -106,8 +106,8 @@ def _split_random(name):
     if isinstance(name, str) and name.endswith(RANDOM_SUFFIX):
         base = name[: -len(RANDOM_SUFFIX)]
         if builtin_name(base) is None and not Path(base).suffix:
-            raise ValueError(f"unknown model {base!r} in {name!r}: use one of {sorted(MODELS)} or a model file, "
-                             f"followed by {RANDOM_SUFFIX}")
+            raise ValueError(f"unknown model {base!r} in {name!r}: use one of {', '.join(sorted(MODELS))} or a model "
+                             f"file, followed by {RANDOM_SUFFIX}")
         return base, True
     return name, False
 
@@ -129,7 +129,8 @@ def builtin_name(name) -> str | None:
 
 def resolve_align(name, align: str = "auto") -> str | None:
     """The template a model named ``name`` is aligned with under ``align`` (None: a plain resize).
-    ``auto`` is the model's own choice for built-in models and no alignment for model files."""
+    ``auto`` is the model's own choice for built-in models (a dlib ``.dat`` counts as dlib-resnet)
+    and no alignment for other model files."""
     if align not in ALIGN_CHOICES:
         raise ValueError(f"unknown alignment {align!r}; choose from {', '.join(ALIGN_CHOICES)}")
     if align == "auto":

@@ -207,10 +207,6 @@ class AlignStats:
     not_found: set = field(default_factory=set)
     detections: int = 0  # detector runs (cache misses)
 
-    def summary(self) -> dict:
-        return {"aligned": len(self.aligned), "no_face_found": len(self.not_found),
-                "no_face_examples": sorted(self.not_found)[:10], "detector_runs": self.detections}
-
 
 class FaceAligner:
     """Aligns photos onto ``template`` at ``size`` (the model's input size); callable as
@@ -267,7 +263,8 @@ class FaceAligner:
             face = self.detect(rgb)
             if face is not None:  # exactly what a later cache hit gives
                 face = Detection.from_json(json.loads(json.dumps(face.to_json())))
-            self.stats.detections += 1
+            with self._lock:
+                self.stats.detections += 1
             self.cache.put(key, self.detector_key, face)
         return face
 
