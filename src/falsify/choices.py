@@ -48,7 +48,7 @@ PRESET_NAMES: tuple[str, ...] = ("beyond-prior", "plain")
 TARGETS: tuple[str, ...] = ("embedding", "pair")
 
 #: Experiments ``falsify run`` knows.
-EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "6.4", "6.5", "6.6", "validity")
+EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "validity")
 
 #: Experiment 6.6's paired families: (standard method, its biometric counterpart). Each pair is two
 #: real methods (``falsify.attribution``), not a rescaled copy of one.

@@ -561,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run",
-        help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin; 6.4: across models; "
+        help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin; 6.3: facial parts and attributes; "
+        "6.4: across models; "
         "6.5: convergence of the optimised fill and sample size; 6.6: biometric vs standard methods, identity "
         "preservation of the counterfactuals and fairness by gender and race; validity: does the test falsify maps that "
         "cannot be right?)",
@@ -618,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "map's order until the decision flips (threshold-free; docs/method.md)")
     p.add_argument("--labels", metavar="DIR",
                    help="demographic labels of the images (male_names.txt, female_names.txt, race_by_person.json; "
-                   "e.g. ../shared/data/lfw-labels): experiment 6.6 then reports the falsification rate by the "
+                   "e.g. ../shared/data/lfw-labels): experiments 6.3 and 6.6 then report the falsification rate by the "
                    "gender and race of each pair's image A")
     p.add_argument("--stratify", choices=STRATIFY_CHOICES,
                    help="sample the pairs balanced by this attribute of image A (half female, half male; needs "
