@@ -293,44 +293,37 @@ def _detector(runner):
 
 def compute_rows(runner, store) -> None:
     """The 6.3 rows that ``store`` lacks, committed pair chunk by pair chunk (a killed run resumes)."""
-    import torch
     import torch.nn.functional as F
 
-    from ..data import load_images
     from ..falsification.core import _embed
     from ..models.base import model_device
-    from ..verification import embed_paths
+    from .runner import pair_chunks, pending_pairs
 
     c, model, fc = runner.config, runner.model, runner.fconfig
     methods = list(c.methods)
-    done = store.done(ROWS_OF, model.name)
-    todo = [p for p in runner.pairs if any((m, p.id) not in done for m in methods)]
+    done, todo = pending_pairs(runner, store, ROWS_OF, methods)
     if not todo:
         return
     runner.log(f"experiment 6.3: facial parts of {len(todo)} pairs x {len(methods)} methods ...")
     device = model_device(model)
-    emb, failed = embed_paths(model, [q for p in runner.pairs for q in (p.a, p.b)], c.batch_size, progress=False)
     base = lambda m, p: {**runner._base_row(m, p), "experiment": ROWS_OF}  # noqa: E731
     h, w = model.input_size
-    for start in range(0, len(todo), c.batch_pairs):
-        chunk = todo[start : start + c.batch_pairs]
-        rows, good, labels, points = [], [], [], []
-        for p in chunk:
-            why = failed.get(p.a) or failed.get(p.b)
-            if not why:
-                try:
-                    pts, why = frame_points(model, p.a, _detector(runner))
-                except (OSError, ValueError) as exc:
-                    pts, why = None, f"{type(exc).__name__}: {exc}"
+    for chunk in pair_chunks(runner, todo, methods, done, ROWS_OF):
+        rows, keep, labels, points = chunk.rows, [], [], []
+        for i, p in enumerate(chunk.pairs):
+            try:
+                pts, why = frame_points(model, p.a, _detector(runner))
+            except (OSError, ValueError) as exc:
+                pts, why = None, f"{type(exc).__name__}: {exc}"
             if why:
                 rows += [{**base(m, p), "verdict": "error", "error": why} for m in methods if (m, p.id) not in done]
                 continue
-            good.append(p)
+            keep.append(i)
             points.append(pts)
             labels.append(part_labels(pts, (h, w)))
+        good = [chunk.pairs[i] for i in keep]
         if good:
-            images, _ = load_images([p.a for p in good], model.input_size, align=model.aligner)
-            refs = torch.stack([emb[p.b] for p in good])
+            images, refs = chunk.images[keep], chunk.refs[keep]
             f_x = _embed(model, images, c.batch_size, device)
             effects = [part_effects(model, images[i], f_x[i], refs[i], labels[i], fc, p.index)
                        for i, p in enumerate(good)]

@@ -63,11 +63,11 @@ def compute_rows(runner, store) -> None:
     """The 6.5 rows that ``store`` lacks, committed pair chunk by pair chunk (a killed run resumes)."""
     import torch
 
-    from ..data import load_images
     from ..falsification.core import _STREAM_FILL, pair_generator, regions_for
     from ..falsification.counterfactuals import optimise_counterfactuals
     from ..geometry import geodesic_distance
     from ..models.base import model_device
+    from .runner import pair_chunks, pending_pairs
 
     c, model, fc = runner.config, runner.model, runner.fconfig
     method = convergence_method(c.methods)
@@ -76,30 +76,16 @@ def compute_rows(runner, store) -> None:
                          f"not a control in --methods (e.g. gradcam); got {', '.join(c.methods)}")
     explainer = runner.explainers[method][0]
     keys = [f"{region}/k{j}" for region in ("high", "low") for j in range(c.K)]
-    done = store.done(ROWS_OF, model.name)
-    todo = [p for p in runner.pairs if any((k, p.id) not in done for k in keys)]
+    done, todo = pending_pairs(runner, store, ROWS_OF, keys)
     if not todo:
         return
     runner.log(f"experiment 6.5: Algorithm 1 on {len(todo)} images x 2 regions x {c.K} starts "
                f"(regions of {method}; at most {fc.opt_steps} steps) ...")
     device = model_device(model)
-    from ..verification import embed_paths
-
-    emb, failed = embed_paths(model, [q for p in todo for q in (p.a, p.b)], c.batch_size, progress=False)
-    for start in range(0, len(todo), c.batch_pairs):
-        chunk = todo[start : start + c.batch_pairs]
-        rows = []
-        good = []
-        for p in chunk:
-            why = failed.get(p.a) or failed.get(p.b)
-            if why:
-                rows += [{**runner._base_row(k, p), "experiment": ROWS_OF, "verdict": "error", "error": why}
-                         for k in keys if (k, p.id) not in done]
-            else:
-                good.append(p)
+    for chunk in pair_chunks(runner, todo, keys, done, ROWS_OF):
+        rows, good, images = chunk.rows, chunk.pairs, chunk.images
         if good:
-            images, _ = load_images([p.a for p in good], model.input_size, align=model.aligner)
-            refs = torch.stack([emb[p.b] for p in good]).to(device)
+            refs = chunk.refs.to(device)
             maps = explainer(images.to(device), refs).detach().cpu()
             with torch.inference_mode():
                 f_x = model(images.to(device)).float()

@@ -242,39 +242,24 @@ def measure(model, image, f_x, ref, regions, pair_index: int, fc, threshold, cos
 
 def compute_rows(runner, store) -> None:
     """The 6.6 rows that ``store`` lacks, committed pair chunk by pair chunk (a killed run resumes)."""
-    import torch
-
-    from ..data import load_images
     from ..falsification.core import _embed, regions_for
     from ..geometry import cosine_similarity
     from ..models.base import model_device
-    from ..verification import embed_paths
+    from .runner import pair_chunks, pending_pairs
 
     c, model, fc = runner.config, runner.model, runner.fconfig
     methods = list(c.methods)
-    done = store.done(ROWS_OF, model.name)
-    todo = [p for p in runner.pairs if any((m, p.id) not in done for m in methods)]
+    done, todo = pending_pairs(runner, store, ROWS_OF, methods)
     if not todo:
         return
     tested = {(r["method"], r["pair"]): r for r in store.rows("6.1", model.name, methods)}
     runner.log(f"experiment 6.6: the counterfactuals of {len(todo)} pairs x {len(methods)} methods rebuilt "
                "(SSIM, the decision) ...")
     device = model_device(model)
-    emb, failed = embed_paths(model, [q for p in runner.pairs for q in (p.a, p.b)], c.batch_size, progress=False)
     base = lambda m, p: {**runner._base_row(m, p), "experiment": ROWS_OF}  # noqa: E731
-    for start in range(0, len(todo), c.batch_pairs):
-        chunk = todo[start : start + c.batch_pairs]
-        rows = []
-        good = []
-        for p in chunk:
-            why = failed.get(p.a) or failed.get(p.b)
-            if why:
-                rows += [{**base(m, p), "verdict": "error", "error": why} for m in methods if (m, p.id) not in done]
-            else:
-                good.append(p)
+    for chunk in pair_chunks(runner, todo, methods, done, ROWS_OF):
+        rows, good, images, refs = chunk.rows, chunk.pairs, chunk.images, chunk.refs
         if good:
-            images, _ = load_images([p.a for p in good], model.input_size, align=model.aligner)
-            refs = torch.stack([emb[p.b] for p in good])
             f_x = _embed(model, images, c.batch_size, device)
             cos_x = cosine_similarity(f_x, refs).tolist()
             for m in methods:

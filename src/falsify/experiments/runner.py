@@ -323,6 +323,48 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class PairChunk:
+    """A chunk of pairs for an experiment that adds its own rows beside 6.1's (6.3, 6.5, 6.6)."""
+
+    pairs: list  # the pairs whose images could be read
+    images: torch.Tensor | None  # their images A as the model sees them (aligned), (n, 3, H, W), on the CPU
+    refs: torch.Tensor | None  # the embeddings of their images B, (n, D), on the CPU
+    rows: list  # error rows of the chunk's pairs with an unreadable image; the caller adds its own
+
+
+def pending_pairs(runner, store, rows_of: str, keys: Sequence[str]) -> tuple[set, list]:
+    """``(done, todo)``: the (key, pair) rows ``store`` holds under ``rows_of`` for the runner's
+    model, and the run's pairs that lack one of ``keys``."""
+    done = store.done(rows_of, runner.model.name)
+    return done, [p for p in runner.pairs if any((k, p.id) not in done for k in keys)]
+
+
+def pair_chunks(runner, todo: Sequence, keys: Sequence[str], done: set, rows_of: str):
+    """``todo`` in chunks of ``batch_pairs`` (:class:`PairChunk`): for each, the readable pairs'
+    images A and embeddings of B, and an error row per missing (key, pair) of an unreadable pair.
+    Every image of the run is embedded, not only the pending ones, as in ``Runner._compute``:
+    batch composition then never depends on where an earlier run stopped."""
+    from ..verification import embed_paths
+
+    c, model = runner.config, runner.model
+    emb, failed = embed_paths(model, [q for p in runner.pairs for q in (p.a, p.b)], c.batch_size, progress=False)
+    for start in range(0, len(todo), c.batch_pairs):
+        rows, good = [], []
+        for p in todo[start : start + c.batch_pairs]:
+            why = failed.get(p.a) or failed.get(p.b)
+            if why:
+                rows += [{**runner._base_row(k, p), "experiment": rows_of, "verdict": "error", "error": why}
+                         for k in keys if (k, p.id) not in done]
+            else:
+                good.append(p)
+        images = refs = None
+        if good:
+            images, _ = load_images([p.a for p in good], model.input_size, align=model.aligner)
+            refs = torch.stack([emb[p.b] for p in good])
+        yield PairChunk(good, images, refs, rows)
+
+
 #: Key of the data fingerprint in the stored settings.
 FINGERPRINT = "pairs_fingerprint"
 
