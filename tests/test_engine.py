@@ -55,12 +55,96 @@ def test_ig_equals_captum_plain_ig(tiny_model):
     from captum.attr import IntegratedGradients
 
     x, refs = _pair(tiny_model, 3)
-    e = get_explainer("ig", tiny_model, steps=12, tolerance=None, batch_size=5)
+    e = get_explainer("ig", tiny_model, steps=12, tolerance=None, batch_size=5, rule="gausslegendre")
     ours = e.attribute(x, refs)
     ref = IntegratedGradients(e.target.forward_func()).attribute(
         x, baselines=torch.zeros_like(x), additional_forward_args=(refs,), n_steps=12, method="gausslegendre"
     ).sum(1)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_ig_trapezoid_equals_captum_riemann_trapezoid(tiny_model):
+    """The default rule: ``steps`` intervals are captum's riemann_trapezoid points (steps + 1);
+    captum's weights sum to steps / (steps + 1) instead of 1, so its result is scaled by that."""
+    from captum.attr import IntegratedGradients
+
+    x, refs = _pair(tiny_model, 3)
+    e = get_explainer("ig", tiny_model, steps=12, tolerance=None, batch_size=5)
+    ours = e.attribute(x, refs)
+    ref = IntegratedGradients(e.target.forward_func()).attribute(
+        x, baselines=torch.zeros_like(x), additional_forward_args=(refs,), n_steps=13, method="riemann_trapezoid"
+    ).sum(1)
+    torch.testing.assert_close(ours, ref * 13 / 12, atol=1e-6, rtol=1e-5)
+
+
+class _Counter:
+    """Images through a model's backbone with and without autograd (a wrapper, not a hook)."""
+
+    def __init__(self, model):
+        self.grad = self.fwd = 0
+        inner = model.backbone.forward
+
+        def forward(x):
+            if torch.is_grad_enabled():
+                self.grad += x.shape[0]
+            else:
+                self.fwd += x.shape[0]
+            return inner(x)
+
+        model.backbone.forward = forward
+        self.undo = lambda: model.backbone.__dict__.pop("forward")
+
+
+def test_ig_refinement_reuses_every_point(tiny_model):
+    """A refined image ends equal to a fresh run at its final steps, and costs steps + 1
+    gradient images, not the sum over the levels."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    x, refs = _pair(model, 3)
+    refined = get_explainer("ig", model, steps=4, tolerance=1e-4, max_steps=64)
+    counter = _Counter(model)
+    try:
+        raw = refined.attribute(x, refs)
+    finally:
+        counter.undo()
+    assert max(refined.last_steps) > 4  # the test exercises a refinement
+    assert counter.grad == sum(s + 1 for s in refined.last_steps)
+    for i, s in enumerate(refined.last_steps):
+        fresh = get_explainer("ig", model, steps=s, tolerance=None).attribute(x[i : i + 1], refs[i : i + 1])
+        torch.testing.assert_close(raw[i : i + 1], fresh, atol=1e-6, rtol=1e-5)
+
+
+def test_geodesic_ig_reads_igs_path_points(tiny_model):
+    """geodesic-ig's schedule reads the embeddings ig computed on the same path: after ig at 16
+    steps, geodesic-ig at 4 steps (grid 16) needs no forward pass of its own, and its map equals
+    the one computed from scratch (to rounding)."""
+    import copy
+
+    from falsify.attribution.paths import path_embeddings
+
+    x, refs = _pair(tiny_model, 2)
+    fresh_model = copy.deepcopy(tiny_model)
+    fresh = get_explainer("geodesic-ig", fresh_model, steps=4, tolerance=None).attribute(x, refs)
+    model = copy.deepcopy(tiny_model)
+    get_explainer("ig", model, steps=16, tolerance=None).attribute(x, refs)
+    counter = _Counter(model)
+    try:
+        shared = get_explainer("geodesic-ig", model, steps=4, tolerance=None).attribute(x, refs)
+    finally:
+        counter.undo()
+    assert counter.fwd == 2 * 2 and counter.grad == 2 * 4
+    torch.testing.assert_close(shared, fresh, atol=1e-5, rtol=1e-4)
+    # changing a weight in place starts a new path: nothing stale is read
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.5)
+    counter = _Counter(model)
+    try:
+        get_explainer("geodesic-ig", model, steps=4, tolerance=None).attribute(x, refs)
+    finally:
+        counter.undo()
+    assert counter.fwd == 2 * 17 + 2 * 2
+    assert path_embeddings(copy.deepcopy(model)) is not path_embeddings(model)
 
 
 def test_gradcam_gradients_stop_at_the_layer(tiny_model):

@@ -35,10 +35,16 @@ class SimilarityTarget:
         self.model = model
 
     def __call__(self, images: torch.Tensor, references: torch.Tensor | None) -> torch.Tensor:
+        return self.with_embeddings(images, references)[0]
+
+    def with_embeddings(self, images: torch.Tensor, references: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the target (B,), the images' L2-normalised embeddings (B, D)) from one forward pass."""
         if references is None:
-            return self.model.embed_raw(images).norm(dim=1)
+            raw = self.model.embed_raw(images)
+            return raw.norm(dim=1), F.normalize(raw, dim=1)
         emb = self.model(images)
-        return (emb * F.normalize(references.to(emb.dtype), dim=1)).sum(dim=1)
+        return (emb * F.normalize(references.to(emb.dtype), dim=1)).sum(dim=1), emb
 
     def forward_func(self) -> Callable[..., torch.Tensor]:
         """A captum-style ``forward_func(inputs, references)`` returning one scalar per input.

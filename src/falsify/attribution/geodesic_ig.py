@@ -2,8 +2,10 @@
 path's embeddings travel on the hypersphere, not by equal pixel steps.
 
 The path is IG's straight line x(a) = b + a (x - b). Its embeddings trace a curve on the
-sphere; theta(a) is the geodesic length of that curve from a = 0 (measured on a fine grid of
-``fine_factor * steps`` points, summing 2 atan2(|u-v|, |u+v|) between neighbours). The interval [0, 1] is cut
+sphere; theta(a) is the geodesic length of that curve from a = 0, measured on a fine grid of
+``fine_factor * steps`` intervals by summing 2 atan2(|u-v|, |u+v|) between neighbours. The grid
+a = k / n nests with ``ig``'s trapezoid grid and with itself when the steps double, so points of
+the path already evaluated are read from the model's path cache (``paths``). [0, 1] is cut
 into ``steps`` pieces of equal angle travelled, theta(a_j) = j/steps * theta(1), and the
 integral is the Riemann sum at the pieces' angular midpoints m_j:
 
@@ -21,6 +23,7 @@ import torch
 from ..geometry import geodesic_distance
 from .base import AttributionError
 from .ig import PathExplainer
+from .paths import fraction, path_embeddings
 
 
 def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
@@ -45,15 +48,23 @@ class GeodesicIntegratedGradients(PathExplainer):
     def schedule(self, image: torch.Tensor, baseline: torch.Tensor, steps: int | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(midpoints, widths) in a for one image: ``steps`` pieces of equal angle travelled,
-        measured on a grid of ``fine_factor * steps`` points."""
+        measured on the grid a = k / (``fine_factor * steps``). The grid's embeddings come from
+        the model's shared path cache where ``ig`` (or an earlier refinement) has evaluated the
+        same points of the same path, and from forward passes otherwise."""
         steps = steps or self.steps
-        grid = torch.linspace(0, 1, self.fine_factor * steps + 1, device=image.device, dtype=image.dtype)
-        embs = []
+        n = self.fine_factor * steps
+        cache = path_embeddings(self.model)
+        points = cache.points(cache.key(self.model, image, baseline))
+        missing = [k for k in range(n + 1) if fraction(k, n) not in points]
         with torch.inference_mode():
-            for chunk in grid.split(self.batch_size):
-                pts = baseline[None] + chunk[:, None, None, None] * (image - baseline)[None]
-                embs.append(self.model(pts))
-        emb = torch.cat(embs)
+            for chunk in range(0, len(missing), self.batch_size):
+                ks = missing[chunk : chunk + self.batch_size]
+                a = torch.tensor([k / n for k in ks], dtype=image.dtype, device=image.device)
+                pts = baseline[None] + a[:, None, None, None] * (image - baseline)[None]
+                for k, e in zip(ks, self.model(pts)):
+                    points[fraction(k, n)] = e
+        emb = torch.stack([points[fraction(k, n)] for k in range(n + 1)]).to(image.dtype)
+        grid = torch.tensor([k / n for k in range(n + 1)], dtype=image.dtype, device=image.device)
         theta = torch.cat([grid.new_zeros(1), geodesic_distance(emb[:-1], emb[1:]).cumsum(0)])
         total = theta[-1]
         levels = torch.linspace(0, 1, 2 * steps + 1, device=image.device, dtype=image.dtype)
@@ -66,7 +77,7 @@ class GeodesicIntegratedGradients(PathExplainer):
         edges, mids = alphas[0::2], alphas[1::2]
         return mids, edges[1:] - edges[:-1]
 
-    def _path_attribute(self, images, baselines, references, steps):
+    def _path_attribute(self, images, baselines, references, steps, states=None):
         out = []
         for i in range(images.shape[0]):
             x, b = images[i], baselines[i]
