@@ -297,7 +297,7 @@ def ig_section(model, xa, refs, steps, n_images, rounds, best_fb_bs, batch_size=
     from falsify.attribution import get_explainer
 
     x, r = xa[:n_images], refs[:n_images]
-    ours = get_explainer("ig", model, steps=steps, tolerance=None, batch_size=batch_size)
+    ours = get_explainer("ig", model, steps=steps, tolerance=None, batch_size=batch_size, rule="gausslegendre")
     cap = IntegratedGradients(ours.target.forward_func())
 
     def run_ours():

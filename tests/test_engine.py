@@ -203,3 +203,20 @@ def test_noise_counterfactual_halves_equal_build_counterfactuals():
     reg = regions_for(x, m, cfg, 3)
     high, low = _counterfactual_halves(x, reg, cfg, 3)
     assert torch.equal(torch.cat([high, low]), build_counterfactuals(x, reg, cfg, 3))
+
+
+@pytest.mark.parametrize("window,stride", [(6, None), (7, 3), (5, 5)])
+def test_occlusion_equals_captum(tiny_model, window, stride):
+    """Our batched Occlusion gives captum's ``Occlusion`` map (the same windows, cut at the
+    border, the same averaging), with a black and a mean-colour baseline."""
+    from captum.attr import Occlusion
+
+    x, refs = _pair(tiny_model, 3)
+    for baseline in ("black", "mean"):
+        e = get_explainer("occlusion", tiny_model, window=window, stride=stride, baseline=baseline, batch_size=7)
+        ours = e.attribute(x, refs)
+        ref = Occlusion(e.target.forward_func()).attribute(
+            x, sliding_window_shapes=(3, e.window, e.window), strides=(3, e.stride, e.stride),
+            baselines=make_baseline(x, baseline), additional_forward_args=(refs,), perturbations_per_eval=16,
+        ).mean(1)
+        torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
