@@ -77,7 +77,7 @@ class GeodesicIntegratedGradients(PathExplainer):
         edges, mids = alphas[0::2], alphas[1::2]
         return mids, edges[1:] - edges[:-1]
 
-    def _path_attribute(self, images, baselines, references, steps, states=None):
+    def _path_attribute(self, images, baselines, references, steps):
         out = []
         for i in range(images.shape[0]):
             x, b = images[i], baselines[i]

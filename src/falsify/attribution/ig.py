@@ -8,20 +8,23 @@ forward and backward pass. Two quadrature rules (``rule``):
 
 * ``trapezoid`` (default): the trapezoid rule on ``steps`` equal intervals (``steps + 1``
   points, a = k / steps: captum's ``riemann_trapezoid`` points with ``n_steps = steps + 1``,
-  whose weights captum lets sum to steps / (steps + 1); here they sum to 1). Its grids
-  nest: doubling the steps adds only the new midpoints, so a refinement reuses every gradient
-  already computed, and the points' embeddings are kept for ``geodesic-ig``'s schedule on the
-  same path (``falsify.attribution.paths``).
+  whose weights captum lets sum to steps / (steps + 1); here they sum to 1), refined by
+  adaptive bisection (below). Every point is evaluated once, and the points' embeddings are
+  kept for ``geodesic-ig``'s schedule on the same path (``falsify.attribution.paths``).
 * ``gausslegendre``: captum's Gauss-Legendre nodes and weights (``IntegratedGradients``'
-  default); equal to captum within 2e-9, but a refinement recomputes every point.
+  default); equal to captum within 2e-9; its refinement doubles the steps and recomputes every
+  point (the nodes do not nest).
 
 A ReLU network's gradient is piecewise constant along the path, so a fixed rule can miss
 completeness by far more than 2% when s(x) - s(b) is small (it often is: dlib embeds every
 face, and a black image, within ~0.1 of cosine); a higher-order rule does not help across
-those kinks. Path methods therefore refine: an image whose residual
-|sum(map) - (s(x) - s(b))| exceeds ``tolerance`` x |s(x) - s(b)| is computed again with twice
-the steps, up to ``max_steps``; ``last_steps`` and ``last_residual`` record what each image
-needed and what is left.
+those kinks. Path methods therefore refine until the residual |sum(map) - (s(x) - s(b))| is
+at most ``tolerance`` x |s(x) - s(b)|, up to ``max_steps`` intervals; ``last_steps`` and
+``last_residual`` record what each image needed and what is left. The trapezoid rule knows
+where its error is: with phi(a) = s(b + a (x - b)), each interval's share of the residual is
+computed from its two end points (``_adaptive_trapezoid``), so only the intervals that hold
+the error are bisected.
+"""
 """
 from __future__ import annotations
 
@@ -53,9 +56,8 @@ class PathExplainer(Explainer):
         self.last_residual: list[float] = []
         make_baseline(self.model.mean.new_zeros(1, 3, 2, 2), baseline)  # validate early
 
-    def _path_attribute(self, images, baselines, references, steps: int, states: list[dict]) -> torch.Tensor:
-        """(B,3,H,W) attributions with ``steps`` integration points. ``states`` holds one dict
-        per image that lives across the refinements of one call (what a nested rule reuses)."""
+    def _path_attribute(self, images, baselines, references, steps: int) -> torch.Tensor:
+        """(B,3,H,W) attributions with ``steps`` integration points."""
         raise NotImplementedError
 
     def _attribute(self, images, references):
@@ -69,11 +71,9 @@ class PathExplainer(Explainer):
         steps = self.steps
         n_steps = [steps] * images.shape[0]
         residual = [0.0] * images.shape[0]
-        states: list[dict] = [{} for _ in range(images.shape[0])]  # per image, kept across refinements
         while len(todo):
             refs = None if references is None else references[todo]
-            attr = self._path_attribute(images[todo], baselines[todo], refs, steps,
-                                        [states[i] for i in todo.tolist()]).sum(dim=1)
+            attr = self._path_attribute(images[todo], baselines[todo], refs, steps).sum(dim=1)
             res = attr.flatten(1).sum(1) - gap[todo]
             out[todo] = attr
             for i, r in zip(todo.tolist(), res.tolist()):
@@ -114,12 +114,41 @@ def path_gradients(target, images, baselines, references, image_index, alphas, w
     return total
 
 
+def path_points(target, images, baselines, references, image_index, alphas, batch_size, on_embeddings=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """At each point p = b + alphas[p] (x - b) of image ``image_index[p]``: the target s(p) and
+    (x - b) . ds/dx(p) summed over colour channels, ``((P,), (P,H,W))``. The pixel sum of the
+    second is d s(b + a (x - b)) / da at a = alphas[p]. Chunks of ``batch_size`` points per
+    forward and backward pass; ``on_embeddings`` as in ``path_gradients``."""
+    image_index = torch.as_tensor(image_index, dtype=torch.long, device=images.device)
+    alphas = torch.as_tensor(alphas, dtype=images.dtype, device=images.device)
+    scores = torch.empty(len(image_index), dtype=images.dtype, device=images.device)
+    maps = torch.empty(len(image_index), *images.shape[-2:], dtype=images.dtype, device=images.device)
+    diff = images - baselines
+    for start in range(0, len(image_index), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(image_index)), device=images.device)
+        img = image_index[rows]
+        with torch.enable_grad():
+            x = (baselines[img] + alphas[rows].view(-1, 1, 1, 1) * diff[img]).requires_grad_(True)
+            refs = None if references is None else references[img]
+            s, emb = target.with_embeddings(x, refs)
+            (grad,) = torch.autograd.grad(s.sum(), x)
+        if on_embeddings is not None:
+            on_embeddings(rows, emb.detach())
+        scores[rows] = s.detach()
+        maps[rows] = (grad * diff[img]).sum(1)
+    return scores, maps
+
+
 #: quadrature rules of ``ig``
 RULES = ("trapezoid", "gausslegendre")
 
 
 class IntegratedGradientsExplainer(PathExplainer):
     name = "ig"
+    #: each refinement bisects the intervals with the largest local errors that together hold this
+    #: share of the image's total absolute local error
+    refine_share = 0.5
 
     def __init__(self, model, steps: int = 64, baseline: str | float = "black", batch_size: int = 64,
                  tolerance: float | None = 0.02, max_steps: int = 512, rule: str = "trapezoid",
@@ -128,13 +157,15 @@ class IntegratedGradientsExplainer(PathExplainer):
         if rule not in RULES:
             raise AttributionError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
         self.rule = rule
+        #: per image of the last call, the points a of the path (fractions) its map used
+        self.last_points: list[list] = []
 
-    def _path_attribute(self, images, baselines, references, steps, states):
+    def _attribute(self, images, references):
         if self.rule == "gausslegendre":
-            return self._gauss_legendre(images, baselines, references, steps)
-        return self._trapezoid(images, baselines, references, steps, states)
+            return super()._attribute(images, references)
+        return self._adaptive_trapezoid(images, references)
 
-    def _gauss_legendre(self, images, baselines, references, steps):
+    def _path_attribute(self, images, baselines, references, steps):
         """captum's plain IG with the Gauss-Legendre rule, computed in batched chunks."""
         from captum.attr._utils.approximation_methods import approximation_parameters
 
@@ -146,39 +177,67 @@ class IntegratedGradientsExplainer(PathExplainer):
         )
         return grads * (images - baselines)
 
-    def _trapezoid(self, images, baselines, references, steps, states):
-        """The trapezoid rule on ``steps`` intervals, evaluating only the points not yet evaluated:
-        every point at the first level, the new midpoints after each doubling. ``state["sum"]``
-        is sum_k c_k ds/dx(a_k) with c = 1/2 at the ends and 1 inside, so the integral is
-        sum / steps whatever the level."""
-        from .paths import fraction, path_embeddings
+    def _adaptive_trapezoid(self, images, references):
+        """The trapezoid rule on ``steps`` equal intervals, then adaptive bisection.
 
+        With phi(a) = s(b + a (x - b)), the map's pixel sum is the trapezoid rule applied to
+        phi', and phi(1) - phi(0) = s(x) - s(b) is its exact integral. So each interval
+        [a_j, a_j+1] has a local completeness error computed from what its two end points
+        already gave, e_j = (a_j+1 - a_j) (phi'(a_j) + phi'(a_j+1)) / 2 - (phi(a_j+1) - phi(a_j)),
+        and the residual is their sum. While the residual exceeds ``tolerance`` x |s(x) - s(b)|
+        and fewer than ``max_steps`` intervals are used, the intervals with the largest |e_j|
+        (together ``refine_share`` of the total) are bisected: only their midpoints are new.
+        Every point's gradient and value are kept, so nothing is evaluated twice, and the map
+        is the trapezoid rule on the final (non-uniform) points.
+        """
+        from fractions import Fraction
+
+        from .paths import path_embeddings
+
+        baselines = make_baseline(images, self.baseline)
+        b = images.shape[0]
         cache = path_embeddings(self.model)
-        index, alphas, weights, keys = [], [], [], []
-        for i, st in enumerate(states):
-            if "key" not in st:
-                st["key"] = cache.key(self.model, images[i], baselines[i])
-            if "steps" not in st:
-                ks = range(steps + 1)
-            elif steps == 2 * st["steps"]:
-                ks = range(1, steps, 2)
-            else:  # not reached by PathExplainer's doubling; a guard for other callers
-                raise AttributionError(f"trapezoid refinement from {st['steps']} to {steps} steps: steps must double")
-            for k in ks:
-                index.append(i)
-                alphas.append(k / steps)
-                weights.append(0.5 if k in (0, steps) else 1.0)
-                keys.append((st["key"], fraction(k, steps)))
+        keys = [cache.key(self.model, images[i], baselines[i]) for i in range(b)]
+        points: list[dict] = [{} for _ in range(b)]  # per image: Fraction a -> (phi(a), map at a)
+        want = {i: [Fraction(k, self.steps) for k in range(self.steps + 1)] for i in range(b)}
+        out = torch.zeros(b, *images.shape[-2:], device=images.device)
+        n_steps, residual = [0] * b, [0.0] * b
+        while want:
+            index = [i for i, fs in want.items() for _ in fs]
+            fracs = [f for fs in want.values() for f in fs]
 
-        def record(rows, emb):
-            for r, e in zip(rows.tolist(), emb):
-                cache.points(keys[r][0])[keys[r][1]] = e
+            def record(rows, emb):
+                for r, e in zip(rows.tolist(), emb):
+                    f = fracs[r]
+                    cache.points(keys[index[r]])[(f.numerator, f.denominator)] = e
 
-        new = path_gradients(self.target, images, baselines, references, index, alphas, weights, self.batch_size,
-                             on_embeddings=record)
-        out = []
-        for i, st in enumerate(states):
-            st["sum"] = new[i] if "sum" not in st else st["sum"] + new[i]
-            st["steps"] = steps
-            out.append(st["sum"] / steps)
-        return torch.stack(out) * (images - baselines)
+            phi, maps = path_points(self.target, images, baselines, references, index, [float(f) for f in fracs],
+                                    self.batch_size, on_embeddings=record)
+            for p, (i, f) in enumerate(zip(index, fracs)):
+                points[i][f] = (float(phi[p]), maps[p])
+            todo = {}
+            for i in want:
+                a = sorted(points[i])
+                vals = torch.tensor([points[i][f][0] for f in a], dtype=torch.float64)
+                hs = torch.stack([points[i][f][1] for f in a])
+                slope = hs.flatten(1).sum(1).double().cpu()  # phi'(a)
+                width = torch.tensor([float(a[j + 1] - a[j]) for j in range(len(a) - 1)], dtype=torch.float64)
+                w = torch.zeros(len(a), dtype=torch.float64)
+                w[:-1] += width / 2
+                w[1:] += width / 2
+                out[i] = torch.tensordot(w.to(hs.dtype).to(hs.device), hs, dims=1)
+                gap = float(vals[-1] - vals[0])
+                residual[i], n_steps[i] = float((w * slope).sum()) - gap, len(a) - 1
+                if (self.tolerance is None or abs(residual[i]) <= self.tolerance * abs(gap)
+                        or n_steps[i] >= self.max_steps):
+                    continue
+                local = (width * (slope[:-1] + slope[1:]) / 2 - (vals[1:] - vals[:-1])).abs()
+                order = torch.argsort(local, descending=True)
+                share = torch.cumsum(local[order], 0)
+                n = int(torch.searchsorted(share, self.refine_share * share[-1])) + 1
+                pick = sorted(order[: min(n, self.max_steps - n_steps[i])].tolist())
+                todo[i] = [(a[j] + a[j + 1]) / 2 for j in pick]
+            want = todo
+        self.last_steps, self.last_residual = n_steps, residual
+        self.last_points = [sorted(p) for p in points]
+        return out
