@@ -24,9 +24,6 @@ from ..data import load_images
 from ..data.pairs import Pair
 from ..models.base import model_device
 
-#: the executors ``falsify run --executor`` takes (the first is the default)
-EXECUTORS = ("in-process", "ray")
-
 #: the fix named when ``--executor ray`` finds no ray
 RAY_FIX = "pip install 'falsify[ray]' torch==2.13.0"
 

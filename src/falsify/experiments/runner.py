@@ -25,14 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..choices import (ALIGN_CHOICES, CONTROLS, EXPERIMENTS, METHOD_FAMILIES, METHODS, OTHER_REFERENCE, RANDOM_MODEL,
-                       STRATIFY_CHOICES)
+from ..choices import (ALIGN_CHOICES, CONTROLS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS, OTHER_REFERENCE,
+                       RANDOM_MODEL, STRATIFY_CHOICES)
 from ..data import load_images, load_pairs
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
 from ..paths import check_writable
 from .analysis import summarise, write_outputs
-from .executor import EXECUTORS, RowComputer, RowContext, base_row, deletion_of, make_executor, row_explainers
+from .executor import RowComputer, RowContext, base_row, deletion_of, make_executor, row_explainers
 from .store import ResultsStore, inspect_store
 
 #: The experiment whose rows both 6.1 and 6.2 read.
@@ -216,8 +216,9 @@ class RunConfig:
         if self.executor != "ray":
             for key in ("ray_address", "workers"):
                 if getattr(self, key) is not None:
-                    raise ValueError(f"{key.replace('_', '-')} is a setting of the Ray executor: add --executor ray, "
-                                     f"or drop --{key.replace('_', '-')}")
+                    flag = "--" + key.replace("_", "-")
+                    raise ValueError(f"{key} ({flag}) is a setting of the Ray executor: add --executor ray, or drop "
+                                     f"{flag}")
             return
         if self.experiment == "validity":
             raise ValueError("the validity study computes its rows in-process: drop --executor ray")
