@@ -635,7 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--executor ray: join this Ray cluster (HOST:6379, or auto: the one this node belongs to); "
                    "default: start Ray on this machine")
     p.add_argument("--workers", type=_whole(1), metavar="N",
-                   help="--executor ray: worker processes of one torch thread each (default: one per CPU of Ray)")
+                   help="--executor ray: worker processes of one torch thread each (default and at most: one per "
+                   "CPU of Ray)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
     return parser

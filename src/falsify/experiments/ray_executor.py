@@ -53,8 +53,8 @@ class RowWorker:
 class RayExecutor:
     """Units on Ray actors: ``address`` joins a running cluster (``auto``: the one this machine
     belongs to), else a local Ray instance with ``workers`` CPUs (default: this machine's) is
-    started and shut down after the run; ``workers`` actors (default: one per CPU of the cluster)
-    of ``threads`` torch threads each. A Ray instance already running in this process is used as
+    started and shut down after the run; ``workers`` actors (default and at most: one per CPU of
+    the cluster) of ``threads`` torch threads each. A Ray instance already running in this process is used as
     it is and left running.
 
     ``on_result(executor)`` is called after each unit's rows are written (tests use it, with
@@ -91,7 +91,10 @@ class RayExecutor:
             kw = {"address": self.address} if self.address else {"num_cpus": (self.workers or os.cpu_count() or 1) * self.threads}
             ray.init(include_dashboard=False, logging_level="ERROR", **kw)
         try:
-            n = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)
+            slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)
+            if self.workers and self.workers > slots:  # more actors than CPUs would wait for them forever
+                log(f"Ray has CPUs for {slots} worker{'s' * (slots != 1)}, not {self.workers}; using {slots}")
+            n = min(self.workers or slots, slots)
             ctx_ref = ray.put(computer.ctx)
             units = deque(((chunk, [m]), 1) for chunk in chunks for m in methods
                           if any((m, p.id) not in done for p in chunk))
