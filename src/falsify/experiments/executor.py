@@ -95,9 +95,12 @@ def row_explainers(config, model, prior_map=None, explainers: dict | None = None
 class RowComputer:
     """Computes the rows of units: maps and falsification tests, no writes."""
 
-    def __init__(self, ctx: RowContext, model, explainers: dict, random_model=None) -> None:
+    def __init__(self, ctx: RowContext, model, explainers: dict, random_model=None, test=None) -> None:
         self.ctx, self.model, self.explainers, self.random_model = ctx, model, explainers, random_model
         self.prior_cache: dict = {}
+        #: the maps and tests of one batch (default :meth:`test`; ``Runner._test`` in-process)
+        self.test_batch = test or self.test
+        self._saved: list = []  # (method, pair, map) of the grid pairs, since the last batch
 
     def rows(self, chunk: Sequence[Pair], methods: Sequence[str], done) -> Iterator[tuple[list[dict], list]]:
         """The rows of (``chunk`` x ``methods``) that ``done`` (a set of (method, pair id)) lacks,
@@ -146,36 +149,37 @@ class RowComputer:
                 map_refs = torch.stack([emb[other_ref[good[i].id]] for i in idx])
             else:
                 map_refs = refs[idx]
-            maps: list = []
-            rows = self._test(method, explainer, [good[i] for i in idx], images[idx].to(device),
-                              refs[idx].to(device), [cos[i] for i in idx], [ang[i] for i in idx],
-                              map_refs.to(device), maps)
+            rows = self.test_batch(method, explainer, model, self.ctx.fconfig, [good[i] for i in idx],
+                                   images[idx].to(device), refs[idx].to(device), [cos[i] for i in idx],
+                                   [ang[i] for i in idx], map_refs=map_refs.to(device))
+            maps, self._saved = self._saved, []
             yield rows, maps
 
-    def _test(self, method, explainer, pairs, images, refs, cos, ang, map_refs, saved: list) -> list[dict]:
+    def test(self, method, explainer, model, fconfig, pairs, images, refs, cos, ang, map_refs=None) -> list[dict]:
         """Maps and tests for a batch; on failure, one by one so one bad pair costs one row.
 
-        ``map_refs`` are the references the maps are made against (another pair's face for
-        @other-reference rows, the randomised model's embedding for @random-model rows); the test
-        always runs on the real model. The grid pairs' maps are appended to ``saved``."""
+        ``map_refs`` are the references the maps are made against (default ``refs``; another
+        pair's face for @other-reference rows, the randomised model's embedding for
+        @random-model rows); the test always runs on the real model."""
         from ..falsification import falsification_test
 
-        ctx, model = self.ctx, self.model
+        ctx = self.ctx
+        map_refs = refs if map_refs is None else map_refs
         t = time.perf_counter()
         try:
             maps = explainer(images, map_refs)
-            results = falsification_test(model, images, refs, maps, ctx.fconfig, pair_ids=[p.index for p in pairs],
+            results = falsification_test(model, images, refs, maps, fconfig, pair_ids=[p.index for p in pairs],
                                          prior=ctx.prior_map, prior_cache=self.prior_cache)
         except Exception as exc:  # noqa: BLE001 - recorded per pair below, the run goes on
             if len(pairs) == 1:
                 return [self.error_row(method, pairs[0], f"{type(exc).__name__}: {exc}")]
             out = []
             for i in range(len(pairs)):
-                out += self._test(method, explainer, pairs[i : i + 1], images[i : i + 1], refs[i : i + 1],
-                                  cos[i : i + 1], ang[i : i + 1], map_refs[i : i + 1], saved)
+                out += self.test_batch(method, explainer, model, fconfig, pairs[i : i + 1], images[i : i + 1],
+                                       refs[i : i + 1], cos[i : i + 1], ang[i : i + 1], map_refs[i : i + 1])
             return out
         seconds = (time.perf_counter() - t) / len(pairs)
-        saved += [(method, p, m.detach().cpu()) for p, m in zip(pairs, maps) if p.id in ctx.grid_ids]
+        self._saved += [(method, p, m.detach().cpu()) for p, m in zip(pairs, maps) if p.id in ctx.grid_ids]
         rows = []
         for i, (p, r, cs, an) in enumerate(zip(pairs, results, cos, ang)):
             d = r.to_dict()

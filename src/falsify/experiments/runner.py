@@ -724,7 +724,7 @@ class Runner:
             self.other_ref = {p.id: pairs[(k + 1) % len(pairs)].b for k, p in enumerate(pairs)}
             ctx = RowContext(c, self.rows_of, model.name, fconfig, self.prior_map, self.threshold, emb, failed,
                              self.other_ref, frozenset(self.grid_ids))
-            computer = RowComputer(ctx, model, explainers, self.random_model)
+            self._computer = computer = RowComputer(ctx, model, explainers, self.random_model, test=self._test)
             chunks = [todo_pairs[start : start + c.batch_pairs] for start in range(0, len(todo_pairs), c.batch_pairs)]
             bar = tqdm(total=n_todo, desc=f"experiment {self.rows_of}", unit="test", disable=not self.progress)
             written = set(done)
@@ -812,6 +812,10 @@ class Runner:
             out.append((p, PairExplanation(a, b, float(cosine_similarity(e[0], e[1])),
                                            float(geodesic_distance(e[0], e[1])), maps_a=maps)))
         return out or None
+
+    def _test(self, method, explainer, model, fconfig, pairs, images, refs, cos, ang, map_refs=None) -> list[dict]:
+        """Maps and tests for a batch of this process's units (``RowComputer.test``)."""
+        return self._computer.test(method, explainer, model, fconfig, pairs, images, refs, cos, ang, map_refs)
 
     def _deletion(self, pair: Pair, image, attribution, reference, cosine: float) -> dict | None:
         """The deletion curve of a genuine pair the model accepts (``--deletion``), else None."""
