@@ -740,7 +740,7 @@ class Runner:
                 bar.update(len(rows))
 
             try:
-                self.executor.run(computer, chunks, methods, done, write, log=self.log)
+                self.executor.run(computer, chunks, methods, done, write, log=self._log_above())
             finally:
                 bar.close()
         ids = {p.id for p in pairs}
@@ -760,6 +760,14 @@ class Runner:
                      "with --retry-errors to compute them again")
         return summary
 
+
+    def _log_above(self):
+        """``self.log`` that clears and redraws the progress bar around what it prints."""
+        def log(*args) -> None:
+            with tqdm.external_write_mode(nolock=True):
+                self.log(*args)
+
+        return log if self.progress else self.log
 
     def _alignment(self, pairs: PairSet) -> dict:
         """The alignment of the run's images: the template, and the photos in which no face was
