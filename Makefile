@@ -20,7 +20,7 @@ venv: $(VENV)/.installed
 # needs its Conv/Gemm/... converters, so it is installed without dependencies.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0 -e '.[test]'
+	$(PIP) install -q torch==2.13.0 -e '.[test,ray]'
 	$(PIP) install -q --no-deps onnx2torch==1.5.15
 	touch $@
 

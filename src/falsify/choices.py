@@ -50,6 +50,9 @@ TARGETS: tuple[str, ...] = ("embedding", "pair")
 #: Experiments ``falsify run`` knows.
 EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "validity")
 
+#: ``falsify run --executor``: who computes 6.1's rows (``falsify.experiments.executor``); the first is the default.
+EXECUTORS: tuple[str, ...] = ("in-process", "ray")
+
 #: Experiment 6.6's paired families: (standard method, its biometric counterpart). Each pair is two
 #: real methods (``falsify.attribution``), not a rescaled copy of one.
 METHOD_FAMILIES: tuple[tuple[str, str], ...] = (("gradcam", "biometric-gradcam"), ("ig", "geodesic-ig"))

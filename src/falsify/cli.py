@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .choices import (ALIGN_CHOICES, CRITERIA, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
+from .choices import (ALIGN_CHOICES, CRITERIA, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
                       STRATIFY_CHOICES, TARGETS)
 from .paths import check_writable
 
@@ -404,6 +404,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "preset": args.preset, "criterion": args.criterion, "delta": args.delta, "target": args.target, "sanity": args.sanity or None,
         "other_reference": args.other_reference or None, "deletion": args.deletion or None,
         "labels": args.labels, "stratify": args.stratify, "models": getattr(args, "models", None),
+        "executor": args.executor, "ray_address": args.ray_address, "workers": args.workers,
     }
     config = RunConfig.resolve(config_file=args.config, **overrides)
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors)
@@ -627,6 +628,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-pairs", type=_whole(1), help="pairs explained together (default 8)")
     p.add_argument("--retry-errors", action="store_true",
                    help="compute the error rows of OUT again (e.g. after fixing an unreadable image)")
+    p.add_argument("--executor", choices=EXECUTORS,
+                   help="who computes 6.1's rows: in-process (default) or ray (workers on this machine or a Ray "
+                   "cluster; needs falsify[ray]); the rows are the same and this process alone writes OUT")
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="--executor ray: join this Ray cluster (HOST:6379, or auto: the one this node belongs to); "
+                   "default: start Ray on this machine")
+    p.add_argument("--workers", type=_whole(1), metavar="N",
+                   help="--executor ray: worker processes of one torch thread each (default and at most: one per "
+                   "CPU of Ray)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
     return parser

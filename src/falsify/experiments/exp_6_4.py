@@ -195,22 +195,26 @@ def sub_config(config, model: str):
 class Runner64:
     """``falsify run 6.4``: a 6.1 run per model (each resumable), then :func:`across_models`."""
 
-    def __init__(self, config, progress: bool = True, log=print, retry_errors: bool = False) -> None:
+    def __init__(self, config, progress: bool = True, log=print, retry_errors: bool = False, executor=None) -> None:
         self.config = config
         self.progress = progress
         self.log = log
         self.retry_errors = retry_errors
         self.out = Path(config.out) if config.out else None
+        self.executor = executor  # of every model's 6.1 rows (default: config.executor's)
 
     def run(self) -> dict:
         import time
 
         from ..paths import check_writable
+        from .executor import make_executor
         from .runner import FINGERPRINT, RunLock, _now, default_out, environment, settings_conflicts
         from .store import ResultsStore, inspect_store
 
         c = self.config
         t0, started = time.perf_counter(), _now()
+        if self.executor is None:
+            self.executor = make_executor(c)  # no ray: one line naming the fix, before any work
         from .runner import Runner
 
         pairs = Runner(c, log=self.log)._pairs()
@@ -235,7 +239,8 @@ class Runner64:
             runs = []
             for sc in subs:
                 self.log(f"experiment 6.4: model {sc.model} -> {sc.out}")
-                r = Runner(sc, progress=self.progress, log=self.log, retry_errors=self.retry_errors)
+                r = Runner(sc, progress=self.progress, log=self.log, retry_errors=self.retry_errors,
+                           executor=self.executor)
                 s = r.run()
                 runs.append((sc, r, s))
             summary = self._summarise(runs, pairs, started)

@@ -25,13 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..choices import (ALIGN_CHOICES, CONTROLS, EXPERIMENTS, METHOD_FAMILIES, METHODS, OTHER_REFERENCE, RANDOM_MODEL,
-                       STRATIFY_CHOICES)
+from ..choices import (ALIGN_CHOICES, CONTROLS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS, OTHER_REFERENCE,
+                       RANDOM_MODEL, STRATIFY_CHOICES)
 from ..data import load_images, load_pairs
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
 from ..paths import check_writable
 from .analysis import summarise, write_outputs
+from .executor import RowComputer, RowContext, base_row, deletion_of, make_executor, row_explainers
 from .store import ResultsStore, inspect_store
 
 #: The experiment whose rows both 6.1 and 6.2 read.
@@ -46,6 +47,7 @@ _TYPES = {
     "batch_pairs": _INT, "batch_size": _INT, "grid_pairs": _INT, "device": _STR, "trust_pickle": _BOOL,
     "criterion": _STR, "prior_images": _INT, "preset": _STR, "prior_grid": _INT, "sanity": _BOOL,
     "other_reference": _BOOL, "target": _STR, "deletion": _BOOL, "align": _STR, "labels": _STR, "stratify": _STR,
+    "executor": _STR, "ray_address": _STR, "workers": _INT,
 }
 
 
@@ -131,6 +133,9 @@ class RunConfig:
     stratify: str | None = None  # "gender": sample pairs balanced by the gender of image A (needs labels)
     models: list[str] | None = None  # experiment 6.4: the models compared (default exp_6_4.DEFAULT_MODELS)
     device: str | None = None
+    executor: str = "in-process"  # who computes 6.1's rows: in-process, or ray (falsify.experiments.executor)
+    ray_address: str | None = None  # --executor ray: the cluster to join (ADDRESS or auto; default: start one here)
+    workers: int | None = None  # --executor ray: Ray workers (default: one per CPU Ray has)
 
     #: settings that change results: a store made with other values is not resumed
     RESULT_KEYS = (
@@ -198,9 +203,27 @@ class RunConfig:
 
             check_folder(self.labels)
         self._check_models()
+        self._check_executor()
         self.falsification_config()  # fill, granularity, q, ... checked by the test's own config
         if isinstance(self.input_size, tuple):
             self.input_size = list(self.input_size)
+
+    def _check_executor(self) -> None:
+        """``executor`` and its settings (they never change results, so a run can be resumed with
+        another executor)."""
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.executor != "ray":
+            for key in ("ray_address", "workers"):
+                if getattr(self, key) is not None:
+                    flag = "--" + key.replace("_", "-")
+                    raise ValueError(f"{key} ({flag}) is a setting of the Ray executor: add --executor ray, or drop "
+                                     f"{flag}")
+            return
+        if self.experiment == "validity":
+            raise ValueError("the validity study computes its rows in-process: drop --executor ray")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
 
     def _check_models(self) -> None:
         """``models``: only for 6.4 (default: two real models and a randomised control); each a
@@ -495,14 +518,19 @@ class Runner:
     settings of an existing store) is checked before the first write; the calibration is
     computed before the store is created, so a run that fails there leaves nothing behind.
     ``retry_errors`` deletes the error rows of the store so that they are computed again.
+    ``executor`` computes 6.1's rows (``falsify.experiments.executor``; default: the one
+    ``config.executor`` names); this runner stays the only writer of the store either way.
     """
 
-    def __init__(self, config: RunConfig, progress: bool = True, log=print, retry_errors: bool = False) -> None:
+    def __init__(self, config: RunConfig, progress: bool = True, log=print, retry_errors: bool = False,
+                 executor=None) -> None:
         self.config = config
         self.progress = progress
         self.log = log
         self.retry_errors = retry_errors
         self.out = Path(config.out) if config.out else None
+        #: who computes 6.1's rows (default: ``config.executor``'s, made when the run starts)
+        self.executor = executor
 
     # -- set-up -----------------------------------------------------------------------------
     def _pairs(self) -> PairSet:
@@ -629,24 +657,7 @@ class Runner:
         self.prior_map = self.prior.map() if self.prior is not None else None
         if self.delta is not None:
             self.fconfig = self.fconfig.replace(delta=self.delta["delta"])
-        self.prior_cache: dict = {}
-        if "centre" in c.methods:
-            explainers["centre"] = get_explainer("centre", model, prior=self.prior_map, **c.method_options.get("centre", {}))
-        self.random_model = None
-        if c.sanity or c.experiment == "validity":
-            from ..models.base import randomised_copy
-
-            self.random_model = randomised_copy(model, seed=c.seed)
-        rows = {}
-        for row in c.row_methods():
-            if row.endswith(RANDOM_MODEL):
-                m = row[: -len(RANDOM_MODEL)]
-                rows[row] = (get_explainer(m, self.random_model, **c.method_options.get(m, {})), "random-model")
-            elif row.endswith(OTHER_REFERENCE):
-                rows[row] = (explainers[row[: -len(OTHER_REFERENCE)]], "other-reference")
-            else:
-                rows[row] = (explainers[row], "real")
-        self.explainers = rows
+        self.explainers, self.random_model = row_explainers(c, model, self.prior_map, explainers)
         self.grid_ids = {p.id for p in self._grid_pairs(self.pairs)}
 
     def _open(self, store: ResultsStore) -> None:
@@ -674,6 +685,8 @@ class Runner:
     def run(self) -> dict:
         started = _now()
         t0 = time.perf_counter()
+        if self.executor is None:
+            self.executor = make_executor(self.config)  # no ray: one line naming the fix, before any work
         self._setup()
         lock = RunLock(self.out).acquire()  # one run per folder, then the store
         try:
@@ -709,11 +722,27 @@ class Runner:
             emb, failed = embed_paths(model, [q for p in pairs for q in (p.a, p.b)], c.batch_size, progress=False)
             # another pair's reference for @other-reference rows: B of the next pair in the sample
             self.other_ref = {p.id: pairs[(k + 1) % len(pairs)].b for k, p in enumerate(pairs)}
+            ctx = RowContext(c, self.rows_of, model.name, fconfig, self.prior_map, self.threshold, emb, failed,
+                             self.other_ref, frozenset(self.grid_ids))
+            self._computer = computer = RowComputer(ctx, model, explainers, self.random_model, test=self._test)
+            chunks = [todo_pairs[start : start + c.batch_pairs] for start in range(0, len(todo_pairs), c.batch_pairs)]
             bar = tqdm(total=n_todo, desc=f"experiment {self.rows_of}", unit="test", disable=not self.progress)
-            for start in range(0, len(todo_pairs), c.batch_pairs):
-                chunk = todo_pairs[start : start + c.batch_pairs]
-                self._run_chunk(chunk, model, explainers, fconfig, emb, failed, done, store, bar)
-            bar.close()
+            written = set(done)
+
+            def write(rows: list, maps: list) -> None:
+                """The one writer of the store: a unit's rows, less any already stored (a unit
+                computed twice after a worker died), and the grid pairs' maps."""
+                rows = [r for r in rows if (r["method"], r["pair"]) not in written]
+                for method, pair, m in maps:
+                    self._save_map(method, pair, m)
+                store.add_rows(rows)
+                written.update((r["method"], r["pair"]) for r in rows)
+                bar.update(len(rows))
+
+            try:
+                self.executor.run(computer, chunks, methods, done, write, log=self._log_above())
+            finally:
+                bar.close()
         ids = {p.id for p in pairs}
         stored_keys = {(m, p) for m, p in store.done(self.rows_of, model.name) if p in ids and m in methods}
         if len(stored_keys) != len(pairs) * len(methods):
@@ -731,6 +760,14 @@ class Runner:
                      "with --retry-errors to compute them again")
         return summary
 
+
+    def _log_above(self):
+        """``self.log`` that clears and redraws the progress bar around what it prints."""
+        def log(*args) -> None:
+            with tqdm.external_write_mode(nolock=True):
+                self.log(*args)
+
+        return log if self.progress else self.log
 
     def _alignment(self, pairs: PairSet) -> dict:
         """The alignment of the run's images: the template, and the photos in which no face was
@@ -784,107 +821,16 @@ class Runner:
                                            float(geodesic_distance(e[0], e[1])), maps_a=maps)))
         return out or None
 
-    def _run_chunk(self, chunk: Sequence[Pair], model, explainers, fconfig, emb, failed, done, store, bar) -> None:
-        from ..geometry import cosine_similarity, geodesic_distance
-
-        bad = [p for p in chunk if p.a in failed or p.b in failed or failed.get(self.other_ref[p.id])]
-        for p in bad:
-            reason = failed.get(p.a) or failed.get(p.b)
-            rows = []
-            for m in explainers:
-                if (m, p.id) in done:
-                    continue
-                why = reason or (failed.get(self.other_ref[p.id]) if m.endswith(OTHER_REFERENCE) else None)
-                if why is None:  # only the other pair's reference is unreadable: the other rows are fine
-                    continue
-                rows.append(self._error_row(m, p, why))
-            store.add_rows(rows)
-            bar.update(len(rows))
-        good = [p for p in chunk if not (failed.get(p.a) or failed.get(p.b))]
-        if not good:
-            return
-        images, _ = load_images([p.a for p in good], model.input_size, align=model.aligner)
-        refs = torch.stack([emb[p.b] for p in good])
-        probes = torch.stack([emb[p.a] for p in good])
-        cos = cosine_similarity(probes, refs).tolist()
-        ang = geodesic_distance(probes, refs).tolist()
-        device = model_device(model)
-        random_refs = None
-        for method, (explainer, kind) in explainers.items():
-            idx = [i for i, p in enumerate(good) if (method, p.id) not in done]
-            if kind == "other-reference":
-                idx = [i for i in idx if not failed.get(self.other_ref[good[i].id])]
-            if not idx:
-                continue
-            if kind == "random-model":
-                if random_refs is None:  # the randomised model's own embedding of each partner face
-                    b_images, _ = load_images([p.b for p in good], model.input_size, align=model.aligner)
-                    with torch.inference_mode():
-                        random_refs = self.random_model(b_images.to(device)).float().cpu()
-                map_refs = random_refs[idx]
-            elif kind == "other-reference":
-                map_refs = torch.stack([emb[self.other_ref[good[i].id]] for i in idx])
-            else:
-                map_refs = refs[idx]
-            rows = self._test(method, explainer, model, fconfig, [good[i] for i in idx],
-                              images[idx].to(device), refs[idx].to(device),
-                              [cos[i] for i in idx], [ang[i] for i in idx], map_refs=map_refs.to(device))
-            store.add_rows(rows)
-            bar.update(len(rows))
-
     def _test(self, method, explainer, model, fconfig, pairs, images, refs, cos, ang, map_refs=None) -> list[dict]:
-        """Maps and tests for a batch; on failure, one by one so one bad pair costs one row.
-
-        ``map_refs`` are the references the maps are made against (default ``refs``; another
-        pair's face for @other-reference rows, the randomised model's embedding for
-        @random-model rows); the test always runs on the real model."""
-        from ..falsification import falsification_test
-
-        map_refs = refs if map_refs is None else map_refs
-        t = time.perf_counter()
-        try:
-            maps = explainer(images, map_refs)
-            results = falsification_test(model, images, refs, maps, fconfig, pair_ids=[p.index for p in pairs],
-                                         prior=self.prior_map, prior_cache=self.prior_cache)
-        except Exception as exc:  # noqa: BLE001 - recorded per pair below, the run goes on
-            if len(pairs) == 1:
-                return [self._error_row(method, pairs[0], f"{type(exc).__name__}: {exc}")]
-            out = []
-            for i in range(len(pairs)):
-                out += self._test(method, explainer, model, fconfig, pairs[i : i + 1], images[i : i + 1],
-                                  refs[i : i + 1], cos[i : i + 1], ang[i : i + 1], map_refs[i : i + 1])
-            return out
-        seconds = (time.perf_counter() - t) / len(pairs)
-        for p, m in zip(pairs, maps):
-            if p.id in self.grid_ids:
-                self._save_map(method, p, m)
-        rows = []
-        for i, (p, r, cs, an) in enumerate(zip(pairs, results, cos, ang)):
-            d = r.to_dict()
-            if self.config.deletion:
-                d["deletion"] = self._deletion(p, images[i], maps[i], refs[i], cs)
-            rows.append({
-                **self._base_row(method, p), "cosine": cs, "angle": an, "verdict": r.verdict,
-                "failed": list(r.failed), "d_high": r.d_high, "d_low": r.d_low, "sd_high": r.sd_high,
-                "sd_low": r.sd_low, "margin": r.margin, "d_prime": r.d_prime, "n_high": r.n_high,
-                "n_low": r.n_low, "k": r.K, "tau_high": r.tau_high, "tau_low": r.tau_low,
-                "epsilon": r.epsilon, "seconds": seconds, "detail": d,
-            })
-        return rows
+        """Maps and tests for a batch of this process's units (``RowComputer.test``)."""
+        return self._computer.test(method, explainer, model, fconfig, pairs, images, refs, cos, ang, map_refs)
 
     def _deletion(self, pair: Pair, image, attribution, reference, cosine: float) -> dict | None:
         """The deletion curve of a genuine pair the model accepts (``--deletion``), else None."""
-        from ..falsification.deletion import deletion_curve
-
-        if self.threshold is None or not pair.same or cosine < self.threshold:
-            return None
-        return deletion_curve(self.model, image, attribution, reference, self.threshold, grid=self.config.grid,
-                              batch_size=self.config.batch_size).to_dict()
+        return deletion_of(self.model, self.threshold, self.config, pair, image, attribution, reference, cosine)
 
     def _base_row(self, method: str, p: Pair) -> dict:
-        return {"experiment": self.rows_of, "model": self.model_name, "method": method, "pair": p.id,
-                "pair_index": p.index, "same": int(p.same), "fold": p.fold}
+        return base_row(self.rows_of, self.model_name, method, p)
 
     def _error_row(self, method: str, p: Pair, reason: str) -> dict:
         return {**self._base_row(method, p), "verdict": "error", "error": reason}
-

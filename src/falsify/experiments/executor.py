@@ -1,0 +1,227 @@
+"""Who computes 6.1's rows: the executors of ``falsify run --executor``.
+
+A *unit* of work is a chunk of ``batch_pairs`` pending pairs and one or more row methods.
+:class:`RowComputer` computes a unit's rows (and the maps of the saliency-grid pairs) without
+writing anything; the executor decides where units run and hands each unit's rows to the
+runner, which is the only writer of the store and of ``maps/``:
+
+- :class:`InProcessExecutor` (the default): every unit in this process, a chunk with all its
+  methods at a time, in the order of the pairs; rows are written as each method's batch ends.
+- ``RayExecutor`` (``falsify.experiments.ray_executor``, the ``ray`` extra): one unit per
+  (chunk, method) on Ray actors, each with its own copy of the model, on this machine or a
+  cluster. The chunks are the same, so the rows are those of an in-process run.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..choices import OTHER_REFERENCE
+from ..data import load_images
+from ..data.pairs import Pair
+from ..models.base import model_device
+
+#: the fix named when ``--executor ray`` finds no ray
+RAY_FIX = "pip install 'falsify[ray]' torch==2.13.0"
+
+
+def base_row(rows_of: str, model_name: str, method: str, p: Pair) -> dict:
+    """The columns every row of ``p`` has."""
+    return {"experiment": rows_of, "model": model_name, "method": method, "pair": p.id,
+            "pair_index": p.index, "same": int(p.same), "fold": p.fold}
+
+
+def deletion_of(model, threshold, config, pair: Pair, image, attribution, reference, cosine: float) -> dict | None:
+    """The deletion curve of a genuine pair the model accepts (``--deletion``), else None."""
+    from ..falsification.deletion import deletion_curve
+
+    if threshold is None or not pair.same or cosine < threshold:
+        return None
+    return deletion_curve(model, image, attribution, reference, threshold, grid=config.grid,
+                          batch_size=config.batch_size).to_dict()
+
+
+@dataclass
+class RowContext:
+    """What computing rows needs besides the model and the explainers, fixed by the driver before
+    the first unit (picklable, so Ray workers get it as it is and never calibrate)."""
+
+    config: Any  # RunConfig
+    rows_of: str  # the experiment key of the rows
+    model_name: str
+    fconfig: Any  # the calibrated FalsificationConfig
+    prior_map: torch.Tensor | None
+    threshold: float | None  # the model's decision threshold (cosine), for deletion curves
+    emb: dict  # image path -> embedding (CPU), every image of the run
+    failed: dict  # image path -> why it could not be read
+    other_ref: dict  # pair id -> the reference image of its @other-reference rows
+    grid_ids: frozenset  # pairs whose maps are saved for the saliency grid
+
+
+def row_explainers(config, model, prior_map=None, explainers: dict | None = None):
+    """``(rows, random_model)``: row method -> (explainer, kind) for ``config.row_methods()``
+    (kind: real, random-model or other-reference), and the randomised model of the controls
+    (None unless ``--sanity`` or the validity study). ``explainers``: those of ``config.methods``
+    but ``centre``, when already made."""
+    from ..attribution import get_explainer
+    from ..choices import RANDOM_MODEL
+
+    c = config
+    if explainers is None:
+        explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods if m != "centre"}
+    explainers = dict(explainers)
+    if "centre" in c.methods:
+        explainers["centre"] = get_explainer("centre", model, prior=prior_map, **c.method_options.get("centre", {}))
+    random_model = None
+    if c.sanity or c.experiment == "validity":
+        from ..models.base import randomised_copy
+
+        random_model = randomised_copy(model, seed=c.seed)
+    rows = {}
+    for row in c.row_methods():
+        if row.endswith(RANDOM_MODEL):
+            m = row[: -len(RANDOM_MODEL)]
+            rows[row] = (get_explainer(m, random_model, **c.method_options.get(m, {})), "random-model")
+        elif row.endswith(OTHER_REFERENCE):
+            rows[row] = (explainers[row[: -len(OTHER_REFERENCE)]], "other-reference")
+        else:
+            rows[row] = (explainers[row], "real")
+    return rows, random_model
+
+
+class RowComputer:
+    """Computes the rows of units: maps and falsification tests, no writes."""
+
+    def __init__(self, ctx: RowContext, model, explainers: dict, random_model=None, test=None) -> None:
+        self.ctx, self.model, self.explainers, self.random_model = ctx, model, explainers, random_model
+        self.prior_cache: dict = {}
+        #: the maps and tests of one batch (default :meth:`test`; ``Runner._test`` in-process)
+        self.test_batch = test or self.test
+        self._saved: list = []  # (method, pair, map) of the grid pairs, since the last batch
+
+    def rows(self, chunk: Sequence[Pair], methods: Sequence[str], done) -> Iterator[tuple[list[dict], list]]:
+        """The rows of (``chunk`` x ``methods``) that ``done`` (a set of (method, pair id)) lacks,
+        one ``(rows, maps)`` per batch: first the error rows of pairs with an unreadable image,
+        then each method's rows. ``maps``: (method, pair, map) of the saliency-grid pairs."""
+        ctx, model = self.ctx, self.model
+        failed, emb, other_ref = ctx.failed, ctx.emb, ctx.other_ref
+        bad = [p for p in chunk if p.a in failed or p.b in failed or failed.get(other_ref[p.id])]
+        for p in bad:
+            reason = failed.get(p.a) or failed.get(p.b)
+            rows = []
+            for m in methods:
+                if (m, p.id) in done:
+                    continue
+                why = reason or (failed.get(other_ref[p.id]) if m.endswith(OTHER_REFERENCE) else None)
+                if why is None:  # only the other pair's reference is unreadable: the other rows are fine
+                    continue
+                rows.append(self.error_row(m, p, why))
+            yield rows, []
+        good = [p for p in chunk if not (failed.get(p.a) or failed.get(p.b))]
+        if not good:
+            return
+        from ..geometry import cosine_similarity, geodesic_distance
+
+        images, _ = load_images([p.a for p in good], model.input_size, align=model.aligner)
+        refs = torch.stack([emb[p.b] for p in good])
+        probes = torch.stack([emb[p.a] for p in good])
+        cos = cosine_similarity(probes, refs).tolist()
+        ang = geodesic_distance(probes, refs).tolist()
+        device = model_device(model)
+        random_refs = None
+        for method in methods:
+            explainer, kind = self.explainers[method]
+            idx = [i for i, p in enumerate(good) if (method, p.id) not in done]
+            if kind == "other-reference":
+                idx = [i for i in idx if not failed.get(other_ref[good[i].id])]
+            if not idx:
+                continue
+            if kind == "random-model":
+                if random_refs is None:  # the randomised model's own embedding of each partner face
+                    b_images, _ = load_images([p.b for p in good], model.input_size, align=model.aligner)
+                    with torch.inference_mode():
+                        random_refs = self.random_model(b_images.to(device)).float().cpu()
+                map_refs = random_refs[idx]
+            elif kind == "other-reference":
+                map_refs = torch.stack([emb[other_ref[good[i].id]] for i in idx])
+            else:
+                map_refs = refs[idx]
+            rows = self.test_batch(method, explainer, model, self.ctx.fconfig, [good[i] for i in idx],
+                                   images[idx].to(device), refs[idx].to(device), [cos[i] for i in idx],
+                                   [ang[i] for i in idx], map_refs=map_refs.to(device))
+            maps, self._saved = self._saved, []
+            yield rows, maps
+
+    def test(self, method, explainer, model, fconfig, pairs, images, refs, cos, ang, map_refs=None) -> list[dict]:
+        """Maps and tests for a batch; on failure, one by one so one bad pair costs one row.
+
+        ``map_refs`` are the references the maps are made against (default ``refs``; another
+        pair's face for @other-reference rows, the randomised model's embedding for
+        @random-model rows); the test always runs on the real model."""
+        from ..falsification import falsification_test
+
+        ctx = self.ctx
+        map_refs = refs if map_refs is None else map_refs
+        t = time.perf_counter()
+        try:
+            maps = explainer(images, map_refs)
+            results = falsification_test(model, images, refs, maps, fconfig, pair_ids=[p.index for p in pairs],
+                                         prior=ctx.prior_map, prior_cache=self.prior_cache)
+        except Exception as exc:  # noqa: BLE001 - recorded per pair below, the run goes on
+            if len(pairs) == 1:
+                return [self.error_row(method, pairs[0], f"{type(exc).__name__}: {exc}")]
+            out = []
+            for i in range(len(pairs)):
+                out += self.test_batch(method, explainer, model, fconfig, pairs[i : i + 1], images[i : i + 1],
+                                       refs[i : i + 1], cos[i : i + 1], ang[i : i + 1], map_refs[i : i + 1])
+            return out
+        seconds = (time.perf_counter() - t) / len(pairs)
+        self._saved += [(method, p, m.detach().cpu()) for p, m in zip(pairs, maps) if p.id in ctx.grid_ids]
+        rows = []
+        for i, (p, r, cs, an) in enumerate(zip(pairs, results, cos, ang)):
+            d = r.to_dict()
+            if ctx.config.deletion:
+                d["deletion"] = deletion_of(model, ctx.threshold, ctx.config, p, images[i], maps[i], refs[i], cs)
+            rows.append({
+                **base_row(ctx.rows_of, ctx.model_name, method, p), "cosine": cs, "angle": an,
+                "verdict": r.verdict, "failed": list(r.failed), "d_high": r.d_high, "d_low": r.d_low,
+                "sd_high": r.sd_high, "sd_low": r.sd_low, "margin": r.margin, "d_prime": r.d_prime,
+                "n_high": r.n_high, "n_low": r.n_low, "k": r.K, "tau_high": r.tau_high, "tau_low": r.tau_low,
+                "epsilon": r.epsilon, "seconds": seconds, "detail": d,
+            })
+        return rows
+
+    def error_row(self, method: str, p: Pair, reason: str) -> dict:
+        return {**base_row(self.ctx.rows_of, self.ctx.model_name, method, p), "verdict": "error", "error": reason}
+
+
+#: ``write(rows, maps)``: the runner's writer of a batch of rows (``RowComputer.rows``)
+Writer = Callable[[list, list], None]
+
+
+class InProcessExecutor:
+    """Every unit in this process: a chunk with all its methods at a time, in the order of the
+    pairs, each batch written as soon as it is computed."""
+
+    name = "in-process"
+
+    def run(self, computer: RowComputer, chunks: Sequence[Sequence[Pair]], methods: Sequence[str], done,
+            write: Writer, log=print) -> None:
+        for chunk in chunks:
+            for rows, maps in computer.rows(chunk, methods, done):
+                write(rows, maps)
+
+
+def make_executor(config):
+    """The executor of ``config.executor``; ``--executor ray`` without ray installed is a
+    one-line ``ImportError`` naming the fix."""
+    if config.executor != "ray":
+        return InProcessExecutor()
+    try:
+        from .ray_executor import RayExecutor
+    except ImportError as exc:
+        raise ImportError(f"--executor ray needs ray ({exc}); install it with: {RAY_FIX}") from None
+    return RayExecutor(address=config.ray_address, workers=config.workers)
