@@ -126,3 +126,15 @@ def test_missing_ray_is_one_line_naming_the_fix(lfw_sample, tmp_path, capsys, mo
     assert err.startswith("falsify run: error: --executor ray needs ray") and \
         err.endswith("pip install 'falsify[ray]' torch==2.13.0"), err
     assert not out.exists()  # refused before anything was loaded or written
+
+
+def test_path_methods_share_a_unit():
+    """ig and geodesic-ig of one model go to one worker together (geodesic-ig reads ig's path
+    points); every other method, and the randomised model's path methods, apart."""
+    from falsify.experiments.executor import method_units
+
+    methods = ["gradcam", "ig", "geodesic-ig", "saliency", "ig@random-model", "geodesic-ig@random-model",
+               "ig@other-reference", "geodesic-ig@other-reference"]
+    assert method_units(methods) == [
+        ["gradcam"], ["ig", "geodesic-ig", "ig@other-reference", "geodesic-ig@other-reference"], ["saliency"],
+        ["ig@random-model", "geodesic-ig@random-model"]]

@@ -25,7 +25,6 @@ where its error is: with phi(a) = s(b + a (x - b)), each interval's share of the
 computed from its two end points (``_adaptive_trapezoid``), so only the intervals that hold
 the error are bisected.
 """
-"""
 from __future__ import annotations
 
 import torch

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..choices import OTHER_REFERENCE
+from ..choices import OTHER_REFERENCE, RANDOM_MODEL
 from ..data import load_images
 from ..data.pairs import Pair
 from ..models.base import model_device
@@ -196,6 +196,23 @@ class RowComputer:
 
     def error_row(self, method: str, p: Pair, reason: str) -> dict:
         return {**base_row(self.ctx.rows_of, self.ctx.model_name, method, p), "verdict": "error", "error": reason}
+
+
+#: methods that share work on the same images and model: ``ig`` keeps the embeddings of the
+#: path points it evaluates and ``geodesic-ig``'s schedule reads them (``attribution.paths``)
+SHARED_PATH = ("ig", "geodesic-ig")
+
+
+def method_units(methods: Sequence[str]) -> list[list[str]]:
+    """``methods`` in units that one worker computes together, in their order: the path methods
+    of one model (``ig`` and ``geodesic-ig``, alone or ``@other-reference``: same model, same
+    paths; or both ``@random-model``) share a unit, every other method is a unit of its own."""
+    units: dict = {}
+    for m in methods:
+        base, _, suffix = m.partition("@")
+        key = ("path", suffix == RANDOM_MODEL[1:]) if base in SHARED_PATH else m
+        units.setdefault(key, []).append(m)
+    return list(units.values())
 
 
 #: ``write(rows, maps)``: the runner's writer of a batch of rows (``RowComputer.rows``)

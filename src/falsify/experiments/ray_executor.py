@@ -4,7 +4,8 @@ One actor per worker (one CPU, ``threads`` torch threads), each loading the mode
 making the explainers from the run's settings; the driver hands every actor what the run fixed
 before the first unit (:class:`~falsify.experiments.executor.RowContext`: the calibrated test
 config, the prior map, the embeddings, the unreadable images, the other references), so no
-worker calibrates. Units are (chunk of ``batch_pairs`` pairs, one method), given to whichever
+worker calibrates. Units are (chunk of ``batch_pairs`` pairs, one method, or ``ig`` and
+``geodesic-ig`` together: they share path points, see ``executor.method_units``), given to whichever
 actor is idle; an actor returns a unit's rows and grid maps, and the driver writes them, so the
 store has one writer and resuming works as in-process. When a worker dies (its process killed,
 its node lost), its unit goes to a fresh actor, up to :data:`MAX_TRIES` times per unit; nothing
@@ -19,7 +20,7 @@ from typing import Callable, Sequence
 import ray
 from ray.exceptions import RayActorError
 
-from .executor import RowComputer, RowContext, Writer, row_explainers
+from .executor import RowComputer, RowContext, Writer, method_units, row_explainers
 
 #: tries of one unit (the first and those after a worker died on it)
 MAX_TRIES = 3
@@ -96,8 +97,8 @@ class RayExecutor:
                 log(f"Ray has CPUs for {slots} worker{'s' * (slots != 1)}, not {self.workers}; using {slots}")
             n = min(self.workers or slots, slots)
             ctx_ref = ray.put(computer.ctx)
-            units = deque(((chunk, [m]), 1) for chunk in chunks for m in methods
-                          if any((m, p.id) not in done for p in chunk))
+            units = deque(((chunk, ms), 1) for chunk in chunks for ms in method_units(methods)
+                          if any((m, p.id) not in done for m in ms for p in chunk))
             n = min(n, len(units))
             log(f"Ray: {len(units)} units (chunk of pairs x method) on {n} worker{'s' * (n != 1)}")
             idle = [self._start(ctx_ref) for _ in range(n)]
