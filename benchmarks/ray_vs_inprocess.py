@@ -2,6 +2,7 @@
 
     python benchmarks/ray_vs_inprocess.py                       # 8 pairs, gradcam,saliency,random,occlusion
     python benchmarks/ray_vs_inprocess.py --n-pairs 2 --methods gradcam,random   # a quick check
+    python benchmarks/ray_vs_inprocess.py --methods all          # every method (benchmarks/scale.sh)
 
 The in-process run uses torch's default number of threads (as ``falsify run``); the Ray run
 starts a local Ray instance with ``--workers`` actors of one torch thread each (the start of Ray
@@ -87,14 +88,15 @@ def main() -> int:
         a, b = rows(outs["in-process"]), rows(outs["ray"])
     equal = same_rows(a, b)
 
-    print(f"6.1: {len(pairs)} pairs x {len(args.methods.split(','))} methods ({len(a)} rows), {args.model}, "
+    n_methods = len(RunConfig(**settings).methods)
+    print(f"6.1: {len(pairs)} pairs x {n_methods} methods ({len(a)} rows), {args.model}, "
           f"batch_pairs {args.batch_pairs}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}\n")
     print("| executor | workers x torch threads | wall time (s) |")
     print("|---|---|---|")
     print(f"| in-process | 1 x {torch.get_num_threads()} | {times['in-process']:.1f} |")
     print(f"| ray (local) | {args.workers} x 1 | {times['ray']:.1f} |")
-    print(f"\nin-process / ray: {times['in-process'] / times['ray']:.2f}")
+    print(f"\nray / in-process: {times['ray'] / times['in-process']:.2f}")
     print(f"rows equal: {'yes' if equal else 'NO'}")
     return 0 if equal else 1
 

@@ -1,0 +1,58 @@
+"""Do two runs of 6.1 reach the same verdicts? Compares the stores of two run folders row by row.
+
+Prints, per method, the verdict counts of each run and the (method, pair) rows whose verdict
+differs, with both margins (d_high - d_low) and, under the beyond-prior criterion, by how much
+each beat the prior map's margin on the same image (``excess``: a verdict whose excess is near 0
+flips with a small change of the map).
+
+    python benchmarks/compare_verdicts.py runs/6.1-n40-v2 runs/6.1-n40-v3
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sqlite3
+from pathlib import Path
+
+
+def rows(folder: Path) -> dict:
+    with sqlite3.connect(folder / "results.sqlite") as c:
+        c.row_factory = sqlite3.Row
+        return {(r["method"], r["pair"]): dict(r) for r in c.execute(
+            "SELECT method, pair, verdict, d_high, d_low, margin, detail FROM results WHERE experiment = '6.1'")}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("before", type=Path)
+    ap.add_argument("after", type=Path)
+    args = ap.parse_args(argv)
+    a, b = rows(args.before), rows(args.after)
+    common = sorted(set(a) & set(b))
+    methods = list(dict.fromkeys(m for m, _ in common))
+    print(f"### Verdicts: `{args.before}` (before) vs `{args.after}` (after), {len(common)} common rows\n")
+    print("| method | before: pass / falsified / untestable | after | rows whose verdict changed |")
+    print("|---|---|---|---|")
+    changed = []
+    for m in methods:
+        keys = [k for k in common if k[0] == m]
+        ca = collections.Counter(a[k]["verdict"] for k in keys)
+        cb = collections.Counter(b[k]["verdict"] for k in keys)
+        diff = [k for k in keys if a[k]["verdict"] != b[k]["verdict"]]
+        changed += diff
+        fmt = lambda c: f"{c.get('passed', 0)} / {c.get('falsified', 0)} / {c.get('untestable', 0)}"
+        print(f"| {m} | {fmt(ca)} | {fmt(cb)} | {len(diff)} |")
+    print(f"\n{len(changed)} of {len(common)} verdicts changed.")
+    for k in changed:
+        da = json.loads(a[k]["detail"] or "{}")
+        db = json.loads(b[k]["detail"] or "{}")
+        ex = (da.get("excess"), db.get("excess"))
+        print(f"- {k[0]} on {k[1]}: {a[k]['verdict']} -> {b[k]['verdict']}; margin {a[k]['margin']:.4f} -> "
+              f"{b[k]['margin']:.4f}" + (f"; beyond the prior's margin by {ex[0]:+.4f} -> {ex[1]:+.4f}"
+                                         if None not in ex else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
