@@ -4,17 +4,19 @@ path's embeddings travel on the hypersphere, not by equal pixel steps.
 The path is IG's straight line x(a) = b + a (x - b). Its embeddings trace a curve on the
 sphere; theta(a) is the geodesic length of that curve from a = 0, measured on a fine grid of
 ``fine_factor * steps`` intervals by summing 2 atan2(|u-v|, |u+v|) between neighbours. The grid
-a = k / n nests with ``ig``'s trapezoid grid and with itself when the steps double, so points of
-the path already evaluated are read from the model's path cache (``paths``). [0, 1] is cut
-into ``steps`` pieces of equal angle travelled, theta(a_j) = j/steps * theta(1), and the
-integral is the Riemann sum at the pieces' angular midpoints m_j:
+a = k / n nests with ``ig``'s trapezoid grid, so points of the path ``ig`` already evaluated are
+read from the model's path cache (``paths``). The point a(u) is where the embeddings have
+travelled the fraction u of theta(1) (linear interpolation of theta's inverse). The integral is
+the trapezoid rule on the points a(u_j), u_j = j / steps (``steps`` pieces of equal angle):
 
-    GIG_i(x) = (x_i - b_i) * sum_j (a_{j+1} - a_j) * ds(x(m_j)) / dx_i
+    GIG_i(x) = (x_i - b_i) * sum_j (a_j+1 - a_j) * (ds/dx_i(x(a_j)) + ds/dx_i(x(a_j+1))) / 2
 
-Points crowd where the embedding moves fast, which is where the target changes, so the same
-number of gradient evaluations covers the path's informative part more densely. It is still
-a Riemann sum of the same path integral, so completeness (sum = s(x) - s(b)) holds as the
-steps grow; when the embeddings do not move (theta(1) = 0) it falls back to equal steps.
+refined as ``ig``'s (``PathExplainer._adaptive_trapezoid``): while completeness misses the
+tolerance, the pieces holding most of the local error are bisected in angle, so every new point
+is again an angular midpoint. Points crowd where the embedding moves fast, which is where the
+target changes, so fewer gradient evaluations cover the path's informative part. It is a
+Riemann sum of the same path integral as IG, so completeness (sum = s(x) - s(b)) holds as the
+pieces shrink; when the embeddings do not move (theta(1) = 0) it falls back to equal steps.
 """
 from __future__ import annotations
 
@@ -44,15 +46,16 @@ class GeodesicIntegratedGradients(PathExplainer):
         if fine_factor < 1:
             raise AttributionError(f"fine_factor must be >= 1, got {fine_factor}")
         self.fine_factor = int(fine_factor)
+        #: per image of the last call, the points a of the path its map used
+        self.last_points: list[list[float]] = []
+        self._curves: list = []
 
-    def schedule(self, image: torch.Tensor, baseline: torch.Tensor, steps: int | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(midpoints, widths) in a for one image: ``steps`` pieces of equal angle travelled,
-        measured on the grid a = k / (``fine_factor * steps``). The grid's embeddings come from
-        the model's shared path cache where ``ig`` (or an earlier refinement) has evaluated the
-        same points of the same path, and from forward passes otherwise."""
-        steps = steps or self.steps
-        n = self.fine_factor * steps
+    def angle_curve(self, image: torch.Tensor, baseline: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(grid, theta): the angle theta(a) the path's embeddings have travelled from a = 0, on the
+        grid a = k / n, n = ``fine_factor * steps``. The grid's embeddings come from the model's
+        shared path cache where ``ig`` has evaluated the same points of the same path, and from
+        forward passes otherwise."""
+        n = self.fine_factor * self.steps
         cache = path_embeddings(self.model)
         points = cache.points(cache.key(self.model, image, baseline))
         missing = [k for k in range(n + 1) if fraction(k, n) not in points]
@@ -66,30 +69,28 @@ class GeodesicIntegratedGradients(PathExplainer):
         emb = torch.stack([points[fraction(k, n)] for k in range(n + 1)]).to(image.dtype)
         grid = torch.tensor([k / n for k in range(n + 1)], dtype=image.dtype, device=image.device)
         theta = torch.cat([grid.new_zeros(1), geodesic_distance(emb[:-1], emb[1:]).cumsum(0)])
-        total = theta[-1]
-        levels = torch.linspace(0, 1, 2 * steps + 1, device=image.device, dtype=image.dtype)
-        if float(total) <= 0:
-            alphas = levels
-        else:
-            # theta is non-decreasing; make it strictly increasing for the inverse interpolation
-            theta = theta + torch.arange(len(theta), dtype=theta.dtype, device=theta.device) * 1e-12
-            alphas = _interp(levels * theta[-1], theta, grid)
-        edges, mids = alphas[0::2], alphas[1::2]
-        return mids, edges[1:] - edges[:-1]
+        # theta is non-decreasing; make it strictly increasing for the inverse interpolation
+        return grid, theta + torch.arange(len(theta), dtype=theta.dtype, device=theta.device) * 1e-12
 
-    def _path_attribute(self, images, baselines, references, steps):
-        out = []
-        for i in range(images.shape[0]):
-            x, b = images[i], baselines[i]
-            ref = None if references is None else references[i : i + 1]
-            mids, widths = self.schedule(x, b, steps)
-            total_grad = torch.zeros_like(x)
-            for m, w in zip(mids.split(self.batch_size), widths.split(self.batch_size)):
-                pts = (b[None] + m[:, None, None, None] * (x - b)[None]).requires_grad_(True)
-                with torch.enable_grad():
-                    r = None if ref is None else ref.expand(len(m), -1)
-                    s = self.target(pts, r)
-                    (grad,) = torch.autograd.grad((s * w).sum(), pts)
-                total_grad += grad.sum(dim=0)
-            out.append((x - b) * total_grad)
-        return torch.stack(out)
+    @staticmethod
+    def position(curve: tuple[torch.Tensor, torch.Tensor], u: torch.Tensor) -> torch.Tensor:
+        """The points a where the embeddings have travelled the fractions ``u`` of the path's angle
+        (linear interpolation of the inverse of theta; u itself when the embeddings do not move)."""
+        grid, theta = curve
+        if float(theta[-1]) <= 1e-9:
+            return u.to(grid.dtype)
+        return _interp(u.to(theta.dtype) * theta[-1], theta, grid)
+
+    def schedule(self, image: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+        """The ``steps + 1`` points a of the first level: ``steps`` pieces of equal angle travelled."""
+        u = torch.arange(self.steps + 1, dtype=torch.float64) / self.steps
+        return self.position(self.angle_curve(image, baseline), u.to(image.device))
+
+    def _attribute(self, images, references):
+        return self._adaptive_trapezoid(images, references)
+
+    def _begin(self, images, baselines) -> None:
+        self._curves = [self.angle_curve(images[i], baselines[i]) for i in range(images.shape[0])]
+
+    def _alpha(self, i, key):
+        return float(self.position(self._curves[i], torch.tensor([float(key)]).to(self._curves[i][0].device))[0])

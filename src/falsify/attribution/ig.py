@@ -85,6 +85,94 @@ class PathExplainer(Explainer):
         return out
 
 
+    # -- the adaptive trapezoid rule, shared by ig (points in a) and geodesic-ig (points in angle) --
+    #: each refinement bisects the intervals with the largest local errors that together hold this
+    #: share of the image's total absolute local error
+    refine_share = 0.5
+
+    def _begin(self, images, baselines) -> None:
+        """Per-call set-up of the point keys (geodesic-ig measures its angle schedules here)."""
+
+    def _alpha(self, i: int, key) -> float:
+        """The position a on the path of image ``i``'s point ``key`` (a Fraction)."""
+        raise NotImplementedError
+
+    def _point_id(self, i: int, key):
+        """The path cache's id of the point (``(numerator, denominator)`` of a), or None when the
+        point is not a dyadic point of a (its embedding is then not kept)."""
+        return None
+
+    def _adaptive_trapezoid(self, images, references):
+        """The trapezoid rule on ``steps`` equal intervals of the point keys, then adaptive bisection.
+
+        With phi(a) = s(b + a (x - b)), the map's pixel sum is the trapezoid rule applied to
+        phi', and phi(1) - phi(0) = s(x) - s(b) is its exact integral. So each interval
+        [a_j, a_j+1] has a local completeness error computed from what its two end points
+        already gave, e_j = (a_j+1 - a_j) (phi'(a_j) + phi'(a_j+1)) / 2 - (phi(a_j+1) - phi(a_j)),
+        and the residual is their sum. While the residual exceeds ``tolerance`` x |s(x) - s(b)|
+        and fewer than ``max_steps`` intervals are used, the intervals with the largest |e_j|
+        (together ``refine_share`` of the total) are bisected in their key (a for ig, the angle
+        travelled for geodesic-ig): only the midpoints are new. Every point's gradient and value
+        are kept, so nothing is evaluated twice, and the map is the trapezoid rule on the final
+        (non-uniform) points.
+        """
+        from fractions import Fraction
+
+        from .paths import path_embeddings
+
+        baselines = make_baseline(images, self.baseline)
+        b = images.shape[0]
+        self._begin(images, baselines)
+        cache = path_embeddings(self.model)
+        keys = [cache.key(self.model, images[i], baselines[i]) for i in range(b)]
+        points: list[dict] = [{} for _ in range(b)]  # per image: key -> (a, phi(a), map at a)
+        want = {i: [Fraction(k, self.steps) for k in range(self.steps + 1)] for i in range(b)}
+        out = torch.zeros(b, *images.shape[-2:], device=images.device)
+        n_steps, residual = [0] * b, [0.0] * b
+        while want:
+            index = [i for i, fs in want.items() for _ in fs]
+            fracs = [f for fs in want.values() for f in fs]
+            alphas = [self._alpha(i, f) for i, f in zip(index, fracs)]
+
+            def record(rows, emb):
+                for r, e in zip(rows.tolist(), emb):
+                    pid = self._point_id(index[r], fracs[r])
+                    if pid is not None:
+                        cache.points(keys[index[r]])[pid] = e
+
+            phi, maps = path_points(self.target, images, baselines, references, index, alphas, self.batch_size,
+                                    on_embeddings=record)
+            for p, (i, f) in enumerate(zip(index, fracs)):
+                points[i][f] = (alphas[p], float(phi[p]), maps[p])
+            todo = {}
+            for i in want:
+                keys_i = sorted(points[i])
+                a = torch.tensor([points[i][f][0] for f in keys_i], dtype=torch.float64)
+                vals = torch.tensor([points[i][f][1] for f in keys_i], dtype=torch.float64)
+                hs = torch.stack([points[i][f][2] for f in keys_i])
+                slope = hs.flatten(1).sum(1).double().cpu()  # phi'(a)
+                width = a[1:] - a[:-1]
+                w = torch.zeros(len(a), dtype=torch.float64)
+                w[:-1] += width / 2
+                w[1:] += width / 2
+                out[i] = torch.tensordot(w.to(hs.dtype).to(hs.device), hs, dims=1)
+                gap = float(vals[-1] - vals[0])
+                residual[i], n_steps[i] = float((w * slope).sum()) - gap, len(a) - 1
+                if (self.tolerance is None or abs(residual[i]) <= self.tolerance * abs(gap)
+                        or n_steps[i] >= self.max_steps):
+                    continue
+                local = (width * (slope[:-1] + slope[1:]) / 2 - (vals[1:] - vals[:-1])).abs()
+                order = torch.argsort(local, descending=True)
+                share = torch.cumsum(local[order], 0)
+                n = int(torch.searchsorted(share, self.refine_share * share[-1])) + 1
+                pick = sorted(order[: min(n, self.max_steps - n_steps[i])].tolist())
+                todo[i] = [(keys_i[j] + keys_i[j + 1]) / 2 for j in pick]
+            want = todo
+        self.last_steps, self.last_residual = n_steps, residual
+        self.last_points = [[points[i][f][0] for f in sorted(points[i])] for i in range(b)]
+        return out
+
+
 def path_gradients(target, images, baselines, references, image_index, alphas, weights, batch_size,
                    on_embeddings=None) -> torch.Tensor:
     """sum_p weights[p] * ds/dx at b + alphas[p] (x - b) over the points p of each image: (B,3,H,W).
@@ -145,9 +233,6 @@ RULES = ("trapezoid", "gausslegendre")
 
 class IntegratedGradientsExplainer(PathExplainer):
     name = "ig"
-    #: each refinement bisects the intervals with the largest local errors that together hold this
-    #: share of the image's total absolute local error
-    refine_share = 0.5
 
     def __init__(self, model, steps: int = 64, baseline: str | float = "black", batch_size: int = 64,
                  tolerance: float | None = 0.02, max_steps: int = 512, rule: str = "trapezoid",
@@ -156,13 +241,19 @@ class IntegratedGradientsExplainer(PathExplainer):
         if rule not in RULES:
             raise AttributionError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
         self.rule = rule
-        #: per image of the last call, the points a of the path (fractions) its map used
-        self.last_points: list[list] = []
+        #: per image of the last call, the points a of the path its map used (trapezoid rule)
+        self.last_points: list[list[float]] = []
 
     def _attribute(self, images, references):
         if self.rule == "gausslegendre":
             return super()._attribute(images, references)
         return self._adaptive_trapezoid(images, references)
+
+    def _alpha(self, i, key):
+        return float(key)
+
+    def _point_id(self, i, key):
+        return key.numerator, key.denominator
 
     def _path_attribute(self, images, baselines, references, steps):
         """captum's plain IG with the Gauss-Legendre rule, computed in batched chunks."""
@@ -175,68 +266,3 @@ class IntegratedGradientsExplainer(PathExplainer):
             torch.tensor(alphas(steps)).repeat(b), torch.tensor(step_sizes(steps)).repeat(b), self.batch_size,
         )
         return grads * (images - baselines)
-
-    def _adaptive_trapezoid(self, images, references):
-        """The trapezoid rule on ``steps`` equal intervals, then adaptive bisection.
-
-        With phi(a) = s(b + a (x - b)), the map's pixel sum is the trapezoid rule applied to
-        phi', and phi(1) - phi(0) = s(x) - s(b) is its exact integral. So each interval
-        [a_j, a_j+1] has a local completeness error computed from what its two end points
-        already gave, e_j = (a_j+1 - a_j) (phi'(a_j) + phi'(a_j+1)) / 2 - (phi(a_j+1) - phi(a_j)),
-        and the residual is their sum. While the residual exceeds ``tolerance`` x |s(x) - s(b)|
-        and fewer than ``max_steps`` intervals are used, the intervals with the largest |e_j|
-        (together ``refine_share`` of the total) are bisected: only their midpoints are new.
-        Every point's gradient and value are kept, so nothing is evaluated twice, and the map
-        is the trapezoid rule on the final (non-uniform) points.
-        """
-        from fractions import Fraction
-
-        from .paths import path_embeddings
-
-        baselines = make_baseline(images, self.baseline)
-        b = images.shape[0]
-        cache = path_embeddings(self.model)
-        keys = [cache.key(self.model, images[i], baselines[i]) for i in range(b)]
-        points: list[dict] = [{} for _ in range(b)]  # per image: Fraction a -> (phi(a), map at a)
-        want = {i: [Fraction(k, self.steps) for k in range(self.steps + 1)] for i in range(b)}
-        out = torch.zeros(b, *images.shape[-2:], device=images.device)
-        n_steps, residual = [0] * b, [0.0] * b
-        while want:
-            index = [i for i, fs in want.items() for _ in fs]
-            fracs = [f for fs in want.values() for f in fs]
-
-            def record(rows, emb):
-                for r, e in zip(rows.tolist(), emb):
-                    f = fracs[r]
-                    cache.points(keys[index[r]])[(f.numerator, f.denominator)] = e
-
-            phi, maps = path_points(self.target, images, baselines, references, index, [float(f) for f in fracs],
-                                    self.batch_size, on_embeddings=record)
-            for p, (i, f) in enumerate(zip(index, fracs)):
-                points[i][f] = (float(phi[p]), maps[p])
-            todo = {}
-            for i in want:
-                a = sorted(points[i])
-                vals = torch.tensor([points[i][f][0] for f in a], dtype=torch.float64)
-                hs = torch.stack([points[i][f][1] for f in a])
-                slope = hs.flatten(1).sum(1).double().cpu()  # phi'(a)
-                width = torch.tensor([float(a[j + 1] - a[j]) for j in range(len(a) - 1)], dtype=torch.float64)
-                w = torch.zeros(len(a), dtype=torch.float64)
-                w[:-1] += width / 2
-                w[1:] += width / 2
-                out[i] = torch.tensordot(w.to(hs.dtype).to(hs.device), hs, dims=1)
-                gap = float(vals[-1] - vals[0])
-                residual[i], n_steps[i] = float((w * slope).sum()) - gap, len(a) - 1
-                if (self.tolerance is None or abs(residual[i]) <= self.tolerance * abs(gap)
-                        or n_steps[i] >= self.max_steps):
-                    continue
-                local = (width * (slope[:-1] + slope[1:]) / 2 - (vals[1:] - vals[:-1])).abs()
-                order = torch.argsort(local, descending=True)
-                share = torch.cumsum(local[order], 0)
-                n = int(torch.searchsorted(share, self.refine_share * share[-1])) + 1
-                pick = sorted(order[: min(n, self.max_steps - n_steps[i])].tolist())
-                todo[i] = [(a[j] + a[j + 1]) / 2 for j in pick]
-            want = todo
-        self.last_steps, self.last_residual = n_steps, residual
-        self.last_points = [sorted(p) for p in points]
-        return out
