@@ -38,6 +38,11 @@ from .store import ResultsStore, inspect_store
 #: The experiment whose rows both 6.1 and 6.2 read.
 ROWS_OF = "6.1"
 
+#: How ig and geodesic-ig integrate, stored with the settings: their rows from an older falsify
+#: ("doubling": Gauss-Legendre ig and midpoint geodesic-ig, refined by doubling the steps) are
+#: not mixed with today's (the trapezoid rule with adaptive bisection) by resuming a store.
+PATH_RULES = "adaptive-trapezoid"
+
 _INT, _NUM, _STR, _BOOL = "a whole number", "a number", "a string", "true or false"
 #: The type of every setting (TOML values and flags go through the same check).
 _TYPES = {
@@ -145,7 +150,7 @@ class RunConfig:
         "models",
     )
     #: the value a setting had before it existed, for stores made by an older falsify
-    LEGACY = {"align": "none", "models": None}
+    LEGACY = {"align": "none", "models": None, "path_rules": "doubling"}
     #: settings of the last invocation that a resumed run keeps unless they are given again
     KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference", "labels")
 
@@ -337,6 +342,7 @@ class RunConfig:
         out["align"] = self.align if self.experiment == "6.4" else resolve_align(self.model, self.align) or "none"
         if self.stratify is None:  # the labels decide which pairs are run only through --stratify
             out["labels"] = None
+        out["path_rules"] = PATH_RULES
         for key in ("data", "pairs", "labels"):
             if out[key] is not None:
                 out[key] = str(Path(out[key]).expanduser().resolve())
@@ -566,6 +572,10 @@ class Runner:
                     "used only by pairs whose rows are errors; rerun with --retry-errors to compute them again"
                 )
         diff = settings_conflicts(have, settings)
+        if diff == ["path_rules"]:
+            raise ValueError(f"{self.out} was made by an older falsify whose ig and geodesic-ig integrate "
+                             "differently (before the adaptive trapezoid rule), so resuming it could mix rows; "
+                             "nothing was changed there. Use another --out ('falsify report' still reads it)")
         if diff:
             raise ValueError(
                 f"{self.out} holds results made with other settings ({', '.join(diff)} differ); "
