@@ -310,7 +310,7 @@ class RunConfig:
         if values.get("out"):
             stored = inspect_store(Path(values["out"]) / "results.sqlite")
             if stored and stored["meta"].get("settings"):
-                base = {**cls.LEGACY, **{k: v for k, v in stored["meta"]["settings"].items() if k in cls.RESULT_KEYS}}
+                base = {k: v for k, v in {**cls.LEGACY, **stored["meta"]["settings"]}.items() if k in cls.RESULT_KEYS}
                 if stored["runs"]:
                     base.update({k: stored["runs"][-1][k] for k in cls.KEPT_KEYS if k in stored["runs"][-1]})
                 values = {**base, **values}
