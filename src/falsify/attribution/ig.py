@@ -173,44 +173,12 @@ class PathExplainer(Explainer):
         return out
 
 
-def path_gradients(target, images, baselines, references, image_index, alphas, weights, batch_size,
-                   on_embeddings=None) -> torch.Tensor:
-    """sum_p weights[p] * ds/dx at b + alphas[p] (x - b) over the points p of each image: (B,3,H,W).
-
-    Point p belongs to image ``image_index[p]``. The points go through the model in chunks of
-    ``batch_size`` (one forward and one backward pass each), not one image at a time.
-    ``on_embeddings(points, embeddings)``, when given, receives each chunk's point indices and
-    their L2-normalised embeddings (the forward pass computes them anyway).
-    """
+def _path_chunks(target, images, baselines, references, image_index, alphas, batch_size):
+    """The points b + alphas[p] (x - b) of images ``image_index[p]`` through the model, in chunks
+    of ``batch_size`` (one forward and one backward pass each), not one image at a time. Yields
+    per chunk: its point indices, their images' indices, s, the L2-normalised embeddings, ds/dx."""
     image_index = torch.as_tensor(image_index, dtype=torch.long, device=images.device)
     alphas = torch.as_tensor(alphas, dtype=images.dtype, device=images.device)
-    weights = torch.as_tensor(weights, dtype=images.dtype, device=images.device)
-    total = torch.zeros_like(images)
-    diff = images - baselines
-    for start in range(0, len(image_index), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(image_index)), device=images.device)
-        img = image_index[rows]
-        with torch.enable_grad():
-            x = (baselines[img] + alphas[rows].view(-1, 1, 1, 1) * diff[img]).requires_grad_(True)
-            refs = None if references is None else references[img]
-            scores, emb = target.with_embeddings(x, refs)
-            (grad,) = torch.autograd.grad(scores.sum(), x)
-        if on_embeddings is not None:
-            on_embeddings(rows, emb.detach())
-        total.index_add_(0, img, grad * weights[rows].view(-1, 1, 1, 1))
-    return total
-
-
-def path_points(target, images, baselines, references, image_index, alphas, batch_size, on_embeddings=None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """At each point p = b + alphas[p] (x - b) of image ``image_index[p]``: the target s(p) and
-    (x - b) . ds/dx(p) summed over colour channels, ``((P,), (P,H,W))``. The pixel sum of the
-    second is d s(b + a (x - b)) / da at a = alphas[p]. Chunks of ``batch_size`` points per
-    forward and backward pass; ``on_embeddings`` as in ``path_gradients``."""
-    image_index = torch.as_tensor(image_index, dtype=torch.long, device=images.device)
-    alphas = torch.as_tensor(alphas, dtype=images.dtype, device=images.device)
-    scores = torch.empty(len(image_index), dtype=images.dtype, device=images.device)
-    maps = torch.empty(len(image_index), *images.shape[-2:], dtype=images.dtype, device=images.device)
     diff = images - baselines
     for start in range(0, len(image_index), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(image_index)), device=images.device)
@@ -220,9 +188,35 @@ def path_points(target, images, baselines, references, image_index, alphas, batc
             refs = None if references is None else references[img]
             s, emb = target.with_embeddings(x, refs)
             (grad,) = torch.autograd.grad(s.sum(), x)
+        yield rows, img, s.detach(), emb.detach(), grad
+
+
+def path_gradients(target, images, baselines, references, image_index, alphas, weights, batch_size
+                   ) -> torch.Tensor:
+    """sum_p weights[p] * ds/dx at b + alphas[p] (x - b) over the points p of each image ``image_index[p]``:
+    (B,3,H,W)."""
+    weights = torch.as_tensor(weights, dtype=images.dtype, device=images.device)
+    total = torch.zeros_like(images)
+    for rows, img, _, _, grad in _path_chunks(target, images, baselines, references, image_index, alphas, batch_size):
+        total.index_add_(0, img, grad * weights[rows].view(-1, 1, 1, 1))
+    return total
+
+
+def path_points(target, images, baselines, references, image_index, alphas, batch_size, on_embeddings=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """At each point p = b + alphas[p] (x - b) of image ``image_index[p]``: the target s(p) and
+    (x - b) . ds/dx(p) summed over colour channels, ``((P,), (P,H,W))``. The pixel sum of the
+    second is d s(b + a (x - b)) / da at a = alphas[p]. ``on_embeddings(points, embeddings)``,
+    when given, receives each chunk's point indices and their L2-normalised embeddings (the
+    forward pass computes them anyway)."""
+    scores = torch.empty(len(image_index), dtype=images.dtype, device=images.device)
+    maps = torch.empty(len(image_index), *images.shape[-2:], dtype=images.dtype, device=images.device)
+    diff = images - baselines
+    for rows, img, s, emb, grad in _path_chunks(target, images, baselines, references, image_index, alphas,
+                                                batch_size):
         if on_embeddings is not None:
-            on_embeddings(rows, emb.detach())
-        scores[rows] = s.detach()
+            on_embeddings(rows, emb)
+        scores[rows] = s
         maps[rows] = (grad * diff[img]).sum(1)
     return scores, maps
 
