@@ -69,7 +69,8 @@ class GeodesicIntegratedGradients(PathExplainer):
         emb = torch.stack([points[fraction(k, n)] for k in range(n + 1)]).to(image.dtype)
         grid = torch.tensor([k / n for k in range(n + 1)], dtype=image.dtype, device=image.device)
         theta = torch.cat([grid.new_zeros(1), geodesic_distance(emb[:-1], emb[1:]).cumsum(0)])
-        # theta is non-decreasing; make it strictly increasing for the inverse interpolation
+        # theta is non-decreasing; the ramp separates equal values where float32 resolves it (a flat
+        # stretch left gives pieces of zero width, which weigh nothing and are never bisected)
         return grid, theta + torch.arange(len(theta), dtype=theta.dtype, device=theta.device) * 1e-12
 
     @staticmethod

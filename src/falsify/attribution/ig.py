@@ -84,7 +84,6 @@ class PathExplainer(Explainer):
         self.last_steps, self.last_residual = n_steps, residual
         return out
 
-
     # -- the adaptive trapezoid rule, shared by ig (points in a) and geodesic-ig (points in angle) --
     #: each refinement bisects the intervals with the largest local errors that together hold this
     #: share of the image's total absolute local error
