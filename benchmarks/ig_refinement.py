@@ -40,15 +40,10 @@ def main(argv=None) -> int:
         refs = model(xb).clone()
         gap = (model(xa) * F.normalize(refs, dim=1)).sum(1) - (model(torch.zeros_like(xa)) * F.normalize(refs, dim=1)).sum(1)
 
-    grads = [0]
-    inner = model.backbone.forward
+    from profile_6_1 import PassCounter  # this folder's counter (a forward wrapper, not a hook)
 
-    def counted(x):
-        if torch.is_grad_enabled():
-            grads[0] += x.shape[0]
-        return inner(x)
-
-    model.backbone.forward = counted
+    counter = PassCounter()
+    counter.attach(model)
     rules = {
         "gausslegendre, doubling (before)": dict(rule="gausslegendre"),
         "trapezoid, every interval bisected": dict(rule="trapezoid"),
@@ -60,11 +55,10 @@ def main(argv=None) -> int:
         if "every interval" in name:
             e.refine_share = 1.0
         model.__dict__.pop("_falsify_path_embeddings", None)  # no path points shared between rules
-        grads[0] = 0
+        counter.bucket = name
         t = time.perf_counter()
         raw = e.attribute(xa, refs)
-        results[name] = (raw, grads[0], list(e.last_steps), list(e.last_residual), time.perf_counter() - t)
-    model.backbone.forward = inner
+        results[name] = (raw, counter.grad[name], list(e.last_steps), list(e.last_residual), time.perf_counter() - t)
 
     ref_raw = results["gausslegendre, doubling (before)"][0]
     print(f"### ig's refinement by rule: {args.n_pairs} aligned probes (dlib), tolerance 2%, max 512 steps\n")

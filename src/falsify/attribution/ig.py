@@ -123,7 +123,7 @@ class PathExplainer(Explainer):
         b = images.shape[0]
         self._begin(images, baselines)
         cache = path_embeddings(self.model)
-        keys = [cache.key(self.model, images[i], baselines[i]) for i in range(b)]
+        keys: dict[int, tuple] = {}  # image -> its path's cache key, made when a point is first kept
         points: list[dict] = [{} for _ in range(b)]  # per image: key -> (a, phi(a), map at a)
         want = {i: [Fraction(k, self.steps) for k in range(self.steps + 1)] for i in range(b)}
         out = torch.zeros(b, *images.shape[-2:], device=images.device)
@@ -135,9 +135,11 @@ class PathExplainer(Explainer):
 
             def record(rows, emb):
                 for r, e in zip(rows.tolist(), emb):
-                    pid = self._point_id(index[r], fracs[r])
+                    i, pid = index[r], self._point_id(index[r], fracs[r])
                     if pid is not None:
-                        cache.points(keys[index[r]])[pid] = e
+                        if i not in keys:
+                            keys[i] = cache.key(self.model, images[i], baselines[i])
+                        cache.points(keys[i])[pid] = e
 
             phi, maps = path_points(self.target, images, baselines, references, index, alphas, self.batch_size,
                                     on_embeddings=record)

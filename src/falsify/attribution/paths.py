@@ -22,13 +22,10 @@ from collections import OrderedDict
 
 import torch
 
+from ..models.base import weights_version
+
 #: the most paths (image, baseline) whose embeddings are kept, least recently used first out
 MAX_PATHS = 64
-
-
-def weights_key(model: torch.nn.Module) -> tuple:
-    """Changes whenever any parameter or buffer of ``model`` is replaced or changed in place."""
-    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
 def tensor_digest(*tensors: torch.Tensor) -> bytes:
@@ -55,7 +52,7 @@ class PathEmbeddings:
         self.owner: int | None = None
 
     def key(self, model: torch.nn.Module, image: torch.Tensor, baseline: torch.Tensor) -> tuple:
-        return (weights_key(model), tensor_digest(image, baseline))
+        return (weights_version(model), tensor_digest(image, baseline))
 
     def points(self, key: tuple) -> dict:
         """The stored points of one path (fraction -> embedding), created empty on first use."""

@@ -129,6 +129,13 @@ class FaceEmbedder(nn.Module):
         )
 
 
+def weights_version(module: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer of ``module`` is replaced, moved or changed in place
+    (its tensors' storage, version counter, device and dtype): the key of caches derived from the
+    weights (dlib's fused inference weights, the path methods' embeddings)."""
+    return tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in (*module.parameters(), *module.buffers()))
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of a model's parameters (CPU for a model without any)."""
     p = next(model.parameters(), None)

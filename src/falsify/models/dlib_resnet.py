@@ -71,7 +71,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import FaceEmbedder
+from .base import FaceEmbedder, weights_version
 from .weights import cached_weights
 
 DLIB_INPUT_SIZE = (150, 150)
@@ -200,10 +200,9 @@ class DlibResNet(nn.Module):
     def _fused(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each convolution with its affine folded in: ``W * gamma``, ``b * gamma + beta``.
 
-        Recomputed whenever a parameter changes (tracked by the tensors' version counters).
+        Recomputed whenever a parameter changes (``weights_version``: the tensors' version counters).
         """
-        params = list(self.parameters())
-        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        key = weights_version(self)
         cached = getattr(self, "_fused_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
