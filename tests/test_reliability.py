@@ -439,3 +439,65 @@ def test_every_user_error_is_one_line_in_a_subprocess(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "FALSIFY_DEBUG": ""})
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "summary.json" in proc.stderr
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+
+def _rows(out: Path) -> dict:
+    with sqlite3.connect(out / "results.sqlite") as db:
+        return {(m, p): (v, dh, dl) for m, p, v, dh, dl in
+                db.execute("SELECT method, pair, verdict, d_high, d_low FROM results")}
+
+
+@pytest.mark.parametrize("where", ["store", "map", "outputs"])
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_rerun_resumes(lfw_sample, tmp_path, capsys,
+                                                                        monkeypatch, where):
+    """The space runs out in the store (SQLite's own error), in a grid map (numpy's short write) or
+    in the summary files (ENOSPC): one line naming --out; the rerun with space loses nothing."""
+    import errno
+
+    from falsify.experiments import runner as runner_mod
+
+    fresh = tmp_path / "fresh"
+    assert main(_run(lfw_sample, fresh, *FIXED, methods="random,edge")) == 0
+    capsys.readouterr()
+    calls = {"n": 0}
+
+    def full(*_a, **_k):
+        calls["n"] += 1
+        if calls["n"] > 1 or where == "outputs":
+            raise {"store": sqlite3.OperationalError("database or disk is full"),
+                   "map": OSError("22500 requested and 20416 written"),
+                   "outputs": OSError(errno.ENOSPC, "No space left on device")}[where]
+        return real(*_a, **_k)
+
+    target = {"store": (ResultsStore, "add_rows"), "map": (runner_mod.Runner, "_save_map"),
+              "outputs": (runner_mod, "write_outputs")}[where]
+    real = getattr(*target)
+    monkeypatch.setattr(*target, full)
+    out = tmp_path / "run"
+    assert main(_run(lfw_sample, out, *FIXED, methods="random,edge")) == 2
+    err = _error_line(capsys, "run")
+    assert f"no space left on the device holding {out}" in err and "rerunning the same command resumes" in err
+    kept = _rows(out)
+    assert kept or where == "map"  # (the first unit's grid maps are written before its rows)
+    assert all(kept[k] == v for k, v in _rows(fresh).items() if k in kept)  # the store is intact
+    monkeypatch.undo()
+    assert main(_run(lfw_sample, out, *FIXED, methods="random,edge")) == 0
+    assert _rows(out) == _rows(fresh)  # resumed: every row, equal to an uninterrupted run's
+
+
+def test_a_full_disk_outside_a_run_folder_is_one_line(two_faces, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import numpy as np
+
+    def full(file, *a, **k):  # as a write() that runs out of space: no file name
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", full)
+    monkeypatch.setattr(np, "savez", full)
+    a, b = two_faces
+    assert main(["explain", a, b, "--methods", "saliency", "--save-maps", str(tmp_path / "m.npz"), "-q"]) == 2
+    err = _error_line(capsys, "explain")
+    assert "no space left on the device writing" in err and "m.npz" in err

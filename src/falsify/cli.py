@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from . import __version__
 from .choices import (ALIGN_CHOICES, CRITERIA, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
                       STRATIFY_CHOICES, TARGETS)
-from .paths import check_writable
+from .paths import OutOfSpaceError, check_writable, is_out_of_space, space_guard
 
 #: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,
 #: no traceback. OSError covers unwritable or read-only outputs, folders given as files, ...
@@ -430,7 +430,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         raw = load_raw_summary(args.out)
     except (OSError, ValueError):
         raw = {}  # the experiment's rewrite says what is wrong, naming the file, before writing anything
-    print(of_summary(raw).rewrite(Path(args.out), figures=not args.no_figures))
+    with space_guard(args.out, "the results store is not changed, and rerunning 'falsify report' writes the "
+                               "tables, figures and report again"):
+        print(of_summary(raw).rewrite(Path(args.out), figures=not args.no_figures))
     return 0
 
 
@@ -644,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _message(exc: BaseException) -> str:
     """One line for a user error; OSError names the file it failed on."""
+    if is_out_of_space(exc) and not isinstance(exc, OutOfSpaceError):  # a write outside a run's folder
+        where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+        return f"no space left on the device{where}: free some space there, or write elsewhere"
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
@@ -663,8 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("falsify: interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as exc:
-        if os.environ.get("FALSIFY_DEBUG"):
+    except Exception as exc:
+        if os.environ.get("FALSIFY_DEBUG") or not isinstance(exc, USER_ERRORS) and not is_out_of_space(exc):
             raise
         print(f"falsify {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2

@@ -206,9 +206,9 @@ class Runner64:
     def run(self) -> dict:
         import time
 
-        from ..paths import check_writable
+        from ..paths import check_writable, space_guard
         from .executor import make_executor
-        from .runner import FINGERPRINT, RunLock, _now, default_out, environment, settings_conflicts
+        from .runner import FINGERPRINT, RESUMES, RunLock, _now, default_out, environment, settings_conflicts
         from .store import ResultsStore, inspect_store
 
         c = self.config
@@ -233,20 +233,21 @@ class Runner64:
         subs = [sub_config(c, m) for m in c.models]  # checked before anything is written
         lock = RunLock(self.out).acquire()
         try:
-            with ResultsStore(self.out / "results.sqlite") as store:
-                store.set_meta("settings", settings)
-                store.add_run(started, "6.4", c.to_dict(), {})
-            runs = []
-            for sc in subs:
-                self.log(f"experiment 6.4: model {sc.model} -> {sc.out}")
-                r = Runner(sc, progress=self.progress, log=self.log, retry_errors=self.retry_errors,
-                           executor=self.executor)
-                s = r.run()
-                runs.append((sc, r, s))
-            summary = self._summarise(runs, pairs, started)
-            summary["elapsed_s"] = time.perf_counter() - t0
-            summary["environment"] = environment(runs[0][1].device)
-            self._write(summary)
+            with space_guard(self.out, RESUMES):  # each model's run names its own folder
+                with ResultsStore(self.out / "results.sqlite") as store:
+                    store.set_meta("settings", settings)
+                    store.add_run(started, "6.4", c.to_dict(), {})
+                runs = []
+                for sc in subs:
+                    self.log(f"experiment 6.4: model {sc.model} -> {sc.out}")
+                    r = Runner(sc, progress=self.progress, log=self.log, retry_errors=self.retry_errors,
+                               executor=self.executor)
+                    s = r.run()
+                    runs.append((sc, r, s))
+                summary = self._summarise(runs, pairs, started)
+                summary["elapsed_s"] = time.perf_counter() - t0
+                summary["environment"] = environment(runs[0][1].device)
+                self._write(summary)
         finally:
             lock.release()
         return summary

@@ -30,7 +30,7 @@ from ..choices import (ALIGN_CHOICES, CONTROLS, EXECUTORS, EXPERIMENTS, METHOD_F
 from ..data import load_images, load_pairs
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
-from ..paths import check_writable
+from ..paths import check_writable, space_guard
 from .analysis import summarise, write_outputs
 from .executor import RowComputer, RowContext, base_row, deletion_of, make_executor, row_explainers
 from .store import ResultsStore, inspect_store
@@ -394,6 +394,9 @@ def pair_chunks(runner, todo: Sequence, keys: Sequence[str], done: set, rows_of:
         yield PairChunk(good, images, refs, rows)
 
 
+#: What a run that ran out of space keeps (``falsify.paths.space_guard``).
+RESUMES = "the rows already stored are kept, and rerunning the same command resumes"
+
 #: Key of the data fingerprint in the stored settings.
 FINGERPRINT = "pairs_fingerprint"
 
@@ -700,13 +703,14 @@ class Runner:
         self._setup()
         lock = RunLock(self.out).acquire()  # one run per folder, then the store
         try:
-            store = ResultsStore(self.out / "results.sqlite")
-            try:
-                self._open(store)
-                summary = self._compute(store, started, t0)
-            finally:
-                store.close()
-            self._write(summary)
+            with space_guard(self.out, RESUMES):
+                store = ResultsStore(self.out / "results.sqlite")
+                try:
+                    self._open(store)
+                    summary = self._compute(store, started, t0)
+                finally:
+                    store.close()
+                self._write(summary)
         finally:
             lock.release()
         return summary

@@ -10,6 +10,7 @@ Every key of the summary may be absent or null (NaN is written as null): such ce
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 from contextlib import contextmanager, suppress
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Mapping
 
 from ..choices import DETERMINISTIC_FILLS, is_control
+from ..paths import is_out_of_space
 from .render import latex_escape, tex_num  # noqa: F401 (re-exported: the experiments' tables use them)
 
 # ---------------------------------------------------------------------------------------------
@@ -238,16 +240,19 @@ def run_description(summary: Mapping) -> str:
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """A binary file that becomes ``path``: it is written as a temporary sibling and moved onto
     ``path`` with :func:`os.replace` when the block succeeds, or removed when anything fails, so
-    ``path`` is never left half-written. Errors (``OSError`` included) propagate unchanged."""
+    ``path`` is never left half-written. Errors (``OSError`` included) propagate unchanged, but
+    for a write that ran out of space, which is told the file it was writing."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if is_out_of_space(exc) and not getattr(exc, "filename", None):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
         raise
 
 
