@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -501,3 +502,46 @@ def test_a_full_disk_outside_a_run_folder_is_one_line(two_faces, tmp_path, capsy
     assert main(["explain", a, b, "--methods", "saliency", "--save-maps", str(tmp_path / "m.npz"), "-q"]) == 2
     err = _error_line(capsys, "explain")
     assert "no space left on the device writing" in err and "m.npz" in err
+
+
+# --- a data set too small to calibrate on ---------------------------------------------------------
+
+def test_a_few_pairs_of_ones_own_say_what_the_prior_needs_then_calibrate_elsewhere(lfw_sample, tmp_path, capsys):
+    imgs = _faces(lfw_sample, tmp_path / "faces", names=("Abel_Pacheco", "Akhmed_Zakayev"))
+    a, b = imgs["Abel_Pacheco"], imgs["Akhmed_Zakayev"]
+    data = _csv(tmp_path / "faces" / "pairs.csv", [(a[0], a[1], 1), (b[0], b[1], 1), (a[0], b[0], 0), (a[1], b[1], 0)])
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(data), "--methods", "random", "--out", str(out), "-q"]) == 2
+    err = _error_line(capsys, "run")
+    assert "the 4 calibration pairs have 4 images, every one of them tested" in err and "--calibrate-on" in err
+    assert _tree(out) == {}
+    logs: list[str] = []
+    config = RunConfig(data=str(data), methods=["random"], out=str(out), calibrate_on=str(lfw_sample),
+                       calibration_pairs=40, prior_images=6, grid_pairs=0)
+    summary = Runner(config, progress=False, log=lambda *m: logs.append(" ".join(map(str, m)))).run()
+    assert summary["n_rows"] == 4 and summary["n_errors"] == 0
+    assert any("calibrating tau_high, tau_low, epsilon on 40 pairs" in line for line in logs)
+    assert any("warning: the thresholds rest on 40 pairs" in line for line in logs)  # 40 pairs are too few
+    assert not any("prior rests on" in line for line in logs)  # 6 untested images were there
+    settings = ResultsStore(out / "results.sqlite").get_meta("settings")
+    assert settings["calibrate_on"] == str(lfw_sample.resolve())  # a result setting: not mixed on resume
+
+
+def test_calibrating_on_a_few_pairs_warns_and_says_how_many_it_needs(lfw_sample, tmp_path):
+    from falsify.falsification.calibration import calibration_from_angles, calibration_spread, spread_warning
+
+    rng = np.random.default_rng(0)
+    def angles(n):  # dlib-like: genuine near 0.4 rad, impostor near 0.75 rad
+        return np.concatenate([rng.normal(0.40, 0.12, n), rng.normal(0.75, 0.12, n)]), np.arange(2 * n) < n
+
+    few = calibration_from_angles(*angles(2))  # a bootstrap of two values says little: the count decides
+    line = spread_warning(few)
+    assert line.startswith("the thresholds rest on 4 pairs (2 genuine, 2 impostor): fewer than 20 of a kind")
+    assert "about 40 pairs are needed" in line
+    many = calibration_from_angles(*angles(2000))
+    assert many.spread["relative"] < 0.10 and spread_warning(many) is None
+    # the estimate of the pairs needed is of the right size: on these distributions the spread
+    # crosses 10% near 200 pairs (100 of each); a 1/sqrt(n) extrapolation from 50 pairs is rough
+    some = calibration_from_angles(*angles(25))
+    assert some.spread["relative"] > 0.10 and "pairs are needed" in spread_warning(some)
+    assert 100 <= some.spread["pairs_needed"] <= 1000

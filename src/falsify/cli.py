@@ -116,6 +116,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", metavar="FILE", help="pairs file: LFW pairs.txt or CSV a,b,same (default: DIR/pairs.txt)")
 
 
+def _add_calibrate_on(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibrate-on", metavar="DATA",
+                   help="calibrate the thresholds, the model's prior and delta on the pairs of this data (a folder "
+                   "or CSV, as --data) instead of --data's: for a data set too small to spare untested images, "
+                   "e.g. a few pairs of your own calibrated on an LFW folder")
+
+
 def _parse_options(items: Sequence[str] | None, default_method: str | None = None) -> dict[str, dict]:
     """``--option gradcam.layer=layer4.2.conv2 --option ig.steps=128`` -> {method: {key: value}}.
 
@@ -296,7 +303,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     from .data import load_image
     from .falsification import falsification_test
-    from .falsification.calibration import calibrate, calibration_pairs
+    from .falsification.calibration import calibrate, calibration_pairs, spread_warning
     from .models.base import model_device
 
     config = _test_config(args)  # bad options fail before anything is loaded
@@ -318,10 +325,13 @@ def cmd_test(args: argparse.Namespace) -> int:
     calibration = prior_map = None
     pool = None
     if config.tau_high is None or needs_prior:
-        pool = calibration_pairs(args.data, args.pairs, n_pairs=args.calibration_pairs, seed=args.seed)
+        data, pairs = (args.calibrate_on, None) if args.calibrate_on else (args.data, args.pairs)
+        pool = calibration_pairs(data, pairs, n_pairs=args.calibration_pairs, seed=args.seed)
     if config.tau_high is None:
         calibration = calibrate(model, pool, batch_size=args.batch_size, progress=not (args.quiet or args.json))
         config = calibration.apply(config)
+        if spread_warning(calibration):
+            print(f"falsify test: warning: {spread_warning(calibration)}", file=sys.stderr)
     if needs_prior:
         from .falsification.prior import calibrate_delta, occlusion_prior, prior_image_batch
 
@@ -405,6 +415,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "other_reference": args.other_reference or None, "deletion": args.deletion or None,
         "labels": args.labels, "stratify": args.stratify, "models": getattr(args, "models", None),
         "executor": args.executor, "ray_address": args.ray_address, "workers": args.workers,
+        "calibrate_on": args.calibrate_on,
     }
     config = RunConfig.resolve(config_file=args.config, **overrides)
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors)
@@ -532,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--calibration-pairs", type=_whole(4), default=600, metavar="N",
                    help="pairs to calibrate the thresholds on when they are not given (default %(default)s)")
+    _add_calibrate_on(p)
     p.add_argument("--seed", type=int, default=0, help="seed of ties, stochastic fills and the calibration sample (default 0)")
     p.add_argument("--batch-size", type=_whole(1), default=64, help="images per forward pass (default %(default)s)")
     p.add_argument("--both", action="store_true", help="also explain and test B against A")
@@ -627,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stratify", choices=STRATIFY_CHOICES,
                    help="sample the pairs balanced by this attribute of image A (half female, half male; needs "
                    "--labels; pairs whose A is unlabelled are not sampled)")
+    _add_calibrate_on(p)
     p.add_argument("--batch-pairs", type=_whole(1), help="pairs explained together (default 8)")
     p.add_argument("--retry-errors", action="store_true",
                    help="compute the error rows of OUT again (e.g. after fixing an unreadable image)")

@@ -52,7 +52,7 @@ _TYPES = {
     "batch_pairs": _INT, "batch_size": _INT, "grid_pairs": _INT, "device": _STR, "trust_pickle": _BOOL,
     "criterion": _STR, "prior_images": _INT, "preset": _STR, "prior_grid": _INT, "sanity": _BOOL,
     "other_reference": _BOOL, "target": _STR, "deletion": _BOOL, "align": _STR, "labels": _STR, "stratify": _STR,
-    "executor": _STR, "ray_address": _STR, "workers": _INT,
+    "executor": _STR, "ray_address": _STR, "workers": _INT, "calibrate_on": _STR,
 }
 
 
@@ -122,6 +122,7 @@ class RunConfig:
     tau_low: float | None = None
     epsilon: float | None = None
     calibration_pairs: int = 600
+    calibrate_on: str | None = None  # data whose pairs calibrate the thresholds, the prior and delta (default: data)
     batch_pairs: int = 8
     batch_size: int = 64
     method_options: dict[str, dict] = field(default_factory=dict)
@@ -147,10 +148,10 @@ class RunConfig:
         "data", "pairs", "model", "input_size", "mean", "std", "n_pairs", "K", "seed", "fill",
         "granularity", "grid", "q", "tau_high", "tau_low", "epsilon", "calibration_pairs", "method_options",
         "criterion", "delta", "prior_images", "prior_grid", "target", "deletion", "align", "stratify", "labels",
-        "models",
+        "models", "calibrate_on",
     )
     #: the value a setting had before it existed, for stores made by an older falsify
-    LEGACY = {"align": "none", "models": None, "path_rules": "doubling"}
+    LEGACY = {"align": "none", "models": None, "path_rules": "doubling", "calibrate_on": None}
     #: settings of the last invocation that a resumed run keeps unless they are given again
     KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference", "labels")
 
@@ -343,7 +344,7 @@ class RunConfig:
         if self.stratify is None:  # the labels decide which pairs are run only through --stratify
             out["labels"] = None
         out["path_rules"] = PATH_RULES
-        for key in ("data", "pairs", "labels"):
+        for key in ("data", "pairs", "labels", "calibrate_on"):
             if out[key] is not None:
                 out[key] = str(Path(out[key]).expanduser().resolve())
         return json.loads(json.dumps(out, default=str))
@@ -586,9 +587,20 @@ class Runner:
             )
         return stored
 
+    def _calibration_pool(self) -> PairSet:
+        """The pairs the thresholds, the prior and delta are calibrated on: a seeded sample of
+        ``calibrate_on``'s pairs when it is given, else of the run's own data."""
+        from ..falsification.calibration import calibration_pairs
+
+        c = self.config
+        if getattr(self, "_pool", None) is None:
+            data, pairs = (c.calibrate_on, None) if c.calibrate_on else (c.data, c.pairs)
+            self._pool = calibration_pairs(data, pairs, n_pairs=c.calibration_pairs, seed=c.seed)
+        return self._pool
+
     def _calibration(self, model, stored: dict | None):
         from ..falsification import Calibration, calibrate
-        from ..falsification.calibration import calibration_pairs
+        from ..falsification.calibration import spread_warning
 
         c = self.config
         if c.tau_high is not None:
@@ -596,9 +608,13 @@ class Runner:
         cached = stored["meta"].get("calibration") if stored else None
         if cached:
             return Calibration(**cached)
-        pairs = calibration_pairs(c.data, c.pairs, n_pairs=c.calibration_pairs, seed=c.seed)
+        pairs = self._calibration_pool()
         self.log(f"calibrating tau_high, tau_low, epsilon on {len(pairs)} pairs ...")
-        return calibrate(model, pairs, batch_size=c.batch_size, progress=self.progress)
+        cal = calibrate(model, pairs, batch_size=c.batch_size, progress=self.progress)
+        warning = spread_warning(cal)
+        if warning:
+            self.log(f"warning: {warning}")
+        return cal
 
     def falsification_config(self, calibration):
         return self.config.falsification_config(calibration)
@@ -606,13 +622,17 @@ class Runner:
     def _prior_image_batch(self, model, pairs: PairSet) -> tuple[torch.Tensor, torch.Tensor]:
         """The images of the prior and of delta's calibration, and their partners' embeddings
         (``falsify.falsification.prior.prior_image_batch`` on the calibration pairs)."""
-        from ..falsification.calibration import calibration_pairs
         from ..falsification.prior import prior_image_batch
 
         c = self.config
-        pool = calibration_pairs(c.data, c.pairs, n_pairs=c.calibration_pairs, seed=c.seed)
         tested = {q for p in pairs for q in (p.a, p.b)}
-        return prior_image_batch(model, pool, tested, c.prior_images, batch_size=c.batch_size)
+        images, refs = prior_image_batch(model, self._calibration_pool(), tested, c.prior_images,
+                                         batch_size=c.batch_size)
+        if images.shape[0] < c.prior_images:
+            self.log(f"warning: the model's prior rests on {images.shape[0]} of the {c.prior_images} untested images "
+                     "it is meant to average (--prior-images); add pairs of other photos, or --calibrate-on "
+                     "another data set")
+        return images, refs
 
     def _prior(self, model, stored: dict | None, pairs: PairSet, fconfig):
         """The model's prior map, and for the beyond-prior criterion without a given delta its

@@ -53,6 +53,9 @@ class Calibration:
     tau_high: float
     tau_low: float
     epsilon: float
+    #: how far theta* (so tau_high and tau_low) and epsilon move between bootstrap resamples of
+    #: the pairs (:func:`calibration_spread`); None in calibrations stored by an older falsify
+    spread: dict | None = None
 
     @property
     def genuine_median(self) -> float:
@@ -132,6 +135,7 @@ def calibration_from_angles(
             "model, its preprocessing (input size, mean/std, channel order) and the pairs"
         )
     return Calibration(
+        spread=calibration_spread(angles, same),
         model=model,
         source=source,
         n_genuine=n_gen,
@@ -147,6 +151,62 @@ def calibration_from_angles(
         tau_low=low_fraction * th_angle,
         epsilon=float(gap),
     )
+
+
+#: Fewer genuine or impostor pairs than this, and the 5% and 95% quantiles of their angles lie
+#: outside the data (1 / 0.05 = 20), and a bootstrap of so few values cannot say how precise they are.
+MIN_PER_CLASS = 20
+
+#: The relative precision a calibration should reach: the half-width of the 95% bootstrap interval
+#: of theta* and of epsilon, as a share of their values (docs/method.md, "Calibration").
+CALIBRATION_PRECISION = 0.10
+
+
+def calibration_spread(angles, same, *, n_boot: int = 200, seed: int = 0,
+                       precision: float = CALIBRATION_PRECISION) -> dict:
+    """How much the calibration rests on the particular pairs: genuine and impostor pairs are
+    resampled with replacement (each class on its own, ``n_boot`` times, seeded), and theta* and
+    epsilon recomputed. Returns the 95% percentile intervals, ``relative`` (the larger half-width
+    as a share of its value) and ``pairs_needed``: the pairs for ``precision``, assuming the
+    half-width shrinks as 1/sqrt(n), at least the pairs used."""
+    angles = np.asarray(angles, dtype=np.float64)
+    same = np.asarray(same, dtype=bool)
+    gen, imp = angles[same], angles[~same]
+    rng = np.random.default_rng(seed)
+    theta, eps = np.empty(n_boot), np.empty(n_boot)
+    for i in range(n_boot):
+        g, m = rng.choice(gen, gen.size), rng.choice(imp, imp.size)
+        both = np.concatenate([g, m])
+        theta[i] = np.arccos(np.clip(best_threshold(np.cos(both), np.arange(both.size) < g.size), -1.0, 1.0))
+        eps[i] = np.median(m) - np.median(g)
+    out: dict = {"n_boot": n_boot}
+    rel = 0.0
+    for name, values, centre in (("theta", theta, np.median(theta)), ("epsilon", eps, np.median(eps))):
+        lo, hi = (float(v) for v in np.quantile(values, [0.025, 0.975]))
+        out[name] = [lo, hi]
+        rel = max(rel, (hi - lo) / 2 / abs(centre) if centre else math.inf)
+    out["relative"] = float(rel)
+    n = int(angles.size)
+    need = n if rel <= precision else int(math.ceil(n * (rel / precision) ** 2 / 10) * 10) if math.isfinite(rel) else None
+    if min(gen.size, imp.size) < MIN_PER_CLASS:  # too few for the bootstrap to say how precise they are
+        need = max(need or 0, 2 * MIN_PER_CLASS)
+    out["pairs_needed"] = need
+    return out
+
+
+def spread_warning(cal: "Calibration", precision: float = CALIBRATION_PRECISION) -> str | None:
+    """One line when ``cal`` rests on too few pairs for ``precision``, saying how many it needs."""
+    sp = cal.spread
+    few = min(cal.n_genuine, cal.n_impostor) < MIN_PER_CLASS
+    if not sp or sp["relative"] <= precision and not few:
+        return None
+    n = cal.n_genuine + cal.n_impostor
+    need = f"about {sp['pairs_needed']} pairs" if sp.get("pairs_needed") else "many more pairs"
+    how = (f"fewer than {MIN_PER_CLASS} of a kind, too few to tell how far the thresholds could be off" if few else
+           f"theta* and epsilon move by up to +/-{sp['relative']:.0%} between resamples of them")
+    return (f"the thresholds rest on {n} pairs ({cal.n_genuine} genuine, {cal.n_impostor} impostor): {how}; "
+            f"{need} are needed for +/-{precision:.0%} (more pairs in the data, --calibration-pairs, or "
+            "--calibrate-on another data set)")
 
 
 #: The calibration pairs are a seeded balanced sample drawn with ``seed + CALIBRATION_SEED_OFFSET``

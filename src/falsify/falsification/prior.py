@@ -86,8 +86,13 @@ def prior_image_batch(model, pool, exclude: set, n: int, batch_size: int = 64) -
     rows_b = [i for i, q in enumerate(paths) if partner[q] not in bad_b]
     both = sorted(set(rows_a) & set(rows_b))
     if not both:
-        raise ValueError(f"no readable image (with a readable partner) for the model's prior among {len(paths)} "
-                         "calibration images")
+        untested = f"{len(paths)} of them untested" if paths else "every one of them tested"
+        why = ("none readable with a readable partner" if paths else
+               "the prior is computed on images no tested pair uses, so its maps never saw the tested faces")
+        raise ValueError(f"the model's prior needs up to {n} images of the calibration pairs that no tested pair uses; "
+                         f"the {len(pool)} calibration pairs have {len(partner)} images, {untested} ({why}): "
+                         "add pairs of other photos to the data, calibrate on another data set with --calibrate-on "
+                         "DATA, or use --preset plain (a test without the prior)")
     images = images[[rows_a.index(i) for i in both]]
     others = others[[rows_b.index(i) for i in both]]
     device = model_device(model)
