@@ -97,8 +97,13 @@ def test_prior_cache_gives_the_same_verdicts(dlib_model, faces, prior):
     assert len(cache) == len(a)
     again = falsification_test(dlib_model, a[:4], refs[:4], m[:4], cfg, pair_ids=ids[:4], prior=p, prior_cache=cache)
     fresh = falsification_test(dlib_model, a[:4], refs[:4], m[:4], cfg, pair_ids=ids[:4], prior=p)
+    # ``first`` and ``again`` read the same cached prior distances; ``fresh`` computes them in a
+    # batch of 4 instead of 16, and float32 convolutions sum in another order for another batch
+    # size, thread count or CPU: embeddings then differ by a few ulp (1.1e-7 rad in excess was
+    # seen between machines), so the excess is equal to 1e-5 rad, 1000x below delta = 0.01
     for x, y, z in zip(first[:4], again, fresh):
-        assert x.verdict == y.verdict == z.verdict and x.excess == pytest.approx(z.excess, abs=1e-9)
+        assert x.verdict == y.verdict == z.verdict
+        assert x.excess == pytest.approx(y.excess, abs=1e-5) and x.excess == pytest.approx(z.excess, abs=1e-5)
 
 
 def test_random_model_rows_are_made_on_the_random_model_and_tested_on_the_real_one(lfw_sample, tmp_path, dlib_model):

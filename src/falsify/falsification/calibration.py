@@ -91,6 +91,11 @@ class Calibration:
                 f"tau_low      {self.tau_low:.4f} rad = {self.low_fraction:g} * theta*",
                 f"epsilon      {self.epsilon:.4f} rad = median impostor - median genuine angle",
             ]
+            + ([f"spread       95% of {self.spread['n_boot']} resamples of the pairs: theta* in "
+                f"[{self.spread['theta'][0]:.4f}, {self.spread['theta'][1]:.4f}] rad, epsilon in "
+                f"[{self.spread['epsilon'][0]:.4f}, {self.spread['epsilon'][1]:.4f}] rad (+/-"
+                f"{self.spread['relative']:.1%}; pairs needed for +/-{CALIBRATION_PRECISION:.0%}: "
+                f"{self.spread['pairs_needed']})"] if self.spread else [])
         )
 
 
