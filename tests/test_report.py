@@ -24,6 +24,7 @@ from falsify.report import figures as F
 from falsify.report import html as H
 from falsify.report import tables as T
 from falsify.report.explain import PairExplanation, explanation_figure
+from falsify.report.render import Table, frame, to_html
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -170,6 +171,38 @@ def make_control_summary(criterion: str = "beyond-prior", all_beat: bool = False
     if criterion == "beyond-prior":
         s["prior"]["delta"] = {"delta": 0.031, "quantile": 0.95, "n": 160, "excess_median": 0.004}
         s["falsification"]["delta"] = 0.031
+    return s
+
+
+#: A calibration as the runner stores it (dlib on the shared sample; angles in radians).
+CALIBRATION = {
+    "model": "dlib-resnet", "source": "/data/lfw/pairs.txt", "n_genuine": 300, "n_impostor": 300,
+    "threshold_cos": 0.9096036829313741, "threshold_angle": 0.4284671476816761, "accuracy": 0.9816666666666667,
+    "genuine_quantiles": {"p5": 0.2205, "p10": 0.2420, "p25": 0.2665, "p50": 0.3086, "p75": 0.3470, "p90": 0.3854,
+                          "p95": 0.4106},
+    "impostor_quantiles": {"p5": 0.4728, "p10": 0.4890, "p25": 0.5309, "p50": 0.5733, "p75": 0.6217, "p90": 0.6595,
+                           "p95": 0.6829},
+    "high_fraction": 0.5, "low_fraction": 0.25, "tau_high": 0.21423357384083805, "tau_low": 0.10711678692041902,
+    "epsilon": 0.26472239196300507,
+}
+
+
+def make_calibrated_summary() -> dict:
+    """make_control_summary as a default 'falsify run' writes it: thresholds calibrated (null in the
+    config, the calibrated values in the test's settings and ``calibration``), fill mean for the test
+    and blur for the prior, delta 0 given, no d' (one counterfactual per region: an all-empty
+    column) and the alignment survey."""
+    s = make_control_summary()
+    s["config"].update(tau_high=None, tau_low=None, epsilon=None, fill="mean", q=0.1, criterion="beyond-prior",
+                       delta=0.0, calibration_pairs=600, prior_images=40)
+    s["falsification"].update(fill="mean", K=16, q=0.1, delta=0.0,
+                              **{k: CALIBRATION[k] for k in ("tau_high", "tau_low", "epsilon")})
+    s["prior"]["delta"] = None
+    s["calibration"] = dict(CALIBRATION)
+    for r in s["methods"]:
+        r["mean_d_prime"] = None
+    s["alignment"] = {"template": "dlib-150", "images": 80, "aligned": 79, "no_face_found": 1,
+                      "no_face_examples": ["/data/lfw/John_Thune/John_Thune_0001.jpg"], "detector_runs": 905}
     return s
 
 
@@ -593,7 +626,7 @@ def test_report_content(report_dir):
     # the 6.1 table carries the same cells as the LaTeX one
     t61 = re.search(r'<table id="table-6-1">(.*?)</table>', page, re.S).group(1)
     _, cells = E61.table_6_1_cells(make_summary())
-    assert t61.count("<tr") == 1 + len(cells)
+    assert t61.count("<tr") == 2 + len(cells)  # the header, the units, the rows
     for row in cells:
         for c in row:
             if c is not None:
@@ -653,8 +686,8 @@ def test_report_controls(tmp_path):
     assert "control" not in methods.split("<tbody>")[1]
     names = re.findall(r'<tr class="control"><td class="method">([^<]+)</td>', controls)
     assert names == CONTROLS_IN_ORDER and controls.count("<tr") == len(CONTROLS_IN_ORDER)
-    assert '<th class="num">Beats controls</th>' in t61
-    assert '<td class="num">no (centre)</td>' in t61 and '<td class="num">yes</td>' in t61
+    assert "<th>Beats<br>controls</th>" in t61
+    assert "<td>no (centre)</td>" in t61 and "<td>yes</td>" in t61
     assert "Grey rows below the rule are controls" in page
     # the controls: what they are, and the methods that do not beat theirs, in plain sentences
     section = _section(page, '<h3 id="controls">', '<h3 id="comparisons">')
@@ -674,7 +707,7 @@ def test_report_controls(tmp_path):
     assert "absolute" not in criterion
     # the prior in the configuration, without its cells; no new key left for "Other"
     prior = _section(page, '<h3 id="prior">', "</table>")
-    assert "<th>n_images</th><td>40</td>" in prior and "<th>cells</th>" not in page
+    assert "<th>n_images</th><td>40 images</td>" in prior and "<th>cells</th>" not in page
     assert "<h3>Other</h3>" not in page
     for key in ("criterion", "delta"):
         assert f"<th>{key}</th>" in _section(page, "<h3>Falsification test settings</h3>", "</table>")
@@ -701,6 +734,137 @@ def test_report_controls(tmp_path):
     write_summary(tmp_path, given)
     criterion = _section(H.write_report(tmp_path).read_text(), '<p id="criterion">', "</p>")
     assert "&delta; = 0.050 rad" in criterion and "was given for the run, not calibrated" in criterion
+
+
+def test_report_leads_with_the_answer(tmp_path):
+    """The page opens with the run's answer (which methods beat their controls, with FR and 95% CI),
+    the FR table and the FR figure; how to read them next; run, data and configuration last."""
+    s = make_calibrated_summary()
+    write_summary(tmp_path, s)
+    F.write_figures(s, tmp_path)
+    page = H.write_report(tmp_path).read_text()
+    marks = ['id="headline"', '<table id="table-6-1">', 'id="fig_6_1_fr"', 'id="table-6-1-caption"', 'id="how-to-read"',
+             '<h3 id="controls">', '<h2 id="run">', "<h3>Environment</h3>", '<h2 id="data">', '<h2 id="config">',
+             '<h3 id="thresholds">']
+    at = [page.index(m) for m in marks]
+    assert at == sorted(at), [m for m, _ in sorted(zip(marks, at), key=lambda x: x[1])]
+    assert page.index("<h2") == page.index('<h2 id="exp-6-1">')  # nothing before the answer
+    nav = re.findall(r'<a href="#([^"]+)">', _section(page, "<nav>", "</nav>"))
+    assert nav == ["exp-6-1", "how-to-read", "run", "data", "config"]
+    headline = _section(page, 'id="headline"', "</div>")
+    assert ("<b>gradcam and biometric-gradcam are falsified significantly less often than their controls</b> "
+            "(2 of 3 methods checked") in headline
+    lo, hi = _wilson(8, 38)
+    assert (f"<li><b>gradcam</b>: FR 21.1% (95% CI {100 * lo:.1f}–{100 * hi:.1f}%); controls: centre 36.8%, "
+            "own random model 76.3%</li>") in headline
+    assert "<li><b>biometric-gradcam</b>: FR 13.2% (95% CI" in headline
+    lo, hi = _wilson(18, 38)
+    assert f"Not shown to beat its controls: <b>ig</b>, FR 47.4% (95% CI {100 * lo:.1f}–{100 * hi:.1f}%)." in headline
+    assert "centre prior is falsified by construction" in headline  # beyond-prior
+    # every method beats its controls; none does
+    write_summary(tmp_path, make_control_summary(all_beat=True))
+    headline = _section(H.write_report(tmp_path).read_text(), 'id="headline"', "</div>")
+    assert "<b>gradcam, biometric-gradcam and ig are falsified" in headline and "Not shown" not in headline
+    none = make_control_summary(criterion="absolute")
+    for v in none["controls"]:
+        v.update(beats_all=False, not_beaten=["centre"])
+    write_summary(tmp_path, none)
+    headline = _section(H.write_report(tmp_path).read_text(), 'id="headline"', "</div>")
+    assert "<b>No method is falsified significantly less often than its controls</b> (0 of 3 methods" in headline
+    assert "Not shown to beat their controls: <b>gradcam</b>, FR 21.1%" in headline
+    assert "by construction" not in headline  # absolute criterion
+
+
+def test_headline_without_the_centre_prior_or_randomised_models(summary):
+    """Runs without centre or --sanity (and older summaries): the comparisons with the controls that
+    were run (random here, recognised by its name); none at all; no method."""
+    h = E61.headline(summary)
+    assert h["kind"] == "other"
+    assert h["beating"] == ["gradcam", "gradcam++", "biometric-gradcam", "ig", "occlusion", "my_method#1"]
+    assert h["items"][0]["controls"] == [{"label": "random", "fr": "86.8%", "beaten": True}]
+    page = H.render_report(summary, "/nonexistent")
+    headline = _section(page, 'id="headline"', "</div>")
+    assert "No method was compared with the centre prior or with its own maps on a randomised model" in headline
+    assert "Against the controls that were run (random;" in headline
+    assert "<li><b>ig</b>: FR 47.4% (95% CI" in headline and "controls: random 86.8%" in headline
+    bare = {**summary, "comparisons": []}
+    h = E61.headline(bare)
+    lo, hi = _wilson(8, 38)
+    assert h["kind"] == "none" and h["items"] == []
+    assert h["rates"][0] == ("gradcam", f"21.1% (95% CI {100 * lo:.1f}–{100 * hi:.1f}%)")
+    assert "<b>No method was compared with a control</b>" in H.render_report(bare, "/nonexistent")
+    assert E61.headline({**summary, "methods": []})["kind"] == "empty"
+
+
+def test_configuration_shows_the_calibrated_thresholds_with_units(tmp_path):
+    s = make_calibrated_summary()
+    write_summary(tmp_path, s)
+    page = H.write_report(tmp_path).read_text()
+    th = _section(page, '<table class="kv" id="thresholds-table">', "</table>")
+    unused = "; not used by the beyond-prior verdict)"
+    for row in ("<th>τ_high</th><td>0.2142 rad = 0.5 × θ* (calibrated" + unused,
+                "<th>τ_low</th><td>0.1071 rad = 0.25 × θ* (calibrated" + unused,
+                "<th>ε</th><td>0.2647 rad = median impostor angle − median genuine angle (calibrated" + unused,
+                "<th>δ</th><td>0 rad (given)</td>",
+                "<th>decision threshold</th><td>cos θ* = 0.9096, θ* = 0.4285 rad (24.5°); accuracy 98.2% on 300 "
+                "genuine + 300 impostor pairs</td>",
+                "<th>fill (test)</th><td>mean: what replaces the hidden regions</td>",
+                "<th>fill (prior map)</th><td>blur: the fill of the occlusion maps the prior averages (the test hides "
+                "regions with its own fill, mean)</td>",
+                "<th>counterfactuals</th><td>1 per region (deterministic fill)</td>"):
+        assert row in th, row
+    # the run's settings show what the calibration gave, not "none"; numbers carry their units
+    run = _section(page, "<h3>Run settings</h3>", "</table>")
+    for row in ("<th>tau_high</th><td>calibrated: 0.2142 rad</td>", "<th>tau_low</th><td>calibrated: 0.1071 rad</td>",
+                "<th>epsilon</th><td>calibrated: 0.2647 rad</td>", "<th>delta</th><td>0 rad</td>",
+                "<th>n_pairs</th><td>40 pairs</td>", "<th>grid</th><td>14 × 14 cells</td>",
+                "<th>q</th><td>0.1 (10% of the features in S_high and in S_low)</td>",
+                "<th>calibration_pairs</th><td>600 pairs</td>", "<th>prior_images</th><td>40 images</td>"):
+        assert row in run, row
+    fals = _section(page, "<h3>Falsification test settings</h3>", "</table>")
+    assert "<th>tau_high</th><td>0.2142 rad</td>" in fals and "<th>K</th><td>16 counterfactuals per region" in fals
+    cal = _section(page, '<h3 id="calibration">', "</table>")
+    for row in ("<th>threshold_cos</th><td>0.9096 (cosine)</td>", "<th>threshold_angle</th><td>0.4285 rad (24.5°)</td>",
+                "<th>accuracy</th><td>98.17%</td>", "<th>n_genuine</th><td>300 pairs</td>",
+                "<th>high_fraction</th><td>0.5 × θ* (threshold angle)</td>", "<th>epsilon</th><td>0.2647 rad</td>"):
+        assert row in cal, row
+    quantiles = re.search(r"<th>genuine_quantiles</th><td>([^<]*)</td>", cal).group(1)
+    assert quantiles.startswith("p5 0.22") and "p10 0.242, " in quantiles and quantiles.endswith("p95 0.411 rad")
+    prior = _section(page, '<h3 id="prior">', "</table>")
+    assert "<th>size</th><td>150 × 150 px</td>" in prior and "<th>grid</th><td>10 × 10 cells</td>" in prior
+    assert "<th>delta</th><td>none (not calibrated; δ given: 0 rad)</td>" in prior
+    # alignment under Data, the detector's count said for what it is; nothing left for "Other"
+    data = _section(page, '<h2 id="data">', '<h2 id="config">')
+    assert "79 of 80 photos of the tested pairs aligned, 1 without a face found" in data
+    assert "<th>face detector runs</th><td>905 photos (this invocation, every photo it loaded: the calibration and " \
+           "prior images too" in data
+    assert "<th>pairs used</th><td>40 pairs (20 genuine, 20 impostor)</td>" in data
+    assert "<h3>Other</h3>" not in page and "detector_runs" not in page
+    env = _section(page, "<h3>Environment</h3>", "</table>")
+    assert "<th>cpu_count</th><td>2 CPUs</td>" in env
+
+
+def test_html_tables_leave_out_empty_columns():
+    s = make_calibrated_summary()
+    header, cells = E61.table_6_1_cells(s)
+    i = header.index("d'")
+    assert all(c[i] is None for c in cells)
+    assert r"$\bar d'$" in E61.table_6_1_tex(s)  # the LaTeX keeps its columns
+    html = str(to_html(E61.table_6_1(s)))
+    assert "d&prime;" not in html and "pooled SD" not in html
+    first_row = html.split("<tbody>")[1].split("</tr>")[0]
+    assert first_row.count("<td") == len(header) - 1
+    units = re.search(r'<tr class="sub">(.*?)</tr>', html).group(1)
+    assert units.count("<th") == len(header) - 1 and ">rad</th>" in units and ">pairs</th>" in units
+    # what is dropped: a column with no value; not one with a value, nor the first, nor any of an empty table
+    t = Table(name="t", frame=frame(["Method", "a", "b"], [[None, None, "1"], [None, None, None]]),
+              html_sub_header=["", "u", "v"], numeric=[1, 2])
+    page = str(to_html(t))
+    assert '<th class="num">b</th>' in page and ">a</th>" not in page and ">u</th>" not in page and ">v</th>" in page
+    assert page.count("<td") == 4 and page.count('<td class="num">') == 2
+    assert ">a</th>" in str(to_html(Table(name="e", frame=frame(["Method", "a"], []))))
+    kept = Table(name="k", frame=frame(["Method", "a"], [["x", None]]), drop_empty_columns=False)
+    assert ">a</th>" in str(to_html(kept))
 
 
 def test_report_of_an_old_summary(tmp_path, summary):
@@ -783,7 +947,7 @@ def test_captions_show_the_effective_k(tmp_path, summary):
     assert "K = 1 (deterministic fill)" in page
     assert "one counterfactual is drawn per region (K = 1)" in page
     # the recorded settings are shown as recorded, with what was used
-    assert page.count("<td>16 (K = 1 used: deterministic fill)</td>") == 2
+    assert page.count("<td>16 counterfactuals per region (K = 1 used: deterministic fill)</td>") == 2
     assert re.search(r"K = 16\b", page) is None
     write_summary(tmp_path, noise)
     page = H.write_report(tmp_path).read_text()
@@ -872,8 +1036,10 @@ def _no_browser(reason: str):
     pytest.skip(reason)
 
 
-@pytest.mark.slow
-def test_report_renders_in_chromium(report_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def chromium(tmp_path, monkeypatch):
+    """A headless Chromium driven by selenium (skipped, or failed under FALSIFY_REQUIRE_BROWSER=1,
+    when Chromium, chromedriver or selenium are missing)."""
     try:
         from selenium import webdriver
     except ImportError:
@@ -894,21 +1060,91 @@ def test_report_renders_in_chromium(report_dir, tmp_path, monkeypatch):
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
         driver.set_page_load_timeout(30)
-        driver.get((report_dir / "report.html").resolve().as_uri())
-        assert driver.title == "falsify report: experiment 6.1 (dlib-resnet)"
-        assert driver.execute_script("return document.querySelector('h1').textContent") == driver.title
-        images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);")
-        assert len(images) == 3
-        assert all(done is True and w > 0 and h > 0 for done, w, h in images), images
-        # nothing was fetched from anywhere (data: URIs are not network resources)
-        fetched = driver.execute_script(
-            "return performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith('data:'));")
-        assert fetched == []
-        rows = driver.execute_script("return document.querySelectorAll('#table-6-1 tbody tr').length;")
-        assert rows == len(COUNTS)
-        # the error text arrived as text, not markup
-        err = driver.execute_script("return document.querySelector('#errors-table td.err').textContent;")
-        assert err == "RuntimeError: <boom> & 'quotes' \"double\""
+        yield driver
     finally:
         driver.quit()
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(report_dir, chromium):
+    driver = chromium
+    driver.get((report_dir / "report.html").resolve().as_uri())
+    assert driver.title == "falsify report: experiment 6.1 (dlib-resnet)"
+    assert driver.execute_script("return document.querySelector('h1').textContent") == driver.title
+    images = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);")
+    assert len(images) == 3
+    assert all(done is True and w > 0 and h > 0 for done, w, h in images), images
+    # nothing was fetched from anywhere (data: URIs are not network resources)
+    fetched = driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name).filter(n => !n.startsWith('data:'));")
+    assert fetched == []
+    rows = driver.execute_script("return document.querySelectorAll('#table-6-1 tbody tr').length;")
+    assert rows == len(COUNTS)
+    # the error text arrived as text, not markup
+    err = driver.execute_script("return document.querySelector('#errors-table td.err').textContent;")
+    assert err == "RuntimeError: <boom> & 'quotes' \"double\""
+
+
+#: The DOM facts the first-screen test reads, in one script: positions at the viewport, document
+#: order, the thresholds' text, and the columns of every data table whose cells are all n/a.
+_FIRST_SCREEN_JS = """
+const q = s => document.querySelector(s);
+const top = s => q(s).getBoundingClientRect().top;
+const before = (a, b) => Boolean(a.compareDocumentPosition(b) & Node.DOCUMENT_POSITION_FOLLOWING);
+const env = Array.from(document.querySelectorAll('h3')).find(h => h.textContent === 'Environment');
+const table = q('#table-6-1');
+const empty = [];
+for (const t of document.querySelectorAll('main table:not(.kv)')) {
+  const rows = Array.from(t.querySelectorAll('tbody tr'));
+  if (!rows.length) continue;
+  for (let i = 0; i < rows[0].cells.length; i++)
+    if (rows.every(r => r.cells[i] && r.cells[i].querySelector('.na') && r.cells[i].textContent.trim() === '\u2013'))
+      empty.push([t.id, t.tHead.rows[0].cells[i].textContent]);
+}
+const kv = {};
+for (const r of q('#thresholds-table').rows) kv[r.cells[0].textContent] = r.cells[1].textContent;
+return {
+  inner: [innerWidth, innerHeight], scrollY: scrollY,
+  headline: top('#headline'), table: top('#table-6-1'), figure: top('#fig_6_1_fr'),
+  first_h2: document.querySelector('main h2').id,
+  before: [q('#headline'), table, q('#fig_6_1_fr'), q('#how-to-read'), q('#run'), env, q('#data'), q('#config')]
+    .every((e, i, all) => i === 0 || before(all[i - 1], e)),
+  table_before: [q('#run'), env, q('#data'), q('#config')].map(e => before(table, e)),
+  units: Array.from(table.querySelectorAll('thead tr.sub th')).map(th => th.textContent),
+  header: Array.from(table.querySelectorAll('thead tr:first-child th')).map(th => th.textContent),
+  thresholds: kv, empty: empty,
+};
+"""
+
+
+@pytest.mark.slow
+def test_report_leads_with_the_answer_in_chromium(tmp_path, chromium):
+    """At a 1280 x 800 viewport the first screen holds the headline and the FR table, which come
+    before the run, environment, data and configuration in the document; the calibrated thresholds
+    are numbers with units; no table has a column of n/a only (mean d' under a deterministic fill)."""
+    out = tmp_path / "run"
+    s = make_calibrated_summary()
+    write_summary(out, s)
+    T.write_tables(s, out)
+    F.write_figures(s, out)
+    H.write_report(out)
+    driver = chromium
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+    driver.get((out / "report.html").resolve().as_uri())
+    dom = driver.execute_script(_FIRST_SCREEN_JS)
+    assert dom["inner"] == [1280, 800] and dom["scrollY"] == 0
+    assert dom["first_h2"] == "exp-6-1"
+    assert dom["before"] is True and dom["table_before"] == [True] * 4
+    assert 0 < dom["headline"] < dom["table"] < 800 - 100, dom  # the table and its first rows on the first screen
+    assert dom["table"] < dom["figure"]
+    # no column of n/a only (mean d'); units on a line under the table's header
+    assert dom["empty"] == []
+    assert "mean d′" not in dom["header"] and "pooled SD" not in dom["units"]
+    assert dom["units"][1:5] == ["pairs"] * 4 and dom["units"][5] == "% [95% CI]" and dom["units"][6:8] == ["rad"] * 2
+    kv = dom["thresholds"]
+    for key in ("τ_high", "τ_low", "ε"):
+        assert re.match(r"0\.\d{4} rad = .*\(calibrated", kv[key]), (key, kv[key])
+    assert kv["δ"] == "0 rad (given)"
+    assert re.match(r"cos θ\* = 0\.9096, θ\* = 0\.4285 rad \(24\.5°\)", kv["decision threshold"])

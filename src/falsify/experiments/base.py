@@ -11,6 +11,8 @@ An experiment is one module under ``falsify/experiments`` holding one :class:`Ex
   pandas' ``Styler.to_latex``, HTML through Jinja2);
 - ``figures``: file stem -> caption, and ``write_figures`` that draws them;
 - ``template``: the Jinja2 template of its section of ``report.html`` and ``context`` for it;
+  ``lead_template``: what it puts at the top of the page, before "How to read" and the sections
+  (6.1: the headline, the FR table and the FR figure);
 - ``text(summary)``: what ``falsify run`` prints.
 
 Nothing here imports torch: the registry is read by ``falsify --help``.
@@ -33,6 +35,8 @@ class Experiment:
     key: str | None = None
     #: its section's template (``falsify/report/templates``)
     template: str | None = None
+    #: the template of its lead: the answer, shown first on the page (None: no lead)
+    lead_template: str | None = None
     #: figure file stem -> caption, in the order the report shows them
     figures: dict[str, str] = {}
 
@@ -63,18 +67,23 @@ class Experiment:
 
     def section(self, summary: Mapping, out_dir: Path) -> str:
         """Its section of report.html ("" when the summary does not hold it)."""
-        if self.template is None or not self.present(summary):
-            return ""
-        from ..report.render import figure_html, render, to_html
+        return self._render(self.template, summary, out_dir)
 
-        out_dir = Path(out_dir)
+    def lead(self, summary: Mapping, out_dir: Path) -> str:
+        """Its lead: what report.html shows first, before "How to read" and every section ("" for none)."""
+        return self._render(self.lead_template, summary, out_dir)
+
+    def _render(self, template: str | None, summary: Mapping, out_dir: Path) -> str:
+        """``template`` with ``summary``, ``experiment``, ``tables`` (name -> HTML), ``figures`` (stem ->
+        HTML, for the PNGs under ``out_dir/figures``; each read only when the template shows it) and
+        :meth:`context`."""
+        if template is None or not self.present(summary):
+            return ""
+        from ..report.render import render, to_html
+
         tables = {t.name: to_html(t) for t in self.tables(summary)}
-        figures = {}
-        for stem, caption in self.figures.items():
-            png = out_dir / "figures" / f"{stem}.png"
-            if png.is_file():
-                figures[stem] = figure_html(png, stem.replace("_", " "), caption, stem)
-        return render(self.template, summary=summary, experiment=self, tables=tables, figures=figures,
+        figures = _Figures(Path(out_dir) / "figures", self.figures)
+        return render(template, summary=summary, experiment=self, tables=tables, figures=figures,
                       **self.context(summary, out_dir)).strip()
 
     def text(self, summary: Mapping) -> str:
@@ -98,6 +107,29 @@ class Experiment:
     def outputs(self, out) -> str:
         """The lines ``falsify run`` prints last: where the results are."""
         return f"results: {out}/results.sqlite\nreport:  {out}/report.html"
+
+
+class _Figures(Mapping):
+    """stem -> the figure as HTML, for each of ``captions`` whose PNG is in ``folder``, in that
+    order; a figure is read and encoded when a template first shows it."""
+
+    def __init__(self, folder: Path, captions: Mapping[str, str]) -> None:
+        self._captions = {s: c for s, c in captions.items() if (folder / f"{s}.png").is_file()}
+        self._folder, self._html = folder, {}
+
+    def __getitem__(self, stem: str):
+        if stem not in self._html:
+            from ..report.render import figure_html
+
+            self._html[stem] = figure_html(self._folder / f"{stem}.png", stem.replace("_", " "),
+                                           self._captions[stem], stem)
+        return self._html[stem]
+
+    def __iter__(self):
+        return iter(self._captions)
+
+    def __len__(self) -> int:
+        return len(self._captions)
 
 
 def load_raw_summary(out) -> dict:

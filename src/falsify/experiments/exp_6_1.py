@@ -4,7 +4,8 @@ Rows: one per (method, pair) under the experiment key ``6.1`` (``Runner``): the 
 the probe face A of each pair against its partner's embedding f(B) and the map is put to the
 falsification test. Analysis: ``falsify.experiments.analysis.summarise`` (per method: counts, FR
 with a Wilson CI, mean distances; McNemar against the baselines and controls, Holm-corrected).
-Table 6.1, the FR bar chart, the saliency grid, and the report section ``exp_6_1.html.j2``.
+Table 6.1, the FR bar chart, the saliency grid; the report's lead (``exp_6_1_lead.html.j2``: the headline,
+the FR table and figure) and its section (``exp_6_1.html.j2``: controls, comparisons, maps).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..report.tables import (
     as_float,
     comparison_cell,
     criterion_of,
+    find_comparison,
     fmt_int,
     fmt_num,
     fmt_p,
@@ -75,6 +77,73 @@ def beats_cell(verdict: Mapping | None) -> str | None:
         return "yes"
     missed = [control_label(b) for b in verdict.get("not_beaten") or []]
     return "no" + (f" ({', '.join(missed)})" if missed else "")
+
+
+def _rate_text(row: Mapping | None) -> str | None:
+    """'21.1% (95% CI 11.1–36.3%)'; None without a rate."""
+    fr, lo, hi = rate_of(row) if row is not None else (None, None, None)
+    if fr is None:
+        return None
+    return f"{100 * fr:.1f}%" + ("" if lo is None or hi is None else f" (95% CI {100 * lo:.1f}–{100 * hi:.1f}%)")
+
+
+def _pct_of(row: Mapping | None) -> str | None:
+    fr = rate_of(row)[0] if row is not None else None
+    return None if fr is None else f"{100 * fr:.1f}%"
+
+
+def _beats(summary: Mapping, rows: Mapping[str, Mapping], method: str, control: str) -> bool | None:
+    """Whether ``method`` is falsified significantly less often than ``control`` (the comparison's
+    ``beats``; for summaries without it: significant and the lower rate); None when not compared."""
+    c = find_comparison(summary, method, control)
+    if c is None:
+        return None
+    if isinstance(c.get("beats"), bool) and c.get("method") == method:
+        return c["beats"]
+    fr, fr_c = rate_of(rows.get(method) or {})[0], rate_of(rows.get(control) or {})[0]
+    return c.get("significant") is True and fr is not None and fr_c is not None and fr < fr_c
+
+
+def headline(summary: Mapping) -> dict:
+    """The answer of the run, for the top of the report: which methods are falsified significantly
+    less often than their controls (McNemar, Holm-corrected), each with its FR and 95% CI and the
+    controls' rates.
+
+    ``kind``: "controls" (``summary["controls"]``: centre and the method's own randomised-model
+    rows), "other" (those were not run; the comparisons with the controls that were, e.g. random),
+    "none" (no method was compared with a control) or "empty" (no method row). ``items``: per
+    method {method, fr, beats, controls: [{label, fr, beaten}]}, those that beat their controls
+    first; ``beating``: their names; ``rates``: (method, fr) of every method, for "none"."""
+    rows = {str(r["method"]): r for r in method_rows(summary)}
+    methods = [m for m, r in rows.items() if not row_is_control(r)]
+    controls = [m for m, r in rows.items() if row_is_control(r)]
+    verdicts = control_verdicts(summary)
+    items = []
+    if verdicts:
+        kind = "controls"
+        for v in verdicts:
+            m = str(v["method"])
+            missed = [str(b) for b in v.get("not_beaten") or []]
+            checked = [str(b) for b in v.get("checked") or []]
+            items.append({"method": m, "fr": _rate_text(rows.get(m)), "beats": v.get("beats_all") is True,
+                          "controls": [{"label": control_label(b), "fr": _pct_of(rows.get(b)), "beaten": b not in missed}
+                                       for b in checked + [b for b in missed if b not in checked]]})
+    else:
+        kind = "other"
+        for m in methods:
+            against = [(b, _beats(summary, rows, m, b)) for b in controls]
+            against = [(b, beat) for b, beat in against if beat is not None]
+            if against:
+                items.append({"method": m, "fr": _rate_text(rows.get(m)), "beats": all(b for _, b in against),
+                              "controls": [{"label": b, "fr": _pct_of(rows.get(b)), "beaten": beat}
+                                           for b, beat in against]})
+        if not items:
+            kind = "none" if methods else "empty"
+    items = [i for i in items if i["beats"]] + [i for i in items if not i["beats"]]
+    return {"kind": kind, "items": items, "beating": [i["method"] for i in items if i["beats"]],
+            "rates": [(m, _rate_text(rows[m])) for m in methods],
+            "centre_by_construction": criterion_of(summary)["criterion"] == "beyond-prior"
+            and any(c["label"] == "centre" for i in items for c in i["controls"])}
 
 
 def control_columns(summary: Mapping) -> list[str]:
@@ -157,11 +226,19 @@ _HEADER_6_1_TEX = {
     "Beats controls": (None, "Beats", "controls"),
 }
 
-#: Plain header -> HTML header of table 6.1 (others are escaped).
+#: Plain header -> HTML header of table 6.1 (others are escaped), and the unit of each column (the
+#: HTML's second header line; "p vs ..." columns: Holm-adjusted p).
 _HTML_HEADER_6_1 = {
-    "d_high": "mean d<sub>high</sub> (rad)",
-    "d_low": "mean d<sub>low</sub> (rad)",
+    "FR % [95% CI]": "FR",
+    "d_high": "mean d<sub>high</sub>",
+    "d_low": "mean d<sub>low</sub>",
     "d'": "mean d&prime;",
+    "p vs " + OWN_RANDOM_MODEL: "p vs own<br>random model",
+    "Beats controls": "Beats<br>controls",
+}
+_HTML_UNIT_6_1 = {
+    "Method": "", "Passed": "pairs", "Falsified": "pairs", "Untestable": "pairs", "Errors": "pairs",
+    "FR % [95% CI]": "% [95% CI]", "d_high": "rad", "d_low": "rad", "d'": "pooled SD", "Beats controls": "",
 }
 
 
@@ -243,8 +320,11 @@ def table_6_1(summary: Mapping):
         name="table_6_1", frame=frame(header, cells), label="tab:exp-6-1", caption=caption,
         tex_header=[_tex_header(h) for h in header], tex_groups={} if split is None else {split: "Controls"},
         tex_empty="no methods", html_id="table-6-1",
-        html_header=[_HTML_HEADER_6_1.get(h) or _escape(h) for h in header],
-        row_class=["control" if f else "" for f in flags], split=split, numeric=range(1, len(header)),
+        html_header=[_HTML_HEADER_6_1.get(h) or (f"p vs<br>{_escape(h[5:])}" if h.startswith("p vs ") else _escape(h))
+                     for h in header],
+        html_sub_header=[_HTML_UNIT_6_1.get(h, "Holm p") for h in header],
+        row_class=["control" if f else "" for f in flags], split=split,
+        numeric=[i for i, h in enumerate(header) if i and h != "Beats controls"],
     )
 
 
@@ -275,7 +355,9 @@ def comparisons_table(summary: Mapping):
     ] + ([yes_no(c.get("beats"))] if with_beats else []) for c in comps]
     header = (["Method", "Against", "n paired", "n01", "n10", "p", "p (Holm)", "Cohen's h", "Significant"]
               + (["Beats"] if with_beats else []))
-    return Table(name="comparisons", frame=frame(header, rows), html_id="comparisons-table", numeric=range(2, 8))
+    units = ["", "", "pairs", "pairs", "pairs", "", "", "", ""] + ([""] if with_beats else [])
+    return Table(name="comparisons", frame=frame(header, rows), html_id="comparisons-table", numeric=range(2, 8),
+                 html_sub_header=units)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +441,7 @@ class Experiment61(Experiment):
     anchor = "exp-6-1"
     nav = "6.1 results"
     template = "exp_6_1.html.j2"
+    lead_template = "exp_6_1_lead.html.j2"
     figures = {
         "fig_6_1_fr": (
             "Falsification rate per attribution method: falsified / (passed + falsified); untestable maps "
@@ -415,6 +498,7 @@ class Experiment61(Experiment):
                            for v in verdicts},
             "comparisons": to_html(comparisons_table(summary)) if comps else None,
             "with_beats": any("beats" in c for c in comps),
+            "headline": headline(summary),
         }
 
     def text(self, summary: Mapping) -> str:

@@ -4,9 +4,13 @@ The page has inline CSS, figures embedded as ``data:image/png;base64`` URIs and 
 resource, so it opens from disk (or as an e-mail attachment) anywhere. Every piece of text from the
 summary is escaped with :func:`html.escape`.
 
-The page is the Jinja2 template ``templates/report.html.j2``; each experiment the summary holds
-(``falsify.experiments.registry``, in its order) renders its own section from its template, between
-the sections every run has (run, how to read, data; configuration, other figures, LaTeX sources).
+The page is the Jinja2 template ``templates/report.html.j2``. It leads with the answer: the leads of
+the experiments the summary holds (``falsify.experiments.registry``, in its order; 6.1's: which
+methods beat their controls, with FR and 95% CI, the FR table and the FR figure), then "How to
+read", each experiment's section from its template, and what the run was: run and environment,
+data, configuration (the criterion and its calibrated thresholds first), other figures, LaTeX
+sources. Every number in the key-value tables carries its unit (:data:`UNITS`); the tables leave
+out their all-empty columns (``falsify.report.render.to_html``).
 
 ``falsify report OUT`` (``Experiment.rewrite``) rewrites the tables, the figures that the summary
 alone allows, and the page.
@@ -54,28 +58,78 @@ def _cell(x: Any) -> str:
     return _e(x)
 
 
-def _value(x: Any) -> str:
-    """A config/environment value: lists joined, mappings as JSON, null as 'none'."""
+#: Units of the numbers the report's key-value tables show, by key (config, falsification test,
+#: calibration, prior, environment): a suffix; ``{}`` in it stands for the number.
+UNITS: dict[str, str] = {
+    **dict.fromkeys(("tau_high", "tau_low", "epsilon", "delta", "opt_delta_target", "threshold_angle",
+                     "excess_median", "genuine_quantiles", "impostor_quantiles"), "{} rad"),
+    **dict.fromkeys(("n_pairs", "calibration_pairs", "grid_pairs", "n_genuine", "n_impostor"), "{} pairs"),
+    **dict.fromkeys(("prior_images", "n_images"), "{} images"),
+    **dict.fromkeys(("grid", "prior_grid"), "{0} × {0} cells"),
+    **dict.fromkeys(("noise_sigma", "opt_init_sigma"), "{} (std, pixel values in [0, 1])"),
+    **dict.fromkeys(("high_fraction", "low_fraction"), "{} × θ* (threshold angle)"),
+    **dict.fromkeys(("theta_high", "theta_low"), "{} (map value in [0, 1])"),
+    **dict.fromkeys(("opt_steps", "opt_patience"), "{} steps"),
+    "batch_pairs": "{} pairs per batch", "batch_size": "{} images per forward pass",
+    "K": "{} counterfactuals per region", "n_segments": "{} superpixels", "compactness": "{} (SLIC compactness)",
+    "blur_sigma": "{} × the shorter image side (std)", "opt_lr": "{} (Adam step size)",
+    "opt_lambda": "{} (weight)", "opt_grad_clip": "{} (gradient norm)", "opt_tol": "{} (relative change)",
+    "threshold_cos": "{} (cosine)", "accuracy": "{}", "q": "{}", "seed": "{} (random seed)",
+    "workers": "{} workers", "cpu_count": "{} CPUs", "torch_threads": "{} threads",
+    "quantile": "{}",
+}
+
+
+def _num(x: float) -> str:
+    """An int as it is, a float with 4 significant digits."""
+    return str(x) if isinstance(x, int) else f"{x:.4g}"
+
+
+def with_unit(key: str, x: Any) -> str | None:
+    """``x`` (a number, a list of numbers, or quantiles {"p5": ...}) with the unit of ``key``
+    (:data:`UNITS`); None when ``key`` has none or ``x`` is not such a value."""
+    unit = UNITS.get(key)
+    if unit is None or isinstance(x, bool):
+        return None
+    if isinstance(x, Mapping) and x and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x.values()):
+        return ", ".join(f"{k} {v:.3f}" for k, v in x.items()) + unit.replace("{}", "")
+    if not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    if key == "q":
+        return f"{_num(x)} ({100 * x:g}% of the features in S_high and in S_low)"
+    if key in ("accuracy", "quantile"):
+        return f"{100 * x:.4g}%"
+    if key == "threshold_angle":
+        return f"{_num(x)} rad ({math.degrees(x):.1f}°)"
+    return unit.format(_num(x))
+
+
+def _value(x: Any, key: str | None = None) -> str:
+    """A config/environment value: a number with its unit (:func:`with_unit`), lists joined,
+    mappings as JSON, null as 'none'."""
     if x is None:
         return '<span class="na">none</span>'
     if isinstance(x, bool):
         return "true" if x else "false"
     if isinstance(x, float) and not math.isfinite(x):
         return _NA
-    if isinstance(x, (list, tuple)) and all(not isinstance(v, (list, tuple, Mapping)) for v in x):
+    text = with_unit(key, x) if key is not None else None
+    if text is None and isinstance(x, (list, tuple)) and all(not isinstance(v, (list, tuple, Mapping)) for v in x):
         text = ", ".join(str(v) for v in x)
-    elif isinstance(x, (list, tuple, Mapping)):
+    elif text is None and isinstance(x, (list, tuple, Mapping)):
         text = json.dumps(x, sort_keys=isinstance(x, Mapping), default=str)
-    else:
+    elif text is None:
         text = str(x)
     if len(text) > MAX_VALUE_CHARS:
         text = text[:MAX_VALUE_CHARS] + f" ... ({len(text)} characters)"
     return _e(text)
 
 
-def _kv_table(items: Iterable[tuple[str, Any]], raw: bool = False) -> str:
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{v if raw else _value(v)}</td></tr>" for k, v in items)
-    return f'<div class="scroll"><table class="kv"><tbody>{rows}</tbody></table></div>'
+def _kv_table(items: Iterable[tuple[str, Any]], raw: bool = False, html_id: str | None = None) -> str:
+    """Rows of (key, value): values through :func:`_value` (with the key's unit), or as HTML when ``raw``."""
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{v if raw else _value(v, k)}</td></tr>" for k, v in items)
+    ident = f' id="{_e(html_id)}"' if html_id else ""
+    return f'<div class="scroll"><table class="kv"{ident}><tbody>{rows}</tbody></table></div>'
 
 
 def format_elapsed(seconds: Any) -> str | None:
@@ -201,6 +255,7 @@ def _how_to_read(summary: Mapping) -> str:
 def _section_metadata(summary: Mapping) -> str:
     data = summary.get("data") if isinstance(summary.get("data"), Mapping) else {}
     cfg = summary.get("config") if isinstance(summary.get("config"), Mapping) else {}
+    n_rows = as_int(summary.get("n_rows"))
     items = [
         ("experiment", summary.get("experiment")),
         ("model", summary.get("model") or cfg.get("model")),
@@ -208,7 +263,7 @@ def _section_metadata(summary: Mapping) -> str:
         ("started", summary.get("started")),
         ("created", summary.get("created")),
         ("elapsed", format_elapsed(summary.get("elapsed_s"))),
-        ("result rows", summary.get("n_rows")),
+        ("result rows", None if n_rows is None else f"{n_rows} (method, pair) rows"),
     ]
     items = [(k, v) for k, v in items if v is not None or k in ("model", "created")]
     out = ['<h2 id="run">Run</h2>', _kv_table(items)]
@@ -222,6 +277,7 @@ def _section_metadata(summary: Mapping) -> str:
 _KNOWN_KEYS = {
     "experiment", "created", "started", "model", "config", "falsification", "calibration", "environment",
     "data", "n_rows", "n_errors", "errors", "elapsed_s", "methods", "comparisons", "controls", "prior",
+    "alignment",
 }
 
 
@@ -234,21 +290,140 @@ def _known_keys() -> set[str]:
 
 def _with_effective_k(summary: Mapping, items: Mapping) -> list[tuple[str, Any]]:
     """``items``, with a recorded K that is not the number of counterfactuals drawn annotated:
-    '16 (K = 1 used: deterministic fill)'."""
+    '16 counterfactuals per region (K = 1 used: deterministic fill)'."""
     k = effective_k(summary)
     det = is_deterministic_fill(fill_and_k(summary)[0])
     return [
-        (key, f"{v} (K = {k} used{': deterministic fill' if det else ''})"
+        (key, f"{with_unit('K', v) or v} (K = {k} used{': deterministic fill' if det else ''})"
          if key == "K" and k is not None and as_int(v) != k else v)
         for key, v in items.items()
     ]
 
 
+#: The thresholds of the criterion (radians), and what each is.
+_THRESHOLDS = (("tau_high", "τ_high"), ("tau_low", "τ_low"), ("epsilon", "ε"))
+
+
+def _calibration_of(summary: Mapping) -> Mapping | None:
+    cal = summary.get("calibration")
+    return cal if isinstance(cal, Mapping) and cal else None
+
+
+def _threshold_text(summary: Mapping, key: str, unused: bool = False) -> str | None:
+    """'0.2142 rad = 0.5 × θ* (calibrated)' or '0.3 rad (given)', with '; not used by the
+    beyond-prior verdict' when ``unused``; None when not recorded."""
+    value = criterion_of(summary)[key]
+    if value is None:
+        return None
+    cal = _calibration_of(summary)
+    calibrated = cal is not None and as_float(cal.get(key)) is not None and abs(as_float(cal.get(key)) - value) < 1e-12
+    text = f"{_num(value)} rad"
+    if calibrated:
+        how = {"tau_high": f" = {_num(cal.get('high_fraction'))} × θ*" if as_float(cal.get("high_fraction")) else "",
+               "tau_low": f" = {_num(cal.get('low_fraction'))} × θ*" if as_float(cal.get("low_fraction")) else "",
+               "epsilon": " = median impostor angle − median genuine angle"}[key]
+        text += f"{how} (calibrated"
+    else:
+        text += " (given"
+    return text + ("; not used by the beyond-prior verdict)" if unused else ")")
+
+
+def _section_thresholds(summary: Mapping) -> str:
+    """The criterion and the numbers it used: the calibrated (or given) thresholds in radians, delta,
+    the decision threshold, the fills of the test and of the prior."""
+    c = criterion_of(summary)
+    beyond = c["criterion"] == "beyond-prior"
+    items: list[tuple[str, str | None]] = [(
+        "criterion",
+        "beyond-prior: a map passes when its margin d_high − d_low exceeds the prior map's margin on the same image "
+        "by more than δ" if beyond else
+        "absolute: a map passes when d_high > τ_high, d_low < τ_low and d_high − d_low ≥ ε"
+        if c["criterion"] == "absolute" else str(c["criterion"]),
+    )]
+    if beyond:
+        delta = None
+        if c["delta"] is not None:
+            cal = c["calibration"]
+            if cal is not None:
+                q, n = as_float(cal.get("quantile")), as_int(cal.get("n"))
+                delta = (f"{_num(c['delta'])} rad (calibrated: the {'' if q is None else f'{100 * q:g}% '}quantile of "
+                         "the excess that maps knowing only the prior reach" + ("" if n is None else f", {n} tests") + ")")
+            else:
+                delta = f"{_num(c['delta'])} rad (given)"
+        items.append(("δ", delta))
+    for key, label in _THRESHOLDS:
+        items.append((label, _threshold_text(summary, key, unused=beyond)))
+    cal = _calibration_of(summary)
+    if cal is not None and as_float(cal.get("threshold_cos")) is not None:
+        cos, angle = as_float(cal.get("threshold_cos")), as_float(cal.get("threshold_angle"))
+        acc = as_float(cal.get("accuracy"))
+        n_gen, n_imp = as_int(cal.get("n_genuine")), as_int(cal.get("n_impostor"))
+        text = f"cos θ* = {_num(cos)}"
+        if angle is not None:
+            text += f", θ* = {_num(angle)} rad ({math.degrees(angle):.1f}°)"
+        if acc is not None:
+            on = "" if n_gen is None or n_imp is None else f" on {n_gen} genuine + {n_imp} impostor pairs"
+            text += f"; accuracy {100 * acc:.1f}%{on}"
+        items.append(("decision threshold", text))
+    fill, _ = fill_and_k(summary)
+    if fill:
+        items.append(("fill (test)", f"{fill}: what replaces the hidden regions"))
+    prior = summary.get("prior") if isinstance(summary.get("prior"), Mapping) else {}
+    if prior.get("fill"):
+        items.append(("fill (prior map)", _prior_fill(prior.get("fill"), fill)))
+    k = effective_k(summary)
+    if k is not None:
+        det = " (deterministic fill)" if is_deterministic_fill(fill) else ""
+        items.append(("counterfactuals", f"{k} per region{det}"))
+    items = [(k, v) for k, v in items if v is not None]
+    where = (" Calibrated values come from the model's own genuine and impostor angles on pairs of the data set "
+             '(<a href="#calibration">below</a>).' if cal is not None else "")
+    return ('<h3 id="thresholds">Criterion and thresholds</h3>\n' + _kv_table(items, html_id="thresholds-table")
+            + '\n<p class="caption">Angles are geodesic distances between unit embeddings, in radians'
+            + ("; θ* is the angle of the decision threshold (cos θ*: its cosine similarity)." if cal is not None else ".")
+            + where + "</p>")
+
+
+def _prior_fill(prior_fill: Any, test_fill: Any) -> str:
+    """The prior's fill, and why it may differ from the test's."""
+    text = f"{prior_fill}: the fill of the occlusion maps the prior averages"
+    if test_fill and test_fill != prior_fill:
+        text += f" (the test hides regions with its own fill, {test_fill})"
+    return text
+
+
+def _prior_items(summary: Mapping, prior: Mapping) -> list[tuple[str, Any]]:
+    """The prior's settings for its table: its cells left out, its fill and delta explained."""
+    items: list[tuple[str, Any]] = []
+    test_fill = fill_and_k(summary)[0]
+    for k, v in prior.items():
+        if k == "cells":
+            continue
+        if k == "fill" and v:
+            v = _prior_fill(v, test_fill)
+        elif k == "size" and isinstance(v, (list, tuple)) and len(v) == 2:
+            v = f"{v[0]} × {v[1]} px"
+        elif k == "delta" and isinstance(v, Mapping):
+            d, q, n, med = (as_float(v.get(x)) for x in ("delta", "quantile", "n", "excess_median"))
+            parts = [x for x in (None if q is None else f"{100 * q:g}% quantile", None if n is None else f"{int(n)} tests",
+                                 None if med is None else f"median excess {_num(med)} rad") if x]
+            v = ("n/a" if d is None else f"{_num(d)} rad") + (f" (calibrated: {', '.join(parts)})" if parts else "")
+        elif k == "delta" and v is None:
+            given = criterion_of(summary)["delta"]
+            v = "none (not calibrated" + ("" if given is None else f"; δ given: {_num(given)} rad") + ")"
+        items.append((k, v))
+    return items
+
+
 def _section_config(summary: Mapping) -> str:
-    out = ['<h2 id="config">Configuration</h2>']
+    out = ['<h2 id="config">Configuration</h2>', _section_thresholds(summary)]
     cfg = summary.get("config")
     if isinstance(cfg, Mapping) and cfg:
-        out.append(_kv_table(_with_effective_k(summary, cfg)))
+        shown = dict(cfg)
+        for key, _ in _THRESHOLDS:  # null in the config: calibrated; show what was used
+            if key in shown and shown[key] is None and criterion_of(summary)[key] is not None:
+                shown[key] = f"calibrated: {_num(criterion_of(summary)[key])} rad"
+        out += ["<h3>Run settings</h3>", _kv_table(_with_effective_k(summary, shown))]
     else:
         out.append('<p class="na">No configuration recorded.</p>')
     fals = summary.get("falsification")
@@ -257,16 +432,20 @@ def _section_config(summary: Mapping) -> str:
     prior = summary.get("prior")
     if isinstance(prior, Mapping) and prior:
         out += ['<h3 id="prior">Prior map</h3>',
-                _kv_table((k, v) for k, v in prior.items() if k != "cells"),
+                _kv_table(_prior_items(summary, prior)),
                 '<p class="caption">The model\'s image-independent prior map: the mean of its occlusion maps '
                 "over images that are not tested (the <code>centre</code> control, and the reference of the "
                 "beyond-prior criterion). delta: the beyond-prior margin calibrated on those images, when it "
                 "was.</p>"]
     if "calibration" in summary:
         cal = summary.get("calibration")
-        out.append("<h3>Calibration</h3>")
+        out.append('<h3 id="calibration">Calibration</h3>')
         if isinstance(cal, Mapping) and cal:
             out.append(_kv_table(cal.items()))
+            out.append('<p class="caption">The model\'s angles (radians) between the embeddings of genuine and '
+                       "impostor pairs of the data set, as quantiles (p5 ... p95); threshold_cos: the cosine "
+                       "similarity with the best accuracy on those pairs, threshold_angle θ* its angle; τ_high, "
+                       "τ_low and ε derived from them.</p>")
         else:
             out.append('<p class="caption">None: the thresholds were given, not calibrated.</p>')
     other = [(k, v) for k, v in summary.items() if k not in _known_keys()]
@@ -278,19 +457,25 @@ def _section_config(summary: Mapping) -> str:
 def _section_data(summary: Mapping) -> str:
     data = summary.get("data") if isinstance(summary.get("data"), Mapping) else {}
     out = ['<h2 id="data">Data</h2>']
+    n_pairs, n_gen, n_imp = as_int(data.get("n_pairs")), as_int(data.get("n_genuine")), as_int(data.get("n_impostor"))
+    split = f" ({n_gen} genuine, {n_imp} impostor)" if n_gen is not None and n_imp is not None else ""
+    n_err = as_int(summary.get("n_errors"))
+    n_err = len(summary.get("errors") or []) if n_err is None else n_err
     counts = [
-        ("pairs used", data.get("n_pairs")),
-        ("genuine pairs", data.get("n_genuine")),
-        ("impostor pairs", data.get("n_impostor")),
-        ("pairs skipped", data.get("n_skipped")),
-        ("method-pair errors", summary.get("n_errors", len(summary.get("errors") or []))),
+        ("pairs used", None if n_pairs is None else f"{n_pairs} pairs{split}"),
+        ("pairs skipped", None if as_int(data.get("n_skipped")) is None else f"{as_int(data.get('n_skipped'))} pairs"),
+        ("method-pair errors", f"{n_err} (method, pair) rows"),
     ]
     alignment = summary.get("alignment") if isinstance(summary.get("alignment"), Mapping) else None
     if alignment is not None:  # runs made before alignment existed have none
         template = alignment.get("template")
         counts.append(("alignment", "none (each photo resized)" if not template else
-                       f"{template}: {alignment.get('aligned')} of {alignment.get('images')} photos aligned, "
-                       f"{alignment.get('no_face_found')} without a face found (resized)"))
+                       f"{template}: {alignment.get('aligned')} of {alignment.get('images')} photos of the tested pairs "
+                       f"aligned, {alignment.get('no_face_found')} without a face found (resized)"))
+        runs = as_int(alignment.get("detector_runs"))
+        if template and runs is not None:
+            counts.append(("face detector runs", f"{runs} photos (this invocation, every photo it loaded: the "
+                           "calibration and prior images too; photos whose landmarks are cached are not detected again)"))
     out.append(_kv_table(counts))
     missed = (alignment or {}).get("no_face_examples") or []
     if missed:
@@ -364,18 +549,23 @@ def render_report(summary: Mapping, out_dir: str | Path) -> str:
     model = summary.get("model") or cfg.get("model")
     title = f"falsify report: experiment {experiment}" + (f" ({model})" if model else "")
     experiments = experiments_in(summary)
+    # the answer first (the leads: 6.1's headline, FR table and figure), then how to read it, the
+    # experiments' sections, and what the run was: run, data, configuration
+    leads = [(e, e.lead(summary, out_dir)) for e in experiments]
     sections = [
-        _section_metadata(summary),
+        *(lead for _, lead in leads),
         _how_to_read(summary),
-        _section_data(summary),
         *(e.section(summary, out_dir) for e in experiments),
+        _section_metadata(summary),
+        _section_data(summary),
         _section_config(summary),
         _section_other_figures(out_dir),
         _section_latex(out_dir),
     ]
-    nav = [("run", "Run"), ("how-to-read", "How to read"), ("data", "Data")]
-    nav += [(e.anchor, e.nav) for e in experiments]
-    nav.append(("config", "Configuration"))
+    nav = [(e.anchor, e.nav) for e, lead in leads if lead]
+    nav.append(("how-to-read", "How to read"))
+    nav += [(e.anchor, e.nav) for e, lead in leads if not lead]
+    nav += [("run", "Run"), ("data", "Data"), ("config", "Configuration")]
     n_methods = len(method_rows(summary))
     n_pairs = (summary.get("data") or {}).get("n_pairs") if isinstance(summary.get("data"), Mapping) else None
     subtitle = ", ".join(

@@ -62,7 +62,9 @@ class Table:
     names. ``tex_groups`` maps a row position to a group heading (a spanning italic row, a rule above
     it unless it is the first row). HTML: ``html_header`` (raw HTML per column; default: the column
     names, escaped), ``html_sub_header``, ``row_class`` per row, ``split`` (rows from there on go in
-    a second ``<tbody class="controls">``), ``numeric`` column positions.
+    a second ``<tbody class="controls">``), ``numeric`` column positions. ``drop_empty_columns``: the
+    HTML leaves out every column but the first whose cells are all n/a (e.g. mean d' under a
+    deterministic fill); the LaTeX keeps them.
     """
 
     name: str
@@ -81,6 +83,7 @@ class Table:
     split: int | None = None
     numeric: Sequence[int] = ()
     first_is_method: bool = True
+    drop_empty_columns: bool = True
 
     @property
     def header(self) -> list[str]:
@@ -249,11 +252,25 @@ def render(template: str, **context: Any) -> str:
     return environment().get_template(template).render(**context)
 
 
+def shown_columns(table: Table) -> list[int]:
+    """Positions of the columns the HTML shows: all of them, or (``drop_empty_columns``) the first
+    and every other that has a cell that is not n/a; all of them when there is no row."""
+    rows = table.cells()
+    n = len(table.header)
+    if not table.drop_empty_columns or not rows:
+        return list(range(n))
+    return [i for i in range(n) if i == 0 or any(not _missing(r[i]) for r in rows)]
+
+
 def to_html(table: Table) -> Html:
-    """``table`` as an HTML table (``table.html.j2``)."""
+    """``table`` as an HTML table (``table.html.j2``), without its empty columns (:func:`shown_columns`)."""
+    keep = shown_columns(table)
     header = list(table.html_header) if table.html_header is not None else [escape(h) for h in table.header]
-    return Html(render("table.html.j2", table=table, header=[Html(h) for h in header], rows=table.cells(),
-                       numeric=set(table.numeric)).strip())
+    sub = None if table.html_sub_header is None else [table.html_sub_header[i] for i in keep]
+    numeric = {j for j, i in enumerate(keep) if i in set(table.numeric)}
+    rows = [[r[i] for i in keep] for r in table.cells()]
+    return Html(render("table.html.j2", table=table, header=[Html(header[i]) for i in keep], sub_header=sub,
+                       rows=rows, numeric=numeric).strip())
 
 
 def png_display_width(data: bytes) -> int | None:
