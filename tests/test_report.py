@@ -1148,3 +1148,14 @@ def test_report_leads_with_the_answer_in_chromium(tmp_path, chromium):
         assert re.match(r"0\.\d{4} rad = .*\(calibrated", kv[key]), (key, kv[key])
     assert kv["δ"] == "0 rad (given)"
     assert re.match(r"cos θ\* = 0\.9096, θ\* = 0\.4285 rad \(24\.5°\)", kv["decision threshold"])
+
+
+def test_the_calibrations_spread_reads_in_words_with_units():
+    from falsify.report.html import _value
+
+    sp = {"n_boot": 200, "theta": [0.4245, 0.4577], "epsilon": [0.2549, 0.2737], "relative": 0.0375,
+          "pairs_needed": 600}
+    assert _value(sp, "spread") == ("95% of 200 resamples of the pairs: θ* 0.4245-0.4577 rad, ε 0.2549-0.2737 rad "
+                                    "(±3.8%: within ±10%)")
+    few = {**sp, "relative": 0.3, "pairs_needed": 5400}
+    assert _value(few, "spread").endswith("(±30.0%: about 5400 pairs needed for ±10%)")

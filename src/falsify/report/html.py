@@ -104,6 +104,18 @@ def with_unit(key: str, x: Any) -> str | None:
     return unit.format(_num(x))
 
 
+def spread_text(sp: Any) -> str | None:
+    """A calibration's bootstrap spread (``falsify.falsification.calibration.calibration_spread``)
+    in words with units; None when ``sp`` is not one."""
+    try:
+        (t0, t1), (e0, e1) = sp["theta"], sp["epsilon"]
+        enough = "within ±10%" if sp["relative"] <= 0.10 else f"about {sp['pairs_needed']} pairs needed for ±10%"
+        return (f"95% of {sp['n_boot']} resamples of the pairs: θ* {t0:.4f}-{t1:.4f} rad, ε {e0:.4f}-{e1:.4f} "
+                f"rad (±{100 * sp['relative']:.1f}%: {enough})")
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _value(x: Any, key: str | None = None) -> str:
     """A config/environment value: a number with its unit (:func:`with_unit`), lists joined,
     mappings as JSON, null as 'none'."""
@@ -114,6 +126,8 @@ def _value(x: Any, key: str | None = None) -> str:
     if isinstance(x, float) and not math.isfinite(x):
         return _NA
     text = with_unit(key, x) if key is not None else None
+    if key == "spread":
+        text = spread_text(x)
     if text is None and isinstance(x, (list, tuple)) and all(not isinstance(v, (list, tuple, Mapping)) for v in x):
         text = ", ".join(str(v) for v in x)
     elif text is None and isinstance(x, (list, tuple, Mapping)):
@@ -445,7 +459,8 @@ def _section_config(summary: Mapping) -> str:
             out.append('<p class="caption">The model\'s angles (radians) between the embeddings of genuine and '
                        "impostor pairs of the data set, as quantiles (p5 ... p95); threshold_cos: the cosine "
                        "similarity with the best accuracy on those pairs, threshold_angle θ* its angle; τ_high, "
-                       "τ_low and ε derived from them.</p>")
+                       "τ_low and ε derived from them; spread: how far θ* and ε move when the pairs are "
+                       "resampled.</p>")
         else:
             out.append('<p class="caption">None: the thresholds were given, not calibrated.</p>')
     other = [(k, v) for k, v in summary.items() if k not in _known_keys()]
