@@ -545,3 +545,18 @@ def test_calibrating_on_a_few_pairs_warns_and_says_how_many_it_needs(lfw_sample,
     some = calibration_from_angles(*angles(25))
     assert some.spread["relative"] > 0.10 and "pairs are needed" in spread_warning(some)
     assert 100 <= some.spread["pairs_needed"] <= 1000
+
+
+def test_resuming_rows_of_another_opencv_warns(lfw_sample, tmp_path, capsys):
+    """The face detector's build decides the aligned crops (docs/results.md, 'Across machines')."""
+    import cv2
+
+    out = tmp_path / "run"
+    assert main(_run(lfw_sample, out, *FIXED)) == 0
+    assert "OpenCV" not in capsys.readouterr().out
+    with sqlite3.connect(out / "results.sqlite") as db:
+        env = json.loads(db.execute("SELECT environment FROM runs").fetchone()[0])
+        assert env["opencv"] == cv2.__version__
+        db.execute("UPDATE runs SET environment = ?", (json.dumps({**env, "opencv": "4.14.0"}),))
+    assert main(_run(lfw_sample, out, *FIXED)) == 0
+    assert f"made with OpenCV 4.14.0, and this run uses {cv2.__version__}" in capsys.readouterr().out

@@ -437,7 +437,9 @@ def settings_conflicts(have: dict, want: dict) -> list[str]:
 
 def environment(device: torch.device) -> dict:
     import captum
+    import cv2
     import numpy
+    import PIL
 
     return {
         "falsify": __version__,
@@ -445,6 +447,8 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "captum": captum.__version__,
+        "opencv": cv2.__version__,  # the face detector: its landmarks decide the aligned crops
+        "pillow": PIL.__version__,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -700,7 +704,13 @@ class Runner:
         if store.get_meta("settings") != (self.stored or {}).get("meta", {}).get("settings"):
             raise ValueError(f"{self.out} was changed by another run since it was checked; nothing was changed there")
         store.set_meta("settings", self.settings)  # new, or the same with the fingerprint of fixed images
-        store.add_run(_now(), c.experiment, c.to_dict(), environment(self.device))
+        env = environment(self.device)
+        other = sorted({r["environment"].get("opencv") for r in store.runs()} - {None, env["opencv"]})
+        if other:
+            self.log(f"warning: rows of {self.out} were made with OpenCV {', '.join(other)}, and this run uses "
+                     f"{env['opencv']}: another build of the face detector aligns faces slightly differently, so "
+                     "a verdict near its threshold can differ (docs/results.md, 'Across machines')")
+        store.add_run(_now(), c.experiment, c.to_dict(), env)
         if self.calibration is not None and store.get_meta("calibration") is None:
             store.set_meta("calibration", self.calibration.to_dict())
         if self.prior is not None and (store.get_meta("prior") is None or self.delta is not None):
