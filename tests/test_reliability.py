@@ -272,6 +272,97 @@ def test_a_second_run_on_one_folder_is_refused(lfw_sample, tmp_path, capsys):
     assert main(_run(lfw_sample, out, *FIXED)) == 0  # the lock dies with its process
 
 
+@pytest.mark.parametrize("experiment", ["6.1", "6.4"])
+def test_a_locked_folder_is_refused_before_any_work(lfw_sample, tmp_path, capsys, monkeypatch, experiment):
+    """The issue's case: a second run into an ``--out`` that a first run holds (the first one
+    here: a lock held by this process) is refused at once, before it calibrates."""
+    from falsify.experiments.runner import RunLock
+
+    def calibrate(*_):
+        raise AssertionError("calibrated before the lock was taken")
+
+    monkeypatch.setattr(Runner, "_calibration", calibrate)
+    out = tmp_path / "run"
+    holder = RunLock(out).acquire()
+    try:
+        before = _tree(out)
+        extra = ["--models", "dlib-resnet,dlib-resnet:random"] if experiment == "6.4" else []
+        t = time.perf_counter()
+        assert main(["run", experiment, *_run(lfw_sample, out)[1:], *extra]) == 2  # no thresholds: calibrates
+        assert time.perf_counter() - t < 30
+        assert f"in use by another falsify run (pid {os.getpid()}" in _error_line(capsys, "run")
+        assert _tree(out) == before and sorted(os.listdir(out)) == ["run.lock"]
+    finally:
+        holder.release()
+
+
+def test_the_lock_is_held_while_calibrating_and_a_failure_there_leaves_nothing(lfw_sample, tmp_path, monkeypatch):
+    from falsify.experiments.runner import RunLock
+
+    out = tmp_path / "run"
+    seen = []
+
+    def calibrate(self, *args):
+        with pytest.raises(ValueError, match="in use by another falsify run"):
+            RunLock(out).acquire()
+        seen.append(sorted(os.listdir(out)))
+        raise RuntimeError("calibration failed")
+
+    monkeypatch.setattr(Runner, "_calibration", calibrate)
+    config = RunConfig(data=str(lfw_sample), methods=["random"], n_pairs=2, out=str(out), preset="plain")
+    with pytest.raises(RuntimeError, match="calibration failed"):
+        Runner(config, progress=False, log=lambda *a: None).run()
+    assert seen == [["run.lock"]]  # locked while calibrating, and nothing else there yet
+    assert not out.exists()  # the run stopped before its store: the lock's folder and file are gone
+
+
+def test_a_refused_run_removes_only_what_its_lock_made(tmp_path):
+    from falsify.experiments.runner import RunLock
+
+    deep = tmp_path / "a" / "b" / "run"
+    RunLock(deep).acquire().release(clean=True)
+    assert not (tmp_path / "a").exists()  # the folders the lock made, and its file, are gone
+    RunLock(deep).acquire().release()
+    assert (deep / "run.lock").is_file()  # a run that wrote: the lock file stays (as before)
+    RunLock(deep).acquire().release(clean=True)
+    assert (deep / "run.lock").is_file()  # it was there before: kept
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    RunLock(other).acquire().release(clean=True)
+    assert sorted(os.listdir(other)) == ["notes.txt"]  # someone else's folder: only the lock file goes
+    lock = RunLock(tmp_path / "x").acquire()
+    (tmp_path / "x" / "results.sqlite").write_bytes(b"")  # written meanwhile: the folder is not empty
+    lock.release(clean=True)
+    assert sorted(os.listdir(tmp_path / "x")) == ["results.sqlite"]
+
+
+def test_a_lock_file_removed_meanwhile_is_not_locked(tmp_path, monkeypatch):
+    """A run that opened ``run.lock`` just before a refused run removed it must not lock that
+    removed file (two runs would then hold "the" lock): it locks the file the path names."""
+    import fcntl
+
+    from falsify.experiments.runner import RunLock
+
+    out = tmp_path / "run"
+    first = RunLock(out).acquire()
+    real_flock, calls = fcntl.flock, []
+
+    def flock(fh, op):
+        if not calls and op & fcntl.LOCK_EX:  # between the open and the lock: the first run's clean release
+            calls.append(op)
+            first.release(clean=True)
+        return real_flock(fh, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    second = RunLock(out).acquire()
+    monkeypatch.undo()
+    assert calls and (out / "run.lock").is_file()
+    with pytest.raises(ValueError, match="in use by another falsify run"):
+        RunLock(out).acquire()  # the file on disk is the one locked
+    second.release()
+
+
 def test_foreign_sqlite_file_is_left_untouched(lfw_sample, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

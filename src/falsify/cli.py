@@ -401,6 +401,7 @@ def _json_default(o):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .experiments import RunConfig, runner_for
+    from .experiments.executor import make_executor
 
     overrides = {
         "experiment": args.experiment, "data": args.data, "pairs": args.pairs, "model": args.model,
@@ -418,7 +419,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "calibrate_on": args.calibrate_on,
     }
     config = RunConfig.resolve(config_file=args.config, **overrides)
-    runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors)
+    executor = make_executor(config, verbose=args.verbose)  # no ray: one line naming the fix, before any work
+    runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors, executor=executor)
     summary = runner.run()
     from .experiments.registry import experiments_in, get
 
@@ -647,11 +649,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who computes 6.1's rows: in-process (default) or ray (workers on this machine or a Ray "
                    "cluster; needs falsify[ray]); the rows are the same and this process alone writes OUT")
     p.add_argument("--ray-address", metavar="ADDRESS",
-                   help="--executor ray: join this Ray cluster (HOST:6379, or auto: the one this node belongs to); "
-                   "default: start Ray on this machine")
+                   help="--executor ray: join this Ray cluster (HOST:6379, or auto: the one this node belongs to), "
+                   "checked before anything is computed or written (one that does not answer is an error within "
+                   "seconds); default: start Ray on this machine")
     p.add_argument("--workers", type=_whole(1), metavar="N",
-                   help="--executor ray: worker processes of one torch thread each (default and at most: one per "
-                   "CPU of Ray)")
+                   help="--executor ray: worker processes of one torch thread each (default: one per CPU Ray has; "
+                   "more than that is capped, with a line saying so)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="--executor ray: show Ray's own log lines (its warnings and the workers' output), which are "
+                   "otherwise kept out of the terminal")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
     return parser

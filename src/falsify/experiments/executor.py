@@ -13,6 +13,7 @@ runner, which is the only writer of the store and of ``maps/``:
 """
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -225,6 +226,13 @@ class InProcessExecutor:
 
     name = "in-process"
 
+    def open(self, log=print) -> bool:
+        """Nothing to connect to (see ``RayExecutor.open``)."""
+        return False
+
+    def close(self) -> None:
+        pass
+
     def run(self, computer: RowComputer, chunks: Sequence[Sequence[Pair]], methods: Sequence[str], done,
             write: Writer, log=print) -> None:
         for chunk in chunks:
@@ -232,13 +240,70 @@ class InProcessExecutor:
                 write(rows, maps)
 
 
-def make_executor(config):
+def executor_open(executor, log=print) -> bool:
+    """``executor.open(log)``: connect it before any work (Ray: reach and check the cluster);
+    True when this call connected it, so that its caller closes it. An executor without ``open``
+    connects in its ``run``."""
+    opener = getattr(executor, "open", None)
+    return bool(opener(log=log)) if opener is not None else False
+
+
+#: seconds to wait for the TCP connection to ``--ray-address`` before calling it unreachable
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``HOST:PORT``, ``[IPv6]:PORT`` or ``ray://HOST:PORT``; None for
+    ``auto`` and other forms that Ray resolves itself."""
+    host, sep, port = address.strip().split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """A ``ConnectionError`` (one line) when nothing accepts a TCP connection at ``address``
+    within ``timeout`` seconds: Ray itself would retry for minutes, printing warnings."""
+    where = _host_port(address)
+    if where is None:
+        return
+    fix = "check the address and that the cluster is up (ray status on its head node)"
+    try:
+        socket.create_connection(where, timeout=timeout).close()
+    except TimeoutError:
+        raise ConnectionError(f"cannot reach Ray at {address} (--ray-address): no answer within {timeout:g} s; "
+                              f"{fix}") from None
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach Ray at {address} (--ray-address): {exc.strerror or exc}; "
+                              f"{fix}") from None
+
+
+#: Ray's waits for a cluster that does not answer (by default 20 tries of about 41 s, each
+#: printing warnings), set before ray is imported when ``--ray-address`` is given and not
+#: already set in the environment: the GCS connection (s), the cluster id (s), and one try. A
+#: port that accepts connections and is not a Ray cluster is then refused in about 9 s (one
+#: where nothing answers is refused earlier, by :func:`check_reachable`).
+RAY_JOIN_ENV = {"RAY_gcs_rpc_server_connect_timeout_s": "2", "RAY_py_gcs_connect_timeout_s": "4",
+                "RAY_NUM_REDIS_GET_RETRIES": "1"}
+
+
+def make_executor(config, verbose: bool = False):
     """The executor of ``config.executor``; ``--executor ray`` without ray installed is a
-    one-line ``ImportError`` naming the fix."""
+    one-line ``ImportError`` naming the fix, and a ``--ray-address`` where nothing answers a
+    one-line ``ConnectionError`` (:func:`check_reachable`), both before any input is read.
+    ``verbose``: Ray's own log lines are shown."""
     if config.executor != "ray":
         return InProcessExecutor()
+    import os
+    import sys
+
+    if config.ray_address and "ray" not in sys.modules:  # read by ray when it is imported
+        for key, value in RAY_JOIN_ENV.items():
+            os.environ.setdefault(key, value)
     try:
         from .ray_executor import RayExecutor
     except ImportError as exc:
         raise ImportError(f"--executor ray needs ray ({exc}); install it with: {RAY_FIX}") from None
-    return RayExecutor(address=config.ray_address, workers=config.workers)
+    if config.ray_address:  # nothing answers there: say so now, before the data and the model are read
+        check_reachable(config.ray_address)
+    return RayExecutor(address=config.ray_address, workers=config.workers, verbose=verbose)

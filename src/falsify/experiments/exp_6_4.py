@@ -207,7 +207,7 @@ class Runner64:
         import time
 
         from ..paths import check_writable, space_guard
-        from .executor import make_executor
+        from .executor import executor_open, make_executor
         from .runner import FINGERPRINT, RESUMES, RunLock, _now, default_out, environment, settings_conflicts
         from .store import ResultsStore, inspect_store
 
@@ -231,7 +231,15 @@ class Runner64:
                                  "nothing was changed there. Use another --out, or the same settings to resume")
         c.out = str(self.out)
         subs = [sub_config(c, m) for m in c.models]  # checked before anything is written
-        lock = RunLock(self.out).acquire()
+        # before any work: the executor connected (Ray: reached and checked, OUT untouched), then
+        # OUT locked; each model's run then locks its own folder before it calibrates
+        opened = executor_open(self.executor, self.log)
+        try:
+            lock = RunLock(self.out).acquire()
+        except BaseException:
+            if opened:
+                self.executor.close()
+            raise
         try:
             with space_guard(self.out, RESUMES):  # each model's run names its own folder
                 with ResultsStore(self.out / "results.sqlite") as store:
@@ -250,6 +258,8 @@ class Runner64:
                 self._write(summary)
         finally:
             lock.release()
+            if opened:
+                self.executor.close()
         return summary
 
     def _summarise(self, runs, pairs, started: str) -> dict:

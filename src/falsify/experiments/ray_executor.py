@@ -10,20 +10,81 @@ actor is idle; an actor returns a unit's rows and grid maps, and the driver writ
 store has one writer and resuming works as in-process. When a worker dies (its process killed,
 its node lost), its unit goes to a fresh actor, up to :data:`MAX_TRIES` times per unit; nothing
 of a unit is written before all of it has come back.
+
+The runner connects the executor (:meth:`RayExecutor.open`) before any work and before ``OUT``
+is touched: a cluster that cannot be reached is a one-line ``ConnectionError`` within seconds,
+and ``--workers`` is capped at the CPUs Ray has, with a line that says so. Ray's own log lines
+(its C++ warnings on stderr, its Python logger, the workers' output) stay out of the terminal
+unless ``verbose`` (``falsify run --verbose``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 from collections import deque
 from typing import Callable, Sequence
 
 import ray
 from ray.exceptions import RayActorError
 
-from .executor import RowComputer, RowContext, Writer, method_units, row_explainers
+from .executor import RowComputer, RowContext, Writer, check_reachable, method_units, row_explainers
 
 #: tries of one unit (the first and those after a worker died on it)
 MAX_TRIES = 3
+
+
+def machine_cpus() -> int:
+    """The CPUs this process may run on (its affinity, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def quiet_stderr(quiet: bool = True):
+    """Everything written to file descriptor 2 inside the block (Ray's C++ warnings, which
+    bypass ``sys.stderr``) goes to a discarded file when ``quiet``."""
+    if not quiet:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+def _mute_error_lines():
+    """Keep the error lines that Ray pushes to the driver (``(raylet) A worker died ...``: its
+    ``listen_error_messages`` thread prints them whatever ``log_to_driver`` says) out of the
+    terminal; the run says what it does about them in its own line. Returns what
+    :func:`_unmute_error_lines` restores (None when this Ray has no such printer)."""
+    worker = sys.modules.get("ray._private.worker")
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        return None
+    worker.print_to_stdstream = lambda *args, **kw: None
+    return original
+
+
+def _unmute_error_lines(original) -> None:
+    if original is not None:
+        sys.modules["ray._private.worker"].print_to_stdstream = original
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].strip()
 
 
 @ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)
@@ -53,24 +114,94 @@ class RowWorker:
 
 class RayExecutor:
     """Units on Ray actors: ``address`` joins a running cluster (``auto``: the one this machine
-    belongs to), else a local Ray instance with ``workers`` CPUs (default: this machine's) is
-    started and shut down after the run; ``workers`` actors (default and at most: one per CPU of
-    the cluster) of ``threads`` torch threads each. A Ray instance already running in this process is used as
-    it is and left running.
+    belongs to), else a local Ray instance with one CPU per worker (default and at most: this
+    machine's CPUs) is started, and shut down when the executor is closed; ``workers`` actors
+    (default and at most: one per CPU Ray has) of ``threads`` torch threads each. A Ray instance
+    already running in this process is used as it is and left running.
 
-    ``on_result(executor)`` is called after each unit's rows are written (tests use it, with
-    :meth:`busy_pids`, to kill a worker mid-run); ``retried`` counts units given to a fresh
-    worker after the one computing them died."""
+    :meth:`open` connects (the runner calls it before any work; :meth:`run` calls it when the
+    runner did not) and :meth:`close` shuts down what ``open`` started. ``verbose``: Ray's own
+    log lines are shown (by default they are kept out of the terminal). ``on_result(executor)``
+    is called after each unit's rows are written (tests use it, with :meth:`busy_pids`, to kill a
+    worker mid-run); ``retried`` counts units given to a fresh worker after the one computing
+    them died."""
 
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None, threads: int = 1,
-                 on_result: Callable[["RayExecutor"], None] | None = None) -> None:
+                 on_result: Callable[["RayExecutor"], None] | None = None, verbose: bool = False) -> None:
         self.address, self.workers, self.threads, self.on_result = address, workers, threads, on_result
+        self.verbose = verbose
         self.retried = 0
+        #: the actors a run starts (at most), fixed by :meth:`open`
+        self.n_workers: int | None = None
+        self._started = False  # open() started Ray (close() shuts it down)
+        self._muted = None  # Ray's printer of error lines, while open() keeps them quiet
         self._actors: list = []
         self._pids: list = []
         self._busy: set[int] = set()
+
+    def open(self, log=print) -> bool:
+        """Connect to Ray and check it, before anything is computed or written: a cluster at
+        ``address`` that does not answer is a one-line ``ConnectionError`` within seconds (a TCP
+        connection first, then Ray's own short waits: ``executor.RAY_JOIN_ENV``), one without
+        CPUs a ``ValueError``; ``workers`` above the CPUs Ray has is capped, with a line. True
+        when this call connected (False: already open)."""
+        if self.n_workers is not None:
+            return False
+        slots_here = max(1, machine_cpus() // self.threads)
+        if not ray.is_initialized():
+            if self.address:
+                check_reachable(self.address)
+                kw = {"address": self.address}
+            else:  # one CPU per worker, no more workers than this machine has CPUs
+                kw = {"num_cpus": min(self.workers or slots_here, slots_here) * self.threads}
+            with quiet_stderr(not self.verbose):
+                try:
+                    ray.init(include_dashboard=False, logging_level="INFO" if self.verbose else "ERROR",
+                             log_to_driver=self.verbose, **kw)
+                except Exception as exc:  # noqa: BLE001 - one line, whatever Ray raised
+                    with contextlib.suppress(Exception):
+                        ray.shutdown()
+                    if self.address:
+                        raise ConnectionError(f"cannot join Ray at {self.address} (--ray-address): "
+                                              f"{_first_line(exc)}; is it a Ray head node's address (its GCS "
+                                              "port, 6379 by default), with the same Ray version as here?") from None
+                    raise RuntimeError(f"could not start Ray on this machine: {_first_line(exc)} (falsify run "
+                                       "--verbose shows Ray's log)") from exc
+            self._started = True
+        try:
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+            if cpus < self.threads:
+                raise ValueError(f"the Ray cluster{f' at {self.address}' if self.address else ''} has {cpus} CPUs; "
+                                 f"a worker needs {self.threads}: add nodes with CPUs (ray start --address ...)")
+        except BaseException:
+            self._shutdown()
+            raise
+        slots = cpus // self.threads
+        if self.workers and self.workers > slots:  # more actors than CPUs would wait for them forever
+            here = self._started and not self.address  # started here: Ray got no more CPUs than the machine's
+            who, have = ("this machine", machine_cpus()) if here else ("Ray", cpus)
+            each = "at most one per CPU" if self.threads == 1 else f"{self.threads} CPUs each"
+            log(f"--workers {self.workers}: {who} has {have} CPU{'s' * (have != 1)}, so {slots} "
+                f"worker{'s' * (slots != 1)} ({each})")
+        self.n_workers = min(self.workers or slots, slots)
+        if not self.verbose:
+            self._muted = _mute_error_lines()
+        return True
+
+    def close(self) -> None:
+        """Shut down the Ray instance :meth:`open` started (one it joined or found is left running)."""
+        self.n_workers = None
+        _unmute_error_lines(self._muted)
+        self._muted = None
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._started:
+            with quiet_stderr(not self.verbose):
+                ray.shutdown()
+            self._started = False
 
     def busy_pids(self) -> list[int]:
         """The process ids of the workers computing a unit now."""
@@ -87,15 +218,9 @@ class RayExecutor:
 
     def run(self, computer: RowComputer, chunks: Sequence, methods: Sequence[str], done, write: Writer,
             log=print) -> None:
-        started = not ray.is_initialized()
-        if started:
-            kw = {"address": self.address} if self.address else {"num_cpus": (self.workers or os.cpu_count() or 1) * self.threads}
-            ray.init(include_dashboard=False, logging_level="ERROR", **kw)
+        opened = self.open(log)
         try:
-            slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // self.threads)
-            if self.workers and self.workers > slots:  # more actors than CPUs would wait for them forever
-                log(f"Ray has CPUs for {slots} worker{'s' * (slots != 1)}, not {self.workers}; using {slots}")
-            n = min(self.workers or slots, slots)
+            n = self.n_workers
             ctx_ref = ray.put(computer.ctx)
             units = deque(((chunk, ms), 1) for chunk in chunks for ms in method_units(methods)
                           if any((m, p.id) not in done for m in ms for p in chunk))
@@ -134,5 +259,5 @@ class RayExecutor:
             for actor in self._actors:
                 ray.kill(actor, no_restart=True)
             self._actors, self._pids, self._busy = [], [], set()
-            if started:
-                ray.shutdown()
+            if opened:
+                self.close()

@@ -32,7 +32,7 @@ from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
 from ..paths import check_writable, space_guard
 from .analysis import summarise, write_outputs
-from .executor import RowComputer, RowContext, base_row, deletion_of, make_executor, row_explainers
+from .executor import RowComputer, RowContext, base_row, deletion_of, executor_open, make_executor, row_explainers
 from .store import ResultsStore, inspect_store
 
 #: The experiment whose rows both 6.1 and 6.2 read.
@@ -481,41 +481,75 @@ def default_out(config: RunConfig, settings: dict | None = None, runs_dir: Path 
 class RunLock:
     """One run per output folder: an exclusive ``flock`` on ``OUT/run.lock``, released by the
     operating system when the process ends, however it ends (SIGKILL included). The file holds
-    the pid of the run that holds the lock."""
+    the pid of the run that holds the lock.
+
+    :meth:`release` with ``clean=True`` (a run refused before it wrote anything) removes what
+    :meth:`acquire` created: the lock file, and the folders it made if they are still empty, so
+    that a refused run leaves no folder behind. A lock is taken only on the file that the path
+    names when it is taken (a file removed meanwhile by such a release is made again)."""
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / "run.lock"
         self._fh = None
+        self._made: list[Path] = []  # what acquire() created: the file, then the folders, deepest first
 
     def acquire(self) -> "RunLock":
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock (documented)
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "pid unknown"
-            fh.close()
-            raise ValueError(f"{self.path.parent} is in use by another falsify run ({holder}); wait for it to "
-                             "finish, or use another --out") from None
+        while True:
+            made = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fh = open(self.path, "x+", encoding="utf-8")
+                made.insert(0, self.path)
+            except FileExistsError:
+                try:
+                    fh = open(self.path, "r+", encoding="utf-8")
+                except FileNotFoundError:  # removed by a refused run's release since: again
+                    continue
+            except FileNotFoundError:  # its folder removed by a refused run's release since: again
+                continue
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                holder = fh.read().strip() or "pid unknown"
+                fh.close()
+                raise ValueError(f"{self.path.parent} is in use by another falsify run ({holder}); wait for it to "
+                                 "finish, or use another --out") from None
+            try:
+                same = os.path.samestat(os.fstat(fh.fileno()), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            fh.close()  # locked a file that a refused run removed meanwhile: lock the one there now
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} since {_now()}\n")
         fh.flush()
-        self._fh = fh
+        self._fh, self._made = fh, made
         return self
 
-    def release(self) -> None:
-        if self._fh is not None:
-            import fcntl
+    def release(self, clean: bool = False) -> None:
+        """Unlock; ``clean``: first remove the lock file and the folders :meth:`acquire` created
+        (those still empty), as for a run that wrote nothing."""
+        if self._fh is None:
+            return
+        import fcntl
 
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+        if clean:
+            for p in self._made:
+                try:
+                    p.unlink() if p == self.path else p.rmdir()
+                except OSError:  # not empty (another run's files), or gone: leave it
+                    break
+        self._made = []
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+        self._fh = None
 
 
 def runner_for(config: RunConfig, **kw) -> "Runner":
@@ -529,8 +563,12 @@ class Runner:
     """Runs one experiment into ``out``; ``run()`` returns the summary dict.
 
     Everything that can be wrong with the input (data, model, method options, output folder,
-    settings of an existing store) is checked before the first write; the calibration is
-    computed before the store is created, so a run that fails there leaves nothing behind.
+    settings of an existing store) is checked before the first write. Then, before any work, the
+    executor is connected (Ray: a cluster that cannot be reached is a one-line error in seconds)
+    and ``OUT/run.lock`` is taken (a second run into ``OUT`` is refused before it calibrates). The
+    calibration and the prior are computed before the store is created, and a run that stops
+    before its store exists removes the lock file and the folders the lock made, so a run that
+    fails there leaves nothing behind.
     ``retry_errors`` deletes the error rows of the store so that they are computed again.
     ``executor`` computes 6.1's rows (``falsify.experiments.executor``; default: the one
     ``config.executor`` names); this runner stays the only writer of the store either way.
@@ -686,6 +724,7 @@ class Runner:
             self.out = default_out(c, self.settings)
         check_writable(self.out, "--out", folder=True)
         self.stored = self._stored(self.settings, self.pairs)
+        self._claim()  # the executor connected, OUT locked: from here on the run computes
         self.calibration = self._calibration(model, self.stored)
         #: the model's decision threshold (cosine): calibrated on the data, else the model's own
         self.threshold = self.calibration.threshold_cos if self.calibration is not None else model.threshold
@@ -725,14 +764,22 @@ class Runner:
     #: the experiment key of the rows this runner computes
     rows_of = ROWS_OF
 
+    def _claim(self) -> None:
+        """The last step of :meth:`_setup` before any work (the calibration, the prior, the rows):
+        the executor connected and checked (Ray: the cluster reached and its CPUs counted, in
+        seconds; nothing is written), then ``OUT/run.lock`` taken, so a second run into ``OUT``
+        is refused before it computes anything. :meth:`run` undoes both at its end."""
+        self._opened = executor_open(self.executor, self.log)
+        self._lock = RunLock(self.out).acquire()
+
     def run(self) -> dict:
         started = _now()
         t0 = time.perf_counter()
         if self.executor is None:
             self.executor = make_executor(self.config)  # no ray: one line naming the fix, before any work
-        self._setup()
-        lock = RunLock(self.out).acquire()  # one run per folder, then the store
+        self._opened, self._lock, store = False, None, None
         try:
+            self._setup()  # checks, then the executor and the lock (_claim), then the calibration and the prior
             with space_guard(self.out, RESUMES):
                 store = ResultsStore(self.out / "results.sqlite")
                 try:
@@ -742,7 +789,10 @@ class Runner:
                     store.close()
                 self._write(summary)
         finally:
-            lock.release()
+            if self._opened:
+                self.executor.close()
+            if self._lock is not None:  # stopped before its store existed: the lock's file and folder go too
+                self._lock.release(clean=store is None)
         return summary
 
     def _write(self, summary: dict) -> None:
