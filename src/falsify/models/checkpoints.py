@@ -154,6 +154,7 @@ FAMILIES = {
 if tuple(ARCHITECTURES) != CHECKPOINT_ARCHS:
     raise RuntimeError("falsify.choices.CHECKPOINT_ARCHS and the checkpoint architectures disagree")
 
+
 def architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
