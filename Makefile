@@ -18,10 +18,13 @@ venv: $(VENV)/.installed
 # torch is pinned in every pip call that may resolve it (a bare install pulls CUDA wheels).
 # onnx2torch declares torchvision, which breaks beside the CPU torch build; falsify only
 # needs its Conv/Gemm/... converters, so it is installed without dependencies.
+# facenet-pytorch (tests only: falsify's facenet against its InceptionResnetV1) declares torch
+# and torchvision too; the test imports the one module file it needs, so no dependencies either.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0 -e '.[test,ray]'
 	$(PIP) install -q --no-deps onnx2torch==1.5.15
+	$(PIP) install -q --no-deps facenet-pytorch==2.6.0
 	touch $@
 
 run: venv

@@ -128,7 +128,7 @@ def test_models_command(capsys):
         assert name in out and info.licence in out and f"{info.accuracy[info.align]:.2%}" in out
     assert main(["models", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {m["name"] for m in listed} == set(MODELS)
+    assert {m["name"] for m in listed if m["kind"] == "model"} == set(MODELS)
 
 
 @pytest.mark.slow

@@ -59,3 +59,25 @@ METHOD_FAMILIES: tuple[tuple[str, str], ...] = (("gradcam", "biometric-gradcam")
 
 #: ``--stratify``: sample pairs balanced by this attribute of image A (``falsify.data.labels``).
 STRATIFY_CHOICES: tuple[str, ...] = ("gender",)
+
+#: Architectures whose checkpoints (state dicts) falsify loads as ``ARCH:PATH``
+#: (``--model iresnet50:/path/backbone.pth``); ``falsify.models.checkpoints`` holds each one's
+#: network, preprocessing and checkpoint layout, and checks that its registry matches this tuple.
+CHECKPOINT_ARCHS: tuple[str, ...] = (
+    "iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200", "facenet",
+    "adaface-ir18", "adaface-ir34", "adaface-ir50", "adaface-ir101",
+)
+
+
+def split_checkpoint(name) -> tuple[str, str] | None:
+    """``"ARCH:PATH"`` -> ``(ARCH, PATH)`` when ARCH is one of ``CHECKPOINT_ARCHS``, else None.
+
+    The text is split at its first ``:`` (no architecture name has one), so PATH may hold ``:``
+    itself; a trailing ``:random`` is not part of PATH here only because ``load_model`` and
+    experiment 6.4 strip it first (the randomised control). A model file whose own name starts
+    with an architecture name and a colon is given as ``./iresnet50:x.onnx``.
+    """
+    if not isinstance(name, str):
+        return None
+    arch, sep, path = name.partition(":")
+    return (arch, path) if sep and arch in CHECKPOINT_ARCHS else None

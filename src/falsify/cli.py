@@ -66,14 +66,17 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None = "dlib-resn
         "--model",
         default=default,
         metavar="NAME_OR_PATH",
-        help="face model: 'dlib-resnet' (default), 'sface' (OpenCV Zoo's SFace), NAME:random (the same "
-        "architecture with random weights: a control), a dlib .dat, an .onnx (insightface packs: RGB, "
-        "mean=std=0.5) or a .pt/.pth holding a whole pickled nn.Module (needs --trust-pickle); "
-        "`falsify models` lists the built-in ones",
+        help="face model: 'dlib-resnet' (default), 'sface' (OpenCV Zoo's SFace), ARCH:CHECKPOINT (your own "
+        "weights, a state dict read without unpickling, in one of iresnet18/34/50/100/200 (insightface "
+        "arcface_torch), facenet (facenet-pytorch), adaface-ir18/34/50/101: e.g. iresnet50:/path/backbone.pth), "
+        "NAME:random (the same architecture with random weights: a control), a dlib .dat, an .onnx (insightface "
+        "packs: RGB, mean=std=0.5) or a .pt/.pth holding a whole pickled nn.Module (needs --trust-pickle); "
+        "`falsify models` lists the built-in models and architectures",
     )
     p.add_argument("--align", choices=ALIGN_CHOICES, default=None,
                    help="face alignment before the model: auto (default: the model's own choice, see "
-                   "`falsify models`; a dlib .dat as dlib-resnet; none for .onnx/.pt files), none (a plain "
+                   "`falsify models`; a dlib .dat as dlib-resnet; ARCH:CHECKPOINT as ARCH; none for .onnx/.pt "
+                   "files), none (a plain "
                    "resize), or a template (five YuNet landmarks mapped onto it by a similarity transform)")
     p.add_argument("--input-size", type=_whole(1), nargs=2, metavar=("H", "W"),
                    help="model input size (ONNX with a dynamic size, .pt); not for dlib")
@@ -173,6 +176,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     else:
         print(result.format())
+    if getattr(model, "threshold", None) is None:
+        print(f"falsify verify: note: {model.name} comes with no decision threshold (none is known for its weights); "
+              f"the threshold above is the best one on these pairs. falsify run and falsify test calibrate theirs on "
+              f"their data; biometric-gradcam takes one as --option biometric-gradcam.threshold={result.threshold:.4f}",
+              file=sys.stderr)
     return 0
 
 
@@ -202,17 +210,58 @@ def models_table() -> str:
                          + ("  (default)" if align == info.align else ""))
         lines.append(f"  {info.name}{RANDOM_SUFFIX}: the same network with every weight redrawn (seed 0), a control")
         lines.append("")
+    lines += architectures_table()
     lines.append("Any other model: a path to an .onnx, a dlib .dat, or a .pt/.pth (--trust-pickle); see --help.")
     return "\n".join(lines)
+
+
+def architectures_table() -> list[str]:
+    """The architectures of ``--model ARCH:CHECKPOINT``, one block per family."""
+    from .models.checkpoints import ARCHITECTURES, FAMILIES
+
+    import textwrap
+
+    lines = [
+        "Your own checkpoints: --model ARCH:CHECKPOINT (e.g. iresnet50:/path/backbone.pth). The file is read with",
+        "torch.load(weights_only=True): tensors and plain values only, nothing unpickled as code, every key and shape",
+        "checked. There is no published threshold for your weights: falsify run and falsify test calibrate one on",
+        "the data, falsify verify prints the best one on its pairs. ARCH:CHECKPOINT:random is the randomised control.",
+        "",
+    ]
+
+    def field(label: str, text: str) -> list[str]:
+        return textwrap.wrap(text, 112, initial_indent=f"  {label:<13}", subsequent_indent=" " * 15,
+                             break_on_hyphens=False, break_long_words=False)
+
+    for family, title in FAMILIES.items():
+        archs = [a for a in ARCHITECTURES.values() if a.family == family]
+        a = archs[0]
+        h, w = a.input_size
+        cams = " / ".join(dict.fromkeys(x.cam_layer for x in archs))
+        lines += [", ".join(x.name for x in archs), f"  {title}"]
+        if a.blocks:
+            lines += field("blocks", "; ".join(f"{x.name} {'-'.join(map(str, x.blocks))}" for x in archs))
+        lines += [
+            *field("input", f"{h}x{w}; alignment {a.align} (--align auto): {a.alignment_note}"),
+            *field("normalised", a.normalisation),
+            *field("embedding", f"{a.embedding_dim}-d, L2-normalised"),
+            *field("checkpoint", a.checkpoint),
+            *field("CAM layer", f"{cams}: {a.cam_note}"),
+            *field("key names", a.source),
+            "",
+        ]
+    return lines
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         import dataclasses
 
-        from .models import MODELS
+        from .models import ARCHITECTURES, MODELS
 
-        print(json.dumps([dataclasses.asdict(i) for i in MODELS.values()], indent=2))
+        print(json.dumps([{"kind": "model", **dataclasses.asdict(i)} for i in MODELS.values()]
+                         + [{"kind": "architecture", **dataclasses.asdict(a)} for a in ARCHITECTURES.values()],
+                         indent=2))
     else:
         print(models_table())
     return 0
@@ -222,6 +271,25 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 CAM_METHODS = ("gradcam", "gradcam++", "biometric-gradcam")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+EXPLAIN_METHODS = "gradcam,gradcam++,biometric-gradcam,ig,saliency"
+
+
+def _without_threshold(model, args: argparse.Namespace, methods: list[str], options: dict, default: bool) -> list[str]:
+    """``methods`` for a model without a decision threshold (a user's checkpoint, ``NAME:random``):
+    biometric-gradcam needs one. Left out of the default methods with a note; asked for by name,
+    it needs ``--option biometric-gradcam.threshold=T`` (or ``confidence=false``)."""
+    m = "biometric-gradcam"
+    opts = options.get(m, {})
+    if m not in methods or getattr(model, "threshold", None) is not None or "threshold" in opts \
+            or opts.get("confidence") is False:
+        return methods
+    how = (f"--option {m}.threshold=T (falsify verify --model {args.model} prints the best one on your pairs)")
+    if default:
+        print(f"falsify {args.command}: note: {m} left out: {model.name} has no decision threshold of its own; "
+              f"give one with {how}", file=sys.stderr)
+        return [x for x in methods if x != m]
+    raise ValueError(f"{m} needs {model.name}'s decision threshold, and the model has none of its own: give one "
+                     f"with {how}")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -248,6 +316,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.save_maps:
         check_writable(args.save_maps, "--save-maps", folder=False)
     model = _load_model(args)
+    methods = _without_threshold(model, args, methods, options, default=args.methods == EXPLAIN_METHODS)
     from .attribution import get_explainer
 
     for m in methods:  # bad options fail here, before any map is computed
@@ -318,8 +387,16 @@ def cmd_test(args: argparse.Namespace) -> int:
         check_writable(args.figure, "--figure", folder=False)
     model = _load_model(args)
     needs_prior = config.criterion == "beyond-prior" or args.method == "centre"
-    if args.method != "centre":
-        explainer = _get_explainer(args.method, model, **options)
+    # biometric-gradcam on a model without a threshold of its own takes the one calibrated below
+    calibrated_threshold = (args.method == "biometric-gradcam" and getattr(model, "threshold", None) is None
+                            and "threshold" not in options and options.get("confidence") is not False)
+    if calibrated_threshold and config.tau_high is not None:
+        raise ValueError(f"biometric-gradcam needs {model.name}'s decision threshold, and the model has none of its "
+                         "own: give one with --option threshold=T (falsify verify prints the best one on your pairs), "
+                         "or leave --tau-high/--tau-low/--epsilon out so that the test calibrates it")
+    if args.method != "centre":  # bad options fail here, before the calibration
+        placeholder = {"threshold": 0.0} if calibrated_threshold else {}  # replaced once calibrated
+        explainer = _get_explainer(args.method, model, **options, **placeholder)
     a = load_image(args.image_a, model.input_size, model.aligner)
     b = load_image(args.image_b, model.input_size, model.aligner)
     calibration = prior_map = None
@@ -332,6 +409,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         config = calibration.apply(config)
         if spread_warning(calibration):
             print(f"falsify test: warning: {spread_warning(calibration)}", file=sys.stderr)
+    if calibrated_threshold:
+        explainer = _get_explainer(args.method, model, **options, threshold=calibration.threshold_cos)
     if needs_prior:
         from .falsification.prior import calibrate_delta, occlusion_prior, prior_image_batch
 
@@ -373,6 +452,9 @@ def cmd_test(args: argparse.Namespace) -> int:
                 f"{calibration.threshold_angle:.4f} rad; tau_high {config.tau_high:.4f}, tau_low "
                 f"{config.tau_low:.4f}, epsilon {config.epsilon:.4f}"
             )
+        if calibrated_threshold:
+            print(f"biometric-gradcam's decision threshold: cos >= {calibration.threshold_cos:.4f}, the calibrated "
+                  f"one ({model_name} has none of its own)")
         for (x, y), r in zip(names, results):
             print(f"\n{Path(x).name} explained against {Path(y).name} ({args.method}, {model_name})")
             if r.pair_angle is not None:
@@ -485,8 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("image_a", help="first face image (any JPEG/PNG; resized to the model's input size)")
     p.add_argument("image_b", help="second face image")
-    p.add_argument("--methods", default="gradcam,gradcam++,biometric-gradcam,ig,saliency",
-                   help=f"comma-separated, or 'all' ({', '.join(METHODS)}); default %(default)s")
+    p.add_argument("--methods", default=EXPLAIN_METHODS,
+                   help=f"comma-separated, or 'all' ({', '.join(METHODS)}); default %(default)s (without "
+                   "biometric-gradcam for a model with no decision threshold of its own)")
     p.add_argument("--layer", help="layer for the CAM methods (default: the model's CAM layer, layer2.3 for "
                    "dlib-resnet; otherwise the last Conv2d with more than a 1x1 output)")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",

@@ -1,8 +1,12 @@
 """Experiment 6.4: do falsification rates hold across models?
 
 ``falsify run 6.4 --models dlib-resnet,sface,dlib-resnet:random`` runs 6.1's test for every model
-on the same pairs: each model is one 6.1 run in ``OUT/models/<model>/`` (its own store, its own
-calibrated thresholds and prior, resumed row by row like 6.1; one row per (model, method, pair)).
+on the same pairs (a model is a built-in name, a model file, ``ARCH:CHECKPOINT`` such as
+``iresnet50:/path/backbone.pth``, or any of these followed by ``:random``; the list is split at
+commas, so a path in it cannot hold one, while a ``:`` in a checkpoint's path is read as part of
+the path because the architecture ends at the first ``:``): each model is one 6.1 run in
+``OUT/models/<model>/`` (its own store, its own calibrated thresholds and prior, resumed row by
+row like 6.1; one row per (model, method, pair)).
 A real model whose randomised copy (``NAME:random``) is among the models also gets 6.1's
 ``METHOD@random-model`` rows: the randomised model's maps tested on the real model. ``OUT`` holds
 the run's settings (``results.sqlite``, so that the same command resumes), ``summary.json``,
@@ -22,6 +26,7 @@ Analysis (:func:`across_models`, on verdicts; synthetic ones in the tests):
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from itertools import combinations
@@ -30,7 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..choices import RANDOM_MODEL
+from ..choices import RANDOM_MODEL, split_checkpoint
 from ..report.tables import fmt_num, fmt_p, fmt_pct
 from .base import Experiment, load_raw_summary
 
@@ -55,8 +60,17 @@ def base_of(model: str) -> str:
 
 
 def slug(model: str) -> str:
-    """A folder name for a model (``dlib-resnet:random`` -> ``dlib-resnet_random``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(model)).name if "/" in str(model) else str(model))
+    """A folder name for a model (``dlib-resnet:random`` -> ``dlib-resnet_random``). A checkpoint,
+    ``ARCH:PATH``, is named by its architecture, file name and a digest of PATH
+    (``iresnet50_backbone.pth_1a2b3c4d``): arcface_torch names every checkpoint backbone.pth."""
+    text = str(model)
+    base, suffix = (base_of(text), "_random") if is_random(text) else (text, "")
+    spec = split_checkpoint(base)
+    if spec is not None:
+        arch, path = spec
+        digest = hashlib.sha1(path.encode("utf-8")).hexdigest()[:8]
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{arch}_{Path(path).name}_{digest}") + suffix
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name if "/" in text else text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +245,12 @@ class Runner64:
                                  "nothing was changed there. Use another --out, or the same settings to resume")
         c.out = str(self.out)
         subs = [sub_config(c, m) for m in c.models]  # checked before anything is written
+        for m in c.models:  # a user's checkpoint is read and checked against its architecture, too
+            spec = split_checkpoint(base_of(m))
+            if spec is not None:
+                from ..models.checkpoints import check_checkpoint
+
+                check_checkpoint(*spec, label=base_of(m))
         # before any work: the executor connected (Ray: reached and checked, OUT untouched), then
         # OUT locked; each model's run then locks its own folder before it calibrates
         opened = executor_open(self.executor, self.log)

