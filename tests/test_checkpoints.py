@@ -369,11 +369,11 @@ def test_run_6_1_end_to_end(ckpts, lfw_sample, tmp_path):
     config = tmp_path / "run.toml"
     config.write_text("calibration_pairs = 8\n")
     argv = ["run", "6.1", "--model", f"iresnet18:{ckpts['iresnet18']}", "--data", str(lfw_sample), "--n-pairs", "2",
-            "--methods", "gradcam,saliency", "--preset", "plain", "--out", str(out), "--device", "cpu", "-q",
-            "--config", str(config)]
-    assert main(argv) == 0
+            "--methods", "gradcam,biometric-gradcam,saliency", "--preset", "plain", "--out", str(out), "--device",
+            "cpu", "-q", "--config", str(config)]
+    assert main(argv) == 0  # biometric-gradcam takes the calibrated threshold: the weights have none
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"] == "iresnet18:backbone.pth" and summary["n_rows"] == 4 and summary["n_errors"] == 0
+    assert summary["model"] == "iresnet18:backbone.pth" and summary["n_rows"] == 6 and summary["n_errors"] == 0
     assert summary["calibration"]["threshold_cos"] is not None
     assert summary["alignment"]["template"] == "arcface-112"
 

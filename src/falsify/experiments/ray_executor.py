@@ -98,6 +98,8 @@ class RowWorker:
 
         torch.set_num_threads(threads)
         model = Runner(ctx.config, progress=False, log=lambda *a: None)._load_model()
+        if model.threshold is None:  # as the driver: the calibrated threshold (Runner._setup)
+            model.threshold = ctx.threshold
         explainers, random_model = row_explainers(ctx.config, model, ctx.prior_map)
         self.computer = RowComputer(ctx, model, explainers, random_model)
 

@@ -718,7 +718,13 @@ class Runner:
         self.model = model = self._load_model()
         self.model_name = model.name
         self.device = model_device(model)
-        explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods if m != "centre"}
+        # every method's options checked now, before any work; a model without a decision threshold
+        # of its own (a user's checkpoint, NAME:random) gets the calibrated one below
+        placeholder = {"threshold": 0.0} if model.threshold is None and c.tau_high is None else {}
+        for m in c.methods:
+            if m != "centre":
+                get_explainer(m, model, **{**(placeholder if m == "biometric-gradcam" else {}),
+                                           **c.method_options.get(m, {})})
         self.settings = {**c.result_settings(), FINGERPRINT: self.pairs.fingerprint()}
         if self.out is None:
             self.out = default_out(c, self.settings)
@@ -728,6 +734,9 @@ class Runner:
         self.calibration = self._calibration(model, self.stored)
         #: the model's decision threshold (cosine): calibrated on the data, else the model's own
         self.threshold = self.calibration.threshold_cos if self.calibration is not None else model.threshold
+        if model.threshold is None:
+            model.threshold = self.threshold  # biometric-gradcam's, here and on every Ray worker (RowContext)
+        explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods if m != "centre"}
         self.fconfig = self.falsification_config(self.calibration)
         self.prior, self.delta = self._prior(model, self.stored, self.pairs, self.fconfig) if c.needs_prior else (None, None)
         self.prior_map = self.prior.map() if self.prior is not None else None
