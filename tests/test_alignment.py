@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from falsify.data import load_image, load_images
+from falsify.data import decode_image, load_image, load_images
+from falsify.data.images import image_key
 from falsify.models.alignment import (
+    DETECT_MAX_SIDE,
     TEMPLATES,
     FaceAligner,
     LandmarkCache,
@@ -77,7 +79,9 @@ def test_aligned_faces_have_their_landmarks_where_the_transform_puts_them(tmp_pa
         expected = face.landmarks @ m[:, :2].T + m[:, 2]
         assert np.linalg.norm(expected - template, axis=1).mean() < 24.0, path
         crop = (load_image(path, (336, 336), big).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        again = big.detect(np.pad(crop, ((168, 168), (168, 168), (0, 0))))  # margin: YuNet wants context
+        # margin: YuNet wants context; one YuNet pass on the padded crop as it is (672 px, which
+        # detect() would reduce to DETECT_MAX_SIDE first), as these thresholds were set with
+        again = big._find(np.pad(crop, ((168, 168), (168, 168), (0, 0))))
         assert again is not None, path
         err = np.linalg.norm(again.landmarks - 168 - expected, axis=1) / 3  # in pixels of the 112 crop
         assert np.median(err) < 3.5 and err.max() < 5.0, (path, err)
@@ -129,3 +133,166 @@ def test_verify_reports_alignment(lfw_sample, tmp_path, capsys, monkeypatch):
     assert main(["verify", "--model", "sface", "--align", "none", "--data", str(lfw_sample), "--n-pairs", "12",
                  "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["align"] is None
+
+
+# --- photos as cameras and phones save them ----------------------------------------------------
+
+def _cosines(model, a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.nn.functional.cosine_similarity(model(a), model(b), dim=1).numpy()
+
+
+def _recording(aligner, monkeypatch) -> list:
+    """The sizes of the images YuNet is run on."""
+    seen, find = [], aligner._find
+    monkeypatch.setattr(aligner, "_find", lambda rgb, near=None: seen.append(rgb.shape[:2]) or find(rgb, near))
+    return seen
+
+
+@pytest.mark.slow
+def test_camera_sized_photo_is_aligned(tmp_path, faces, dlib_model, monkeypatch):
+    """A real face upscaled to 3000 x 3000 (a JPEG, as a camera saves it): detected on copies of
+    at most DETECT_MAX_SIDE pixels, aligned from the full-size pixels, and embedded within 0.02
+    (cosine) of the original 350 px crop. (6000 x 6000 through load_model: benchmarks/big_photo.py.)"""
+    aligner = FaceAligner("dlib-150", dlib_model.input_size, cache=LandmarkCache(tmp_path / "lm.sqlite"))
+    seen = _recording(aligner, monkeypatch)
+    bigs = []
+    for i, path in enumerate(faces[:2]):
+        bigs.append(tmp_path / f"camera{i}.jpg")
+        with Image.open(path) as img:
+            img.convert("RGB").resize((3000, 3000), Image.BICUBIC).save(bigs[-1], quality=95)
+    big, _ = load_images(bigs, dlib_model.input_size, align=aligner)
+    assert aligner.stats.aligned == {str(p) for p in bigs} and not aligner.stats.not_found
+    assert seen and max(max(s) for s in seen) <= DETECT_MAX_SIDE, seen
+    original, _ = load_images(faces[:2], dlib_model.input_size, align=aligner)
+    cos = _cosines(dlib_model, big, original)
+    assert (cos > 0.98).all(), cos
+
+
+@pytest.mark.slow
+def test_small_face_in_a_big_photo(tmp_path, faces, dlib_model, monkeypatch):
+    """A face of 175 px off-centre in a 4000 x 3000 photo (4% of its width): found on a bounded
+    copy, its landmarks taken again from the full-size pixels around it, aligned as the face alone."""
+    aligner = FaceAligner("dlib-150", dlib_model.input_size, cache=LandmarkCache(None))
+    seen = _recording(aligner, monkeypatch)
+    rng = np.random.default_rng(0)
+    alone, in_photo = [], []
+    for i, path in enumerate(faces[:2]):
+        rgb, _ = decode_image(path)
+        face = np.asarray(Image.fromarray(rgb).resize((175, 175), Image.BICUBIC))
+        photo = (rng.integers(70, 110, (3000, 4000, 3))).astype(np.uint8)
+        y, x = 700 + 900 * i, 2600 - 1500 * i
+        photo[y:y + 175, x:x + 175] = face
+        alone.append(aligner(face, f"alone{i}", f"alone{i}"))
+        in_photo.append(aligner(photo, f"photo{i}", f"photo{i}"))
+    assert aligner.stats.aligned == {"alone0", "alone1", "photo0", "photo1"}
+    assert max(max(s) for s in seen) <= 1280, seen
+
+    def tensor(crops):
+        return torch.from_numpy(np.stack(crops).astype(np.float32).transpose(0, 3, 1, 2) / 255.0)
+
+    cos = _cosines(dlib_model, tensor(in_photo), tensor(alone))
+    assert (cos > 0.98).all(), cos
+
+
+def test_photos_up_to_the_bound_are_detected_as_before(tmp_path, faces):
+    """A photo up to DETECT_MAX_SIDE with a face YuNet places well is detected as it is, in one
+    pass, exactly as before, so the landmarks cached before (under previous_detector_key) are
+    taken as they are; a "no face" cached before is detected again, and so is a larger photo."""
+    cache_file = tmp_path / "lm.sqlite"
+    before = FaceAligner("arcface-112", (112, 112), cache=LandmarkCache(cache_file))
+    rgb, key = decode_image(faces[0])
+    one_pass = before._find(rgb)  # what the detection before cached
+    assert np.array_equal(before.detect(rgb).landmarks, one_pass.landmarks)
+    rgb1, key1 = decode_image(faces[1])
+    big = np.asarray(Image.fromarray(rgb).resize((900, 900), Image.BICUBIC))
+    before.cache.put(key, before.previous_detector_key, one_pass)
+    before.cache.put(key1, before.previous_detector_key, None)
+    before.cache.put("big", before.previous_detector_key, one_pass)
+    now = FaceAligner("arcface-112", (112, 112), cache=LandmarkCache(cache_file))
+    assert np.array_equal(now.landmarks(rgb, key).landmarks, one_pass.landmarks) and now.stats.detections == 0
+    assert now.landmarks(rgb1, key1) is not None and now.stats.detections == 1
+    assert now.landmarks(big, "big") is not None and now.stats.detections == 2
+    assert not np.allclose(now.landmarks(big, "big").landmarks, one_pass.landmarks)
+
+
+def test_sixteen_bit_png_is_its_8_bit_version(tmp_path, faces):
+    """A 16-bit PNG decodes, everywhere, to the pixels of its 8-bit version: the same survey, the
+    same landmarks (also in 6.3's frame), the same crop. The survey once read it as white and
+    cached "no face" for the file: that answer is not kept."""
+    from types import SimpleNamespace
+
+    from falsify.experiments.exp_6_3 import frame_points
+
+    gray = np.asarray(Image.open(faces[0]).convert("L"))
+    p8, p16 = tmp_path / "face8.png", tmp_path / "face16.png"
+    Image.fromarray(gray).save(p8)
+    Image.fromarray(gray.astype(np.uint16) * 257).save(p16)
+    with Image.open(p16) as img:
+        assert img.mode.startswith("I")
+    (rgb8, key8), (rgb16, key16) = decode_image(p8), decode_image(p16)
+    assert np.array_equal(rgb8, rgb16)
+    aligner = FaceAligner("arcface-112", (112, 112), cache=LandmarkCache(tmp_path / "lm.sqlite"))
+    aligner.cache.put(key16, aligner.previous_detector_key, None)  # the survey's white image, before
+    survey = aligner.survey([p8, p16])
+    assert survey["aligned"] == 2 and survey["no_face_found"] == 0 and aligner.stats.detections == 2
+    np.testing.assert_array_equal(aligner.landmarks(rgb16, key16).landmarks, aligner.landmarks(rgb8, key8).landmarks)
+    assert torch.equal(load_image(p8, (112, 112), aligner), load_image(p16, (112, 112), aligner))
+    model = SimpleNamespace(aligner=aligner, input_size=(112, 112))
+    np.testing.assert_array_equal(frame_points(model, p8)[0], frame_points(model, p16)[0])
+    assert aligner.stats.detections == 2
+
+
+def test_unreadable_images_in_the_survey_and_in_6_3(tmp_path, aligner):
+    """The survey leaves an unreadable file to the loaders (which name it); 6.3's landmarks
+    raise an error that names it."""
+    from types import SimpleNamespace
+
+    from falsify.data import ImageLoadError
+    from falsify.experiments.exp_6_3 import frame_points
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo\n")
+    link = tmp_path / "face.jpg"
+    link.symlink_to(notes)
+    assert aligner.survey([link])["images"] == 0
+    with pytest.raises(ImageLoadError, match=r"face\.jpg .*not an image format") as err:
+        frame_points(SimpleNamespace(aligner=aligner, input_size=(112, 112)), link)
+    assert "BytesIO" not in str(err.value)
+
+
+def test_phone_photo_stored_sideways_is_aligned(tmp_path, faces, aligner):
+    """EXIF orientation 6: the face is found upright, its landmarks cached under the ':exif6' key."""
+    with Image.open(faces[0]) as img:
+        upright = img.convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    phone = tmp_path / "phone.jpg"
+    upright.transpose(Image.Transpose.ROTATE_90).save(phone, exif=exif, quality=95)
+    x = load_image(phone, (112, 112), aligner)
+    assert aligner.stats.aligned == {str(phone)}
+    key, _ = image_key(phone)
+    assert key.endswith(":exif6") and aligner.cache.get(key, aligner.detector_key)[0]
+    y = load_image(faces[0], (112, 112), aligner)
+    assert float((x - y).abs().mean()) < 0.05
+
+
+def test_antialiased_warp_averages_what_it_shrinks():
+    """Warping 1-pixel stripes down 20x: the plain bilinear warp samples stripes (aliasing); the
+    antialiased one (the aligner's for photos over DETECT_MAX_SIDE) gives their mean, and on a
+    smooth image both agree."""
+    stripes = np.zeros((2000, 2000, 3), np.uint8)
+    stripes[:, ::2] = 255
+    m = np.array([[0.05, 0.0, 0.0], [0.0, 0.05, 0.0]])
+    plain = warp(stripes, m, (100, 100)).astype(float)
+    smooth = warp(stripes, m, (100, 100), antialias=True).astype(float)
+    assert plain.std() > 50 or abs(plain.mean() - 127.5) > 50
+    assert abs(smooth[2:-2, 2:-2].mean() - 127.5) < 1 and smooth[2:-2, 2:-2].std() < 1
+    yy, xx = np.mgrid[0:2000, 0:2000]
+    ramp = np.repeat(((xx + yy) / 4000 * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    angle = 0.3
+    rot = 0.05 * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    m = np.hstack([rot, (np.array([40.0, 40.0]) - rot @ np.array([1000.0, 1000.0]))[:, None]])
+    a, b = warp(ramp, m, (80, 80)).astype(float), warp(ramp, m, (80, 80), antialias=True).astype(float)
+    d = (a - b)[3:-3, 3:-3]  # the corners reach the photo's edge
+    assert np.abs(d).max() <= 1.0 and abs(d.mean()) < 0.1

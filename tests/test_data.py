@@ -165,6 +165,107 @@ def test_corrupt_and_truncated_images(tmp_path):
     assert [p for p, _ in bad] == [junk, trunc]
 
 
+
+def test_every_image_error_names_the_file(tmp_path):
+    """Pillow reads from memory, so its own messages name ``<_io.BytesIO object at 0x...>``;
+    ours name the path (and where a link points)."""
+    from falsify.data.images import decode_image, image_key
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    link = tmp_path / "holiday.jpg"
+    link.symlink_to(notes)
+    good = _img(tmp_path / "good.jpg", "RGB", size=(64, 64))
+    trunc = tmp_path / "trunc.jpg"
+    trunc.write_bytes(good.read_bytes()[:300])
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    cases = [(link, r"holiday\.jpg \(a link to .*notes\.txt\): not an image format Pillow can read"),
+             (trunc, r"cannot read image .*trunc\.jpg: "), (folder, r"cannot read image .*folder\.jpg"),
+             (tmp_path / "gone.png", r"image not found: .*gone\.png")]
+    for path, message in cases:
+        for read in (load_image, decode_image, image_key):
+            with pytest.raises(ImageLoadError, match=message) as err:
+                read(path)
+            assert "BytesIO" not in str(err.value), (read, str(err.value))
+    _, bad = load_images([good, link, trunc], (8, 8), errors="skip")
+    assert [p for p, _ in bad] == [link, trunc] and all(str(p) in why for p, why in bad)
+
+
+def test_decode_image_is_the_loaders_decoder(tmp_path):
+    from falsify.data import decode_image
+
+    path = _img(tmp_path / "x.png", "P", size=(40, 30), value=90)
+    rgb, key = decode_image(path)
+    assert rgb.shape == (30, 40, 3) and rgb.dtype == np.uint8
+    import hashlib
+
+    assert key == hashlib.sha256(path.read_bytes()).hexdigest()  # the landmark cache's key, as always
+    x = load_image(path)
+    assert torch.equal(x, torch.from_numpy(rgb.astype(np.float32).transpose(2, 0, 1) / 255.0))
+
+
+def test_high_bit_depth_modes_as_before(monkeypatch):
+    """16- and 32-bit pixels to 8 bits as the float64 formulas before gave them, value for value,
+    now without a float64 copy of the whole photo (a block of rows at a time)."""
+    from falsify.data import images
+
+    monkeypatch.setattr(images, "_CHUNK", 7)  # many blocks
+    rng = np.random.default_rng(0)
+    a16 = rng.integers(0, 65536, (23, 17)).astype(np.uint16)
+    a16[0, :3] = [0, 257, 65535]
+    out = np.asarray(images._to_rgb(Image.fromarray(a16)))[:, :, 0]
+    np.testing.assert_array_equal(out, np.clip(a16.astype(np.float64) / 65535.0 * 255.0, 0, 255).astype(np.uint8))
+    a32 = rng.integers(-5, 300_000, (23, 17)).astype(np.int32)
+    out = np.asarray(images._to_rgb(Image.fromarray(a32)))[:, :, 0]
+    top = max(float(a32.max()), 1.0)
+    np.testing.assert_array_equal(out, np.clip(a32.astype(np.float64) / top * 255.0, 0, 255).astype(np.uint8))
+    f = rng.random((23, 17)).astype(np.float32)
+    out = np.asarray(images._to_rgb(Image.fromarray(f)))[:, :, 0]
+    np.testing.assert_array_equal(out, np.clip(f.astype(np.float64) * 255.0, 0, 255).astype(np.uint8))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone stores a portrait photo sideways with EXIF orientation 6 ("turn 90 degrees clockwise
+    to show"): it is decoded upright, and its key says so (landmarks cached before were found in
+    the sideways frame)."""
+    from falsify.data.images import decode_image, image_key
+
+    upright = np.zeros((60, 40, 3), np.uint8)
+    upright[:20] = (250, 20, 20)  # red on top
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # 40 tall, 60 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.jpg"
+    stored.save(path, exif=exif, quality=95)
+    rgb, key = decode_image(path)
+    assert rgb.shape == (60, 40, 3)
+    assert rgb[:15, :, 0].mean() > 200 and rgb[30:, :, 0].mean() < 40
+    import hashlib
+
+    assert key == hashlib.sha256(path.read_bytes()).hexdigest() + ":exif6"
+    assert image_key(path) == (key, (60, 40))
+    assert load_image(path).shape == (3, 60, 40)
+
+
+def test_large_photos_take_turns(tmp_path, monkeypatch):
+    """Photos over LARGE_PIXELS are decoded (and aligned) at most two at a time by load_images'
+    threads; a bad one among them gives its slot back."""
+    from falsify.data import images
+
+    monkeypatch.setattr(images, "LARGE_PIXELS", 100)
+    paths = [_img(tmp_path / f"p{i}.png", "RGB", size=(30, 20), value=20 * i) for i in range(6)]
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(noise)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(noise.read_bytes()[:900])  # truncated: fails while decoding, holding a slot
+    batch, skipped = load_images(paths + [bad] + paths, (10, 10), workers=4, errors="skip")
+    assert batch.shape == (12, 3, 10, 10) and [p for p, _ in skipped] == [bad]
+    assert images._large_slots.acquire(blocking=False) and images._large_slots.acquire(blocking=False)
+    images._large_slots.release()
+    images._large_slots.release()
+
+
 def test_corrupt_image_pair_is_skipped_in_verify(lfw_dir, tiny_model):
     from falsify.verification import verify
 

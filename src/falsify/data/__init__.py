@@ -1,5 +1,5 @@
 """Face pairs and image loading."""
-from .images import ImageLoadError, load_image, load_images
+from .images import ImageLoadError, decode_image, load_image, load_images
 from .pairs import (
     DataError,
     Pair,
@@ -17,6 +17,7 @@ __all__ = [
     "Pair",
     "PairSet",
     "SkippedPair",
+    "decode_image",
     "identity_folder_pairs",
     "load_image",
     "load_images",

@@ -226,17 +226,10 @@ def frame_points(model, path, detector=None) -> tuple[np.ndarray | None, str]:
     (the similarity that maps the photo onto its template), or, for a model without alignment,
     detected on the photo (``detector``: a :class:`FaceAligner`, used only to detect) and scaled to
     the resized frame. Returns (points, "") or (None, why not)."""
-    import hashlib
-    import io
-
-    from PIL import Image
-
+    from ..data.images import decode_image
     from ..models.alignment import similarity_matrix
 
-    data = Path(path).read_bytes()
-    with Image.open(io.BytesIO(data)) as img:
-        rgb = np.asarray(img.convert("RGB"))
-    key = hashlib.sha256(data).hexdigest()
+    rgb, key = decode_image(path)  # as the loaders decode it (ImageLoadError, naming the file)
     aligner = getattr(model, "aligner", None)
     finder = aligner if aligner is not None else detector
     face = finder.landmarks(rgb, key)
