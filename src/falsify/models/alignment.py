@@ -25,9 +25,9 @@ Photos are decoded by :func:`falsify.data.images.decode_image`, the loaders' dec
 they are read. A photo in which no face is found is resized as before (the fallback), and
 counted: the aligner keeps the names of those photos, and ``falsify verify`` / ``falsify run``
 report them. Landmarks are cached on disk (SQLite in the user cache directory, keyed by the
-image's key, the sha256 of the file, and the detector), so no image is detected twice, within a
-run or across runs; the landmarks the detection before this one cached are still used where it
-finds the same face (:meth:`FaceAligner._cached`).
+image's key, the sha256 of the file, and the detector, its bounds and OpenCV's version), so no
+image is detected twice, within a run or across runs, and landmarks of another OpenCV build are
+never mixed in.
 
 Templates (x, y in pixels of the model's input):
 
@@ -324,10 +324,13 @@ class FaceAligner:
         from .weights import file_sha256
 
         sha = file_sha256(self.detector_path)
-        #: landmarks are cached under (image key, detector_key); the detection before reduced copies
-        #: and refinement cached them under previous_detector_key (see :meth:`_cached`)
+        #: landmarks are cached under (image key, detector_key): the detector's file, its score
+        #: threshold, the detection's bounds and OpenCV's version, since another OpenCV build places
+        #: the landmarks slightly differently (docs/results.md, "Across machines"). An older falsify
+        #: cached them under previous_detector_key, by an OpenCV build nobody recorded: not read.
         self.previous_detector_key = f"yunet-{sha[:16]}-score{self.score_threshold:g}"
-        self.detector_key = f"{self.previous_detector_key}-max{DETECT_MAX_SIDE}-refine{REFINE_FACE}"
+        self.detector_key = (f"{self.previous_detector_key}-max{DETECT_MAX_SIDE}-refine{REFINE_FACE}"
+                             f"-opencv{cv2.__version__}")
         logging = getattr(getattr(cv2, "utils", None), "logging", None)
         level = logging.getLogLevel() if logging else None
         if logging:  # OpenCV 5 warns that its new graph engine ignores the (default) target
@@ -419,25 +422,9 @@ class FaceAligner:
             return None
         return found
 
-    def _cached(self, key: str, shape: tuple[int, int]) -> tuple[bool, Detection | None]:
-        """The cache's answer for the image ``key`` of (H, W) ``shape``: this detector's, or a face
-        that the detection before this one (which looked at the photo as it was, once) cached
-        where :meth:`detect` finds the same face: a photo no larger than :data:`DETECT_MAX_SIDE`
-        and a face no larger than :data:`REFINE_ABOVE` (every photo of the shared sample). A "no
-        face" it cached is not taken (the alignment survey read 16-bit images as white, and a
-        larger photo is now looked at in several copies): that photo is detected again, once."""
-        hit, face = self.cache.get(key, self.detector_key)
-        if hit:
-            return hit, face
-        if max(shape) <= DETECT_MAX_SIDE:
-            hit, face = self.cache.get(key, self.previous_detector_key)
-            if hit and face is not None and max(face.box[2:]) <= REFINE_ABOVE:
-                return True, face  # read where it is: no copy under detector_key
-        return False, None
-
     def landmarks(self, rgb: np.ndarray, key: str) -> Detection | None:
         """The face's landmarks in ``rgb`` (from the cache under ``key``, else detected and cached)."""
-        hit, face = self._cached(key, rgb.shape[:2])
+        hit, face = self.cache.get(key, self.detector_key)
         if not hit:
             face = self.detect(rgb)
             if face is not None:  # exactly what a later cache hit gives
@@ -470,7 +457,7 @@ class FaceAligner:
         for path in paths:
             try:
                 key, shape = image_key(path)
-                hit, face = self._cached(key, shape)
+                hit, face = self.cache.get(key, self.detector_key)
                 if not hit:
                     rgb, key = decode_image(path)
                     face = self.landmarks(rgb, key)
