@@ -273,6 +273,21 @@ def test_corrupt_image_pair_is_skipped_in_verify(lfw_dir, tiny_model):
     res = verify(tiny_model, read_lfw_pairs(lfw_dir / "pairs.txt", lfw_dir), progress=False)
     # the missing-image pair and the two pairs using the corrupt image are skipped
     assert res.n_skipped == 3 and res.n_pairs == 5
+    # each named by the line that holds it, not by its position ("pair 0")
+    assert [e.split(": ")[0] for e in res.skipped_examples] == ["pairs.txt:7", "pairs.txt:3", "pairs.txt:8"]
+
+
+def test_unreadable_image_in_a_csv_is_reported_as_file_and_line(tmp_path, tiny_model):
+    from falsify.verification import verify
+
+    for i in range(3):
+        _img(tmp_path / f"{i}.png", "RGB", size=(32, 32), value=30 * i)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("a,b,same\n0.png,1.png,1\n0.png,bad.png,0\n1.png,2.png,0\n2.png,0.png,1\n")
+    res = verify(tiny_model, read_csv_pairs(csv), progress=False)
+    assert res.n_pairs == 3 and res.n_skipped == 1
+    assert res.skipped_examples[0].startswith("pairs.csv:3: ") and "bad.png" in res.skipped_examples[0]
 
 
 # --- names that leave the images folder ----------------------------------------------------------
@@ -297,6 +312,99 @@ def test_csv_paths_may_point_outside_the_csv_folder(tmp_path):
     ps = read_csv_pairs(csv)
     assert [(p.a.resolve(), p.b) for p in ps] == [(a.resolve(), b)]
     assert ps[0].id == f"{a.resolve().as_posix()}|{b.resolve().as_posix()}"
+
+
+# --- links that leave the data folder (issue 19): skipped and reported like missing images -------
+
+def _secret(tmp_path: Path) -> Path:
+    """A file outside the data folder that a link in it points at (as a link to /etc/passwd would)."""
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    return secret
+
+
+def test_lfw_link_outside_the_data_folder_is_skipped_and_reported(lfw_dir, tmp_path):
+    root = lfw_dir
+    secret = _secret(tmp_path.parent / (tmp_path.name + "-outside"))
+    link = root / "Bob_B" / "Bob_B_0009.jpg"  # the pair on line 7 names it
+    link.symlink_to(secret)
+    ps = load_pairs(root)
+    assert len(ps) == 7 and len(ps.skipped) == 1
+    where, reason = ps.skipped[0].where, ps.skipped[0].reason
+    assert where == "pairs.txt:7"
+    assert reason == f"link outside the data folder (Bob_B/Bob_B_0009.jpg -> {secret.resolve()})"
+    assert "pairs.txt:7: link outside the data folder" in ps.summary()
+    assert all(secret.resolve() not in (p.a.resolve(), p.b.resolve()) for p in ps)
+    fp = ps.fingerprint()  # the secret is never read, not even to fingerprint the data
+    assert len(fp["images"]) == 6 and not any("0009" in k for k in fp["images"])
+
+
+def test_links_that_stay_inside_the_data_folder_are_fine(lfw_dir, tmp_path):
+    # an image linked to another image of the folder, and the folder itself reached through a link
+    (lfw_dir / "Bob_B" / "Bob_B_0009.jpg").symlink_to(lfw_dir / "Ann_A" / "Ann_A_0003.jpg")
+    ps = load_pairs(lfw_dir)
+    assert len(ps) == 8 and not ps.skipped
+    alias = tmp_path.parent / (tmp_path.name + "-alias")
+    alias.symlink_to(lfw_dir, target_is_directory=True)
+    assert len(load_pairs(alias)) == 8
+
+
+def test_csv_link_outside_the_data_folder_is_skipped_with_its_line(tmp_path):
+    root = tmp_path / "data"
+    _img(root / "a.jpg"), _img(root / "b.jpg")
+    (root / "c.jpg").symlink_to(_secret(tmp_path))
+    (root / "pairs.csv").write_text("a,b,same\na.jpg,b.jpg,0\na.jpg,c.jpg,1\nb.jpg,a.jpg,1\n")
+    ps = read_csv_pairs(root / "pairs.csv")
+    assert len(ps) == 2 and [s.where for s in ps.skipped] == ["pairs.csv:3"]
+    assert ps.skipped[0].reason.startswith("link outside the data folder (c.jpg -> ")
+    # a path the CSV writes outside its folder is its author's explicit choice, and is read
+    (root / "out.csv").write_text(f"a.jpg,{_secret(tmp_path)},1\na.jpg,b.jpg,0\n")
+    assert len(read_csv_pairs(root / "out.csv")) == 2
+
+
+def test_identity_folder_linked_outside_is_skipped(tmp_path):
+    root, elsewhere = tmp_path / "ids", tmp_path / "elsewhere"
+    for k in range(3):
+        for i in range(1, 3):
+            _img(root / f"P{k}" / f"P{k}_{i:04d}.png", value=30 * k + i)
+            _img(elsewhere / f"Q{k}" / f"Q{k}_{i:04d}.png", value=30 * k + i)
+    (root / "Q0").symlink_to(elsewhere / "Q0", target_is_directory=True)
+    ps = load_pairs(root, n_pairs=30)
+    assert ps.skipped and all("link outside the data folder (Q0/" in s.reason for s in ps.skipped)
+    assert not any("Q0" in i for i in ps.ids())
+    # a folder made only of such links has no usable pair: one error naming the reason
+    only = tmp_path / "only"
+    only.mkdir()
+    for k in range(3):
+        (only / f"Q{k}").symlink_to(elsewhere / f"Q{k}", target_is_directory=True)
+    with pytest.raises(DataError, match=r"no usable pairs in .*: \d+ skipped "
+                                        r"\(e\.g\. pair 0: link outside the data folder"):
+        load_pairs(only)
+
+
+# --- CSV separators (issue 19) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("sep, name", [(";", "semicolon (;)"), ("\t", "tab"), ("|", "bar (|)")])
+def test_csv_with_another_separator_gets_a_hint(tmp_path, sep, name):
+    _img(tmp_path / "a.jpg"), _img(tmp_path / "b.jpg")
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(sep.join(("a", "b", "same")) + "\n" + sep.join(("a.jpg", "b.jpg", "1")) + "\n")
+    with pytest.raises(DataError) as exc:
+        load_pairs(csv)
+    msg = str(exc.value)
+    assert msg.startswith("pairs.csv:1: expected columns a,b,same") and "\n" not in msg
+    assert f"the file looks {name}-separated, and falsify reads comma-separated rows: re-save it with commas" in msg
+    assert f"sep={sep!r}" in msg
+    csv.write_text("a,b,same\na.jpg,b.jpg,1\n")  # the fix
+    assert len(load_pairs(csv)) == 1
+
+
+def test_csv_with_too_few_comma_columns_gets_no_separator_hint(tmp_path):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("a.jpg,b.jpg\nc.jpg,d.jpg\n")
+    with pytest.raises(DataError, match=r"pairs.csv:1: expected columns a,b,same, got \['a.jpg', 'b.jpg'\]$"):
+        load_pairs(csv)
 
 
 # --- pair ids ----------------------------------------------------------------------------------

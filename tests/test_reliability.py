@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn as nn
 from PIL import Image
 
 from falsify.cli import main
 from falsify.experiments import ResultsStore, RunConfig, Runner
+from tests.conftest import TinyNet
 
 FIXED = ["--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.05"]
 
@@ -497,6 +500,126 @@ def test_test_and_run_calibrate_on_the_same_pairs(lfw_sample, two_faces, tmp_pat
                  "--seed", "2", "--json", "-q", "--preset", "plain"]) == 0
     test_cal = json.loads(capsys.readouterr().out)["calibration"]
     assert test_cal == run_cal
+
+
+# --- bad inputs refused with one line (issue 19) ---------------------------------------------------------
+
+class ConstantNet(nn.Module):
+    """A network that ignores its input: every pair looks the same, so verification is at chance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.v = nn.Parameter(torch.linspace(-1, 1, 32))
+
+    def forward(self, x):
+        return self.v.expand(x.shape[0], -1) + 0 * self.conv(x).mean()
+
+
+@pytest.fixture
+def small_csv(tmp_path) -> Path:
+    """12 pairs (two folds) of 6 noise images: data that needs neither the shared sample nor a face."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    rows = [(i, (i + 1) % 6, int(i % 2 == 0), i % 2) for i in range(6)]
+    rows += [(i, (i + 2) % 6, int(i % 2), i % 2) for i in range(6)]
+    return _csv4(folder / "pairs.csv", rows)
+
+
+def _csv4(path: Path, rows) -> Path:
+    path.write_text("a,b,same,fold\n" + "".join(f"{a}.png,{b}.png,{s},{f}\n" for a, b, s, f in rows))
+    return path
+
+
+def test_verify_refuses_a_model_that_is_not_a_face_embedder(small_csv, tmp_path, capsys):
+    from tests.test_models import _graph_onnx
+
+    bad = _graph_onnx(tmp_path / "tiny.onnx", ["N", 3, 8, 8], ["N", 4, 8, 8], "conv")  # the user's model
+    assert main(["verify", "--data", str(small_csv), "--model", str(bad), "-q"]) == 2
+    err = _error_line(capsys, "verify")
+    assert "model tiny.onnx is not a face embedder: it takes 8x8 images" in err
+    wide = _graph_onnx(tmp_path / "maps.onnx", ["N", 3, 64, 64], ["N", "C", "H", "W"], "conv")
+    assert main(["verify", "--data", str(small_csv), "--model", str(wide), "-q"]) == 2
+    assert "outputs a 4x64x64 feature map per image" in _error_line(capsys, "verify")
+    pt = tmp_path / "small.pt"
+    torch.save(TinyNet(dim=4), pt)
+    assert main(["verify", "--data", str(small_csv), "--model", str(pt), "--trust-pickle", "--input-size", "32",
+                 "32", "-q"]) == 2
+    assert "model small.pt is not a face embedder: it outputs 4 numbers per image" in _error_line(capsys, "verify")
+
+
+def test_run_refuses_a_model_that_is_not_a_face_embedder_and_writes_nothing(small_csv, tmp_path, capsys):
+    from tests.test_models import _graph_onnx
+
+    bad = _graph_onnx(tmp_path / "tiny.onnx", ["N", 3, 8, 8], ["N", 4, 8, 8], "conv")
+    out = tmp_path / "run"
+    assert main(_run(small_csv, out, "--model", str(bad), *FIXED)) == 2
+    assert "is not a face embedder" in _error_line(capsys, "run")
+    assert not out.exists()
+
+
+def test_not_a_face_embedder_through_the_real_entry_point(small_csv, tmp_path):
+    from tests.test_models import _graph_onnx
+
+    bad = _graph_onnx(tmp_path / "tiny.onnx", ["N", 3, 8, 8], ["N", 4, 8, 8], "conv")
+    argv = ["verify", "--data", str(small_csv), "--model", str(bad)]
+    proc = subprocess.run([sys.executable, "-m", "falsify.cli", *argv], capture_output=True, text=True,
+                          env={**os.environ, "FALSIFY_DEBUG": ""})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("falsify verify: error: model tiny.onnx is not a face embedder: it takes 8x8 images")
+
+
+@pytest.mark.parametrize("name", ["dir.onnx", "models"])
+def test_model_that_is_a_directory_says_so(small_csv, tmp_path, capsys, name):
+    (tmp_path / name).mkdir()
+    assert main(["verify", "--data", str(small_csv), "--model", str(tmp_path / name), "-q"]) == 2
+    err = _error_line(capsys, "verify")
+    assert f"model {tmp_path / name} is a directory; expected a model file (an .onnx" in err
+    assert "--trust-pickle" in err and "built-in name (dlib-resnet, sface" in err and "not found" not in err
+
+
+def test_semicolon_csv_gets_a_one_line_hint(small_csv, capsys):
+    text = small_csv.read_text()
+    small_csv.write_text(text.replace(",", ";"))
+    assert main(["verify", "--data", str(small_csv), "-q"]) == 2
+    err = _error_line(capsys, "verify")
+    assert "pairs.csv:1: expected columns a,b,same" in err
+    assert "the file looks semicolon (;)-separated" in err and "re-save it with commas" in err
+
+
+def test_verify_warns_when_accuracy_is_near_chance(small_csv, tmp_path, capsys):
+    pt = tmp_path / "constant.pt"
+    torch.save(ConstantNet(), pt)
+    assert main(["verify", "--data", str(small_csv), "--model", str(pt), "--trust-pickle", "--input-size", "32",
+                 "32", "-q", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["accuracy_mean"] == 0.5 and result["accuracy_ci95"][0] < 0.5 < result["accuracy_ci95"][1]
+    warnings = [line for line in captured.err.splitlines() if "near chance" in line]
+    assert len(warnings) == 1 and "Traceback" not in captured.err
+    assert warnings[0].startswith("falsify verify: warning: accuracy 50.00% is near chance (50%): below 60%; "
+                                  "is the model (constant) a face embedder")
+
+
+def test_near_chance_rule():
+    from falsify.verification import VerificationResult
+
+    def result(acc, n, ci):
+        return VerificationResult("m", "d", n, n // 2, n - n // 2, 10, acc, 0.0, [acc], [0.5], 0.5, 0.5, 1.0, 0,
+                                  accuracy_ci95=list(ci))
+
+    assert result(0.97, 600, (0.955, 0.98)).near_chance() is None
+    assert result(0.65, 6000, (0.638, 0.662)).near_chance() is None  # weak, but clearly above chance
+    assert result(0.58, 6000, (0.567, 0.592)).near_chance() == "below 60%"
+    why = result(0.70, 20, (0.481, 0.855)).near_chance()
+    assert why == ("its Wilson 95% interval over the 20 pairs, 48.1%-85.5%, includes 50% "
+                   "(more pairs, --n-pairs, narrow it)")
+    assert any("near chance" in w for w in result(0.70, 20, (0.481, 0.855)).warnings())
+    assert not any("near chance" in w for w in result(0.97, 600, (0.955, 0.98)).warnings())
 
 
 # --- the command line itself -------------------------------------------------------------------------

@@ -71,7 +71,8 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None = "dlib-resn
         "arcface_torch), facenet (facenet-pytorch), adaface-ir18/34/50/101: e.g. iresnet50:/path/backbone.pth), "
         "NAME:random (the same architecture with random weights: a control), a dlib .dat, an .onnx (insightface "
         "packs: RGB, mean=std=0.5) or a .pt/.pth holding a whole pickled nn.Module (needs --trust-pickle); "
-        "`falsify models` lists the built-in models and architectures",
+        "`falsify models` lists the built-in models and architectures. A model file must be a face embedder: RGB "
+        "input of 32 to 1024 pixels a side, one vector of >= 16 numbers out per image (else it is refused)",
     )
     p.add_argument("--align", choices=ALIGN_CHOICES, default=None,
                    help="face alignment before the model: auto (default: the model's own choice, see "
@@ -546,8 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="verification accuracy of a face model on pairs (LFW protocol)",
         description="LFW protocol: for each fold the cosine-similarity threshold is chosen on the "
         "other folds and accuracy measured on it; prints mean and std over folds, ROC AUC over all "
-        "pairs, and how many pairs were skipped (missing or unreadable images). With one fold the "
-        "threshold is chosen on the test pairs themselves, and a warning says so.",
+        "pairs, and how many pairs were skipped (missing or unreadable images, links leading out of the "
+        "data folder), with examples as FILE:LINE. A warning says when there is one fold (the threshold is "
+        "then chosen on the test pairs themselves) and when the accuracy is near chance (below 60%, or its "
+        "Wilson 95% interval includes 50%).",
     )
     _add_data_args(p)
     _add_model_args(p)

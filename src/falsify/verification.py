@@ -16,6 +16,12 @@ from .data.pairs import PairSet
 from .geometry import cosine_similarity, geodesic_distance
 from .models.base import FaceEmbedder, model_device
 
+#: ``falsify verify`` warns that a model is near chance when its accuracy is below this (eigenfaces,
+#: LFW's weakest baseline, score 60.02% in the LFW technical report; docs/method.md) ...
+NEAR_CHANCE_ACCURACY = 0.60
+#: ... or when the Wilson interval of its accuracy over all pairs, at this confidence, reaches 50%
+NEAR_CHANCE_CONFIDENCE = 0.95
+
 
 def embed_paths(
     model: FaceEmbedder,
@@ -97,19 +103,39 @@ class VerificationResult:
     #: was found (they were resized instead): {"aligned", "no_face_found", "no_face_examples", ...}
     align: str | None = None
     alignment: dict | None = None
+    #: Wilson 95% interval of the accuracy over all pairs (each pair decided once, by the
+    #: threshold chosen on the other folds), [low, high]
+    accuracy_ci95: list[float] | None = None
+
+    def near_chance(self) -> str | None:
+        """Why the accuracy is near chance (50%), or None: below NEAR_CHANCE_ACCURACY, or its
+        Wilson interval includes 50% (too few pairs, or a model that does not tell faces apart)."""
+        ci = self.accuracy_ci95
+        if self.accuracy_mean < NEAR_CHANCE_ACCURACY:
+            return f"below {NEAR_CHANCE_ACCURACY:.0%}"
+        if ci is not None and ci[0] <= 0.5:
+            return (f"its Wilson {NEAR_CHANCE_CONFIDENCE:.0%} interval over the {self.n_pairs} pairs, "
+                    f"{ci[0]:.1%}-{ci[1]:.1%}, includes 50% (more pairs, --n-pairs, narrow it)")
+        return None
 
     def to_dict(self) -> dict:
         """As JSON-safe values: an undefined number (e.g. ROC AUC of one-class pairs) is None."""
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
     def warnings(self) -> list[str]:
-        """What a reader of the numbers must know: an optimistic 1-fold accuracy, an undefined AUC."""
+        """What a reader of the numbers must know: an optimistic 1-fold accuracy, an undefined AUC,
+        an accuracy near chance (``near_chance``), photos without a face found."""
         out = []
         if self.n_folds < 2:
             out.append("the pairs have one fold, so the threshold was chosen on the same pairs it is tested on "
                        "(the accuracy is optimistic); use a pairs file with folds (LFW: 10) for the protocol")
         if not math.isfinite(self.roc_auc):
             out.append(f"ROC AUC is undefined: the pairs are all {'genuine' if self.n_genuine else 'impostor'}")
+        why = self.near_chance()
+        if why:
+            out.append(f"accuracy {self.accuracy_mean:.2%} is near chance (50%): {why}; is the model "
+                       f"({self.model}) a face embedder, fed the input it was trained on (--input-size, --mean, "
+                       "--std, --align)?")
         if self.alignment and self.alignment.get("no_face_found"):
             a = self.alignment
             out.append(f"no face was found in {a['no_face_found']} of {a['no_face_found'] + a['aligned']} images; "
@@ -174,16 +200,21 @@ def verify(
     labels = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     fold_ids = sorted(set(folds.tolist()))
-    accs, ths = [], []
+    accs, ths, n_correct = [], [], 0
     if len(fold_ids) < 2:  # one fold: threshold and accuracy on the same pairs (optimistic)
         th = best_threshold(sims, labels)
         accs, ths = [accuracy_at(sims, labels, th)], [th]
+        n_correct = int(np.sum((sims >= th) == labels))
     else:
         for f in fold_ids:
             train, test = folds != f, folds == f
             th = best_threshold(sims[train], labels[train])
             accs.append(accuracy_at(sims[test], labels[test], th))
             ths.append(th)
+            n_correct += int(np.sum((sims[test] >= th) == labels[test]))
+    from statsmodels.stats.proportion import proportion_confint
+
+    ci = proportion_confint(n_correct, len(labels), alpha=1.0 - NEAR_CHANCE_CONFIDENCE, method="wilson")
     auc = float(roc_auc_score(labels, sims)) if 0 < labels.sum() < len(labels) else float("nan")
     th_all = best_threshold(sims, labels)
     return VerificationResult(
@@ -204,4 +235,5 @@ def verify(
         skipped_examples=[f"{s.where}: {s.reason}" for s in pairs.skipped[:3]],
         align=getattr(model, "align", None),
         alignment=alignment,
+        accuracy_ci95=[float(ci[0]), float(ci[1])],
     )

@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path, PurePath
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -33,6 +33,34 @@ def _image_key(path: Path, root: Path | None) -> str:
     return PurePath(os.path.realpath(path)).as_posix()
 
 
+def link_outside(path: Path, root: Path | None) -> str | None:
+    """Why ``path`` must not be read as part of the data folder ``root``, or None: it lies in
+    ``root`` as written but is (or passes through) a symbolic link that resolves outside it
+    (a ``photo.jpg`` pointing at ``/etc/passwd``). Paths written outside ``root`` (a CSV's
+    ``../x.jpg`` or ``/abs/x.jpg``) are the file's author's explicit choice and are not refused;
+    links inside ``root`` that stay inside it are fine."""
+    if root is None:
+        return None
+    written, top = PurePath(os.path.abspath(path)), os.path.abspath(root)
+    if not written.is_relative_to(top):
+        return None
+    real = os.path.realpath(path)
+    if PurePath(real).is_relative_to(os.path.realpath(root)):
+        return None
+    return f"link outside the data folder ({written.relative_to(top).as_posix()} -> {real})"
+
+
+def _unusable(paths: Sequence[Path], root: Path | None, show: Callable[[Path], str] = str) -> str | None:
+    """Why a pair of images is skipped (links out of the data folder, then missing files), or None."""
+    links = [r for r in (link_outside(p, root) for p in paths) if r]
+    if links:
+        return "; ".join(links)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        return "missing " + ", ".join(show(p) for p in missing)
+    return None
+
+
 @dataclass(frozen=True)
 class Pair:
     """Two face images, whether they show the same person, and the protocol fold."""
@@ -43,6 +71,8 @@ class Pair:
     fold: int = 0
     index: int = 0  # position in the source (pairs.txt pair number, CSV row, ...)
     root: Path | None = field(default=None, compare=False)  # folder the ids are relative to
+    #: where the pair is written, for reports: ``pairs.txt:17``, ``pairs.csv:4`` ("" when generated)
+    where: str = field(default="", compare=False)
 
     @cached_property
     def id(self) -> str:
@@ -102,7 +132,7 @@ class PairSet:
         for pair in self.pairs:
             reason = bad.get(pair.a) or bad.get(pair.b)
             if reason:
-                skipped.append(SkippedPair(f"pair {pair.index}", reason))
+                skipped.append(SkippedPair(pair.where or f"pair {pair.index}", reason))
             else:
                 keep.append(pair)
         return PairSet(keep, skipped, self.source, self.n_folds)
@@ -216,10 +246,11 @@ def read_lfw_pairs(pairs_file: str | Path, root: str | Path) -> PairSet:
     """Parse an LFW ``pairs.txt`` (header ``folds n`` or ``n``; ``Name i j`` / ``Name1 i Name2 j``).
 
     Folds are read from position: fold f holds lines f*2n+1 .. (f+1)*2n, the first n genuine
-    and the next n impostor, as in the official file. Pairs whose images are missing are
-    skipped (reported with their line numbers), as are repeats of an earlier pair; a malformed
-    line, or a name that is not a plain folder name (``../x``, ``a/b``), raises ``DataError``
-    naming it. Pair ids are relative to ``root``: ``Name/Name_0001.jpg|Other/Other_0002.jpg``.
+    and the next n impostor, as in the official file. Pairs whose images are missing, or are
+    links leading out of ``root`` (``link_outside``), are skipped (reported with their line
+    numbers), as are repeats of an earlier pair; a malformed line, or a name that is not a plain
+    folder name (``../x``, ``a/b``), raises ``DataError`` naming it. Pair ids are relative to
+    ``root``: ``Name/Name_0001.jpg|Other/Other_0002.jpg``.
     """
     pairs_file, root = Path(pairs_file), Path(root)
     if not pairs_file.is_file():
@@ -274,11 +305,11 @@ def read_lfw_pairs(pairs_file: str | Path, root: str | Path) -> PairSet:
                 f"{'genuine' if same_expected else 'impostor'} pairs (each fold: {per_fold} genuine, "
                 f"then {per_fold} impostor)"
             )
-        missing = [p for p in (a, b) if not os.path.isfile(p)]
-        if missing:
-            skipped.append(SkippedPair(where, "missing " + ", ".join(_rel(p, root) for p in missing)))
+        reason = _unusable((a, b), root, show=lambda p: _rel(p, root))
+        if reason:
+            skipped.append(SkippedPair(where, reason))
             continue
-        _keep(Pair(a, b, same, fold, k, root), where, pairs, skipped, seen)
+        _keep(Pair(a, b, same, fold, k, root, where), where, pairs, skipped, seen)
     return PairSet(pairs, skipped, f"{pairs_file} (images in {root})", n_folds)
 
 
@@ -299,7 +330,9 @@ def identity_folder_pairs(
     Genuine pairs draw two distinct images of one identity (identities with >= 2 images);
     impostor pairs draw one image of each of two identities. ``n_pairs`` defaults to twice the
     number of genuine pairs available (capped at 6000, LFW's size); otherwise it must be a
-    whole number >= 1. Pairs are dealt into ``n_folds`` folds.
+    whole number >= 1. Pairs are dealt into ``n_folds`` folds. A pair using an image (or an
+    identity folder) that is a link leading out of ``root`` is skipped and reported
+    (``link_outside``).
     """
     if n_pairs is not None:
         _check_n_pairs(n_pairs)
@@ -336,6 +369,10 @@ def identity_folder_pairs(
     rng.shuffle(items)
     pairs, skipped, seen = [], [], {}
     for k, p in enumerate(items):
+        reason = _unusable((p.a, p.b), root)
+        if reason:
+            skipped.append(SkippedPair(f"pair {k}", reason))
+            continue
         _keep(replace(p, fold=k % n_folds, index=k), f"pair {k}", pairs, skipped, seen)
     return PairSet(pairs, skipped, f"{root} (identity folders, seed {seed})", min(n_folds, len(pairs)))
 
@@ -346,13 +383,34 @@ _TRUE = {"1", "true", "yes", "same", "genuine", "y", "t"}
 _FALSE = {"0", "false", "no", "different", "impostor", "n", "f"}
 
 
+_SEPARATORS = {";": "semicolon (;)", "\t": "tab", "|": "bar (|)"}
+
+
+def _separator_hint(csv_file: Path) -> str:
+    """``"; ...: re-save it with commas"`` when ``csv.Sniffer`` finds another separator than the
+    comma in the file's first 64 KiB, else ``""``: appended to a row's column error."""
+    try:
+        with csv_file.open(newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(1 << 16)
+        sep = csv.Sniffer().sniff(sample, delimiters="," + "".join(_SEPARATORS)).delimiter
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return ""
+    if sep not in _SEPARATORS:
+        return ""
+    return (f"; the file looks {_SEPARATORS[sep]}-separated, and falsify reads comma-separated rows: re-save it "
+            f"with commas (e.g. pandas.read_csv(f, sep={sep!r}).to_csv(f, index=False))")
+
+
 def read_csv_pairs(csv_file: str | Path, root: str | Path | None = None, n_folds: int = 10) -> PairSet:
     """Pairs from a CSV with columns ``a,b,same`` (optional ``fold``); a header row is optional.
 
     Cells are image paths, relative to ``root`` (default: the CSV's folder) or absolute, and may
-    point anywhere (``../other/x.jpg`` included). Pair ids are those paths relative to ``root``,
-    or absolute for images outside it. A repeat of an earlier row's pair is skipped and reported.
-    Without a fold column, pairs are dealt into ``n_folds`` folds by row order.
+    point anywhere (``../other/x.jpg`` included); a path written inside ``root`` that is a link
+    leading out of it is skipped and reported (``link_outside``), as is a row whose image is
+    missing, or a repeat of an earlier row's pair, each as ``file:line``. Pair ids are those
+    paths relative to ``root``, or absolute for images outside it. Without a fold column, pairs
+    are dealt into ``n_folds`` folds by row order. Cells are comma-separated; a file with another
+    separator is refused with a hint naming it.
     """
     csv_file = Path(csv_file)
     if not csv_file.is_file():
@@ -381,7 +439,7 @@ def read_csv_pairs(csv_file: str | Path, root: str | Path | None = None, n_folds
         where = f"{csv_file.name}:{lineno}"
         need = max(c for c in cols.values() if c is not None)
         if len(row) <= need:
-            raise DataError(f"{where}: expected columns a,b,same, got {row!r}")
+            raise DataError(f"{where}: expected columns a,b,same, got {row!r}{_separator_hint(csv_file)}")
         flag = row[cols["same"]].strip().lower()
         if flag not in _TRUE | _FALSE:
             raise DataError(f"{where}: 'same' must be 1/0 or true/false, got {row[cols['same']]!r}")
@@ -393,11 +451,11 @@ def read_csv_pairs(csv_file: str | Path, root: str | Path | None = None, n_folds
                 raise DataError(f"{where}: fold must be a whole number, got {row[cols['fold']]!r}") from None
         a, b = (Path(os.path.expanduser(row[cols[c]].strip())) for c in ("a", "b"))
         a, b = (p if p.is_absolute() else base / p for p in (a, b))
-        missing = [p for p in (a, b) if not os.path.isfile(p)]
-        if missing:
-            skipped.append(SkippedPair(where, "missing " + ", ".join(str(p) for p in missing)))
+        reason = _unusable((a, b), base)
+        if reason:
+            skipped.append(SkippedPair(where, reason))
             continue
-        _keep(Pair(a, b, flag in _TRUE, fold, k, base), where, pairs, skipped, seen)
+        _keep(Pair(a, b, flag in _TRUE, fold, k, base, where), where, pairs, skipped, seen)
     folds = sorted({p.fold for p in pairs})
     remap = {f: i for i, f in enumerate(folds)}
     pairs = [replace(p, fold=remap[p.fold]) for p in pairs]
@@ -447,8 +505,9 @@ def load_pairs(
             result = read_lfw_pairs(pairs_path, data_path or pairs_path.parent)
         elif (data_path / "pairs.txt").is_file():  # type: ignore[operator]
             result = read_lfw_pairs(data_path / "pairs.txt", data_path)  # type: ignore[operator]
-        else:
-            return identity_folder_pairs(data_path, n_pairs=n_pairs, seed=seed)  # type: ignore[arg-type]
+        else:  # already sampled to n_pairs
+            result = identity_folder_pairs(data_path, n_pairs=n_pairs, seed=seed)  # type: ignore[arg-type]
+            n_pairs = None
     if not result.pairs:
         raise DataError(
             f"no usable pairs in {result.source}: {len(result.skipped)} skipped"
@@ -464,6 +523,7 @@ __all__: Sequence[str] = [
     "SkippedPair",
     "identity_folder_pairs",
     "lfw_image_path",
+    "link_outside",
     "load_pairs",
     "read_csv_pairs",
     "read_lfw_pairs",

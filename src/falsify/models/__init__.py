@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..choices import CHECKPOINT_ARCHS, split_checkpoint
 from .alignment import ALIGN_CHOICES, TEMPLATES
-from .base import FaceEmbedder, randomised_copy, wrap_model
+from .base import FaceEmbedder, NotAFaceEmbedder, check_face_embedder, randomised_copy, wrap_model
 from .checkpoints import ARCHITECTURES
 
 RANDOM_SUFFIX = ":random"
@@ -86,6 +86,12 @@ def load_model(
       that architecture with every weight redrawn from its tensor's own mean and std (seed 0): a
       model that knows no faces.
 
+    A model that is not built in (an ``.onnx``, a ``.pt``, an ``nn.Module``; a dlib ``.dat`` has
+    dlib's checked architecture) must look like a face embedder (``check_face_embedder``; docs/method.md,
+    "Models falsify accepts"): an RGB input of 32 to 1024 pixels a side, and one forward pass of
+    two zero images giving one vector of at least 16 numbers per image; else ``NotAFaceEmbedder``
+    (a ``ValueError``) says in one line what it takes or returns.
+
     Built-in models have fixed preprocessing: ``input_size``, ``mean`` and ``std`` are refused
     for them rather than ignored. ``align``: ``"auto"`` (the model's own choice, see ``MODELS``),
     ``"none"`` (a plain resize) or a template (``"arcface-112"``, ``"dlib-150"``); the result's
@@ -101,7 +107,9 @@ def load_model(
                   trust_pickle=trust_pickle)
     template = resolve_align(base, align)
     info = _info_for(base)
-    if info is not None:
+    if info is None:  # a model file or module of the user's: refused (one line) unless it is a face embedder
+        check_face_embedder(model, _model_label(base))
+    else:
         model.threshold = info.thresholds.get(template or "none")
     model.align = template
     model.aligner = None
@@ -113,6 +121,13 @@ def load_model(
         model = randomised_copy(model, seed=0)
         model.threshold = None  # a random model has no decision threshold of its own: calibrate one
     return model.to(device).eval()
+
+
+def _model_label(name) -> str:
+    """How the messages of ``check_face_embedder`` name the model the user gave."""
+    if isinstance(name, nn.Module):
+        return f"model {getattr(name, 'name', None) or type(name).__name__}"
+    return f"model {Path(str(name)).name if Path(str(name)).suffix else name}"
 
 
 def _split_random(name):
@@ -240,6 +255,11 @@ def _load(name, *, input_size, mean, std, channel_order, trust_pickle=False) -> 
         _refuse_preprocessing("sface", input_size, mean, std, size="112x112")
         return load_sface()
     path = Path(name).expanduser()
+    if path.is_dir():
+        raise ValueError(
+            f"model {path} is a directory; expected a model file (an .onnx, a dlib .dat, or a .pt/.pth holding "
+            f"a pickled nn.Module, with --trust-pickle) or a built-in name ({', '.join(sorted(MODELS))})"
+        )
     suffix = path.suffix.lower()
     if suffix not in (".dat", ".onnx", ".pt", ".pth"):
         raise ValueError(
@@ -369,8 +389,10 @@ __all__ = [
     "FaceEmbedder",
     "MODELS",
     "ModelInfo",
+    "NotAFaceEmbedder",
     "TEMPLATES",
     "builtin_name",
+    "check_face_embedder",
     "resolve_align",
     "conv_layer_names",
     "load_model",

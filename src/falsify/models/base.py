@@ -186,3 +186,100 @@ def randomised_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     if hasattr(work, "name"):
         work.name = f"{model.name}:random"
     return work
+
+
+# -- is it a face embedder? ---------------------------------------------------------------------
+
+#: The input sizes and embedding lengths a model must have for falsify to take it as a face
+#: embedder (``check_face_embedder``; docs/method.md, "Models falsify accepts"). Published face
+#: embedders take crops of 96 to 224 pixels a side (OpenFace 96, SphereFace 112x96, ArcFace and
+#: SFace 112, dlib 150, FaceNet 160, VGG-Face 224) and return 64 to 4096 numbers (FaceNet's
+#: smallest variant 64, dlib and SFace 128, ArcFace 512, VGG-Face 4096).
+MIN_INPUT_SIDE = 32
+MAX_INPUT_SIDE = 1024
+MIN_EMBEDDING_DIM = 16
+
+
+class NotAFaceEmbedder(ValueError):
+    """A model whose input is not an image of a face crop's size or whose output is not one
+    embedding vector per image; the message (one line) says which."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def check_input_shape(source: str, size: Sequence[int]) -> None:
+    """Refuse (``NotAFaceEmbedder``) an input size (H, W) that is not a face crop's: each side in
+    [MIN_INPUT_SIDE, MAX_INPUT_SIDE]."""
+    h, w = (int(v) for v in size)
+    if not (MIN_INPUT_SIDE <= h <= MAX_INPUT_SIDE and MIN_INPUT_SIDE <= w <= MAX_INPUT_SIDE):
+        raise NotAFaceEmbedder(f"{source} is not a face embedder: it takes {h}x{w} images, and falsify needs face "
+                               f"crops of {MIN_INPUT_SIDE} to {MAX_INPUT_SIDE} pixels a side (face embedders take "
+                               "96 to 224)")
+
+
+def check_output_shape(source: str, shape: Sequence[int | str], batch: int | None = None) -> int:
+    """The embedding length of an output of ``shape`` (batch first; the batch may be a name, as
+    an ONNX graph declares it), or ``NotAFaceEmbedder`` unless it is one vector of at least
+    MIN_EMBEDDING_DIM numbers per image: ``(B, D)``, or ``(B, D, 1, 1)`` (a 1x1 convolution head;
+    trailing 1s are dropped). ``batch``: the batch the output must have (None: not checked)."""
+    shape = tuple(shape)
+    shown = "(" + ", ".join(str(d) for d in shape) + ")"
+    if len(shape) < 2 or (batch is not None and shape[0] != batch):
+        raise NotAFaceEmbedder(f"{source} is not a face embedder: it returns shape {shown} for "
+                               f"{batch or 'a batch of'} images, not one embedding per image (B, D)")
+    per_image = tuple(int(d) for d in shape[1:])
+    while len(per_image) > 1 and per_image[-1] == 1:
+        per_image = per_image[:-1]
+    if len(per_image) != 1:
+        what = "feature map" if len(per_image) >= 2 else "tensor"
+        raise NotAFaceEmbedder(f"{source} is not a face embedder: it outputs a {'x'.join(map(str, per_image))} "
+                               f"{what} per image (shape {shown}), not an embedding vector (B, D)")
+    dim = per_image[0]
+    if dim < MIN_EMBEDDING_DIM:
+        raise NotAFaceEmbedder(f"{source} is not a face embedder: it outputs {dim} number{'s' * (dim != 1)} per image "
+                               f"(a classifier's or regressor's head?), and a face embedding has at least "
+                               f"{MIN_EMBEDDING_DIM} (face embedders: 64 to 4096)")
+    return dim
+
+
+def check_face_embedder(model: FaceEmbedder, source: str | None = None) -> int:
+    """Refuse, with one line (``NotAFaceEmbedder``), a model that is not a face embedder falsify
+    can use; return its embedding length.
+
+    Its ``input_size`` must be a face crop's (``check_input_shape``), and one forward pass of two
+    zero images (on the model's device, without gradients) must give one finite embedding vector
+    per image (``check_output_shape``): the backbone's output before the embedder flattens it, so
+    a feature map is not taken for a vector. A backbone that fails on a (2, 3, H, W) batch (e.g.
+    one made for 1-channel images) is refused with its error. The pass runs in eval mode (each
+    module's mode is restored after it), so it changes nothing in the model.
+    """
+    source = source or f"model {getattr(model, 'name', type(model).__name__)!r}"
+    check_input_shape(source, model.input_size)
+    h, w = model.input_size
+    x = torch.zeros(2, 3, h, w, device=model_device(model))
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # the pass must not update BatchNorm statistics or draw dropout masks
+    try:
+        with torch.no_grad():
+            if type(model).embed_raw is FaceEmbedder.embed_raw:  # the backbone's own output, not flattened
+                out = model.backbone(model.normalise_input(x))
+            else:  # a subclass computes its embedding itself
+                out = model.embed_raw(x)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's network is the message
+        raise NotAFaceEmbedder(f"{source} is not a face embedder falsify can use: it fails on two zero images "
+                               f"(2, 3, {h}, {w}): {type(exc).__name__}: {_first_line(exc)}") from None
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if not isinstance(out, torch.Tensor):
+        what = f"a {type(out).__name__}" + (f" of {len(out)}" if isinstance(out, (tuple, list, dict)) else "")
+        raise NotAFaceEmbedder(f"{source} is not a face embedder: it returns {what}, not one embedding tensor (B, D)")
+    dim = check_output_shape(source, out.shape, batch=2)
+    if not out.is_floating_point() or not bool(torch.isfinite(out).all()):
+        raise NotAFaceEmbedder(f"{source} is not a face embedder falsify can use: its output on zero images is "
+                               f"{'not float' if not out.is_floating_point() else 'not finite (NaN or inf)'}")
+    model._embedding_dim = dim
+    return dim
