@@ -51,7 +51,11 @@ def link_outside(path: Path, root: Path | None) -> str | None:
 
 
 def _unusable(paths: Sequence[Path], root: Path | None, show: Callable[[Path], str] = str) -> str | None:
-    """Why a pair of images is skipped (links out of the data folder, then missing files), or None."""
+    """Why a pair of images is skipped (a path no file system can hold, links out of the data
+    folder, then missing files), or None."""
+    bad = [repr(str(p)) for p in paths if "\x00" in str(p)]
+    if bad:
+        return "not a file name (contains a NUL byte): " + ", ".join(bad)
     links = [r for r in (link_outside(p, root) for p in paths) if r]
     if links:
         return "; ".join(links)
