@@ -76,12 +76,13 @@ def main(argv=None) -> int:
 
     import falsify
     from falsify.experiments import RunConfig, runner_for
+    from falsify.experiments import executor as executor_module
     from falsify.experiments import runner as runner_module
 
     counter = PassCounter()
     seconds: dict = collections.defaultdict(float)
     steps: dict = collections.defaultdict(list)
-    orig_test = runner_module.Runner._test
+    orig_test = executor_module.RowComputer.test
 
     def test(self, method, explainer, model, *a, **k):
         counter.attach(model)
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
             steps[method] += list(getattr(explainer, "last_steps", []) or [])
             counter.bucket = "rest"
 
-    runner_module.Runner._test = test
+    executor_module.RowComputer.test = test
     orig_setup = runner_module.Runner._setup
 
     def setup(self):

@@ -64,12 +64,13 @@ def main() -> int:
     from falsify.data import load_images
     from falsify.experiments import RunConfig, Runner
     from falsify.experiments.ray_executor import RayExecutor
+    from falsify.experiments.runner import load_run_model, load_run_pairs
 
     settings = dict(data=args.data, model=args.model, methods=args.methods, n_pairs=args.n_pairs,
                     batch_pairs=args.batch_pairs, tau_high=0.2, tau_low=0.1, epsilon=0.05, preset="plain")
     quiet = lambda *a: None  # noqa: E731
-    warm = Runner(RunConfig(**settings), log=quiet)
-    pairs, model = warm._pairs(), warm._load_model()
+    warm = RunConfig(**settings)
+    pairs, model = load_run_pairs(warm), load_run_model(warm)
     load_images(sorted({q for p in pairs for q in (p.a, p.b)}), model.input_size, align=model.aligner)
     del warm, model
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from falsify.cli import main
 from falsify.experiments import ResultsStore, RunConfig, Runner
+from falsify.experiments.executor import RowComputer
 from tests.conftest import TinyNet
 
 FIXED = ["--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.05"]
@@ -205,7 +206,7 @@ def test_retry_errors_recomputes_error_rows(lfw_sample, tmp_path, capsys):
     assert "image changed" in _error_line(capsys, "run")
 
 
-def test_error_rows_stay_without_a_change(lfw_sample, tmp_path, capsys):
+def test_error_rows_stay_without_a_change(lfw_sample, tmp_path, capsys, monkeypatch):
     """A pair that failed for a reason outside the data is kept as an error until --retry-errors."""
     imgs = _faces(lfw_sample, tmp_path / "faces", names=("Abel_Pacheco", "Akhmed_Zakayev"))
     a, b = imgs["Abel_Pacheco"], imgs["Akhmed_Zakayev"]
@@ -214,16 +215,16 @@ def test_error_rows_stay_without_a_change(lfw_sample, tmp_path, capsys):
     config = RunConfig(data=str(data), methods=["random"], n_pairs=4, out=str(out), tau_high=0.2, tau_low=0.1,
                        epsilon=0.05, grid_pairs=0, batch_pairs=2, preset="plain")
     runner = Runner(config, progress=False, log=lambda *a: None)
-    real = runner._test
+    real = RowComputer.test
     calls = {"n": 0}
 
-    def flaky(method, explainer, model, fconfig, pairs, *rest, **kw):
+    def flaky(self, method, explainer, model, fconfig, pairs, *rest, **kw):
         calls["n"] += 1
         if calls["n"] == 1:  # a transient failure of the first batch, one row per pair
-            return [runner._error_row(method, p, "RuntimeError: out of memory") for p in pairs]
-        return real(method, explainer, model, fconfig, pairs, *rest, **kw)
+            return [self.error_row(method, p, "RuntimeError: out of memory") for p in pairs]
+        return real(self, method, explainer, model, fconfig, pairs, *rest, **kw)
 
-    runner._test = flaky
+    monkeypatch.setattr(RowComputer, "test", flaky)
     assert runner.run()["n_errors"] == 2
     assert main(_run(data, out, *FIXED)) == 0
     assert "2 error rows" in capsys.readouterr().out

@@ -50,7 +50,7 @@ TARGETS: tuple[str, ...] = ("embedding", "pair")
 #: Experiments ``falsify run`` knows.
 EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "validity")
 
-#: ``falsify run --executor``: who computes 6.1's rows (``falsify.experiments.executor``); the first is the default.
+#: ``falsify run --executor``: who computes every experiment's rows (``falsify.experiments.executor``); the first is the default.
 EXECUTORS: tuple[str, ...] = ("in-process", "ray")
 
 #: Experiment 6.6's paired families: (standard method, its biometric counterpart). Each pair is two

@@ -732,8 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-errors", action="store_true",
                    help="compute the error rows of OUT again (e.g. after fixing an unreadable image)")
     p.add_argument("--executor", choices=EXECUTORS,
-                   help="who computes 6.1's rows: in-process (default) or ray (workers on this machine or a Ray "
-                   "cluster; needs falsify[ray]); the rows are the same and this process alone writes OUT")
+                   help="who computes the rows (every experiment's): in-process (default) or ray (workers on this "
+                   "machine or a Ray cluster; needs falsify[ray]); the rows are the same and this process alone "
+                   "writes OUT")
     p.add_argument("--ray-address", metavar="ADDRESS",
                    help="--executor ray: join this Ray cluster (HOST:6379, or auto: the one this node belongs to), "
                    "checked before anything is computed or written (one that does not answer is an error within "

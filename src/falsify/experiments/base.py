@@ -5,8 +5,11 @@ An experiment is one module under ``falsify/experiments`` holding one :class:`Ex
 
 - ``runner(config)``: what ``falsify run NAME`` computes, as a resumable runner whose rows go to
   the run folder's store (``rows_of``: the experiment key of those rows; 6.2 reads 6.1's);
-- its analysis (rows -> the summary's section ``key``): ``extend`` for experiments that run on
-  6.1's rows (called by ``Runner`` once those rows are in the store);
+- its rows, declared as a row kind (``falsify.experiments.rows.RowKind``: the keys each pair
+  needs, how they are cut into units, a computer that never writes), computed by the one driver
+  ``RunSession.compute_rows`` on the run's executor (in-process or Ray);
+- its analysis (rows -> the summary's section ``key``): ``extend(session, store, summary)`` for
+  experiments that run on 6.1's rows (called by ``Runner`` once those rows are in the store);
 - ``tables(summary)``: :class:`falsify.report.render.Table` objects (data frames; LaTeX through
   pandas' ``Styler.to_latex``, HTML through Jinja2);
 - ``figures``: file stem -> caption, and ``write_figures`` that draws them;
@@ -44,10 +47,12 @@ class Experiment:
         """The runner ``falsify run NAME`` uses (it computes the rows and calls the analysis)."""
         raise NotImplementedError
 
-    def extend(self, runner, store, summary: dict) -> None:
-        """For experiments that run on 6.1's rows (``Runner``): compute what else they need (their
-        own rows, committed to ``store`` as they are computed) and add their section to
-        ``summary``. Called by ``Runner`` once 6.1's rows are all in the store."""
+    def extend(self, session, store, summary: dict) -> None:
+        """For experiments that run on 6.1's rows: compute what else they need (their own rows,
+        declared as a row kind, ``rows.RowKind``, and computed by ``session.compute_rows``) and
+        add their section to ``summary``. Called by ``Runner`` once 6.1's rows are all in the
+        store; ``session`` (``runner.RunSession``) holds the run's pairs, model, calibrated test,
+        prior, explainers and labels."""
 
     def present(self, summary: Mapping) -> bool:
         """Whether ``summary`` holds this experiment's section."""

@@ -1,15 +1,22 @@
-"""Who computes 6.1's rows: the executors of ``falsify run --executor``.
+"""Who computes an experiment's rows: row kinds, and the executors of ``falsify run --executor``.
 
-A *unit* of work is a chunk of ``batch_pairs`` pending pairs and one or more row methods.
-:class:`RowComputer` computes a unit's rows (and the maps of the saliency-grid pairs) without
-writing anything; the executor decides where units run and hands each unit's rows to the
-runner, which is the only writer of the store and of ``maps/``:
+Every experiment that adds rows to the store (6.1, 6.3, 6.5, 6.6, the validity study) declares
+them as a :class:`RowKind`: the keys each pair needs (methods, ``region/start``s,
+``configuration|map``s), how those keys are grouped into units of work, and a *computer* that
+computes a unit's rows from the model without writing anything. What a run fixes before its
+first unit (the calibrated test, the prior, every image's embedding: :class:`RowContext`)
+travels with the kind, so a worker never calibrates.
 
-- :class:`InProcessExecutor` (the default): every unit in this process, a chunk with all its
-  methods at a time, in the order of the pairs; rows are written as each method's batch ends.
-- ``RayExecutor`` (``falsify.experiments.ray_executor``, the ``ray`` extra): one unit per
-  (chunk, method) on Ray actors, each with its own copy of the model, on this machine or a
-  cluster. The chunks are the same, so the rows are those of an in-process run.
+A *unit* is a chunk of ``batch_pairs`` pending pairs and one group of keys. The executor decides
+where units run and hands each unit's rows to the driver (:func:`compute_rows`), which is the
+only writer of the store and of ``maps/``:
+
+- :class:`InProcessExecutor` (the default): every unit in this process, in the order of the
+  pairs, each batch written as soon as it is computed.
+- ``RayExecutor`` (``falsify.experiments.ray_executor``, the ``ray`` extra): units on Ray actors,
+  each with its own copy of the model, on this machine or a cluster.
+
+Both run the same units, so a Ray run stores the rows of an in-process one.
 """
 from __future__ import annotations
 
@@ -24,15 +31,10 @@ from ..choices import OTHER_REFERENCE, RANDOM_MODEL
 from ..data import load_images
 from ..data.pairs import Pair
 from ..models.base import model_device
+from .rows import ChunkImages, ChunkRows, RowKind, Unit, Writer, base_row  # noqa: F401 - the seam, re-exported
 
 #: the fix named when ``--executor ray`` finds no ray
 RAY_FIX = "pip install 'falsify[ray]' torch==2.13.0"
-
-
-def base_row(rows_of: str, model_name: str, method: str, p: Pair) -> dict:
-    """The columns every row of ``p`` has."""
-    return {"experiment": rows_of, "model": model_name, "method": method, "pair": p.id,
-            "pair_index": p.index, "same": int(p.same), "fold": p.fold}
 
 
 def deletion_of(model, threshold, config, pair: Pair, image, attribution, reference, cosine: float) -> dict | None:
@@ -94,14 +96,15 @@ def row_explainers(config, model, prior_map=None, explainers: dict | None = None
 
 
 class RowComputer:
-    """Computes the rows of units: maps and falsification tests, no writes."""
+    """Computes the rows of 6.1's units: maps and falsification tests, no writes."""
 
     def __init__(self, ctx: RowContext, model, explainers: dict, random_model=None, test=None) -> None:
         self.ctx, self.model, self.explainers, self.random_model = ctx, model, explainers, random_model
         self.prior_cache: dict = {}
-        #: the maps and tests of one batch (default :meth:`test`; ``Runner._test`` in-process)
+        #: the maps and tests of one batch (default :meth:`test`)
         self.test_batch = test or self.test
         self._saved: list = []  # (method, pair, map) of the grid pairs, since the last batch
+        self._images = ChunkImages()
 
     def rows(self, chunk: Sequence[Pair], methods: Sequence[str], done) -> Iterator[tuple[list[dict], list]]:
         """The rows of (``chunk`` x ``methods``) that ``done`` (a set of (method, pair id)) lacks,
@@ -126,7 +129,8 @@ class RowComputer:
             return
         from ..geometry import cosine_similarity, geodesic_distance
 
-        images, _ = load_images([p.a for p in good], model.input_size, align=model.aligner)
+        images = self._images.get("a", [p.id for p in good], lambda: load_images(
+            [p.a for p in good], model.input_size, align=model.aligner)[0])
         refs = torch.stack([emb[p.b] for p in good])
         probes = torch.stack([emb[p.a] for p in good])
         cos = cosine_similarity(probes, refs).tolist()
@@ -142,9 +146,8 @@ class RowComputer:
                 continue
             if kind == "random-model":
                 if random_refs is None:  # the randomised model's own embedding of each partner face
-                    b_images, _ = load_images([p.b for p in good], model.input_size, align=model.aligner)
-                    with torch.inference_mode():
-                        random_refs = self.random_model(b_images.to(device)).float().cpu()
+                    random_refs = self._images.get("random-b", [p.id for p in good],
+                                                   lambda: random_embeddings(self.random_model, model, good))
                 map_refs = random_refs[idx]
             elif kind == "other-reference":
                 map_refs = torch.stack([emb[other_ref[good[i].id]] for i in idx])
@@ -199,6 +202,14 @@ class RowComputer:
         return {**base_row(self.ctx.rows_of, self.ctx.model_name, method, p), "verdict": "error", "error": reason}
 
 
+def random_embeddings(random_model, model, pairs: Sequence[Pair]) -> torch.Tensor:
+    """The randomised model's own embedding of each pair's partner face B (CPU), as ``model``
+    sees it (its input size and alignment): the references of the ``@random-model`` maps."""
+    b_images, _ = load_images([p.b for p in pairs], model.input_size, align=model.aligner)
+    with torch.inference_mode():
+        return random_model(b_images.to(model_device(random_model))).float().cpu()
+
+
 #: methods that share work on the same images and model: ``ig`` keeps the embeddings of the
 #: path points it evaluates and ``geodesic-ig``'s schedule reads them (``attribution.paths``)
 SHARED_PATH = ("ig", "geodesic-ig")
@@ -216,13 +227,35 @@ def method_units(methods: Sequence[str]) -> list[list[str]]:
     return list(units.values())
 
 
-#: ``write(rows, maps)``: the runner's writer of a batch of rows (``RowComputer.rows``)
-Writer = Callable[[list, list], None]
+class Rows61(RowKind):
+    """6.1's rows: one falsification test per (row method, pair); the path methods of one model
+    share a unit (:func:`method_units`), every other method is a unit of its own."""
+
+    def __init__(self, ctx: RowContext, rows_of: str = "6.1") -> None:
+        super().__init__(ctx)
+        self.rows_of = rows_of
+
+    def keys(self) -> list[str]:
+        return self.ctx.config.row_methods()
+
+    def describe(self, n_rows: int, n_todo: int, n_pairs: int, n_keys: int) -> str:
+        return f"{n_rows} of {n_pairs * n_keys} (method, pair) rows to compute"
+
+    def describe_done(self, n_rows: int) -> str:
+        return "all rows are already in the store; writing the summary"
+
+    def groups(self, keys: Sequence[str]) -> list[list[str]]:
+        return method_units(keys)
+
+    def computer(self, model, explainers: dict | None = None, random_model=None) -> RowComputer:
+        if explainers is None:
+            explainers, random_model = row_explainers(self.ctx.config, model, self.ctx.prior_map)
+        return RowComputer(self.ctx, model, explainers, random_model)
 
 
 class InProcessExecutor:
-    """Every unit in this process: a chunk with all its methods at a time, in the order of the
-    pairs, each batch written as soon as it is computed."""
+    """Every unit in this process, in the order of the pairs, each batch written as soon as it is
+    computed."""
 
     name = "in-process"
 
@@ -233,10 +266,9 @@ class InProcessExecutor:
     def close(self) -> None:
         pass
 
-    def run(self, computer: RowComputer, chunks: Sequence[Sequence[Pair]], methods: Sequence[str], done,
-            write: Writer, log=print) -> None:
-        for chunk in chunks:
-            for rows, maps in computer.rows(chunk, methods, done):
+    def run(self, kind: RowKind, computer, units: Sequence[Unit], done, write: Writer, log=print) -> None:
+        for chunk, keys in units:
+            for rows, maps in computer.rows(chunk, keys, done):
                 write(rows, maps)
 
 

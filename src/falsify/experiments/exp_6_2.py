@@ -341,15 +341,15 @@ class Experiment62(Experiment):
 
         return Runner(config, **kw)
 
-    def extend(self, runner, store, summary: dict) -> None:
+    def extend(self, session, store, summary: dict) -> None:
         """6.1's rows by the pair's verification margin (cos - the model's threshold)."""
-        if runner.threshold is None:
+        if session.threshold is None:
             raise ValueError("experiment 6.2 needs the model's decision threshold: run with calibration "
                              "(leave tau_high/tau_low/epsilon unset) or use a model with a threshold")
-        methods = runner.config.row_methods()
-        ids = {p.id for p in runner.pairs}
-        rows = [r for r in store.rows("6.1", runner.model.name, methods) if r["pair"] in ids]
-        summary[KEY] = margin_analysis({m: [r for r in rows if r["method"] == m] for m in methods}, runner.threshold)
+        methods = session.config.row_methods()
+        ids = {p.id for p in session.pairs}
+        rows = [r for r in store.rows("6.1", session.model.name, methods) if r["pair"] in ids]
+        summary[KEY] = margin_analysis({m: [r for r in rows if r["method"] == m] for m in methods}, session.threshold)
 
     def present(self, summary: Mapping) -> bool:
         return exp_6_2(summary) is not None

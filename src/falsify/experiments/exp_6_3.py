@@ -31,6 +31,7 @@ import numpy as np
 from ..choices import is_control
 from ..report.tables import fmt_num, fmt_p, fmt_pct, run_description
 from .base import Experiment
+from .rows import ChunkRows, RowKind
 
 KEY = "experiment_6_3"
 ROWS_OF = "6.3"
@@ -274,84 +275,113 @@ def part_effects(model, image, f_x, ref, labels: np.ndarray, fc, pair_index: int
     return out
 
 
-def _detector(runner):
-    if getattr(runner.model, "aligner", None) is not None:
-        return None
-    if getattr(runner, "_part_detector", None) is None:
-        from ..models.alignment import FaceAligner
+class Rows63(RowKind):
+    """6.3's rows: one part-level test per (method, pair); a unit is a chunk of pairs and one
+    method, so the methods spread over Ray workers (the parts' landmarks and effects are
+    computed once per chunk in a process)."""
 
-        runner._part_detector = FaceAligner("arcface-112", tuple(runner.model.input_size))
-    return runner._part_detector
+    rows_of = ROWS_OF
+
+    def keys(self) -> list[str]:
+        return list(self.ctx.config.methods)
+
+    def groups(self, keys):
+        return [[k] for k in keys]
+
+    def describe(self, n_rows, n_todo, n_pairs, n_keys) -> str:
+        return f"experiment 6.3: facial parts of {n_todo} pairs x {n_keys} methods ..."
+
+    def computer(self, model, explainers=None, random_model=None):
+        return PartRows(self, model, explainers, random_model)
 
 
-def compute_rows(runner, store) -> None:
-    """The 6.3 rows that ``store`` lacks, committed pair chunk by pair chunk (a killed run resumes)."""
-    import torch.nn.functional as F
+class PartRows(ChunkRows):
+    """Computes 6.3's units (:class:`Rows63`)."""
 
-    from ..falsification.core import _embed
-    from ..models.base import model_device
-    from .runner import pair_chunks, pending_pairs
+    detector = None
 
-    c, model, fc = runner.config, runner.model, runner.fconfig
-    methods = list(c.methods)
-    done, todo = pending_pairs(runner, store, ROWS_OF, methods)
-    if not todo:
-        return
-    runner.log(f"experiment 6.3: facial parts of {len(todo)} pairs x {len(methods)} methods ...")
-    device = model_device(model)
-    base = lambda m, p: {**runner._base_row(m, p), "experiment": ROWS_OF}  # noqa: E731
-    h, w = model.input_size
-    for chunk in pair_chunks(runner, todo, methods, done, ROWS_OF):
-        rows, keep, labels, points = chunk.rows, [], [], []
-        for i, p in enumerate(chunk.pairs):
-            try:
-                pts, why = frame_points(model, p.a, _detector(runner))
-            except (OSError, ValueError) as exc:
-                pts, why = None, f"{type(exc).__name__}: {exc}"
-            if why:
-                rows += [{**base(m, p), "verdict": "error", "error": why} for m in methods if (m, p.id) not in done]
+    def points(self, p):
+        if self.model.aligner is None and self.detector is None:
+            from ..models.alignment import FaceAligner
+
+            self.detector = FaceAligner("arcface-112", tuple(self.model.input_size))
+        try:
+            return frame_points(self.model, p.a, self.detector)
+        except (OSError, ValueError) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
+    def parts(self, pairs, images, refs):
+        """Per pair: (landmarks, part labels) or the reason none, and the effect of each part."""
+        from ..falsification.core import _embed
+        from ..models.base import model_device
+
+        model, fc = self.model, self.ctx.fconfig
+        h, w = model.input_size
+        found = [self.points(p) for p in pairs]
+        keep = [i for i, (_, why) in enumerate(found) if not why]
+        labels = {i: part_labels(found[i][0], (h, w)) for i in keep}
+        effects = {}
+        if keep:
+            f_x = _embed(model, images[keep], self.ctx.config.batch_size, model_device(model))
+            for j, i in enumerate(keep):
+                effects[i] = part_effects(model, images[i], f_x[j], refs[i], labels[i], fc, pairs[i].index)
+        return found, labels, effects
+
+    def compute(self, pairs, images, refs, keys, done):
+        import torch.nn.functional as F
+
+        from ..models.base import model_device
+
+        kind, model, fc = self.kind, self.model, self.ctx.fconfig
+        h, w = model.input_size
+        device = model_device(model)
+        found, labels, effects = self._images.get("parts", [p.id for p in pairs],
+                                                  lambda: self.parts(pairs, images, refs))
+        rows = []
+        for m in keys:
+            idx = []
+            for i, p in enumerate(pairs):
+                if (m, p.id) in done:
+                    continue
+                if found[i][1]:
+                    rows.append(kind.error_row(m, p, found[i][1]))
+                else:
+                    idx.append(i)
+            if not idx:
                 continue
-            keep.append(i)
-            points.append(pts)
-            labels.append(part_labels(pts, (h, w)))
-        good = [chunk.pairs[i] for i in keep]
-        if good:
-            images, refs = chunk.images[keep], chunk.refs[keep]
-            f_x = _embed(model, images, c.batch_size, device)
-            effects = [part_effects(model, images[i], f_x[i], refs[i], labels[i], fc, p.index)
-                       for i, p in enumerate(good)]
-            for m in methods:
-                idx = [i for i, p in enumerate(good) if (m, p.id) not in done]
-                if not idx:
+            try:
+                maps = self.explainer(m)(images[idx].to(device), refs[idx].to(device)).detach().cpu()
+            except Exception as exc:  # noqa: BLE001 - recorded per pair, the run goes on
+                rows += [kind.error_row(m, pairs[i], f"{type(exc).__name__}: {exc}") for i in idx]
+                continue
+            if tuple(maps.shape[-2:]) != (h, w):
+                maps = F.interpolate(maps.unsqueeze(1).float(), size=(h, w), mode="bilinear",
+                                     align_corners=False)[:, 0]
+            for j, i in enumerate(idx):
+                p = pairs[i]
+                shares = part_shares(maps[j].double().numpy(), labels[i])
+                if shares is None:
+                    rows.append(kind.error_row(m, p, "the map has no mass", verdict="untestable"))
                     continue
-                try:
-                    maps = runner.explainers[m][0](images[idx].to(device), refs[idx].to(device)).detach().cpu()
-                except Exception as exc:  # noqa: BLE001 - recorded per pair, the run goes on
-                    rows += [{**base(m, good[i]), "verdict": "error", "error": f"{type(exc).__name__}: {exc}"}
-                             for i in idx]
-                    continue
-                if tuple(maps.shape[-2:]) != (h, w):
-                    maps = F.interpolate(maps.unsqueeze(1).float(), size=(h, w), mode="bilinear",
-                                         align_corners=False)[:, 0]
-                for j, i in enumerate(idx):
-                    p = good[i]
-                    shares = part_shares(maps[j].double().numpy(), labels[i])
-                    if shares is None:
-                        rows.append({**base(m, p), "verdict": "untestable", "error": "the map has no mass"})
-                        continue
-                    r = rank_test(shares, effects[i], fc.epsilon)
-                    areas = np.bincount(labels[i].ravel(), minlength=len(PARTS)) / labels[i].size
-                    detail = {"method": m, **r, "epsilon": fc.epsilon,
-                              "shares": {n: float(shares[k]) for k, n in enumerate(PARTS)},
-                              "effects": {n: effects[i][k] for k, n in enumerate(PARTS)},
-                              "areas": {n: float(areas[k]) for k, n in enumerate(PARTS)},
-                              "points": np.round(points[i], 3).tolist()}
-                    rows.append({**base(m, p), "verdict": r["verdict"], "d_high": r["d_top"], "d_low": r["d_bottom"],
-                                 "margin": r["margin"], "epsilon": fc.epsilon, "detail": detail})
-        store.add_rows(rows)
+                r = rank_test(shares, effects[i], fc.epsilon)
+                areas = np.bincount(labels[i].ravel(), minlength=len(PARTS)) / labels[i].size
+                detail = {"method": m, **r, "epsilon": fc.epsilon,
+                          "shares": {n: float(shares[k]) for k, n in enumerate(PARTS)},
+                          "effects": {n: effects[i][k] for k, n in enumerate(PARTS)},
+                          "areas": {n: float(areas[k]) for k, n in enumerate(PARTS)},
+                          "points": np.round(found[i][0], 3).tolist()}
+                rows.append({**kind.base_row(m, p), "verdict": r["verdict"], "d_high": r["d_top"],
+                             "d_low": r["d_bottom"], "margin": r["margin"],
+                             "epsilon": fc.epsilon, "detail": detail})
+        yield rows, []
 
 
-def parts_figure(runner, details: Sequence[Mapping]):
+def row_kind(session) -> Rows63:
+    """6.3's row kind for a run (``runner.RunSession``)."""
+    return Rows63(session.context(ROWS_OF))
+
+
+def parts_figure(session, details: Sequence[Mapping]):
     """The parts drawn over up to :data:`FIGURE_FACES` aligned images A of the run, with their landmarks."""
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
@@ -368,14 +398,14 @@ def parts_figure(runner, details: Sequence[Mapping]):
             break
     if not faces:
         return None
-    images, _ = load_images([d["pair_a"] for d in faces], runner.model.input_size, align=runner.model.aligner)
+    images, _ = load_images([d["pair_a"] for d in faces], session.model.input_size, align=session.model.aligner)
     colours = ["#00000000", "#e6ab02", "#1b9e77", "#66a61e", "#d95f02", "#e7298a", "#7570b3", "#a6761d"]
     cmap = ListedColormap(colours)
     fig = Figure(figsize=(2.4 * len(faces) + 1.8, 2.9), layout="constrained")
     axes = fig.subplots(1, len(faces), squeeze=False)[0]
     for ax, d, img in zip(axes, faces, images):
         pts = np.asarray(d["points"])
-        lab = part_labels(pts, tuple(runner.model.input_size))
+        lab = part_labels(pts, tuple(session.model.input_size))
         ax.imshow(img.permute(1, 2, 0).numpy())
         ax.imshow(np.ma.masked_equal(lab, BACKGROUND), cmap=cmap, vmin=-0.5, vmax=len(PARTS) - 0.5, alpha=0.45,
                   interpolation="nearest")
@@ -502,16 +532,16 @@ class Experiment63(Experiment):
         if config.fill in UNFIT_FILLS:
             raise ValueError(f"experiment 6.3 removes each facial part with a fixed fill, not {config.fill}: "
                              "give --fill blur, mean, zero or noise")
-        from .exp_6_6 import Runner66  # 6.1's runner that also reads --labels
+        from .runner import Runner
 
-        return Runner66(config, **kw)
+        return Runner(config, **kw)
 
-    def extend(self, runner, store, summary: dict) -> None:
-        compute_rows(runner, store)
-        c = runner.config
-        ids = {p.id for p in runner.pairs}
-        a_of = {p.id: str(p.a) for p in runner.pairs}
-        rows = [r for r in store.rows(ROWS_OF, runner.model.name, c.methods) if r["pair"] in ids]
+    def extend(self, session, store, summary: dict) -> None:
+        session.compute_rows(store, row_kind(session))
+        c = session.config
+        ids = {p.id for p in session.pairs}
+        a_of = {p.id: str(p.a) for p in session.pairs}
+        rows = [r for r in store.rows(ROWS_OF, session.model.name, c.methods) if r["pair"] in ids]
         by_method = {m: [] for m in c.methods}
         for r in rows:
             if r["detail"]:
@@ -521,31 +551,31 @@ class Experiment63(Experiment):
         methods = [{"method": m, "control": is_control(m),
                     "n_errors": sum(r["verdict"] == "error" and r["method"] == m for r in rows),
                     **part_analysis(by_method[m])} for m in c.methods]
-        section = {"parts": list(PARTS), "epsilon": runner.fconfig.epsilon, "fill": runner.fconfig.fill,
-                   "target": runner.fconfig.target, "n_pairs": len(runner.pairs),
-                   "frame": "aligned" if runner.model.aligner is not None else "resized (landmarks scaled)",
+        section = {"parts": list(PARTS), "epsilon": session.fconfig.epsilon, "fill": session.fconfig.fill,
+                   "target": session.fconfig.target, "n_pairs": len(session.pairs),
+                   "frame": "aligned" if session.model.aligner is not None else "resized (landmarks scaled)",
                    "n_errors": sum(r["verdict"] == "error" for r in rows),
                    "error_examples": sorted({r["error"] for r in rows if r["verdict"] == "error"})[:5],
                    "methods": methods, "pooled_methods": real, "pooled": part_analysis(pooled),
                    "attributes": None, "labels": None}
-        labels = getattr(runner, "labels", None)
+        labels = session.labels
         if labels is not None:
             attrs = {}
             for attribute in ATTRIBUTES:
                 if attribute == "race" and not labels.has_race:
                     continue
-                group_of = {p.id: labels.group_of(attribute, p) for p in runner.pairs}
+                group_of = {p.id: labels.group_of(attribute, p) for p in session.pairs}
                 attrs[attribute] = {
                     "pooled": attribute_rates([(d["pair"], d["verdict"]) for d in pooled], group_of),
                     "methods": {m: attribute_rates([(d["pair"], d["verdict"]) for d in by_method[m]], group_of)
                                 for m in c.methods}}
             section["attributes"], section["labels"] = attrs, labels.source
         summary[KEY] = section
-        fig = parts_figure(runner, [d for m in c.methods for d in by_method[m]])
+        fig = parts_figure(session, [d for m in c.methods for d in by_method[m]])
         if fig is not None:
             from ..report.figures import save_figure
 
-            save_figure(fig, Path(runner.out) / "figures" / "fig_6_3_parts")
+            save_figure(fig, Path(session.out) / "figures" / "fig_6_3_parts")
 
     def tables(self, summary: Mapping) -> list:
         return tables_6_3(summary)

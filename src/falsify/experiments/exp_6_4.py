@@ -229,9 +229,9 @@ class Runner64:
         t0, started = time.perf_counter(), _now()
         if self.executor is None:
             self.executor = make_executor(c)  # no ray: one line naming the fix, before any work
-        from .runner import Runner
+        from .runner import Runner, load_run_pairs
 
-        pairs = Runner(c, log=self.log)._pairs()
+        pairs = load_run_pairs(c)
         settings = {**c.result_settings(), FINGERPRINT: pairs.fingerprint()}
         if self.out is None:
             self.out = default_out(c, settings)

@@ -21,6 +21,7 @@ import numpy as np
 from ..choices import CONTROLS, is_control
 from ..report.tables import fmt_num, fmt_pct, run_description
 from .base import Experiment
+from .rows import ChunkRows, RowKind
 
 KEY = "experiment_6_5"
 ROWS_OF = "6.5"
@@ -59,72 +60,119 @@ def convergence_method(methods: Sequence[str]) -> str | None:
     return next((m for m in methods if m not in CONTROLS), None)
 
 
-def compute_rows(runner, store) -> None:
-    """The 6.5 rows that ``store`` lacks, committed pair chunk by pair chunk (a killed run resumes)."""
-    import torch
+class Rows65(RowKind):
+    """6.5's rows: Algorithm 1 from each seeded start, per (``region/kJ``, pair). A unit is a
+    chunk of pairs and one start J on both regions, so the starts spread over Ray workers (the
+    map whose regions Algorithm 1 runs on is made once per chunk in a process)."""
 
-    from ..falsification.core import _STREAM_FILL, pair_generator, regions_for
-    from ..falsification.counterfactuals import optimise_counterfactuals
-    from ..geometry import geodesic_distance
-    from ..models.base import model_device
-    from .runner import pair_chunks, pending_pairs
+    rows_of = ROWS_OF
+    unit_name = "start"
 
-    c, model, fc = runner.config, runner.model, runner.fconfig
-    method = convergence_method(c.methods)
+    def __init__(self, ctx, method: str) -> None:
+        super().__init__(ctx)
+        self.method = method
+
+    def keys(self) -> list[str]:
+        return [f"{region}/k{j}" for region in ("high", "low") for j in range(self.ctx.config.K)]
+
+    def groups(self, keys):
+        starts: dict = {}
+        for k in keys:
+            starts.setdefault(k.split("/")[1], []).append(k)
+        return list(starts.values())
+
+    def describe(self, n_rows, n_todo, n_pairs, n_keys) -> str:
+        c, fc = self.ctx.config, self.ctx.fconfig
+        return (f"experiment 6.5: Algorithm 1 on {n_todo} images x 2 regions x {c.K} starts "
+                f"(regions of {self.method}; at most {fc.opt_steps} steps) ...")
+
+    def computer(self, model, explainers=None, random_model=None):
+        return ConvergenceRows(self, model, explainers, random_model)
+
+
+class ConvergenceRows(ChunkRows):
+    """Computes 6.5's units (:class:`Rows65`)."""
+
+    def starts(self, pairs, images, refs):
+        """Per pair: its regions' masks and Algorithm 1's K starts in each (those of the test's
+        optimised fill), or None for an untestable map; and f(x) of the images."""
+        import torch
+
+        from ..falsification.core import _STREAM_FILL, pair_generator, regions_for
+        from ..models.base import model_device
+
+        model, fc, c = self.model, self.ctx.fconfig, self.ctx.config
+        device = model_device(model)
+        maps = self.explainer(self.kind.method)(images.to(device), refs.to(device)).detach().cpu()
+        with torch.inference_mode():
+            f_x = model(images.to(device)).float()
+        out = []
+        for i, p in enumerate(pairs):
+            reg = regions_for(images[i], maps[i], fc, p.index)
+            if not reg.testable:
+                out.append(None)
+                continue
+            gen = pair_generator(c.seed, p.index, _STREAM_FILL)  # the starts of the test's optimised fill
+            per = {}
+            for region, mask in (("high", reg.high), ("low", reg.low)):
+                eps = torch.randn((c.K, *images[i].shape), generator=gen)
+                per[region] = (mask, (images[i].unsqueeze(0) + fc.opt_init_sigma * eps * mask).clamp(0.0, 1.0))
+            out.append(per)
+        return out, f_x
+
+    def compute(self, pairs, images, refs, keys, done):
+        import torch
+
+        from ..falsification.counterfactuals import optimise_counterfactuals
+        from ..geometry import geodesic_distance
+        from ..models.base import model_device
+
+        kind, model, fc, c = self.kind, self.model, self.ctx.fconfig, self.ctx.config
+        device = model_device(model)
+        starts, f_x = self._images.get("starts", [p.id for p in pairs], lambda: self.starts(pairs, images, refs))
+        rows, samples = [], []  # samples: (pair position, key, image, mask, init)
+        for i, p in enumerate(pairs):
+            pending = [k for k in keys if (k, p.id) not in done]
+            if starts[i] is None:
+                rows += [{**kind.base_row(k, p), "verdict": "untestable",
+                          "failed": [f"the map of {kind.method} is untestable"]} for k in pending]
+                continue
+            for key in pending:
+                region, j = key.split("/")[0], int(key.split("k")[-1])
+                mask, init = starts[i][region]
+                samples.append((i, key, images[i], mask, init[j]))
+        for s0 in range(0, len(samples), c.batch_size):
+            part = samples[s0 : s0 + c.batch_size]
+            idx = [s[0] for s in part]
+            cf, info = optimise_counterfactuals(
+                model, torch.stack([s[2] for s in part]).to(device), torch.stack([s[3] for s in part]).to(device),
+                f_x[idx], init=torch.stack([s[4] for s in part]).to(device), steps=fc.opt_steps, lr=fc.opt_lr,
+                lam=fc.opt_lambda, delta_target=fc.opt_delta_target, grad_clip=fc.opt_grad_clip, tol=fc.opt_tol,
+                patience=fc.opt_patience, history=True)
+            with torch.inference_mode():
+                dist = geodesic_distance(f_x[idx], model(cf)).float().cpu()
+            for r, (i, key, *_rest) in enumerate(part):
+                curve = [round(float(v), 6) for v in info.losses[r] if math.isfinite(float(v))]
+                rows.append({
+                    **kind.base_row(key, pairs[i]),
+                    "verdict": "converged" if bool(info.converged[r]) else "not-converged",
+                    "seconds": None,
+                    "detail": {"method": kind.method, "region": key.split("/")[0], "start": int(key.split("k")[-1]),
+                               "iterations": int(info.iterations[r]), "converged": bool(info.converged[r]),
+                               "final_loss": float(info.final_loss[r]), "final_distance": float(dist[r]),
+                               "steps": fc.opt_steps, "losses": curve},
+                })
+        yield rows, []
+
+
+def row_kind(session) -> Rows65:
+    """6.5's row kind for a run (``runner.RunSession``): Algorithm 1 on the regions of the run's
+    first method that is not a control."""
+    method = convergence_method(session.config.methods)
     if method is None:
         raise ValueError("experiment 6.5 runs Algorithm 1 on the regions of a method's map: give a method that is "
-                         f"not a control in --methods (e.g. gradcam); got {', '.join(c.methods)}")
-    explainer = runner.explainers[method][0]
-    keys = [f"{region}/k{j}" for region in ("high", "low") for j in range(c.K)]
-    done, todo = pending_pairs(runner, store, ROWS_OF, keys)
-    if not todo:
-        return
-    runner.log(f"experiment 6.5: Algorithm 1 on {len(todo)} images x 2 regions x {c.K} starts "
-               f"(regions of {method}; at most {fc.opt_steps} steps) ...")
-    device = model_device(model)
-    for chunk in pair_chunks(runner, todo, keys, done, ROWS_OF):
-        rows, good, images = chunk.rows, chunk.pairs, chunk.images
-        if good:
-            refs = chunk.refs.to(device)
-            maps = explainer(images.to(device), refs).detach().cpu()
-            with torch.inference_mode():
-                f_x = model(images.to(device)).float()
-            samples = []  # (pair position, key, image, mask, init)
-            for i, p in enumerate(good):
-                reg = regions_for(images[i], maps[i], fc, p.index)
-                if not reg.testable:
-                    rows += [{**runner._base_row(k, p), "experiment": ROWS_OF, "verdict": "untestable",
-                              "failed": [f"the map of {method} is untestable"]} for k in keys if (k, p.id) not in done]
-                    continue
-                gen = pair_generator(c.seed, p.index, _STREAM_FILL)  # the starts of the test's optimised fill
-                for region, mask in (("high", reg.high), ("low", reg.low)):
-                    eps = torch.randn((c.K, *images[i].shape), generator=gen)
-                    init = (images[i].unsqueeze(0) + fc.opt_init_sigma * eps * mask).clamp(0.0, 1.0)
-                    for j in range(c.K):
-                        if (f"{region}/k{j}", p.id) not in done:
-                            samples.append((i, f"{region}/k{j}", images[i], mask, init[j]))
-            for s0 in range(0, len(samples), c.batch_size):
-                part = samples[s0 : s0 + c.batch_size]
-                idx = [s[0] for s in part]
-                cf, info = optimise_counterfactuals(
-                    model, torch.stack([s[2] for s in part]).to(device), torch.stack([s[3] for s in part]).to(device),
-                    f_x[idx], init=torch.stack([s[4] for s in part]).to(device), steps=fc.opt_steps, lr=fc.opt_lr,
-                    lam=fc.opt_lambda, delta_target=fc.opt_delta_target, grad_clip=fc.opt_grad_clip, tol=fc.opt_tol,
-                    patience=fc.opt_patience, history=True)
-                with torch.inference_mode():
-                    dist = geodesic_distance(f_x[idx], model(cf)).float().cpu()
-                for r, (i, key, *_rest) in enumerate(part):
-                    curve = [round(float(v), 6) for v in info.losses[r] if math.isfinite(float(v))]
-                    rows.append({
-                        **runner._base_row(key, good[i]), "experiment": ROWS_OF,
-                        "verdict": "converged" if bool(info.converged[r]) else "not-converged",
-                        "seconds": None,
-                        "detail": {"method": method, "region": key.split("/")[0], "start": int(key.split("k")[-1]),
-                                   "iterations": int(info.iterations[r]), "converged": bool(info.converged[r]),
-                                   "final_loss": float(info.final_loss[r]), "final_distance": float(dist[r]),
-                                   "steps": fc.opt_steps, "losses": curve},
-                    })
-        store.add_rows(rows)
+                         f"not a control in --methods (e.g. gradcam); got {', '.join(session.config.methods)}")
+    return Rows65(session.context(ROWS_OF), method)
 
 
 def convergence_summary(details: Sequence[Mapping], steps: int) -> dict:
@@ -416,20 +464,20 @@ class Experiment65(Experiment):
                              "is not a control in --methods (e.g. gradcam)")
         return Runner(config, **kw)
 
-    def extend(self, runner, store, summary: dict) -> None:
+    def extend(self, session, store, summary: dict) -> None:
         import json
 
-        compute_rows(runner, store)
-        c = runner.config
-        ids = {p.id for p in runner.pairs}
-        rows = [r for r in store.rows(ROWS_OF, runner.model.name) if r["pair"] in ids]
+        session.compute_rows(store, row_kind(session))
+        c = session.config
+        ids = {p.id for p in session.pairs}
+        rows = [r for r in store.rows(ROWS_OF, session.model.name) if r["pair"] in ids]
         details = [json.loads(r["detail"]) for r in rows if r["verdict"] in ("converged", "not-converged")]
-        conv = convergence_summary(details, runner.fconfig.opt_steps)
+        conv = convergence_summary(details, session.fconfig.opt_steps)
         conv.update(method=convergence_method(c.methods), starts=c.K,
                     n_images=len({r["pair"] for r in rows if r["verdict"] in ("converged", "not-converged")}),
                     n_untestable=sum(r["verdict"] == "untestable" for r in rows),
                     n_errors=sum(r["verdict"] == "error" for r in rows))
-        rows61 = [r for r in store.rows("6.1", runner.model.name, c.row_methods()) if r["pair"] in ids]
+        rows61 = [r for r in store.rows("6.1", session.model.name, c.row_methods()) if r["pair"] in ids]
         verdicts = {m: {r["pair"]: r["verdict"] for r in rows61 if r["method"] == m} for m in c.row_methods()}
         summary[KEY] = {"convergence": conv, "sample_size": sample_size_analysis(verdicts, c.seed)}
 

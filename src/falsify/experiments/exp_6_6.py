@@ -30,6 +30,7 @@ import numpy as np
 from ..choices import METHOD_FAMILIES, is_control
 from ..report.tables import fmt_num, fmt_p, fmt_pct, run_description
 from .base import Experiment
+from .rows import ChunkRows, RowKind
 
 KEY = "experiment_6_6"
 ROWS_OF = "6.6"
@@ -240,64 +241,85 @@ def measure(model, image, f_x, ref, regions, pair_index: int, fc, threshold, cos
     return out
 
 
-def compute_rows(runner, store) -> None:
-    """The 6.6 rows that ``store`` lacks, committed pair chunk by pair chunk (a killed run resumes)."""
-    from ..falsification.core import _embed, regions_for
-    from ..geometry import cosine_similarity
-    from ..models.base import model_device
-    from .runner import pair_chunks, pending_pairs
+class Rows66(RowKind):
+    """6.6's rows: one map's counterfactuals rebuilt per (method, pair) that 6.1 tested; a unit is
+    a chunk of pairs and one method. ``tested``: 6.1's verdict and distances of each (method,
+    pair id), fixed before the first unit."""
 
-    c, model, fc = runner.config, runner.model, runner.fconfig
-    methods = list(c.methods)
-    done, todo = pending_pairs(runner, store, ROWS_OF, methods)
-    if not todo:
-        return
-    tested = {(r["method"], r["pair"]): r for r in store.rows("6.1", model.name, methods)}
-    runner.log(f"experiment 6.6: the counterfactuals of {len(todo)} pairs x {len(methods)} methods rebuilt "
-               "(SSIM, the decision) ...")
-    device = model_device(model)
-    base = lambda m, p: {**runner._base_row(m, p), "experiment": ROWS_OF}  # noqa: E731
-    for chunk in pair_chunks(runner, todo, methods, done, ROWS_OF):
-        rows, good, images, refs = chunk.rows, chunk.pairs, chunk.images, chunk.refs
-        if good:
-            f_x = _embed(model, images, c.batch_size, device)
-            cos_x = cosine_similarity(f_x, refs).tolist()
-            for m in methods:
-                idx = []
-                for i, p in enumerate(good):
-                    if (m, p.id) in done:
-                        continue
-                    t = tested.get((m, p.id))
-                    if t is None or t["verdict"] in ("error", "untestable"):
-                        rows.append({**base(m, p), "verdict": "untestable" if t is not None and t["verdict"] ==
-                                     "untestable" else "error", "error": "the 6.1 test of this map " +
-                                     ("found it untestable" if t is not None and t["verdict"] == "untestable"
-                                      else "has no result")})
-                    else:
-                        idx.append(i)
-                if not idx:
+    rows_of = ROWS_OF
+
+    def __init__(self, ctx, tested: dict) -> None:
+        super().__init__(ctx)
+        self.tested = tested
+
+    def keys(self) -> list[str]:
+        return list(self.ctx.config.methods)
+
+    def groups(self, keys):
+        return [[k] for k in keys]
+
+    def describe(self, n_rows, n_todo, n_pairs, n_keys) -> str:
+        return (f"experiment 6.6: the counterfactuals of {n_todo} pairs x {n_keys} methods rebuilt "
+                "(SSIM, the decision) ...")
+
+    def computer(self, model, explainers=None, random_model=None):
+        return IdentityRows(self, model, explainers, random_model)
+
+
+class IdentityRows(ChunkRows):
+    """Computes 6.6's units (:class:`Rows66`)."""
+
+    def compute(self, pairs, images, refs, keys, done):
+        from ..falsification.core import _embed, regions_for
+        from ..geometry import cosine_similarity
+        from ..models.base import model_device
+
+        kind, model, fc = self.kind, self.model, self.ctx.fconfig
+        device = model_device(model)
+        f_x = self._images.get("f_x", [p.id for p in pairs],
+                               lambda: _embed(model, images, self.ctx.config.batch_size, device))
+        cos_x = cosine_similarity(f_x, refs).tolist()
+        rows = []
+        for m in keys:
+            idx = []
+            for i, p in enumerate(pairs):
+                if (m, p.id) in done:
                     continue
-                explainer = runner.explainers[m][0]
-                try:
-                    maps = explainer(images[idx].to(device), refs[idx].to(device)).detach().cpu()
-                except Exception as exc:  # noqa: BLE001 - recorded per pair, the run goes on
-                    rows += [{**base(m, good[i]), "verdict": "error", "error": f"{type(exc).__name__}: {exc}"}
-                             for i in idx]
+                t = kind.tested.get((m, p.id))
+                if t is None or t["verdict"] in ("error", "untestable"):
+                    untestable = t is not None and t["verdict"] == "untestable"
+                    rows.append(kind.error_row(m, p, "the 6.1 test of this map " + (
+                        "found it untestable" if untestable else "has no result"),
+                        verdict="untestable" if untestable else "error"))
+                else:
+                    idx.append(i)
+            if not idx:
+                continue
+            try:
+                maps = self.explainer(m)(images[idx].to(device), refs[idx].to(device)).detach().cpu()
+            except Exception as exc:  # noqa: BLE001 - recorded per pair, the run goes on
+                rows += [kind.error_row(m, pairs[i], f"{type(exc).__name__}: {exc}") for i in idx]
+                continue
+            for j, i in enumerate(idx):
+                p, t = pairs[i], kind.tested[(m, pairs[i].id)]
+                reg = regions_for(images[i], maps[j], fc, p.index)
+                if not reg.testable:
+                    rows.append(kind.error_row(m, p, "the rebuilt map is untestable but the 6.1 test's was not"))
                     continue
-                for j, i in enumerate(idx):
-                    p, t = good[i], tested[(m, good[i].id)]
-                    reg = regions_for(images[i], maps[j], fc, p.index)
-                    if not reg.testable:
-                        rows.append({**base(m, p), "verdict": "error",
-                                     "error": "the rebuilt map is untestable but the 6.1 test's was not"})
-                        continue
-                    d = measure(model, images[i], f_x[i], refs[i], reg, p.index, fc, runner.threshold,
-                                cos_x[i])
-                    d["reproduced"] = bool(abs(d["d_high"] - t["d_high"]) <= REPRODUCE_TOL
-                                           and abs(d["d_low"] - t["d_low"]) <= REPRODUCE_TOL)
-                    rows.append({**base(m, p), "verdict": "measured", "cosine": cos_x[i], "d_high": d["d_high"],
-                                 "d_low": d["d_low"], "k": d["k"], "detail": {"method": m, **d}})
-        store.add_rows(rows)
+                d = measure(model, images[i], f_x[i], refs[i], reg, p.index, fc, self.ctx.threshold, cos_x[i])
+                d["reproduced"] = bool(abs(d["d_high"] - t["d_high"]) <= REPRODUCE_TOL
+                                       and abs(d["d_low"] - t["d_low"]) <= REPRODUCE_TOL)
+                rows.append({**kind.base_row(m, p), "verdict": "measured", "cosine": cos_x[i], "d_high": d["d_high"],
+                             "d_low": d["d_low"], "k": d["k"], "detail": {"method": m, **d}})
+        yield rows, []
+
+
+def row_kind(session, store) -> Rows66:
+    """6.6's row kind for a run (``runner.RunSession``), with 6.1's tests of its maps from ``store``."""
+    methods = list(session.config.methods)
+    tested = {(r["method"], r["pair"]): {"verdict": r["verdict"], "d_high": r["d_high"], "d_low": r["d_low"]}
+              for r in store.rows("6.1", session.model.name, methods)}
+    return Rows66(session.context(ROWS_OF), tested)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,37 +463,39 @@ class Experiment66(Experiment):
         if not families_in(config.methods):
             raise ValueError("experiment 6.6 compares " + " and ".join(f"{a} with {b}" for a, b in METHOD_FAMILIES)
                              + ": give both methods of at least one of these in --methods (or leave --methods out)")
-        return Runner66(config, **kw)
+        from .runner import Runner
 
-    def extend(self, runner, store, summary: dict) -> None:
-        compute_rows(runner, store)
-        c = runner.config
-        ids = {p.id for p in runner.pairs}
-        rows61 = [r for r in store.rows("6.1", runner.model.name, c.row_methods()) if r["pair"] in ids]
+        return Runner(config, **kw)
+
+    def extend(self, session, store, summary: dict) -> None:
+        session.compute_rows(store, row_kind(session, store))
+        c = session.config
+        ids = {p.id for p in session.pairs}
+        rows61 = [r for r in store.rows("6.1", session.model.name, c.row_methods()) if r["pair"] in ids]
         verdicts = {m: {r["pair"]: r["verdict"] for r in rows61 if r["method"] == m} for m in c.row_methods()}
-        rows = [r for r in store.rows(ROWS_OF, runner.model.name, c.methods) if r["pair"] in ids]
+        rows = [r for r in store.rows(ROWS_OF, session.model.name, c.methods) if r["pair"] in ids]
         details = [json.loads(r["detail"]) for r in rows if r["verdict"] == "measured"]
         section = {
             "families": family_comparison(verdicts, families_in(c.methods)),
             "missing_families": [list(f) for f in METHOD_FAMILIES if f not in families_in(c.methods)],
             "alpha": ALPHA,
-            "identity": {"threshold": runner.threshold, "methods": identity_summary(details, c.methods),
+            "identity": {"threshold": session.threshold, "methods": identity_summary(details, c.methods),
                          "n_untestable": sum(r["verdict"] == "untestable" for r in rows),
                          "n_errors": sum(r["verdict"] == "error" for r in rows)},
             "fairness": None, "fairness_note": NO_LABELS,
         }
-        labels = getattr(runner, "labels", None)
+        labels = session.labels
         if labels is not None:
-            cov = labels.coverage(runner.pairs)
+            cov = labels.coverage(session.pairs)
             attributes = {}
             for attribute in ATTRIBUTES:
                 if attribute == "race" and not labels.has_race:
                     continue
-                group_of = {p.id: labels.group_of(attribute, p) for p in runner.pairs}
+                group_of = {p.id: labels.group_of(attribute, p) for p in session.pairs}
                 g = group_fairness(verdicts, group_of, c.seed)
                 g.update(n_labelled=cov[attribute]["labelled"], coverage=cov[attribute]["groups"])
                 attributes[attribute] = g
-            section["fairness"] = {"labels": labels.source, "group_by": "image A", "n_pairs": len(runner.pairs),
+            section["fairness"] = {"labels": labels.source, "group_by": "image A", "n_pairs": len(session.pairs),
                                    "stratify": c.stratify, "n_boot": N_BOOT, "seed": c.seed, "attributes": attributes,
                                    "conflicts": len(labels.conflicts)}
             section["fairness_note"] = None
@@ -525,25 +549,6 @@ class Experiment66(Experiment):
                 lines.append(f"  {e['method']:18s} {frs}; gap {gap}, DIR {dir_}, Fisher p "
                              f"{fmt_p(e['fisher_p']) or 'n/a'}")
         return "\n".join(lines)
-
-
-def _runner_class():
-    from .runner import Runner
-
-    class _Runner66(Runner):
-        """6.1's runner that also reads the labels (before anything is written)."""
-
-        def _setup(self) -> None:
-            from ..data.labels import load_labels
-
-            self.labels = load_labels(self.config.labels) if self.config.labels else None
-            super()._setup()
-
-    return _Runner66
-
-
-def Runner66(config, **kw):  # noqa: N802 - a factory: runner.py imports torch, this module must not
-    return _runner_class()(config, **kw)
 
 
 EXPERIMENT = Experiment66()

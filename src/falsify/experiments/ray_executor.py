@@ -1,12 +1,13 @@
-"""``falsify run --executor ray``: 6.1's rows on Ray actors (the ``ray`` extra).
+"""``falsify run --executor ray``: an experiment's rows on Ray actors (the ``ray`` extra).
 
 One actor per worker (one CPU, ``threads`` torch threads), each loading the model once and
-making the explainers from the run's settings; the driver hands every actor what the run fixed
-before the first unit (:class:`~falsify.experiments.executor.RowContext`: the calibrated test
-config, the prior map, the embeddings, the unreadable images, the other references), so no
-worker calibrates. Units are (chunk of ``batch_pairs`` pairs, one method, or ``ig`` and
-``geodesic-ig`` together: they share path points, see ``executor.method_units``), given to whichever
-actor is idle; an actor returns a unit's rows and grid maps, and the driver writes them, so the
+making the computer of the run's row kind (``executor.RowKind``) with it; the driver hands every
+actor the kind, which holds what the run fixed before the first unit
+(:class:`~falsify.experiments.executor.RowContext`: the calibrated test config, the prior map,
+the embeddings, the unreadable images, the other references), so no worker calibrates. Units
+are (chunk of ``batch_pairs`` pairs, one group of the kind's keys: for 6.1 one method, or ``ig``
+and ``geodesic-ig`` together since they share path points, see ``executor.method_units``), the
+same units an in-process run computes, given to whichever actor is idle; an actor returns a unit's rows and grid maps, and the driver writes them, so the
 store has one writer and resuming works as in-process. When a worker dies (its process killed,
 its node lost), its unit goes to a fresh actor, up to :data:`MAX_TRIES` times per unit; nothing
 of a unit is written before all of it has come back.
@@ -29,7 +30,7 @@ from typing import Callable, Sequence
 import ray
 from ray.exceptions import RayActorError
 
-from .executor import RowComputer, RowContext, Writer, check_reachable, method_units, row_explainers
+from .executor import RowKind, Unit, Writer, check_reachable
 
 #: tries of one unit (the first and those after a worker died on it)
 MAX_TRIES = 3
@@ -91,17 +92,16 @@ def _first_line(exc: BaseException) -> str:
 class RowWorker:
     """A Ray actor computing units with its own copy of the model."""
 
-    def __init__(self, ctx: RowContext, threads: int = 1) -> None:
+    def __init__(self, kind: RowKind, threads: int = 1) -> None:
         import torch
 
-        from .runner import Runner
+        from .runner import load_run_model
 
         torch.set_num_threads(threads)
-        model = Runner(ctx.config, progress=False, log=lambda *a: None)._load_model()
+        model = load_run_model(kind.ctx.config)
         if model.threshold is None:  # as the driver: the calibrated threshold (Runner._setup)
-            model.threshold = ctx.threshold
-        explainers, random_model = row_explainers(ctx.config, model, ctx.prior_map)
-        self.computer = RowComputer(ctx, model, explainers, random_model)
+            model.threshold = kind.ctx.threshold
+        self.computer = kind.computer(model)
 
     def pid(self) -> int:
         return os.getpid()
@@ -209,8 +209,8 @@ class RayExecutor:
         """The process ids of the workers computing a unit now."""
         return [ray.get(self._pids[i]) for i in sorted(self._busy)]
 
-    def _start(self, ctx_ref, i: int | None = None) -> int:
-        actor = RowWorker.options(num_cpus=self.threads).remote(ctx_ref, self.threads)
+    def _start(self, kind_ref, i: int | None = None) -> int:
+        actor = RowWorker.options(num_cpus=self.threads).remote(kind_ref, self.threads)
         if i is None:
             self._actors.append(actor)
             self._pids.append(actor.pid.remote())
@@ -218,17 +218,17 @@ class RayExecutor:
         self._actors[i], self._pids[i] = actor, actor.pid.remote()
         return i
 
-    def run(self, computer: RowComputer, chunks: Sequence, methods: Sequence[str], done, write: Writer,
-            log=print) -> None:
+    def run(self, kind: RowKind, computer, units: Sequence[Unit], done, write: Writer, log=print) -> None:
+        """``units`` of ``kind`` on the actors (``computer``, the driver's, is not used: each actor
+        makes its own); ``write`` gets each unit's rows and maps once all of them came back."""
         opened = self.open(log)
         try:
             n = self.n_workers
-            ctx_ref = ray.put(computer.ctx)
-            units = deque(((chunk, ms), 1) for chunk in chunks for ms in method_units(methods)
-                          if any((m, p.id) not in done for m in ms for p in chunk))
+            kind_ref = ray.put(kind)
+            units = deque(((list(chunk), list(ms)), 1) for chunk, ms in units)
             n = min(n, len(units))
-            log(f"Ray: {len(units)} units (chunk of pairs x method) on {n} worker{'s' * (n != 1)}")
-            idle = [self._start(ctx_ref) for _ in range(n)]
+            log(f"Ray: {len(units)} units (chunk of pairs x keys) on {n} worker{'s' * (n != 1)}")
+            idle = [self._start(kind_ref) for _ in range(n)]
             in_flight: dict = {}  # ref -> (worker, unit, tries)
             while units or in_flight:
                 while units and idle:
@@ -250,7 +250,7 @@ class RayExecutor:
                     log(f"a Ray worker died ({type(exc).__name__}); its unit ({unit[1][0]}, {len(unit[0])} pairs) "
                         "goes to a fresh worker")
                     ray.kill(self._actors[i], no_restart=True)
-                    idle.append(self._start(ctx_ref, i))
+                    idle.append(self._start(kind_ref, i))
                     units.appendleft((unit, tries + 1))
                     continue
                 write(rows, maps)

@@ -19,7 +19,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..choices import (ALIGN_CHOICES, CONTROLS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS, OTHER_REFERENCE,
                        RANDOM_MODEL, STRATIFY_CHOICES)
-from ..data import load_images, load_pairs
+from ..data import load_pairs
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
 from ..paths import check_writable, space_guard
 from .analysis import summarise, write_outputs
-from .executor import RowComputer, RowContext, base_row, deletion_of, executor_open, make_executor, row_explainers
+from .executor import RowContext, Rows61, executor_open, make_executor, row_explainers
 from .store import ResultsStore, inspect_store
 
 #: The experiment whose rows both 6.1 and 6.2 read.
@@ -139,7 +139,7 @@ class RunConfig:
     stratify: str | None = None  # "gender": sample pairs balanced by the gender of image A (needs labels)
     models: list[str] | None = None  # experiment 6.4: the models compared (default exp_6_4.DEFAULT_MODELS)
     device: str | None = None
-    executor: str = "in-process"  # who computes 6.1's rows: in-process, or ray (falsify.experiments.executor)
+    executor: str = "in-process"  # who computes the rows: in-process, or ray (falsify.experiments.executor)
     ray_address: str | None = None  # --executor ray: the cluster to join (ADDRESS or auto; default: start one here)
     workers: int | None = None  # --executor ray: Ray workers (default: one per CPU Ray has)
 
@@ -226,8 +226,6 @@ class RunConfig:
                     raise ValueError(f"{key} ({flag}) is a setting of the Ray executor: add --executor ray, or drop "
                                      f"{flag}")
             return
-        if self.experiment == "validity":
-            raise ValueError("the validity study computes its rows in-process: drop --executor ray")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
 
@@ -351,48 +349,6 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-@dataclass
-class PairChunk:
-    """A chunk of pairs for an experiment that adds its own rows beside 6.1's (6.3, 6.5, 6.6)."""
-
-    pairs: list  # the pairs whose images could be read
-    images: torch.Tensor | None  # their images A as the model sees them (aligned), (n, 3, H, W), on the CPU
-    refs: torch.Tensor | None  # the embeddings of their images B, (n, D), on the CPU
-    rows: list  # error rows of the chunk's pairs with an unreadable image; the caller adds its own
-
-
-def pending_pairs(runner, store, rows_of: str, keys: Sequence[str]) -> tuple[set, list]:
-    """``(done, todo)``: the (key, pair) rows ``store`` holds under ``rows_of`` for the runner's
-    model, and the run's pairs that lack one of ``keys``."""
-    done = store.done(rows_of, runner.model.name)
-    return done, [p for p in runner.pairs if any((k, p.id) not in done for k in keys)]
-
-
-def pair_chunks(runner, todo: Sequence, keys: Sequence[str], done: set, rows_of: str):
-    """``todo`` in chunks of ``batch_pairs`` (:class:`PairChunk`): for each, the readable pairs'
-    images A and embeddings of B, and an error row per missing (key, pair) of an unreadable pair.
-    Every image of the run is embedded, not only the pending ones, as in ``Runner._compute``:
-    batch composition then never depends on where an earlier run stopped."""
-    from ..verification import embed_paths
-
-    c, model = runner.config, runner.model
-    emb, failed = embed_paths(model, [q for p in runner.pairs for q in (p.a, p.b)], c.batch_size, progress=False)
-    for start in range(0, len(todo), c.batch_pairs):
-        rows, good = [], []
-        for p in todo[start : start + c.batch_pairs]:
-            why = failed.get(p.a) or failed.get(p.b)
-            if why:
-                rows += [{**runner._base_row(k, p), "experiment": rows_of, "verdict": "error", "error": why}
-                         for k in keys if (k, p.id) not in done]
-            else:
-                good.append(p)
-        images = refs = None
-        if good:
-            images, _ = load_images([p.a for p in good], model.input_size, align=model.aligner)
-            refs = torch.stack([emb[p.b] for p in good])
-        yield PairChunk(good, images, refs, rows)
 
 
 #: What a run that ran out of space keeps (``falsify.paths.space_guard``).
@@ -552,6 +508,134 @@ class RunLock:
         self._fh = None
 
 
+def load_run_pairs(config: RunConfig) -> PairSet:
+    """The pairs of a run: ``n_pairs`` sampled from ``data`` with ``seed`` (balanced by the gender
+    of image A with ``stratify``)."""
+    c = config
+    if c.stratify == "gender":
+        from ..data.labels import load_labels, stratified_sample
+
+        return stratified_sample(load_pairs(c.data, c.pairs), load_labels(c.labels), c.n_pairs, c.seed)
+    return load_pairs(c.data, c.pairs, n_pairs=c.n_pairs, seed=c.seed)
+
+
+def load_run_model(config: RunConfig):
+    """The model of a run, as the driver and every Ray worker load it."""
+    from ..models import load_model
+
+    c = config
+    return load_model(c.model, input_size=tuple(c.input_size) if c.input_size else None, mean=c.mean,
+                      std=c.std, device=c.device, trust_pickle=c.trust_pickle, align=c.align)
+
+
+@dataclass
+class RunSession:
+    """What an experiment's rows and analysis get from a run (``Experiment.extend``), all fixed
+    before the first row: the settings, the pairs, the model, the calibrated test, the prior, the
+    explainers, the labels; and :meth:`compute_rows`, the one driver of every row kind."""
+
+    config: RunConfig
+    out: Path
+    pairs: PairSet
+    model: Any
+    fconfig: Any  # the calibrated FalsificationConfig
+    threshold: float | None  # the model's decision threshold (cosine): calibrated, else the model's own
+    calibration: Any = None
+    prior: Any = None  # falsification.prior.Prior, when the run needs it
+    explainers: dict = field(default_factory=dict)  # row method -> (explainer, kind)
+    random_model: Any = None
+    labels: Any = None  # falsify.data.labels.Labels, when --labels is given
+    executor: Any = None
+    log: Any = print
+    progress: bool = True
+    grid_ids: frozenset = frozenset()  # pairs whose maps are saved for the saliency grid
+    #: ``save_map(method, pair, map)``: where the grid pairs' maps go
+    save_map: Any = None
+    _embeddings: tuple | None = field(default=None, repr=False)
+
+    @property
+    def prior_map(self) -> torch.Tensor | None:
+        return self.prior.map() if self.prior is not None else None
+
+    def embeddings(self) -> tuple[dict, dict]:
+        """``(emb, failed)``: the embedding of every image of the run (computed once), and why each
+        unreadable one could not be read. Every image of the sample, not only the pending ones:
+        batch composition then never depends on where an earlier run stopped, so resumed rows
+        equal fresh ones."""
+        if self._embeddings is None:
+            from ..verification import embed_paths
+
+            self._embeddings = embed_paths(self.model, [q for p in self.pairs for q in (p.a, p.b)],
+                                           self.config.batch_size, progress=False)
+        return self._embeddings
+
+    def other_refs(self) -> dict:
+        """Another pair's reference for ``@other-reference`` rows: B of the next pair in the sample."""
+        pairs = self.pairs
+        return {p.id: pairs[(k + 1) % len(pairs)].b for k, p in enumerate(pairs)}
+
+    def context(self, rows_of: str) -> RowContext:
+        """What computing rows under ``rows_of`` needs besides the model (:class:`RowContext`)."""
+        emb, failed = self.embeddings()
+        return RowContext(self.config, rows_of, self.model.name, self.fconfig, self.prior_map, self.threshold, emb,
+                          failed, self.other_refs(), frozenset(self.grid_ids))
+
+    def compute_rows(self, store: ResultsStore, kind) -> int:
+        """The rows of ``kind`` (``executor.RowKind``) that ``store`` lacks, computed by the run's
+        executor in units of ``batch_pairs`` pairs x one group of keys and written here, the one
+        writer, as each unit comes back (a unit computed twice after a worker died is written
+        once); a progress bar counts them. Returns how many were computed."""
+        c, model, pairs = self.config, self.model, self.pairs
+        keys = kind.keys()
+        done = store.done(kind.rows_of, model.name)
+        todo = [p for p in pairs if any((k, p.id) not in done for k in keys)]
+        n_todo = sum((k, p.id) not in done for p in pairs for k in keys)
+        if n_todo:
+            line = kind.describe(n_todo, len(todo), len(pairs), len(keys))
+            if line:
+                self.log(line)
+            chunks = [todo[start : start + c.batch_pairs] for start in range(0, len(todo), c.batch_pairs)]
+            units = [(chunk, group) for chunk in chunks for group in kind.groups(keys)
+                     if any((k, p.id) not in done for k in group for p in chunk)]
+            computer = None if getattr(self.executor, "name", "") == "ray" else kind.computer(
+                model, self.explainers, self.random_model)
+            bar = tqdm(total=n_todo, desc=f"experiment {kind.rows_of}", unit=kind.unit_name,
+                       disable=not self.progress)
+            written = set(done)
+
+            def write(rows: list, maps: list) -> None:
+                """The one writer of the store: a unit's rows, less any already stored (a unit
+                computed twice after a worker died), and the grid pairs' maps."""
+                rows = [r for r in rows if (r["method"], r["pair"]) not in written]
+                if self.save_map is not None:
+                    for method, pair, m in maps:
+                        self.save_map(method, pair, m)
+                store.add_rows(rows)
+                written.update((r["method"], r["pair"]) for r in rows)
+                bar.update(len(rows))
+
+            try:
+                self.executor.run(kind, computer, units, done, write, log=self._log_above())
+            finally:
+                bar.close()
+        else:
+            self.log(kind.describe_done(len(pairs) * len(keys)))
+        ids = {p.id for p in pairs}
+        stored = {(k, p) for k, p in store.done(kind.rows_of, model.name) if p in ids and k in set(keys)}
+        if len(stored) != len(pairs) * len(keys):
+            raise RuntimeError(f"{self.out}: {len(stored)} rows of experiment {kind.rows_of} stored for {len(pairs)} "
+                               f"pairs x {len(keys)} keys; please report this")
+        return n_todo
+
+    def _log_above(self):
+        """``log`` that clears and redraws the progress bar around what it prints."""
+        def log(*args) -> None:
+            with tqdm.external_write_mode(nolock=True):
+                self.log(*args)
+
+        return log if self.progress else self.log
+
+
 def runner_for(config: RunConfig, **kw) -> "Runner":
     """The runner of ``config.experiment``, from its module (``falsify.experiments.registry``)."""
     from .registry import get
@@ -585,13 +669,6 @@ class Runner:
         self.executor = executor
 
     # -- set-up -----------------------------------------------------------------------------
-    def _pairs(self) -> PairSet:
-        c = self.config
-        if c.stratify == "gender":
-            from ..data.labels import load_labels, stratified_sample
-
-            return stratified_sample(load_pairs(c.data, c.pairs), load_labels(c.labels), c.n_pairs, c.seed)
-        return load_pairs(c.data, c.pairs, n_pairs=c.n_pairs, seed=c.seed)
 
     def _stored(self, settings: dict, pairs: PairSet) -> dict | None:
         """The existing store of ``out`` (read only), refused when its settings differ. Images that
@@ -700,13 +777,6 @@ class Runner:
             delta = calibrate_delta(model, images, prior.map(), fconfig, seed=c.seed, references=refs)
         return prior, delta
 
-    def _load_model(self):
-        from ..models import load_model
-
-        c = self.config
-        return load_model(c.model, input_size=tuple(c.input_size) if c.input_size else None, mean=c.mean,
-                          std=c.std, device=c.device, trust_pickle=c.trust_pickle, align=c.align)
-
     # -- the loop ---------------------------------------------------------------------------
     def _setup(self) -> None:
         """Everything that reads or checks input, writing nothing: the pairs, the model, every
@@ -714,8 +784,13 @@ class Runner:
         from ..attribution import get_explainer
 
         c = self.config
-        self.pairs = self._pairs()
-        self.model = model = self._load_model()
+        self.labels = None
+        if c.labels:  # 6.3's and 6.6's groups, --stratify: read (and checked) before anything is written
+            from ..data.labels import load_labels
+
+            self.labels = load_labels(c.labels)
+        self.pairs = load_run_pairs(c)
+        self.model = model = load_run_model(c)
         self.model_name = model.name
         self.device = model_device(model)
         # every method's options checked now, before any work; a model without a decision threshold
@@ -744,6 +819,9 @@ class Runner:
             self.fconfig = self.fconfig.replace(delta=self.delta["delta"])
         self.explainers, self.random_model = row_explainers(c, model, self.prior_map, explainers)
         self.grid_ids = {p.id for p in self._grid_pairs(self.pairs)}
+        self.session = RunSession(c, self.out, self.pairs, model, self.fconfig, self.threshold, self.calibration,
+                                  self.prior, self.explainers, self.random_model, self.labels, self.executor, self.log,
+                                  self.progress, frozenset(self.grid_ids), self._save_map)
 
     def _open(self, store: ResultsStore) -> None:
         """First writes: the settings (checked again under the lock), this invocation, the
@@ -809,68 +887,19 @@ class Runner:
         write_outputs(self.out, summary, explanations)
 
     def _compute(self, store: ResultsStore, started: str, t0: float) -> dict:
-        from ..verification import embed_paths
-
-        c, pairs, model, explainers, fconfig = self.config, self.pairs, self.model, self.explainers, self.fconfig
-        methods = c.row_methods()
-        done = store.done(self.rows_of, model.name)
-        todo_pairs = [p for p in pairs if any((m, p.id) not in done for m in methods)]
-        n_todo = sum((m, p.id) not in done for p in pairs for m in methods)
-        if n_todo == 0:
-            self.log("all rows are already in the store; writing the summary")
-        else:
-            self.log(f"{n_todo} of {len(pairs) * len(methods)} (method, pair) rows to compute")
-            # every image of the sample, not only the pending ones: batch composition then
-            # never depends on where an earlier run stopped, so resumed rows equal fresh ones
-            emb, failed = embed_paths(model, [q for p in pairs for q in (p.a, p.b)], c.batch_size, progress=False)
-            # another pair's reference for @other-reference rows: B of the next pair in the sample
-            self.other_ref = {p.id: pairs[(k + 1) % len(pairs)].b for k, p in enumerate(pairs)}
-            ctx = RowContext(c, self.rows_of, model.name, fconfig, self.prior_map, self.threshold, emb, failed,
-                             self.other_ref, frozenset(self.grid_ids))
-            self._computer = computer = RowComputer(ctx, model, explainers, self.random_model, test=self._test)
-            chunks = [todo_pairs[start : start + c.batch_pairs] for start in range(0, len(todo_pairs), c.batch_pairs)]
-            bar = tqdm(total=n_todo, desc=f"experiment {self.rows_of}", unit="test", disable=not self.progress)
-            written = set(done)
-
-            def write(rows: list, maps: list) -> None:
-                """The one writer of the store: a unit's rows, less any already stored (a unit
-                computed twice after a worker died), and the grid pairs' maps."""
-                rows = [r for r in rows if (r["method"], r["pair"]) not in written]
-                for method, pair, m in maps:
-                    self._save_map(method, pair, m)
-                store.add_rows(rows)
-                written.update((r["method"], r["pair"]) for r in rows)
-                bar.update(len(rows))
-
-            try:
-                self.executor.run(computer, chunks, methods, done, write, log=self._log_above())
-            finally:
-                bar.close()
-        ids = {p.id for p in pairs}
-        stored_keys = {(m, p) for m, p in store.done(self.rows_of, model.name) if p in ids and m in methods}
-        if len(stored_keys) != len(pairs) * len(methods):
-            raise RuntimeError(f"{self.out}: {len(stored_keys)} rows stored for {len(pairs)} pairs x "
-                               f"{len(methods)} methods; please report this")
+        c, pairs, model, session = self.config, self.pairs, self.model, self.session
+        session.compute_rows(store, Rows61(session.context(self.rows_of), self.rows_of))
         summary = summarise(store, c, pairs, model.name, self.threshold, elapsed_s=None, started=started)
         summary["alignment"] = self._alignment(pairs)
         from .registry import get
 
-        get(c.experiment).extend(self, store, summary)  # 6.2, 6.5, ...: their analysis (and rows) on 6.1's
+        get(c.experiment).extend(session, store, summary)  # 6.2, 6.5, ...: their analysis (and rows) on 6.1's
         summary["elapsed_s"] = time.perf_counter() - t0
         n_err = summary["n_errors"]
         if n_err:
             self.log(f"{n_err} error row{'s' * (n_err != 1)} (see the summary); after fixing the cause, rerun "
                      "with --retry-errors to compute them again")
         return summary
-
-
-    def _log_above(self):
-        """``self.log`` that clears and redraws the progress bar around what it prints."""
-        def log(*args) -> None:
-            with tqdm.external_write_mode(nolock=True):
-                self.log(*args)
-
-        return log if self.progress else self.log
 
     def _alignment(self, pairs: PairSet) -> dict:
         """The alignment of the run's images: the template, and the photos in which no face was
@@ -923,17 +952,3 @@ class Runner:
             out.append((p, PairExplanation(a, b, float(cosine_similarity(e[0], e[1])),
                                            float(geodesic_distance(e[0], e[1])), maps_a=maps)))
         return out or None
-
-    def _test(self, method, explainer, model, fconfig, pairs, images, refs, cos, ang, map_refs=None) -> list[dict]:
-        """Maps and tests for a batch of this process's units (``RowComputer.test``)."""
-        return self._computer.test(method, explainer, model, fconfig, pairs, images, refs, cos, ang, map_refs)
-
-    def _deletion(self, pair: Pair, image, attribution, reference, cosine: float) -> dict | None:
-        """The deletion curve of a genuine pair the model accepts (``--deletion``), else None."""
-        return deletion_of(self.model, self.threshold, self.config, pair, image, attribution, reference, cosine)
-
-    def _base_row(self, method: str, p: Pair) -> dict:
-        return base_row(self.rows_of, self.model_name, method, p)
-
-    def _error_row(self, method: str, p: Pair, reason: str) -> dict:
-        return {**self._base_row(method, p), "verdict": "error", "error": reason}

@@ -25,11 +25,9 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-
-from ..data import load_images
 from ..falsification import stats
 from .base import Experiment, load_raw_summary
+from .rows import ChunkRows, RowKind
 from .runner import Runner, _now
 from .store import ResultsStore
 
@@ -74,129 +72,162 @@ def _configs():
     return [(f, q, t) for t in TARGETS_STUDIED for f in FILLS_STUDIED for q in QS_STUDIED]
 
 
-class ValidityStudy(Runner):
-    """The validity study as a resumable run: rows ``(validity, model, "<fill>/q<q>|<map>", pair)``
-    hold the distances; the verdicts of every criterion are computed from them in the summary."""
+def map_groups() -> list[tuple[str, ...]]:
+    """The study's maps in the groups one unit makes together: the oracle and its inversion share
+    the occlusion map, every other map is a group of its own."""
+    return [(ORACLE, "inverted"), *[(m,) for m in MAPS if m not in (ORACLE, "inverted")]]
+
+
+class ValidityRows(RowKind):
+    """The study's rows (``executor.RowKind``): the distances of every (configuration|map, pair)
+    and a deletion curve per (map, pair); a unit is a chunk of pairs and one group of maps
+    (:func:`map_groups`) under every configuration, so the maps spread over Ray workers."""
 
     rows_of = ROWS_OF
 
-    def _maps(self, pairs, images, refs, emb, random_refs) -> dict[str, torch.Tensor]:
+    def keys(self) -> list[str]:
+        return [f"{config_key(f, q, t)}|{m}" for f, q, t in _configs() for m in MAPS] + [
+            f"{DELETION}|{m}" for m in MAPS]
+
+    def groups(self, keys):
+        of = {m: g for g in map_groups() for m in g}
+        out: dict = {}
+        for k in keys:
+            out.setdefault(of[k.split("|", 1)[1]], []).append(k)
+        return list(out.values())
+
+    def describe(self, n_rows, n_todo, n_pairs, n_keys) -> str:
+        return f"{n_rows} of {n_pairs * n_keys} (configuration|map, pair) rows to compute"
+
+    def computer(self, model, explainers=None, random_model=None):
+        return StudyRows(self, model, explainers, random_model)
+
+
+class StudyRows(ChunkRows):
+    """Computes the study's units (:class:`ValidityRows`)."""
+
+    def needs(self, p) -> list:
+        return [self.ctx.other_ref[p.id]]  # saliency@other-reference's face
+
+    def random(self):
+        """The randomised copy of the model (that of ``row_explainers``: the same seed)."""
+        if self.random_model is None:
+            from ..models.base import randomised_copy
+
+            self.random_model = randomised_copy(self.model, seed=self.ctx.config.seed)
+        return self.random_model
+
+    def maps(self, names, pairs, images, refs) -> dict[str, torch.Tensor]:
+        """The maps ``names`` of A of ``pairs`` (CPU)."""
         from ..attribution import get_explainer
         from ..falsification.calibration import occlusion_sensitivity
+        from ..models.base import model_device
+        from .executor import random_embeddings
 
-        model, device = self.model, self.device
-        n = images.shape[0]
-        occ = occlusion_sensitivity(model, images, grid=self.config.prior_grid, fill="blur",
-                                    batch_size=self.config.batch_size)
-        other = torch.stack([emb[self.other_ref[p.id]] for p in pairs]).to(device)
+        model, ctx, c = self.model, self.ctx, self.ctx.config
+        device = model_device(model)
         x, r = images.to(device), refs.to(device)
-        opts = self.config.method_options
+        opts = c.method_options
         ig_opts = {**IG_OPTIONS, **opts.get("ig", {})}
-        sal = get_explainer("saliency", model, **opts.get("saliency", {}))
-        return {
-            ORACLE: occ,
-            "inverted": -occ,
-            "centre": self.prior_map.expand(n, -1, -1),
-            "gaussian": gaussian_map(model.input_size).expand(n, -1, -1),
-            "edge": get_explainer("edge", model)(x, r).cpu(),
-            "random": get_explainer("random", model, seed=self.config.seed)(x, r).cpu(),
-            "saliency@random-model": get_explainer("saliency", self.random_model, **opts.get("saliency", {}))(
-                x, random_refs.to(device)).cpu(),
-            "ig@random-model": get_explainer("ig", self.random_model, **ig_opts)(x, random_refs.to(device)).cpu(),
-            "occlusion": get_explainer("occlusion", model, **opts.get("occlusion", {}))(x, r).cpu(),
-            "saliency": sal(x, r).cpu(),
-            "ig": get_explainer("ig", model, **ig_opts)(x, r).cpu(),
-            "saliency@other-reference": sal(x, other).cpu(),
-        }
+        out = {}
+        for name in names:
+            if name in (ORACLE, "inverted"):
+                if ORACLE not in out:
+                    out[ORACLE] = occlusion_sensitivity(model, images, grid=c.prior_grid, fill="blur",
+                                                        batch_size=c.batch_size)
+                if name == "inverted":
+                    out["inverted"] = -out[ORACLE]
+            elif name == "centre":
+                out[name] = ctx.prior_map.expand(len(pairs), -1, -1)
+            elif name == "gaussian":
+                out[name] = gaussian_map(model.input_size).expand(len(pairs), -1, -1)
+            elif name in ("edge", "random"):
+                out[name] = get_explainer(name, model, **({"seed": c.seed} if name == "random" else {}))(x, r).cpu()
+            elif name.endswith("@random-model"):
+                base = name.split("@")[0]
+                random_refs = self._images.get("random-b", [p.id for p in pairs],
+                                               lambda: random_embeddings(self.random(), model, pairs))
+                options = ig_opts if base == "ig" else opts.get(base, {})
+                out[name] = get_explainer(base, self.random(), **options)(x, random_refs.to(device)).cpu()
+            elif name == "saliency@other-reference":
+                other = torch.stack([ctx.emb[ctx.other_ref[p.id]] for p in pairs]).to(device)
+                out[name] = get_explainer("saliency", model, **opts.get("saliency", {}))(x, other).cpu()
+            else:  # occlusion, saliency, ig
+                out[name] = get_explainer(name, model, **(ig_opts if name == "ig" else opts.get(name, {})))(x, r).cpu()
+        return {n: out[n] for n in names}
 
-    def _deletion_rows(self, pairs, images, refs, cos, maps, done, t) -> list[dict]:
-        """One deletion curve per (map, genuine pair the model accepts: ``Runner._deletion``); other
-        pairs get an untestable row saying why (so that a resumed study knows they are done)."""
+    def compute(self, pairs, images, refs, keys, done):
+        from ..falsification import falsification_test
+        from ..geometry import cosine_similarity
+        from .executor import deletion_of
+
+        kind, model, ctx, c = self.kind, self.model, self.ctx, self.ctx.config
+        t = time.perf_counter()
+        names = list(dict.fromkeys(k.split("|", 1)[1] for k in keys))
+        maps = self.maps(names, pairs, images, refs)
+        cos = cosine_similarity(torch.stack([ctx.emb[p.a] for p in pairs]), refs).tolist()
+        loose = dict(tau_high=0.0, tau_low=math.pi, epsilon=0.0)  # distances only; verdicts in the summary
         rows = []
+        for fill, q, target in _configs():
+            cfg = study_config(c, fill, q, target, **loose)
+            for name, mp in maps.items():
+                key = f"{config_key(fill, q, target)}|{name}"
+                idx = [i for i, p in enumerate(pairs) if key in keys and (key, p.id) not in done]
+                if not idx:
+                    continue
+                rs = falsification_test(model, images[idx], refs[idx], mp[idx], cfg,
+                                        pair_ids=[pairs[i].index for i in idx])
+                for i, r in zip(idx, rs):
+                    rows.append({**kind.base_row(key, pairs[i]), "verdict": r.verdict,
+                                 "d_high": r.d_high, "d_low": r.d_low, "sd_high": r.sd_high,
+                                 "sd_low": r.sd_low, "margin": r.margin, "n_high": r.n_high,
+                                 "n_low": r.n_low, "k": r.K, "failed": list(r.failed),
+                                 "seconds": (time.perf_counter() - t) / len(pairs)})
+        # one deletion curve per (map, genuine pair the model accepts); other pairs get an
+        # untestable row saying why, so that a resumed study knows they are done
         for name, mp in maps.items():
             key = f"{DELETION}|{name}"
             for i, p in enumerate(pairs):
-                if (key, p.id) in done:
+                if key not in keys or (key, p.id) in done:
                     continue
-                base = self._base_row(key, p)
-                curve = self._deletion(p, images[i], mp[i], refs[i], cos[i])
+                curve = deletion_of(model, ctx.threshold, c, p, images[i], mp[i], refs[i], cos[i])
                 if curve is None:
                     why = "impostor pair" if not p.same else "a genuine pair the model already rejects"
-                    rows.append({**base, "verdict": "untestable", "failed": [f"no deletion curve: {why}"]})
+                    rows.append({**kind.base_row(key, p), "verdict": "untestable",
+                                 "failed": [f"no deletion curve: {why}"]})
                 else:
-                    rows.append({**base, "verdict": "passed", "detail": curve, "seconds": time.perf_counter() - t})
-        return rows
+                    rows.append({**kind.base_row(key, p), "verdict": "passed", "detail": curve,
+                                 "seconds": time.perf_counter() - t})
+        yield rows, []
 
-    def _study_config(self, fill: str, q: float, target: str, **thresholds):
-        """The test's configuration for one (fill, q, target) of the study, the run's other settings."""
-        from ..falsification import FalsificationConfig
 
-        c = self.config
-        return FalsificationConfig(fill=fill, q=q, K=c.K, seed=c.seed, batch_size=c.batch_size, grid=c.grid,
-                                   granularity=c.granularity, target=target, **thresholds)
+def study_config(c, fill: str, q: float, target: str, **thresholds):
+    """The test's configuration for one (fill, q, target) of the study, the run's other settings ``c``."""
+    from ..falsification import FalsificationConfig
+
+    return FalsificationConfig(fill=fill, q=q, K=c.K, seed=c.seed, batch_size=c.batch_size, grid=c.grid,
+                               granularity=c.granularity, target=target, **thresholds)
+
+
+class ValidityStudy(Runner):
+    """The validity study as a resumable run: rows ``(validity, model, "<fill>/q<q>|<map>", pair)``
+    hold the distances (:class:`ValidityRows`); the verdicts of every criterion are computed from
+    them in the summary."""
+
+    rows_of = ROWS_OF
 
     def _compute(self, store: ResultsStore, started: str, t0: float) -> dict:
-        from ..falsification import falsification_test
-        from ..geometry import cosine_similarity
-        from ..verification import embed_paths
+        from ..falsification.prior import calibrate_delta
 
-        c, pairs, model = self.config, self.pairs, self.model
-        keys = [f"{config_key(f, q, t)}|{m}" for f, q, t in _configs() for m in MAPS]
-        keys += [f"{DELETION}|{m}" for m in MAPS]
-        done = store.done(ROWS_OF, model.name)
-        todo = [p for p in pairs if any((k, p.id) not in done for k in keys)]
-        self.log(f"{sum((k, p.id) not in done for p in pairs for k in keys)} of {len(pairs) * len(keys)} "
-                 "(configuration|map, pair) rows to compute")
-        if todo:
-            emb, failed = embed_paths(model, [q for p in pairs for q in (p.a, p.b)], c.batch_size, progress=False)
-            self.other_ref = {p.id: pairs[(k + 1) % len(pairs)].b for k, p in enumerate(pairs)}
-            loose = dict(tau_high=0.0, tau_low=math.pi, epsilon=0.0)  # distances only; verdicts in the summary
-            bar = tqdm(total=len(todo), desc="validity study", unit="pair", disable=not self.progress)
-            for start in range(0, len(todo), c.batch_pairs):
-                chunk = todo[start : start + c.batch_pairs]
-                bad = [p for p in chunk if failed.get(p.a) or failed.get(p.b) or failed.get(self.other_ref[p.id])]
-                for p in bad:
-                    why = failed.get(p.a) or failed.get(p.b) or failed.get(self.other_ref[p.id])
-                    store.add_rows([self._error_row(k, p, why) for k in keys if (k, p.id) not in done])
-                good = [p for p in chunk if p not in bad]
-                if good:
-                    images, _ = load_images([p.a for p in good], model.input_size, align=model.aligner)
-                    refs = torch.stack([emb[p.b] for p in good])
-                    cos = cosine_similarity(torch.stack([emb[p.a] for p in good]), refs).tolist()
-                    b_images, _ = load_images([p.b for p in good], model.input_size, align=model.aligner)
-                    with torch.inference_mode():
-                        random_refs = self.random_model(b_images.to(self.device)).float().cpu()
-                    t = time.perf_counter()
-                    maps = self._maps(good, images, refs, emb, random_refs)
-                    for fill, q, target in _configs():
-                        cfg = self._study_config(fill, q, target, **loose)
-                        rows = []
-                        for name, mp in maps.items():
-                            key = f"{config_key(fill, q, target)}|{name}"
-                            idx = [i for i, p in enumerate(good) if (key, p.id) not in done]
-                            if not idx:
-                                continue
-                            rs = falsification_test(model, images[idx], refs[idx], mp[idx], cfg,
-                                                    pair_ids=[good[i].index for i in idx])
-                            for i, r in zip(idx, rs):
-                                rows.append({**self._base_row(key, good[i]), "verdict": r.verdict,
-                                             "d_high": r.d_high, "d_low": r.d_low, "sd_high": r.sd_high,
-                                             "sd_low": r.sd_low, "margin": r.margin, "n_high": r.n_high,
-                                             "n_low": r.n_low, "k": r.K, "failed": list(r.failed),
-                                             "seconds": (time.perf_counter() - t) / len(good)})
-                        store.add_rows(rows)
-                    store.add_rows(self._deletion_rows(good, images, refs, cos, maps, done, t))
-                bar.update(len(chunk))
-            bar.close()
+        c, pairs, model, session = self.config, self.pairs, self.model, self.session
+        session.compute_rows(store, ValidityRows(session.context(ROWS_OF)))
         deltas = store.get_meta("validity_deltas")
         if deltas is None:
-            from ..falsification.prior import calibrate_delta
-
             self.log("calibrating delta for each fill and q on the prior's images ...")
             images, prior_refs = self._prior_image_batch(model, pairs)
             deltas = {}
             for fill, q, target in _configs():
-                cfg = self._study_config(fill, q, target)
+                cfg = study_config(c, fill, q, target)
                 deltas[config_key(fill, q, target)] = calibrate_delta(model, images, self.prior_map, cfg, seed=c.seed,
                                                                       references=prior_refs)
             store.set_meta("validity_deltas", deltas)
