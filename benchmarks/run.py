@@ -322,7 +322,7 @@ def ig_section(model, xa, refs, steps, n_images, rounds, best_fb_bs, batch_size=
 def falsification_section(model, xa, refs, K, rounds, best_fwd_bs) -> dict:
     from falsify.attribution import get_explainer
     from falsify.falsification import FalsificationConfig, falsification_test
-    from falsify.falsification.core import _STREAM_FILL, pair_generator, regions_for
+    from falsify.falsification.stages import STREAM_FILL, pair_generator, regions_for
     from falsify.falsification.counterfactuals import apply_fill
     from falsify.geometry import geodesic_distance
 
@@ -336,7 +336,7 @@ def falsification_section(model, xa, refs, K, rounds, best_fwd_bs) -> dict:
     def run_loop():  # the same test, one counterfactual per forward pass
         img = x[0]
         reg = regions_for(img, maps[0], cfg, 0)
-        gen = pair_generator(cfg.seed, 0, _STREAM_FILL)
+        gen = pair_generator(cfg.seed, 0, STREAM_FILL)
         d = []
         with torch.inference_mode():
             fx = model(img[None])

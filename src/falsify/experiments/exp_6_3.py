@@ -248,7 +248,7 @@ def part_effects(model, image, f_x, ref, labels: np.ndarray, fc, pair_index: int
     over K samples for the noise fill), per part; None for a part absent from the image."""
     import torch
 
-    from ..falsification.core import _distances, _embed, pair_generator
+    from ..falsification.stages import distances, embed, pair_generator
     from ..falsification.counterfactuals import DETERMINISTIC_FILLS, fill_image
     from ..models.base import model_device
 
@@ -266,8 +266,8 @@ def part_effects(model, image, f_x, ref, labels: np.ndarray, fc, pair_index: int
         values = fixed if fixed is not None else fill_image(image, fc.fill, k, **kw)
         cfs.append(torch.where(mask.view(1, 1, *mask.shape), values, x).expand(k, -1, -1, -1))
         present.append(i)
-    e = _embed(model, torch.cat(cfs), fc.batch_size, model_device(model)).double()
-    d = _distances(f_x.double(), e, ref.double(), fc.target).view(len(present), k).mean(dim=1)
+    e = embed(model, torch.cat(cfs), fc.batch_size, model_device(model)).double()
+    d = distances(f_x.double(), e, ref.double(), fc.target).view(len(present), k).mean(dim=1)
     out: list[float | None] = [None] * len(PARTS)
     for j, i in enumerate(present):
         out[i] = float(d[j])
@@ -288,7 +288,7 @@ def compute_rows(runner, store) -> None:
     """The 6.3 rows that ``store`` lacks, committed pair chunk by pair chunk (a killed run resumes)."""
     import torch.nn.functional as F
 
-    from ..falsification.core import _embed
+    from ..falsification.stages import embed
     from ..models.base import model_device
     from .runner import pair_chunks, pending_pairs
 
@@ -317,7 +317,7 @@ def compute_rows(runner, store) -> None:
         good = [chunk.pairs[i] for i in keep]
         if good:
             images, refs = chunk.images[keep], chunk.refs[keep]
-            f_x = _embed(model, images, c.batch_size, device)
+            f_x = embed(model, images, c.batch_size, device)
             effects = [part_effects(model, images[i], f_x[i], refs[i], labels[i], fc, p.index)
                        for i, p in enumerate(good)]
             for m in methods:

@@ -63,7 +63,7 @@ def compute_rows(runner, store) -> None:
     """The 6.5 rows that ``store`` lacks, committed pair chunk by pair chunk (a killed run resumes)."""
     import torch
 
-    from ..falsification.core import _STREAM_FILL, pair_generator, regions_for
+    from ..falsification.stages import optimised_starts, regions_for
     from ..falsification.counterfactuals import optimise_counterfactuals
     from ..geometry import geodesic_distance
     from ..models.base import model_device
@@ -96,10 +96,8 @@ def compute_rows(runner, store) -> None:
                     rows += [{**runner._base_row(k, p), "experiment": ROWS_OF, "verdict": "untestable",
                               "failed": [f"the map of {method} is untestable"]} for k in keys if (k, p.id) not in done]
                     continue
-                gen = pair_generator(c.seed, p.index, _STREAM_FILL)  # the starts of the test's optimised fill
-                for region, mask in (("high", reg.high), ("low", reg.low)):
-                    eps = torch.randn((c.K, *images[i].shape), generator=gen)
-                    init = (images[i].unsqueeze(0) + fc.opt_init_sigma * eps * mask).clamp(0.0, 1.0)
+                starts = optimised_starts(images[i], reg, c.K, c.seed, p.index, fc.opt_init_sigma)  # the test's
+                for (region, mask), init in zip((("high", reg.high), ("low", reg.low)), starts):
                     for j in range(c.K):
                         if (f"{region}/k{j}", p.id) not in done:
                             samples.append((i, f"{region}/k{j}", images[i], mask, init[j]))

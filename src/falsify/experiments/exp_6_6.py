@@ -211,22 +211,15 @@ def _ssim(x, cfs) -> list[float]:
 def measure(model, image, f_x, ref, regions, pair_index: int, fc, threshold, cos_x: float) -> dict:
     """One map's counterfactuals (as the test builds them), their SSIM to x, their embeddings'
     cosine with f(B) and distances from f(x), per region."""
-    import torch
-
-    from ..falsification.core import _counterfactual_halves, _distances, _embed, _optimised_counterfactuals
+    from ..falsification.stages import counterfactuals_of, distances, embed
     from ..geometry import cosine_similarity
     from ..models.base import model_device
 
     k = fc.k_effective
     device = model_device(model)
-    if fc.fill == "optimised":
-        cfs = _optimised_counterfactuals(model, image.unsqueeze(0), [regions], f_x.unsqueeze(0), fc, [pair_index],
-                                         device, False)[0][0]
-    else:
-        high, low = _counterfactual_halves(image, regions, fc, pair_index)
-        cfs = torch.cat([high, low])
-    e = _embed(model, cfs, fc.batch_size, device).double()
-    d = _distances(f_x.double(), e, ref, fc.target)
+    cfs = counterfactuals_of(model, image, regions, f_x, pair_index, fc).stacked()
+    e = embed(model, cfs, fc.batch_size, device).double()
+    d = distances(f_x.double(), e, ref, fc.target)
     cos = cosine_similarity(e, ref.double().unsqueeze(0))
     out = {"k": k, "cos": cos_x, "accepted": None if threshold is None else bool(cos_x >= threshold)}
     for region, sl in (("high", slice(0, k)), ("low", slice(k, 2 * k))):
@@ -242,7 +235,7 @@ def measure(model, image, f_x, ref, regions, pair_index: int, fc, threshold, cos
 
 def compute_rows(runner, store) -> None:
     """The 6.6 rows that ``store`` lacks, committed pair chunk by pair chunk (a killed run resumes)."""
-    from ..falsification.core import _embed, regions_for
+    from ..falsification.stages import embed, regions_for
     from ..geometry import cosine_similarity
     from ..models.base import model_device
     from .runner import pair_chunks, pending_pairs
@@ -260,7 +253,7 @@ def compute_rows(runner, store) -> None:
     for chunk in pair_chunks(runner, todo, methods, done, ROWS_OF):
         rows, good, images, refs = chunk.rows, chunk.pairs, chunk.images, chunk.refs
         if good:
-            f_x = _embed(model, images, c.batch_size, device)
+            f_x = embed(model, images, c.batch_size, device)
             cos_x = cosine_similarity(f_x, refs).tolist()
             for m in methods:
                 idx = []
