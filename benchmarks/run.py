@@ -166,7 +166,7 @@ def run_model(model, n: int, bs: int, grad: bool = False) -> Callable[[], None]:
 def gradcam_section(model, xa, refs, batch_sizes, rounds, best_fb_bs) -> list[list]:
     from captum.attr import LayerAttribution, LayerGradCam
 
-    from falsify._compat import ensure_torchvision_importable
+    from falsify.compat import ensure_torchvision_importable
     from falsify.attribution import get_explainer, normalise_maps
 
     ensure_torchvision_importable()
