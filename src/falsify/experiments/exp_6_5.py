@@ -42,12 +42,10 @@ def _f(x) -> float | None:
 
 
 def wilson(k: int, n: int) -> tuple[float | None, float | None]:
-    from statsmodels.stats.proportion import proportion_confint
+    """The Wilson 95% interval (``falsify.falsification.stats.wilson_interval``); (None, None) when n == 0."""
+    from ..falsification.stats import wilson_interval
 
-    if n == 0:
-        return None, None
-    lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
-    return float(lo), float(hi)
+    return wilson_interval(k, n) or (None, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +210,7 @@ def bootstrap_rates(verdicts: Sequence[str], sizes: Sequence[int], seed: int, n_
     """FR of ``verdicts`` (passed/falsified) resampled with replacement at each n (seeded): the mean,
     the observed std beside the binomial sqrt(p(1-p)/n) (p: the FR of all the verdicts), and the mean
     width of the Wilson 95% CI a study of n pairs would report."""
-    from statsmodels.stats.proportion import proportion_confint
+    from ..falsification.stats import wilson_interval
 
     y = np.array([v == "falsified" for v in verdicts], dtype=float)
     p = float(y.mean())
@@ -220,7 +218,7 @@ def bootstrap_rates(verdicts: Sequence[str], sizes: Sequence[int], seed: int, n_
     for n in sizes:
         rng = np.random.default_rng([seed, n])
         k = y[rng.integers(0, len(y), size=(n_boot, n))].sum(axis=1)
-        lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
+        lo, hi = wilson_interval(k, n)
         out.append({"n": n, "mean": float(k.mean() / n), "std": float((k / n).std(ddof=1)),
                     "binomial_std": math.sqrt(p * (1 - p) / n), "ci_width": float(np.mean(hi - lo))})
     return out
