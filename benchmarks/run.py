@@ -328,7 +328,7 @@ def falsification_section(model, xa, refs, K, rounds, best_fwd_bs) -> dict:
 
     x, r = xa[:1], refs[:1]
     maps = get_explainer("gradcam", model)(x, r)
-    cfg = FalsificationConfig(fill="noise", K=K, tau_high=0.2, tau_low=0.1, epsilon=0.05)
+    cfg = FalsificationConfig.preset("plain", fill="noise", K=K, tau_high=0.2, tau_low=0.1, epsilon=0.05)
 
     def run_ours():
         return falsification_test(model, x, r, maps, cfg)
@@ -364,7 +364,7 @@ def experiment_section(model, xa, refs, pair_ids, methods, fwd_rate, fb_rate, op
     from falsify.attribution import get_explainer
     from falsify.falsification import FalsificationConfig, falsification_test
 
-    cfg = FalsificationConfig(tau_high=0.2, tau_low=0.1, epsilon=0.05)  # the run's defaults: blur, K=16
+    cfg = FalsificationConfig.preset("plain", tau_high=0.2, tau_low=0.1, epsilon=0.05)  # blur, K=16, absolute
     n = xa.shape[0]
     rows, total, total_limit = [], 0.0, 0.0
     for method in methods:

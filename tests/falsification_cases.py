@@ -87,7 +87,7 @@ def run_case(name: str, m=None) -> list[dict]:
     """The results of case ``name`` as JSON-ready dicts (masks and examples as sums and digests)."""
     m = m or model()
     changes, opts = CASES[name]
-    config = FalsificationConfig(**{"criterion": "absolute", "fill": "blur", "q": 0.2, **THRESHOLDS, **changes})
+    config = FalsificationConfig.preset("plain", **{**THRESHOLDS, **changes})  # blur, q 0.2, absolute
     out = falsification_test(
         m, _images(), _refs(m) if opts.get("refs") else None, _maps(), config,
         pair_ids=opts.get("pair_ids"), keep_examples=bool(opts.get("keep_examples")),

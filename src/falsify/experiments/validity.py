@@ -133,7 +133,8 @@ class ValidityStudy(Runner):
 
         c = self.config
         return FalsificationConfig(fill=fill, q=q, K=c.K, seed=c.seed, batch_size=c.batch_size, grid=c.grid,
-                                   granularity=c.granularity, target=target, **thresholds)
+                                   granularity=c.granularity, target=target, criterion="absolute", delta=None,
+                                   **thresholds)
 
     def _compute(self, store: ResultsStore, started: str, t0: float) -> dict:
         from ..falsification import falsification_test

@@ -4,11 +4,17 @@ An attribution map predicts that hiding the features it ranks high (S_high) move
 embedding far along the hypersphere, and hiding those it ranks low (S_low) barely moves it.
 
 >>> from falsify.falsification import FalsificationConfig, calibrate, falsification_test
+>>> from falsify.falsification.prior import occlusion_prior
 >>> config = calibrate(model, pairs).apply(FalsificationConfig())        # per-model thresholds
->>> results = falsification_test(model, images, references, maps, config)
+>>> prior = occlusion_prior(model, untested_images).map()                # the model's prior map
+>>> results = falsification_test(model, images, references, maps, config, prior=prior)
 >>> results[0].verdict, results[0].failed, results[0].d_high, results[0].d_low
 >>> from falsify.falsification import stats
 >>> stats.falsification_rate(results)
+
+``FalsificationConfig()`` is the test ``falsify run`` and ``falsify test`` use by default (the
+``beyond-prior`` preset: a map must beat the model's prior map); the earlier test without the
+prior is ``FalsificationConfig.preset("plain")``.
 
 The test is a composition of public stages (``falsify.falsification.stages``): regions
 (:func:`regions_for`), a fill strategy (:func:`fill_for`), embedding (:func:`embed`), distances

@@ -52,10 +52,11 @@ from .stages import (  # noqa: F401 - pair_generator, regions_for, build_counter
 
 VERDICTS = ("passed", "falsified", "untestable")
 
-#: Named test configurations for ``falsify run`` and ``falsify test`` (``--preset``). The default,
-#: ``beyond-prior``, is the configuration with the highest discriminative power in the validity
-#: study (docs/method.md, "Validity of the test"); ``plain`` is the configuration used before it
-#: (the library's ``FalsificationConfig()`` defaults).
+#: Named test configurations: ``--preset`` of ``falsify run`` and ``falsify test``, and
+#: ``FalsificationConfig.preset(name)``. The default, ``beyond-prior``, is the configuration with
+#: the highest discriminative power in the validity study (docs/method.md, "Validity of the
+#: test"), and the defaults of ``FalsificationConfig()`` too; ``plain`` is the configuration used
+#: before it (fill blur, q 0.2, absolute thresholds), available by name.
 PRESETS: dict[str, dict] = {
     "beyond-prior": {"fill": "mean", "q": 0.1, "criterion": "beyond-prior", "delta": 0.0},
     "plain": {"fill": "blur", "q": 0.2, "criterion": "absolute", "delta": None},
@@ -85,13 +86,18 @@ def apply_preset(preset: str, fill=None, q=None, criterion=None, delta=None) -> 
 class FalsificationConfig:
     """Everything that defines one falsification test. See docs/method.md (falsification test) for the defaults.
 
+    The defaults are the ``beyond-prior`` preset, the test ``falsify run`` and ``falsify test`` use
+    by default: fill ``mean``, ``q`` = 0.1, criterion ``beyond-prior`` with ``delta`` = 0 (a
+    ``prior`` map must be given to ``falsification_test``). The earlier test is
+    ``FalsificationConfig.preset("plain")`` (fill ``blur``, ``q`` = 0.2, criterion ``absolute``).
+
     Regions
         granularity: "grid" (default), "pixel" or "superpixel"; ``grid`` cells per side (14);
         ``n_segments`` and ``compactness`` for SLIC superpixels. region: "quantile" (default,
-        equal area, top/bottom ``q`` = 0.2 of the pixels) or "threshold" (``theta_high``,
+        equal area, top/bottom ``q`` = 0.1 of the pixels) or "threshold" (``theta_high``,
         ``theta_low`` on the [0, 1] map).
     Counterfactuals
-        fill: "blur" (default), "mean", "zero", "noise", "optimised". ``K`` samples per region
+        fill: "mean" (default), "blur", "zero", "noise", "optimised". ``K`` samples per region
         for stochastic fills (noise, optimised; default 16); deterministic fills always use one
         (``k_effective``). ``noise_sigma`` (std of the additive noise, [0, 1] units),
         ``blur_sigma`` (std of the blur as a fraction of the shorter image side).
@@ -99,8 +105,11 @@ class FalsificationConfig:
         per-sample gradient-norm clip, relative early-stop tolerance and patience, std of the
         starting noise).
     Criterion
-        ``tau_high``, ``tau_low``, ``epsilon`` in radians. They have no default: set them, or
-        derive them for the model with ``calibrate(model, pairs).apply(config)``.
+        criterion: "beyond-prior" (default: the map's margin d_high - d_low must beat the prior
+        map's on the same image by more than ``delta``, default 0) or "absolute" (the thresholds
+        below); see ``falsify.falsification.criteria``. ``tau_high``, ``tau_low``, ``epsilon`` in
+        radians. They have no default: set them, or derive them for the model with
+        ``calibrate(model, pairs).apply(config)``.
     Other
         ``seed`` (ties in the ranking and stochastic fills; results are identical for the same
         seed), ``batch_size`` (images per forward pass).
@@ -111,18 +120,18 @@ class FalsificationConfig:
     n_segments: int = 100
     compactness: float = 10.0
     region: str = "quantile"
-    q: float = 0.2
+    q: float = PRESETS[DEFAULT_PRESET]["q"]
     theta_high: float | None = None
     theta_low: float | None = None
-    fill: str = "blur"
+    fill: str = PRESETS[DEFAULT_PRESET]["fill"]
     K: int = 16
     noise_sigma: float = 0.5
     blur_sigma: float = 0.05
     tau_high: float | None = None
     tau_low: float | None = None
     epsilon: float | None = None
-    criterion: str = "absolute"
-    delta: float | None = None
+    criterion: str = PRESETS[DEFAULT_PRESET]["criterion"]
+    delta: float | None = PRESETS[DEFAULT_PRESET]["delta"]
     target: str = "embedding"
     seed: int = 0
     batch_size: int = 64
@@ -208,6 +217,14 @@ class FalsificationConfig:
 
     def replace(self, **changes) -> "FalsificationConfig":
         return replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **changes) -> "FalsificationConfig":
+        """The config of preset ``name`` (:data:`PRESETS`: ``beyond-prior``, the default, or
+        ``plain``) with ``changes``; e.g. ``FalsificationConfig.preset("plain", K=8)``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **changes})
 
     def to_dict(self) -> dict:
         return asdict(self)
