@@ -94,7 +94,8 @@ def compute_rows(runner, store) -> None:
                     rows += [{**runner._base_row(k, p), "experiment": ROWS_OF, "verdict": "untestable",
                               "failed": [f"the map of {method} is untestable"]} for k in keys if (k, p.id) not in done]
                     continue
-                starts = optimised_starts(images[i], reg, c.K, c.seed, p.index, fc.opt_init_sigma)  # the test's
+                # the starts of the test's optimised fill
+                starts = optimised_starts(images[i], reg, c.K, c.seed, p.index, fc.opt_init_sigma)
                 for (region, mask), init in zip((("high", reg.high), ("low", reg.low)), starts):
                     for j in range(c.K):
                         if (f"{region}/k{j}", p.id) not in done:
