@@ -165,7 +165,7 @@ def test_a_new_criterion_needs_no_change_in_the_test(tiny_model):
 
     try:
         cfg = FalsificationConfig(criterion="margin-only", tau_high=0.0, tau_low=math.pi, epsilon=0.0)
-        assert isinstance(criterion_for(cfg), MarginOnly)
+        assert isinstance(criterion_for(cfg), MarginOnly) and not MarginOnly.needs_prior
         res = falsification_test(tiny_model, cases._images(2), None, cases._maps(2), cfg)
         for r in res:
             assert r.criterion == "margin-only"
@@ -180,5 +180,6 @@ def test_a_new_criterion_needs_no_change_in_the_test(tiny_model):
 
 def test_prior_criterion_asks_for_the_prior(tiny_model):
     cfg = FalsificationConfig(criterion="beyond-prior", delta=0.0, **cases.THRESHOLDS)
+    assert criterion_for(cfg).needs_prior and not criterion_for(cfg.replace(criterion="absolute")).needs_prior
     with pytest.raises(ValueError, match="needs prior="):
         falsification_test(tiny_model, cases._images(1), None, cases._maps(1), cfg)

@@ -4,7 +4,8 @@ A criterion is a :class:`Criterion` subclass registered under its name with
 :func:`register_criterion`; ``FalsificationConfig(criterion=NAME)`` picks it
 (:func:`criterion_for`), and ``falsification_test`` only calls its hooks:
 
-- ``thresholds``: the config fields it needs (``FalsificationConfig.has_criterion``);
+- ``thresholds``: the config fields it needs (``FalsificationConfig.has_criterion``), and
+  ``needs_prior``: whether the call needs the model's prior map;
 - :meth:`Criterion.check_inputs`: refuse a call that lacks an input it needs (e.g. the prior);
 - :meth:`Criterion.prepare`: work done once per call before judging (e.g. the prior's distances);
 - :meth:`Criterion.judge`: the verdict of one image, the conditions that failed, and the
@@ -68,6 +69,8 @@ class Criterion:
     name: ClassVar[str] = ""
     #: the config fields (radians) that must be set before the test runs
     thresholds: ClassVar[tuple[str, ...]] = ("tau_high", "tau_low", "epsilon")
+    #: whether ``falsification_test`` needs the model's prior map (``prior=``)
+    needs_prior: ClassVar[bool] = False
 
     def __init__(self, config) -> None:
         self.config = config
@@ -141,6 +144,7 @@ class BeyondPrior(Criterion):
 
     name = "beyond-prior"
     thresholds = ("tau_high", "tau_low", "epsilon", "delta")
+    needs_prior = True
 
     def check_inputs(self, *, prior=None):
         if prior is None:
