@@ -396,14 +396,16 @@ def falsification_test(
     images:
         ``(B, 3, H, W)`` the explained images (x).
     references:
-        ``(B, D)`` the other face's embedding of each pair (only used to report the pair's
-        angle), or None. The distances are measured from f(x) of the image itself.
+        ``(B, D)`` the other face's embedding of each pair, or None: with ``target="embedding"``
+        only used to report the pair's angle (the distances are measured from f(x) of the image
+        itself); ``target="pair"`` needs them.
     maps:
         ``(B, H, W)`` attribution maps at the image's resolution (any real values in quantile
         mode; [0, 1] in threshold mode).
     config:
         :class:`FalsificationConfig` with ``tau_high``, ``tau_low`` and ``epsilon`` set (e.g.
-        ``calibrate(model, pairs).apply(FalsificationConfig())``).
+        ``calibrate(model, pairs).apply(FalsificationConfig())``). Its default criterion,
+        ``beyond-prior``, needs ``prior``; ``FalsificationConfig.preset("plain")`` does not.
     pair_ids:
         Identifiers seeding each pair's random streams (default ``0 .. B-1``); pass the same ids
         to get the same result for a pair whether it is tested alone or in a batch.
@@ -417,8 +419,12 @@ def falsification_test(
         A dict reused across calls on the same images (keyed by pair id): the prior's distances
         on an image are then computed once, however many methods are tested on it.
 
-    All 2K counterfactuals of every image go through the model in batches of
-    ``config.batch_size``; f(x) is computed once per image.
+    The stages (``falsify.falsification.stages``, ``falsify.falsification.criteria``): the
+    regions of each map (:func:`regions_for`), the counterfactuals of the testable ones from the
+    config's fill strategy (:func:`fill_for`), their embeddings (:class:`BatchedEmbedder`: all 2K
+    counterfactuals of every image in batches of ``config.batch_size``; f(x) once per image,
+    :func:`embed`), the distances (:func:`distances`), and the criterion's verdict
+    (:func:`criterion_for`).
     """
     config = config or FalsificationConfig()
     criterion = criterion_for(config)
