@@ -166,7 +166,7 @@ def run_model(model, n: int, bs: int, grad: bool = False) -> Callable[[], None]:
 def gradcam_section(model, xa, refs, batch_sizes, rounds, best_fb_bs) -> list[list]:
     from captum.attr import LayerAttribution, LayerGradCam
 
-    from falsify._compat import ensure_torchvision_importable
+    from falsify.compat import ensure_torchvision_importable
     from falsify.attribution import get_explainer, normalise_maps
 
     ensure_torchvision_importable()
@@ -322,13 +322,13 @@ def ig_section(model, xa, refs, steps, n_images, rounds, best_fb_bs, batch_size=
 def falsification_section(model, xa, refs, K, rounds, best_fwd_bs) -> dict:
     from falsify.attribution import get_explainer
     from falsify.falsification import FalsificationConfig, falsification_test
-    from falsify.falsification.core import _STREAM_FILL, pair_generator, regions_for
+    from falsify.falsification.stages import STREAM_FILL, pair_generator, regions_for
     from falsify.falsification.counterfactuals import apply_fill
     from falsify.geometry import geodesic_distance
 
     x, r = xa[:1], refs[:1]
     maps = get_explainer("gradcam", model)(x, r)
-    cfg = FalsificationConfig(fill="noise", K=K, tau_high=0.2, tau_low=0.1, epsilon=0.05)
+    cfg = FalsificationConfig.preset("plain", fill="noise", K=K, tau_high=0.2, tau_low=0.1, epsilon=0.05)
 
     def run_ours():
         return falsification_test(model, x, r, maps, cfg)
@@ -336,7 +336,7 @@ def falsification_section(model, xa, refs, K, rounds, best_fwd_bs) -> dict:
     def run_loop():  # the same test, one counterfactual per forward pass
         img = x[0]
         reg = regions_for(img, maps[0], cfg, 0)
-        gen = pair_generator(cfg.seed, 0, _STREAM_FILL)
+        gen = pair_generator(cfg.seed, 0, STREAM_FILL)
         d = []
         with torch.inference_mode():
             fx = model(img[None])
@@ -364,7 +364,7 @@ def experiment_section(model, xa, refs, pair_ids, methods, fwd_rate, fb_rate, op
     from falsify.attribution import get_explainer
     from falsify.falsification import FalsificationConfig, falsification_test
 
-    cfg = FalsificationConfig(tau_high=0.2, tau_low=0.1, epsilon=0.05)  # the run's defaults: blur, K=16
+    cfg = FalsificationConfig.preset("plain", tau_high=0.2, tau_low=0.1, epsilon=0.05)  # blur, K=16, absolute
     n = xa.shape[0]
     rows, total, total_limit = [], 0.0, 0.0
     for method in methods:

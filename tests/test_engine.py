@@ -208,13 +208,13 @@ def test_dlib_inference_path_equals_the_module_path(dlib_model):
 
 def test_noise_counterfactual_halves_equal_build_counterfactuals():
     from falsify.falsification import FalsificationConfig
-    from falsify.falsification.core import _counterfactual_halves, build_counterfactuals, regions_for
+    from falsify.falsification.stages import build_counterfactuals, fill_for, regions_for
 
     g = torch.Generator().manual_seed(1)
     x, m = torch.rand(3, 28, 28, generator=g), torch.rand(28, 28, generator=g)
-    cfg = FalsificationConfig(fill="noise", K=5, grid=7, tau_high=0.2, tau_low=0.1, epsilon=0.05)
+    cfg = FalsificationConfig.preset("plain", fill="noise", K=5, grid=7, tau_high=0.2, tau_low=0.1, epsilon=0.05)
     reg = regions_for(x, m, cfg, 3)
-    high, low = _counterfactual_halves(x, reg, cfg, 3)
+    high, low = fill_for(cfg).halves(x, reg, 3)
     assert torch.equal(torch.cat([high, low]), build_counterfactuals(x, reg, cfg, 3))
 
 

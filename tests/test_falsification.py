@@ -76,6 +76,61 @@ def test_bad_config_is_a_clear_error(kwargs, message):
         FalsificationConfig(**kwargs)
 
 
+class _Captured(Exception):
+    pass
+
+
+def test_library_default_is_the_commands_default(monkeypatch):
+    """One default (issue 20, item 5): ``FalsificationConfig()`` is the test ``falsify test`` and
+    ``falsify run`` run when no option is given (the ``beyond-prior`` preset); ``plain`` by name."""
+    import falsify.experiments
+    from falsify import cli
+    from falsify.falsification.core import DEFAULT_PRESET, PRESETS
+
+    default = FalsificationConfig()
+    assert default == FalsificationConfig.preset(DEFAULT_PRESET) == FalsificationConfig.preset("beyond-prior")
+    assert (default.fill, default.q, default.criterion, default.delta) == ("mean", 0.1, "beyond-prior", 0.0)
+    args = cli.build_parser().parse_args(["test", "a.jpg", "b.jpg", "--method", "gradcam"])
+    assert args.preset == DEFAULT_PRESET
+    assert cli._test_config(args) == default
+
+    seen = []
+
+    def capture(config, **kw):
+        seen.append(config)
+        raise _Captured
+
+    monkeypatch.setattr(falsify.experiments, "runner_for", capture)
+    with pytest.raises(_Captured):
+        cli.main(["run", "6.1"])
+    assert seen[0].preset == DEFAULT_PRESET and seen[0].falsification_config() == default
+
+    plain = FalsificationConfig.preset("plain")
+    assert (plain.fill, plain.q, plain.criterion, plain.delta) == ("blur", 0.2, "absolute", None)
+    assert {k: getattr(plain, k) for k in PRESETS["plain"]} == PRESETS["plain"]
+    args = cli.build_parser().parse_args(["test", "a.jpg", "b.jpg", "--method", "gradcam", "--preset", "plain"])
+    assert cli._test_config(args) == plain
+    with pytest.raises(ValueError, match="unknown preset"):
+        FalsificationConfig.preset("strict")
+
+
+def test_a_stored_plain_run_resumes_plain(tmp_path):
+    """Run folders record fill, q, criterion and delta explicitly: one made with the plain test
+    resumes plain, whatever the library's default is."""
+    from falsify.experiments.runner import RunConfig
+    from falsify.experiments.store import ResultsStore
+
+    out = tmp_path / "run"
+    out.mkdir()
+    settings = dict(fill="blur", q=0.2, criterion="absolute", delta=None, tau_high=0.2, tau_low=0.1, epsilon=0.05,
+                    K=16, seed=0, grid=14, granularity="grid", target="embedding")
+    with ResultsStore(out / "results.sqlite") as store:
+        store.set_meta("settings", settings)
+    config = RunConfig.resolve(out=str(out))
+    assert (config.fill, config.q, config.criterion, config.delta) == ("blur", 0.2, "absolute", None)
+    assert config.falsification_config() == FalsificationConfig.preset("plain", tau_high=0.2, tau_low=0.1, epsilon=0.05)
+
+
 def test_deterministic_fills_use_one_sample():
     for fill in ("blur", "mean", "zero"):
         cfg = FalsificationConfig(fill=fill, K=16)
@@ -102,12 +157,12 @@ def test_uncalibrated_config_names_the_fix(tiny_model):
 )
 def test_bad_inputs_are_clear_errors(tiny_model, images, maps, refs, message):
     with pytest.raises(ValueError, match=message):
-        falsification_test(tiny_model, images, refs, maps, FalsificationConfig(**CFG))
+        falsification_test(tiny_model, images, refs, maps, FalsificationConfig.preset("plain", **CFG))
 
 
 def test_uint8_images_are_refused(tiny_model):
     with pytest.raises(TypeError, match="divide uint8"):
-        falsification_test(tiny_model, torch.zeros(1, 3, 32, 32, dtype=torch.uint8), None, _maps(1), FalsificationConfig(**CFG))
+        falsification_test(tiny_model, torch.zeros(1, 3, 32, 32, dtype=torch.uint8), None, _maps(1), FalsificationConfig.preset("plain", **CFG))
 
 
 # --- regions -------------------------------------------------------------------------------------
@@ -194,13 +249,13 @@ def test_ties_are_broken_at_random_not_in_raster_order():
 def test_constant_maps_are_untestable(tiny_model):
     images = _images(3)
     maps = torch.stack([torch.full((32, 32), 0.3), torch.zeros(32, 32), _maps(1)[0]])
-    res = falsification_test(tiny_model, images, None, maps, FalsificationConfig(**CFG))
+    res = falsification_test(tiny_model, images, None, maps, FalsificationConfig.preset("plain", **CFG))
     assert [r.verdict for r in res[:2]] == ["untestable", "untestable"]
     assert res[0].failed == ("constant map",) and math.isnan(res[0].d_high)
     assert res[2].verdict in ("passed", "falsified")
     # varies inside cells but every 4x4 cell has the same mean: no prediction at grid granularity
     checker = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2).float()
-    res = falsification_test(tiny_model, images[:1], None, checker[None], FalsificationConfig(grid=8, **CFG))
+    res = falsification_test(tiny_model, images[:1], None, checker[None], FalsificationConfig.preset("plain", grid=8, **CFG))
     assert res[0].verdict == "untestable" and "grid granularity" in res[0].failed[0]
     json.dumps(res[0].to_dict(), allow_nan=False)  # NaNs become None
 
@@ -249,7 +304,7 @@ def test_optimised_fill_stays_in_region_and_range(tiny_model):
 
 
 def test_optimised_fill_reports_convergence(tiny_model):
-    cfg = FalsificationConfig(fill="optimised", K=2, opt_steps=6, opt_lr=0.05, **CFG)
+    cfg = FalsificationConfig.preset("plain", fill="optimised", K=2, opt_steps=6, opt_lr=0.05, **CFG)
     res = falsification_test(tiny_model, _images(2), None, _maps(2), cfg)
     for r in res:
         assert r.K == 2 and len(r.distances_high) == 2
@@ -274,7 +329,7 @@ def test_verdict_and_d_prime():
 def test_result_fields_and_distances(tiny_model):
     x, maps = _images(3), _maps(3)
     refs = torch.nn.functional.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(2)), dim=1)
-    cfg = FalsificationConfig(fill="noise", K=4, **CFG)
+    cfg = FalsificationConfig.preset("plain", fill="noise", K=4, **CFG)
     res = falsification_test(tiny_model, x, refs, maps, cfg, keep_examples=True)
     with torch.no_grad():
         f = tiny_model(x)
@@ -301,7 +356,7 @@ def test_same_seed_same_results_other_seed_differs(tiny_model):
     ties = torch.zeros(3, 32, 32)
     ties[:, :8] = 1.0  # ties: the random tie-break must be seeded too
     for m in (maps, ties):
-        cfg = FalsificationConfig(fill="noise", K=3, granularity="pixel", seed=5, **CFG)
+        cfg = FalsificationConfig.preset("plain", fill="noise", K=3, granularity="pixel", seed=5, **CFG)
         a = falsification_test(tiny_model, x, None, m, cfg, keep_examples=True)
         b = falsification_test(tiny_model, x, None, m, cfg, keep_examples=True)
         c = falsification_test(tiny_model, x, None, m, cfg.replace(seed=6))
@@ -314,7 +369,7 @@ def test_same_seed_same_results_other_seed_differs(tiny_model):
 def test_batched_equals_one_by_one(tiny_model, fill):
     x, maps = _images(5), _maps(5)
     maps[2] = 0.5  # an untestable pair inside the batch must not shift the others
-    cfg = FalsificationConfig(fill=fill, K=3, batch_size=4, opt_steps=4, **CFG)
+    cfg = FalsificationConfig.preset("plain", fill=fill, K=3, batch_size=4, opt_steps=4, **CFG)
     batched = falsification_test(tiny_model, x, None, maps, cfg)
     for i in range(5):
         (alone,) = falsification_test(tiny_model, x[i : i + 1], None, maps[i : i + 1], cfg.replace(batch_size=64), pair_ids=[i])
@@ -327,7 +382,7 @@ def test_batched_equals_one_by_one(tiny_model, fill):
 def test_counterfactuals_are_batched_and_f_x_is_computed_once(tiny_model):
     calls = []
     tiny_model.register_forward_hook(lambda mod, inp, out: calls.append(out.shape[0]))
-    cfg = FalsificationConfig(fill="noise", K=4, batch_size=5, **CFG)
+    cfg = FalsificationConfig.preset("plain", fill="noise", K=4, batch_size=5, **CFG)
     falsification_test(tiny_model, _images(3), None, _maps(3), cfg)
     assert sum(calls) == 3 + 3 * 2 * 4  # f(x) once per image, 2K counterfactuals per image
     assert calls[0] == 3 and calls[1:] == [5, 5, 5, 5, 4]
@@ -419,7 +474,7 @@ def test_dlib_occlusion_map_passes_and_inverted_map_is_falsified(dlib_model, dli
     calib, xa, fb = dlib_pairs
     assert 0.3 < calib.threshold_angle < 0.55  # dlib: about 0.42 rad on LFW-like pairs
     occ = _occlusion_maps(dlib_model, xa, cells=4)
-    cfg = calib.apply(FalsificationConfig())  # the defaults: grid 14, q 0.2, blur
+    cfg = calib.apply(FalsificationConfig.preset("plain"))  # grid 14, q 0.2, blur, absolute
     res_occ = falsification_test(dlib_model, xa, fb, occ, cfg)
     res_inv = falsification_test(dlib_model, xa, fb, 1.0 - occ, cfg)
     res_const = falsification_test(dlib_model, xa[:2], fb[:2], torch.full((2, 150, 150), 0.5), cfg)
@@ -446,7 +501,7 @@ def test_dlib_batched_equals_one_by_one(dlib_model, dlib_pairs):
     _, xa, fb = dlib_pairs
     x, refs = xa[:2], fb[:2]
     maps = torch.rand(2, 150, 150, generator=torch.Generator().manual_seed(0))
-    cfg = FalsificationConfig(fill="noise", K=2, batch_size=5, tau_high=0.2, tau_low=0.1, epsilon=0.1)
+    cfg = FalsificationConfig.preset("plain", fill="noise", K=2, batch_size=5, tau_high=0.2, tau_low=0.1, epsilon=0.1)
     batched = falsification_test(dlib_model, x, refs, maps, cfg)
     for i in range(2):
         (alone,) = falsification_test(dlib_model, x[i : i + 1], refs[i : i + 1], maps[i : i + 1], cfg, pair_ids=[i])

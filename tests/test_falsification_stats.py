@@ -34,6 +34,56 @@ def test_falsification_rate_wilson_and_untestable_apart():
     assert r.rate == 1.0 and r.ci_high == pytest.approx(1.0) and r.ci_low == pytest.approx(_wilson(4, 4)[0])
 
 
+def _tables_wilson_before(k: int, n: int, z: float = Z95):
+    """report/tables.py's own Wilson interval before there was one for the package (issue 20)."""
+    if n <= 0:
+        return None
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _statsmodels_before(k, n, confidence=0.95):
+    """stats.py's, exp_6_5.py's and verification.py's call before: statsmodels directly."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(k, n, alpha=1.0 - confidence, method="wilson")
+    return float(lo), float(hi)
+
+
+def test_one_wilson_interval_equals_each_of_the_old_ones():
+    """falsification/stats.py, experiments/exp_6_5.py and report/tables.py computed the interval three
+    ways; all now call stats.wilson_interval, equal to each old one to 1e-12 (k = 0 and k = n included)."""
+    from falsify.experiments.exp_6_5 import bootstrap_rates, wilson
+    from falsify.report.tables import wilson_ci
+
+    for n in list(range(1, 60)) + [100, 200, 999, 5000]:
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            new = stats.wilson_interval(k, n)
+            assert isinstance(new[0], float) and 0.0 <= new[0] <= new[1] <= 1.0
+            for old in (_tables_wilson_before(k, n), _statsmodels_before(k, n)):
+                assert new == pytest.approx(old, abs=1e-12, rel=0)
+            assert wilson_ci(k, n) == new and wilson(k, n) == new
+            r = stats.falsification_rate(["falsified"] * k + ["passed"] * (n - k))
+            assert (r.ci_low, r.ci_high) == new
+    assert stats.wilson_interval(0, 10)[0] == 0.0 and stats.wilson_interval(10, 10)[1] == pytest.approx(1.0, abs=1e-15)
+    for k, n, conf in ((3, 7, 0.9), (50, 80, 0.99), (0, 5, 0.8)):
+        assert stats.wilson_interval(k, n, conf) == pytest.approx(_statsmodels_before(k, n, conf), abs=1e-12, rel=0)
+    # no trials: no interval
+    assert stats.wilson_interval(0, 0) is None and wilson_ci(0, 0) is None and wilson(0, 0) == (None, None)
+    r = stats.falsification_rate([])
+    assert math.isnan(r.ci_low) and math.isnan(r.ci_high)
+    # arrays (6.5's bootstrap): element by element the same
+    ks = np.array([0, 3, 7, 10])
+    lo, hi = stats.wilson_interval(ks, 10)
+    for i, k in enumerate(ks):
+        assert (lo[i], hi[i]) == pytest.approx(_tables_wilson_before(int(k), 10), abs=1e-12, rel=0)
+    widths = bootstrap_rates(["falsified", "passed", "passed"] * 5, [10], seed=0, n_boot=50)[0]["ci_width"]
+    assert 0 < widths < 1
+
+
 def test_falsification_rate_nothing_testable():
     r = stats.falsification_rate(["untestable", "untestable"])
     assert math.isnan(r.rate) and r.n_untestable == 2 and "n/a" in r.format()

@@ -68,12 +68,12 @@ def test_a_prior_only_map_is_falsified_by_beyond_prior(dlib_model, faces, prior)
     pairs, a, refs = faces
     prior, prior_images = prior
     p = prior.map()
-    cfg = FalsificationConfig(criterion="beyond-prior", delta=0.0, **FIXED)
+    cfg = FalsificationConfig.preset("plain", criterion="beyond-prior", delta=0.0, **FIXED)
     ids = [q.index for q in pairs]
     results = falsification_test(dlib_model, a, refs, p.expand(len(a), -1, -1), cfg, pair_ids=ids, prior=p)
     assert all(r.verdict == "falsified" and r.excess == 0.0 for r in results)
     # the same map passes the absolute criterion on most pairs: the reason for the new criterion
-    plain = falsification_test(dlib_model, a, refs, p.expand(len(a), -1, -1), FalsificationConfig(**FIXED), pair_ids=ids)
+    plain = falsification_test(dlib_model, a, refs, p.expand(len(a), -1, -1), FalsificationConfig.preset("plain", **FIXED), pair_ids=ids)
     assert sum(r.passed for r in plain) >= len(plain) // 2
     # maps that know only the prior pass by chance at delta = 0; the calibrated delta stops them
     g = torch.Generator().manual_seed(0)
@@ -89,7 +89,7 @@ def test_a_prior_only_map_is_falsified_by_beyond_prior(dlib_model, faces, prior)
 def test_prior_cache_gives_the_same_verdicts(dlib_model, faces, prior):
     pairs, a, refs = faces
     p = prior[0].map()
-    cfg = FalsificationConfig(criterion="beyond-prior", delta=0.01, **FIXED)
+    cfg = FalsificationConfig.preset("plain", criterion="beyond-prior", delta=0.01, **FIXED)
     m = get_explainer("saliency", dlib_model)(a, refs)
     ids = [q.index for q in pairs]
     cache: dict = {}
@@ -122,11 +122,11 @@ def test_random_model_rows_are_made_on_the_random_model_and_tested_on_the_real_o
     with torch.inference_mode():
         ref_real, ref_rand = dlib_model(b), rand(b)
     m = get_explainer("saliency", rand)(a, ref_rand)
-    expected = falsification_test(dlib_model, a, ref_real, m, FalsificationConfig(**FIXED), pair_ids=[pair.index])[0]
+    expected = falsification_test(dlib_model, a, ref_real, m, FalsificationConfig.preset("plain", **FIXED), pair_ids=[pair.index])[0]
     assert row["d_high"] == pytest.approx(expected.d_high, abs=1e-5)
     assert row["d_low"] == pytest.approx(expected.d_low, abs=1e-5)
     real_map = get_explainer("saliency", dlib_model)(a, ref_real)
-    on_real = falsification_test(dlib_model, a, ref_real, real_map, FalsificationConfig(**FIXED), pair_ids=[pair.index])[0]
+    on_real = falsification_test(dlib_model, a, ref_real, real_map, FalsificationConfig.preset("plain", **FIXED), pair_ids=[pair.index])[0]
     assert abs(on_real.d_high - row["d_high"]) > 1e-4  # a different map than the real model's
     against = {c["against"] for c in summary["comparisons"] if c["method"] == "saliency"}
     assert "saliency@random-model" in against
@@ -227,8 +227,8 @@ def test_validity_study_end_to_end(lfw_sample, tmp_path, capsys):
 def test_pair_target_measures_the_pairs_angle(dlib_model, faces):
     pairs, a, refs = faces
     m = get_explainer("saliency", dlib_model)(a[:2], refs[:2])
-    emb_cfg = FalsificationConfig(**FIXED)
-    pair_cfg = FalsificationConfig(target="pair", **FIXED)
+    emb_cfg = FalsificationConfig.preset("plain", **FIXED)
+    pair_cfg = FalsificationConfig.preset("plain", target="pair", **FIXED)
     r_emb = falsification_test(dlib_model, a[:2], refs[:2], m, emb_cfg, keep_examples=True)
     r_pair = falsification_test(dlib_model, a[:2], refs[:2], m, pair_cfg, keep_examples=True)
     from falsify.geometry import geodesic_distance

@@ -212,9 +212,9 @@ def verify(
             accs.append(accuracy_at(sims[test], labels[test], th))
             ths.append(th)
             n_correct += int(np.sum((sims[test] >= th) == labels[test]))
-    from statsmodels.stats.proportion import proportion_confint
+    from .falsification.stats import wilson_interval
 
-    ci = proportion_confint(n_correct, len(labels), alpha=1.0 - NEAR_CHANCE_CONFIDENCE, method="wilson")
+    ci = wilson_interval(n_correct, len(labels), NEAR_CHANCE_CONFIDENCE)
     auc = float(roc_auc_score(labels, sims)) if 0 < labels.sum() < len(labels) else float("nan")
     th_all = best_threshold(sims, labels)
     return VerificationResult(
@@ -235,5 +235,5 @@ def verify(
         skipped_examples=[f"{s.where}: {s.reason}" for s in pairs.skipped[:3]],
         align=getattr(model, "align", None),
         alignment=alignment,
-        accuracy_ci95=[float(ci[0]), float(ci[1])],
+        accuracy_ci95=None if ci is None else [float(ci[0]), float(ci[1])],
     )

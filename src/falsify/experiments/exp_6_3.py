@@ -249,7 +249,7 @@ def part_effects(model, image, f_x, ref, labels: np.ndarray, fc, pair_index: int
     over K samples for the noise fill), per part; None for a part absent from the image."""
     import torch
 
-    from ..falsification.core import _distances, _embed, pair_generator
+    from ..falsification.stages import distances, embed, pair_generator
     from ..falsification.counterfactuals import DETERMINISTIC_FILLS, fill_image
     from ..models.base import model_device
 
@@ -267,8 +267,8 @@ def part_effects(model, image, f_x, ref, labels: np.ndarray, fc, pair_index: int
         values = fixed if fixed is not None else fill_image(image, fc.fill, k, **kw)
         cfs.append(torch.where(mask.view(1, 1, *mask.shape), values, x).expand(k, -1, -1, -1))
         present.append(i)
-    e = _embed(model, torch.cat(cfs), fc.batch_size, model_device(model)).double()
-    d = _distances(f_x.double(), e, ref.double(), fc.target).view(len(present), k).mean(dim=1)
+    e = embed(model, torch.cat(cfs), fc.batch_size, model_device(model)).double()
+    d = distances(f_x.double(), e, ref.double(), fc.target).view(len(present), k).mean(dim=1)
     out: list[float | None] = [None] * len(PARTS)
     for j, i in enumerate(present):
         out[i] = float(d[j])
@@ -312,7 +312,7 @@ class PartRows(ChunkRows):
 
     def parts(self, pairs, images, refs):
         """Per pair: (landmarks, part labels) or the reason none, and the effect of each part."""
-        from ..falsification.core import _embed
+        from ..falsification.stages import embed
         from ..models.base import model_device
 
         model, fc = self.model, self.ctx.fconfig
@@ -322,7 +322,7 @@ class PartRows(ChunkRows):
         labels = {i: part_labels(found[i][0], (h, w)) for i in keep}
         effects = {}
         if keep:
-            f_x = _embed(model, images[keep], self.ctx.config.batch_size, model_device(model))
+            f_x = embed(model, images[keep], self.ctx.config.batch_size, model_device(model))
             for j, i in enumerate(keep):
                 effects[i] = part_effects(model, images[i], f_x[j], refs[i], labels[i], fc, pairs[i].index)
         return found, labels, effects

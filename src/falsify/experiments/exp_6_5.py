@@ -43,12 +43,10 @@ def _f(x) -> float | None:
 
 
 def wilson(k: int, n: int) -> tuple[float | None, float | None]:
-    from statsmodels.stats.proportion import proportion_confint
+    """The Wilson 95% interval (``falsify.falsification.stats.wilson_interval``); (None, None) when n == 0."""
+    from ..falsification.stats import wilson_interval
 
-    if n == 0:
-        return None, None
-    lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
-    return float(lo), float(hi)
+    return wilson_interval(k, n) or (None, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +96,7 @@ class ConvergenceRows(ChunkRows):
         optimised fill), or None for an untestable map; and f(x) of the images."""
         import torch
 
-        from ..falsification.core import _STREAM_FILL, pair_generator, regions_for
+        from ..falsification.stages import optimised_starts, regions_for
         from ..models.base import model_device
 
         model, fc, c = self.model, self.ctx.fconfig, self.ctx.config
@@ -112,12 +110,10 @@ class ConvergenceRows(ChunkRows):
             if not reg.testable:
                 out.append(None)
                 continue
-            gen = pair_generator(c.seed, p.index, _STREAM_FILL)  # the starts of the test's optimised fill
-            per = {}
-            for region, mask in (("high", reg.high), ("low", reg.low)):
-                eps = torch.randn((c.K, *images[i].shape), generator=gen)
-                per[region] = (mask, (images[i].unsqueeze(0) + fc.opt_init_sigma * eps * mask).clamp(0.0, 1.0))
-            out.append(per)
+            # the starts of the test's optimised fill
+            starts = optimised_starts(images[i], reg, c.K, c.seed, p.index, fc.opt_init_sigma)
+            out.append({region: (mask, init) for (region, mask), init in
+                        zip((("high", reg.high), ("low", reg.low)), starts)})
         return out, f_x
 
     def compute(self, pairs, images, refs, keys, done):
@@ -262,7 +258,7 @@ def bootstrap_rates(verdicts: Sequence[str], sizes: Sequence[int], seed: int, n_
     """FR of ``verdicts`` (passed/falsified) resampled with replacement at each n (seeded): the mean,
     the observed std beside the binomial sqrt(p(1-p)/n) (p: the FR of all the verdicts), and the mean
     width of the Wilson 95% CI a study of n pairs would report."""
-    from statsmodels.stats.proportion import proportion_confint
+    from ..falsification.stats import wilson_interval
 
     y = np.array([v == "falsified" for v in verdicts], dtype=float)
     p = float(y.mean())
@@ -270,7 +266,7 @@ def bootstrap_rates(verdicts: Sequence[str], sizes: Sequence[int], seed: int, n_
     for n in sizes:
         rng = np.random.default_rng([seed, n])
         k = y[rng.integers(0, len(y), size=(n_boot, n))].sum(axis=1)
-        lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
+        lo, hi = wilson_interval(k, n)
         out.append({"n": n, "mean": float(k.mean() / n), "std": float((k / n).std(ddof=1)),
                     "binomial_std": math.sqrt(p * (1 - p) / n), "ci_width": float(np.mean(hi - lo))})
     return out

@@ -212,22 +212,15 @@ def _ssim(x, cfs) -> list[float]:
 def measure(model, image, f_x, ref, regions, pair_index: int, fc, threshold, cos_x: float) -> dict:
     """One map's counterfactuals (as the test builds them), their SSIM to x, their embeddings'
     cosine with f(B) and distances from f(x), per region."""
-    import torch
-
-    from ..falsification.core import _counterfactual_halves, _distances, _embed, _optimised_counterfactuals
+    from ..falsification.stages import counterfactuals_of, distances, embed
     from ..geometry import cosine_similarity
     from ..models.base import model_device
 
     k = fc.k_effective
     device = model_device(model)
-    if fc.fill == "optimised":
-        cfs = _optimised_counterfactuals(model, image.unsqueeze(0), [regions], f_x.unsqueeze(0), fc, [pair_index],
-                                         device, False)[0][0]
-    else:
-        high, low = _counterfactual_halves(image, regions, fc, pair_index)
-        cfs = torch.cat([high, low])
-    e = _embed(model, cfs, fc.batch_size, device).double()
-    d = _distances(f_x.double(), e, ref, fc.target)
+    cfs = counterfactuals_of(model, image, regions, f_x, pair_index, fc).stacked()
+    e = embed(model, cfs, fc.batch_size, device).double()
+    d = distances(f_x.double(), e, ref, fc.target)
     cos = cosine_similarity(e, ref.double().unsqueeze(0))
     out = {"k": k, "cos": cos_x, "accepted": None if threshold is None else bool(cos_x >= threshold)}
     for region, sl in (("high", slice(0, k)), ("low", slice(k, 2 * k))):
@@ -270,14 +263,14 @@ class IdentityRows(ChunkRows):
     """Computes 6.6's units (:class:`Rows66`)."""
 
     def compute(self, pairs, images, refs, keys, done):
-        from ..falsification.core import _embed, regions_for
+        from ..falsification.stages import embed, regions_for
         from ..geometry import cosine_similarity
         from ..models.base import model_device
 
         kind, model, fc = self.kind, self.model, self.ctx.fconfig
         device = model_device(model)
         f_x = self._images.get("f_x", [p.id for p in pairs],
-                               lambda: _embed(model, images, self.ctx.config.batch_size, device))
+                               lambda: embed(model, images, self.ctx.config.batch_size, device))
         cos_x = cosine_similarity(f_x, refs).tolist()
         rows = []
         for m in keys:

@@ -206,7 +206,8 @@ def study_config(c, fill: str, q: float, target: str, **thresholds):
     from ..falsification import FalsificationConfig
 
     return FalsificationConfig(fill=fill, q=q, K=c.K, seed=c.seed, batch_size=c.batch_size, grid=c.grid,
-                               granularity=c.granularity, target=target, **thresholds)
+                               granularity=c.granularity, target=target, criterion="absolute", delta=None,
+                               **thresholds)
 
 
 class ValidityStudy(Runner):

@@ -240,7 +240,7 @@ def calibrate(
     """Calibrate tau_high, tau_low and epsilon for ``model`` on ``pairs`` (a PairSet).
 
     >>> cal = calibrate(model, load_pairs("lfw-sample", n_pairs=600))
-    >>> config = cal.apply(FalsificationConfig(fill="blur"))
+    >>> config = cal.apply(FalsificationConfig.preset("plain"))
     """
     from ..verification import pair_similarities
 
@@ -335,7 +335,7 @@ def study(
 
     say("\n# distances by fill (grid 14, q 0.2): median [p10, p90] in rad")
     for fill, k in (("blur", 1), ("mean", 1), ("zero", 1), ("noise", 4)):
-        cfg = FalsificationConfig(fill=fill, K=k, seed=seed, **loose)
+        cfg = FalsificationConfig.preset("plain", fill=fill, K=k, seed=seed, **loose)
         for name, mp in maps.items():
             rs = falsification_test(model, xa, None, mp, cfg)
             dh, dl = [r.d_high for r in rs], [r.d_low for r in rs]
@@ -347,7 +347,7 @@ def study(
 
     say("\n# granularity (blur fill, q 0.2): median d_high / d_low; max |n_high - n_low| in px")
     for gran, grid in (("grid", 10), ("grid", 14), ("pixel", 14), ("superpixel", 14)):
-        cfg = FalsificationConfig(granularity=gran, grid=grid, **loose)
+        cfg = FalsificationConfig.preset("plain", granularity=gran, grid=grid, **loose)
         row = []
         for name, mp in maps.items():
             rs = falsification_test(model, xa, None, mp, cfg)
@@ -360,7 +360,7 @@ def study(
 
     say("\n# blur width (fraction of the shorter side): median d_high / d_low")
     for bs in (0.02, 0.05, 0.1):
-        cfg = FalsificationConfig(blur_sigma=bs, **loose)
+        cfg = FalsificationConfig.preset("plain", blur_sigma=bs, **loose)
         row = []
         for name, mp in maps.items():
             rs = falsification_test(model, xa, None, mp, cfg)
@@ -369,7 +369,7 @@ def study(
             row.append(f"{name} {dh:.3f}/{dl:.3f}")
         say(f"blur_sigma={bs:<5} " + "  ".join(row))
 
-    base = FalsificationConfig(**loose)
+    base = FalsificationConfig.preset("plain", **loose)
     dist = {name: falsification_test(model, xa, None, mp, base) for name, mp in maps.items()}
     if calibration is not None:
         th, gap = calibration.threshold_angle, calibration.epsilon
@@ -390,7 +390,7 @@ def study(
             say(f"{rule:<62} " + "  ".join(f"{k} {v:.2f}" for k, v in rates.items()))
 
         say("\n# degraded occlusion maps: map + s * std(map) * N(0,1) per 14x14 cell, calibrated defaults")
-        cfg = calibration.apply(FalsificationConfig())
+        cfg = calibration.apply(FalsificationConfig.preset("plain"))
         seg = feature_segments(h, w, "grid", grid=14)
         for s in (0.0, 0.5, 1.0, 2.0, 4.0):
             gn = torch.Generator().manual_seed(seed + 7)
@@ -406,7 +406,7 @@ def study(
                 "failed: " + ", ".join(f"{c} x{k}" for c, k in conds.items())
             )
     if optimised:
-        cfg = FalsificationConfig(fill="optimised", K=2, opt_steps=optimised_steps, **loose)
+        cfg = FalsificationConfig.preset("plain", fill="optimised", K=2, opt_steps=optimised_steps, **loose)
         say(f"\n# optimised fill (Algorithm 1, K=2, {optimised_steps} steps) on {optimised} images, occlusion map")
         t0 = time.time()
         rs = falsification_test(model, xa[:optimised], None, occ[:optimised], cfg)

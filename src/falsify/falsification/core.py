@@ -21,31 +21,42 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..choices import CRITERIA, PRESET_NAMES, TARGETS
+from ..choices import PRESET_NAMES, TARGETS
 from ..geometry import geodesic_distance
 from ..models.base import model_device
-from .counterfactuals import (
-    DETERMINISTIC_FILLS,
-    FILLS,
-    STOCHASTIC_FILLS,
-    OptimisationInfo,
-    fill_image,
-    optimise_counterfactuals,
+from .counterfactuals import FILLS, STOCHASTIC_FILLS, OptimisationInfo
+from .criteria import (  # noqa: F401 - the conditions and verdict rules are re-exported here
+    COND_HIGH,
+    COND_LOW,
+    COND_MARGIN,
+    COND_PRIOR,
+    CRITERION_CLASSES,
+    criterion_for,
+    verdict_beyond_prior,
+    verdict_of,
 )
-from .regions import GRANULARITIES, REGION_MODES, Regions, make_regions
+from .regions import GRANULARITIES, REGION_MODES
+from .stages import (  # noqa: F401 - pair_generator, regions_for, build_counterfactuals: public here since before the stages
+    STREAM_FILL,
+    STREAM_REGIONS,
+    BatchedEmbedder,
+    as_tensor,
+    build_counterfactuals,
+    distances,
+    embed,
+    fill_for,
+    pair_generator,
+    regions_for,
+)
 
 VERDICTS = ("passed", "falsified", "untestable")
-COND_HIGH = "d_high<=tau_high"
-COND_LOW = "d_low>=tau_low"
-COND_MARGIN = "margin<epsilon"
-COND_PRIOR = "excess<delta"
 
-#: Named test configurations for ``falsify run`` and ``falsify test`` (``--preset``). The default,
-#: ``beyond-prior``, is the configuration with the highest discriminative power in the validity
-#: study (docs/method.md, "Validity of the test"); ``plain`` is the configuration used before it
-#: (the library's ``FalsificationConfig()`` defaults).
+#: Named test configurations: ``--preset`` of ``falsify run`` and ``falsify test``, and
+#: ``FalsificationConfig.preset(name)``. The default, ``beyond-prior``, is the configuration with
+#: the highest discriminative power in the validity study (docs/method.md, "Validity of the
+#: test"), and the defaults of ``FalsificationConfig()`` too; ``plain`` is the configuration used
+#: before it (fill blur, q 0.2, absolute thresholds), available by name.
 PRESETS: dict[str, dict] = {
     "beyond-prior": {"fill": "mean", "q": 0.1, "criterion": "beyond-prior", "delta": 0.0},
     "plain": {"fill": "blur", "q": 0.2, "criterion": "absolute", "delta": None},
@@ -65,33 +76,28 @@ def apply_preset(preset: str, fill=None, q=None, criterion=None, delta=None) -> 
     for key in ("fill", "q", "criterion"):
         if out[key] is None:
             out[key] = values[key]
-    if out["criterion"] == "beyond-prior" and out["delta"] is None:  # absolute has no delta
+    needs_delta = "delta" in getattr(CRITERION_CLASSES.get(out["criterion"]), "thresholds", ())
+    if needs_delta and out["delta"] is None:  # absolute has no delta
         out["delta"] = values["delta"] if values["delta"] is not None else 0.0
     return out
-
-# Independent random streams per pair: tie-breaking of the ranking, and the fill's samples.
-_STREAM_REGIONS = 0
-_STREAM_FILL = 1
-
-
-def pair_generator(seed: int, pair_id: int, stream: int) -> torch.Generator:
-    """A CPU generator for one pair and purpose, from (seed, pair id, stream) via SeedSequence."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(pair_id) & 0xFFFFFFFF, stream]).generate_state(2)
-    value = (int(state[0]) << 32 | int(state[1])) & ((1 << 63) - 1)
-    return torch.Generator().manual_seed(value)
 
 
 @dataclass(frozen=True)
 class FalsificationConfig:
     """Everything that defines one falsification test. See docs/method.md (falsification test) for the defaults.
 
+    The defaults are the ``beyond-prior`` preset, the test ``falsify run`` and ``falsify test`` use
+    by default: fill ``mean``, ``q`` = 0.1, criterion ``beyond-prior`` with ``delta`` = 0 (a
+    ``prior`` map must be given to ``falsification_test``). The earlier test is
+    ``FalsificationConfig.preset("plain")`` (fill ``blur``, ``q`` = 0.2, criterion ``absolute``).
+
     Regions
         granularity: "grid" (default), "pixel" or "superpixel"; ``grid`` cells per side (14);
         ``n_segments`` and ``compactness`` for SLIC superpixels. region: "quantile" (default,
-        equal area, top/bottom ``q`` = 0.2 of the pixels) or "threshold" (``theta_high``,
+        equal area, top/bottom ``q`` = 0.1 of the pixels) or "threshold" (``theta_high``,
         ``theta_low`` on the [0, 1] map).
     Counterfactuals
-        fill: "blur" (default), "mean", "zero", "noise", "optimised". ``K`` samples per region
+        fill: "mean" (default), "blur", "zero", "noise", "optimised". ``K`` samples per region
         for stochastic fills (noise, optimised; default 16); deterministic fills always use one
         (``k_effective``). ``noise_sigma`` (std of the additive noise, [0, 1] units),
         ``blur_sigma`` (std of the blur as a fraction of the shorter image side).
@@ -99,8 +105,11 @@ class FalsificationConfig:
         per-sample gradient-norm clip, relative early-stop tolerance and patience, std of the
         starting noise).
     Criterion
-        ``tau_high``, ``tau_low``, ``epsilon`` in radians. They have no default: set them, or
-        derive them for the model with ``calibrate(model, pairs).apply(config)``.
+        criterion: "beyond-prior" (default: the map's margin d_high - d_low must beat the prior
+        map's on the same image by more than ``delta``, default 0) or "absolute" (the thresholds
+        below); see ``falsify.falsification.criteria``. ``tau_high``, ``tau_low``, ``epsilon`` in
+        radians. They have no default: set them, or derive them for the model with
+        ``calibrate(model, pairs).apply(config)``.
     Other
         ``seed`` (ties in the ranking and stochastic fills; results are identical for the same
         seed), ``batch_size`` (images per forward pass).
@@ -111,18 +120,18 @@ class FalsificationConfig:
     n_segments: int = 100
     compactness: float = 10.0
     region: str = "quantile"
-    q: float = 0.2
+    q: float = PRESETS[DEFAULT_PRESET]["q"]
     theta_high: float | None = None
     theta_low: float | None = None
-    fill: str = "blur"
+    fill: str = PRESETS[DEFAULT_PRESET]["fill"]
     K: int = 16
     noise_sigma: float = 0.5
     blur_sigma: float = 0.05
     tau_high: float | None = None
     tau_low: float | None = None
     epsilon: float | None = None
-    criterion: str = "absolute"
-    delta: float | None = None
+    criterion: str = PRESETS[DEFAULT_PRESET]["criterion"]
+    delta: float | None = PRESETS[DEFAULT_PRESET]["delta"]
     target: str = "embedding"
     seed: int = 0
     batch_size: int = 64
@@ -174,8 +183,8 @@ class FalsificationConfig:
                 f"blur_sigma is a fraction of the shorter image side (0.05 = 7.5 px on 150x150), "
                 f"in (0, 1]; got {self.blur_sigma}"
             )
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {self.criterion!r}; use one of {CRITERIA}")
+        if self.criterion not in CRITERION_CLASSES:
+            raise ValueError(f"unknown criterion {self.criterion!r}; use one of {tuple(CRITERION_CLASSES)}")
         if self.target not in TARGETS:
             raise ValueError(f"unknown target {self.target!r}; use one of {TARGETS}")
         for name in ("tau_high", "tau_low", "epsilon", "delta"):
@@ -204,11 +213,18 @@ class FalsificationConfig:
     def has_criterion(self) -> bool:
         """The thresholds the criterion needs are set (given, or from a calibration): tau_high,
         tau_low and epsilon for ``absolute``, delta too for ``beyond-prior``."""
-        need = (self.tau_high, self.tau_low, self.epsilon) + ((self.delta,) if self.criterion == "beyond-prior" else ())
-        return None not in need
+        return all(getattr(self, name) is not None for name in CRITERION_CLASSES[self.criterion].thresholds)
 
     def replace(self, **changes) -> "FalsificationConfig":
         return replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **changes) -> "FalsificationConfig":
+        """The config of preset ``name`` (:data:`PRESETS`: ``beyond-prior``, the default, or
+        ``plain``) with ``changes``; e.g. ``FalsificationConfig.preset("plain", K=8)``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **changes})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -284,25 +300,10 @@ class FalsificationResult:
         if self.verdict == "untestable":
             return f"verdict   UNTESTABLE ({'; '.join(self.failed)})"
 
-        def ok(cond: str) -> str:
-            return "FAILED" if cond in self.failed else "ok"
-
         sd = lambda s: f" (sd {s:.4f}, K={self.K})" if self.K > 1 else ""  # noqa: E731
         dp = "n/a (no spread: deterministic fill, K=1)" if not math.isfinite(self.d_prime) else f"{self.d_prime:.2f}"
         lines = [f"regions   S_high {self.n_high} px, S_low {self.n_low} px ({self.granularity}, fill {self.fill})"]
-        if self.criterion == "beyond-prior":
-            lines += [
-                f"d_high    {self.d_high:.4f} rad{sd(self.sd_high)}   (prior map: {self.prior_d_high:.4f})",
-                f"d_low     {self.d_low:.4f} rad{sd(self.sd_low)}   (prior map: {self.prior_d_low:.4f})",
-                f"excess    {self.excess:.4f} rad = margin {self.margin:.4f} - prior's margin "
-                f"{self.prior_d_high - self.prior_d_low:.4f}   > delta {self.delta:.4f}   {ok(COND_PRIOR)}",
-            ]
-        else:
-            lines += [
-                f"d_high    {self.d_high:.4f} rad{sd(self.sd_high)}   > tau_high {self.tau_high:.4f}   {ok(COND_HIGH)}",
-                f"d_low     {self.d_low:.4f} rad{sd(self.sd_low)}   < tau_low  {self.tau_low:.4f}   {ok(COND_LOW)}",
-                f"margin    {self.margin:.4f} rad   >= epsilon {self.epsilon:.4f}   {ok(COND_MARGIN)}",
-            ]
+        lines += CRITERION_CLASSES[self.criterion].lines(self, sd)
         lines.append(f"d'        {dp}")
         if self.converged_high is not None:
             lines.append(
@@ -316,60 +317,6 @@ class FalsificationResult:
         return "\n".join(lines)
 
 
-def verdict_of(d_high: float, d_low: float, tau_high: float, tau_low: float, epsilon: float) -> tuple[str, tuple[str, ...]]:
-    """("passed", ()) or ("falsified", the failed conditions)."""
-    failed = []
-    if not d_high > tau_high:
-        failed.append(COND_HIGH)
-    if not d_low < tau_low:
-        failed.append(COND_LOW)
-    if not (d_high - d_low) >= epsilon:
-        failed.append(COND_MARGIN)
-    return ("falsified" if failed else "passed"), tuple(failed)
-
-
-def verdict_beyond_prior(excess: float, delta: float) -> tuple[str, tuple[str, ...]]:
-    """The ``beyond-prior`` criterion: the map's margin must exceed the prior's margin on the same
-    image by more than ``delta``: excess = (d_high - d_low) - (prior_high - prior_low) > delta.
-    Strict, so the prior itself (excess 0) is falsified at delta = 0."""
-    if excess > delta:
-        return "passed", ()
-    return "falsified", (COND_PRIOR,)
-
-
-def _distances(f_x: torch.Tensor, emb: torch.Tensor, reference: torch.Tensor | None, target: str) -> torch.Tensor:
-    """How far each counterfactual embedding in ``emb`` moved, in radians: from f(x) itself
-    (``embedding``), or along the pair's own question (``pair``: the change of its angle to the
-    reference, |d_g(f(x'), r) - d_g(f(x), r)|)."""
-    if target == "pair":
-        r = reference.double().unsqueeze(0)
-        return (geodesic_distance(emb, r) - geodesic_distance(f_x.unsqueeze(0), r)).abs()
-    return geodesic_distance(f_x.unsqueeze(0), emb)
-
-
-def _prior_distances(model, images, f_x, prior, config, pair_ids, device, cache, references=None) -> dict[int, tuple[float, float]]:
-    """(d_high, d_low) of the prior map on each image, from ``cache`` or computed (deterministic
-    fills: one forward per region; stochastic fills: the same K draws a map gets)."""
-    prior = _as_tensor(prior, "prior").float()
-    if tuple(prior.shape) != tuple(images.shape[-2:]):
-        raise ValueError(f"prior must be (H, W) = {tuple(images.shape[-2:])}, got {tuple(prior.shape)}")
-    k = config.k_effective
-    todo = [i for i in range(images.shape[0]) if pair_ids[i] not in cache]
-    if todo:
-        embedder = _BatchedEmbedder(model, config.batch_size, 2 * k * len(todo), device)
-        for i in todo:
-            reg = regions_for(images[i], prior, config, pair_ids[i])
-            high, low = _counterfactual_halves(images[i], reg, config, pair_ids[i])
-            embedder.add(high)
-            embedder.add(low)
-        emb = embedder.finish()
-        for j, i in enumerate(todo):
-            ref = None if references is None else references[i]
-            d = _distances(f_x[i].double(), emb[2 * k * j : 2 * k * (j + 1)].double(), ref, config.target)
-            cache[pair_ids[i]] = (float(d[:k].mean()), float(d[k:].mean()))
-    return {pair_ids[i]: cache[pair_ids[i]] for i in range(images.shape[0])}
-
-
 def d_prime_of(margin: float, sd_high: float, sd_low: float) -> float:
     """Separation in pooled-spread units; nan when both spreads are 0 (e.g. K = 1)."""
     pooled = math.sqrt((sd_high**2 + sd_low**2) / 2.0)
@@ -378,18 +325,10 @@ def d_prime_of(margin: float, sd_high: float, sd_low: float) -> float:
 
 # --- input checking ----------------------------------------------------------------------------
 
-def _as_tensor(x, what: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    return x
-
-
 def check_inputs(model, images, references, maps) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Validate and normalise shapes: images (B,3,H,W) in [0,1], references (B,D) or None, maps (B,H,W)."""
-    images = _as_tensor(images, "images")
-    maps = _as_tensor(maps, "maps")
+    images = as_tensor(images, "images")
+    maps = as_tensor(maps, "maps")
     if images.dim() == 3:
         images = images.unsqueeze(0)
     if maps.dim() == 2:
@@ -420,7 +359,7 @@ def check_inputs(model, images, references, maps) -> tuple[torch.Tensor, torch.T
     if not torch.isfinite(maps).all():
         raise ValueError("maps contain NaN or infinite values")
     if references is not None:
-        references = _as_tensor(references, "references")
+        references = as_tensor(references, "references")
         if references.dim() == 1:
             references = references.unsqueeze(0)
         if references.dim() != 2 or references.shape[0] != b:
@@ -434,174 +373,6 @@ def check_inputs(model, images, references, maps) -> tuple[torch.Tensor, torch.T
 
 
 # --- the test ----------------------------------------------------------------------------------
-
-class _BatchedEmbedder:
-    """Collects counterfactuals and embeds them in forward passes of exactly ``batch_size``."""
-
-    def __init__(self, model, batch_size: int, total: int, device: torch.device) -> None:
-        self.model, self.batch_size, self.device = model, batch_size, device
-        self.pending: list[torch.Tensor] = []
-        self.n_pending = 0
-        self.done = 0
-        self.out: torch.Tensor | None = None
-        self.total = total
-
-    def add(self, images: torch.Tensor) -> None:
-        self.pending.append(images)
-        self.n_pending += images.shape[0]
-        while self.n_pending >= self.batch_size:
-            self._run(self.batch_size)
-
-    def finish(self) -> torch.Tensor:
-        if self.n_pending:
-            self._run(self.n_pending)
-        if self.out is None:
-            return torch.empty(0, 0)
-        return self.out
-
-    def _take(self, n: int) -> torch.Tensor:
-        """The first ``n`` pending images, copying only when they span several added tensors."""
-        parts, got = [], 0
-        while got < n:
-            head = self.pending[0]
-            need = n - got
-            if head.shape[0] <= need:
-                parts.append(head)
-                self.pending.pop(0)
-                got += head.shape[0]
-            else:
-                parts.append(head[:need])
-                self.pending[0] = head[need:]
-                got = n
-        self.n_pending -= n
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def _run(self, n: int) -> None:
-        batch = self._take(n)
-        with torch.inference_mode():
-            emb = self.model(batch.to(self.device)).float().cpu()
-        if self.out is None:
-            self.out = torch.empty(self.total, emb.shape[1])
-        self.out[self.done : self.done + n] = emb
-        self.done += n
-
-
-def _embed(model, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, images.shape[0], batch_size):
-            outs.append(model(images[start : start + batch_size].to(device)).float().cpu())
-    return torch.cat(outs)
-
-
-def regions_for(image: torch.Tensor, attribution: torch.Tensor, config: FalsificationConfig, pair_id: int) -> Regions:
-    """S_high and S_low of one map under ``config`` (tie-breaking seeded by seed and pair id)."""
-    return make_regions(
-        attribution,
-        granularity=config.granularity,
-        grid=config.grid,
-        n_segments=config.n_segments,
-        compactness=config.compactness,
-        mode=config.region,
-        q=config.q,
-        theta_high=config.theta_high,
-        theta_low=config.theta_low,
-        image=image,
-        generator=pair_generator(config.seed, pair_id, _STREAM_REGIONS),
-    )
-
-
-def build_counterfactuals(image: torch.Tensor, regions: Regions, config: FalsificationConfig, pair_id: int) -> torch.Tensor:
-    """The 2K counterfactuals of one image for a fixed fill: rows 0..K-1 hide S_high, K..2K-1 S_low.
-
-    Stochastic fills draw the high samples, then the low samples, from one generator seeded by
-    (seed, pair id): the same pair gives the same counterfactuals in any batch.
-    """
-    k = config.k_effective
-    gen = pair_generator(config.seed, pair_id, _STREAM_FILL)
-    kw = dict(generator=gen, noise_sigma=config.noise_sigma, blur_sigma=config.blur_sigma)
-    if config.fill in DETERMINISTIC_FILLS:
-        values = fill_image(image, config.fill, 1, **kw)
-        v_high, v_low = values, values
-    else:
-        v_high = fill_image(image, config.fill, k, **kw)
-        v_low = fill_image(image, config.fill, k, **kw)
-    mh = regions.high.view(1, 1, *regions.high.shape)
-    ml = regions.low.view(1, 1, *regions.low.shape)
-    x = image.unsqueeze(0)
-    high = torch.where(mh, v_high, x).expand(k, -1, -1, -1)
-    low = torch.where(ml, v_low, x).expand(k, -1, -1, -1)
-    return torch.cat([high, low])
-
-
-def _counterfactual_halves(image, regions, config, pair_id) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`build_counterfactuals` as its (high, low) halves, without the copy into one tensor."""
-    k = config.k_effective
-    if config.fill != "noise":
-        cfs = build_counterfactuals(image, regions, config, pair_id)
-        return cfs[:k], cfs[k:]
-    gen = pair_generator(config.seed, pair_id, _STREAM_FILL)
-    x = image.unsqueeze(0)
-    halves = []
-    for mask in (regions.high, regions.low):  # the same draws, in the same order, as fill_image
-        eps = torch.randn((k, *image.shape), generator=gen, dtype=torch.float32).to(image.device, image.dtype)
-        values = eps.mul_(config.noise_sigma).add_(x).clamp_(0.0, 1.0)
-        halves.append(torch.where(mask.view(1, 1, *mask.shape), values, x))
-    return halves[0], halves[1]
-
-
-def _optimised_counterfactuals(model, images, regions_list, ref_emb, config, pair_ids, device, progress):
-    """Algorithm 1 for every testable pair, in chunks of ``batch_size`` samples.
-
-    Returns {pair index: (counterfactuals (2K,3,H,W), OptimisationInfo over those 2K)}.
-    """
-    k = config.k_effective
-    rows = []  # (pair index, image, mask, init)
-    for i, reg in enumerate(regions_list):
-        if not reg.testable:
-            continue
-        gen = pair_generator(config.seed, pair_ids[i], _STREAM_FILL)
-        x = images[i]
-        for mask in (reg.high, reg.low):
-            eps = torch.randn((k, *x.shape), generator=gen)
-            init = (x.unsqueeze(0) + config.opt_init_sigma * eps * mask).clamp(0.0, 1.0)
-            for j in range(k):
-                rows.append((i, x, mask, init[j]))
-    out: dict[int, list] = {}
-    bar = tqdm(total=len(rows), desc="optimising", unit="cf", disable=not progress, leave=False)
-    for start in range(0, len(rows), config.batch_size):
-        chunk = rows[start : start + config.batch_size]
-        idx = [r[0] for r in chunk]
-        xs = torch.stack([r[1] for r in chunk]).to(device)
-        ms = torch.stack([r[2] for r in chunk]).to(device)
-        init = torch.stack([r[3] for r in chunk]).to(device)
-        cf, info = optimise_counterfactuals(
-            model,
-            xs,
-            ms,
-            ref_emb[idx].to(device),
-            init=init,
-            steps=config.opt_steps,
-            lr=config.opt_lr,
-            lam=config.opt_lambda,
-            delta_target=config.opt_delta_target,
-            grad_clip=config.opt_grad_clip,
-            tol=config.opt_tol,
-            patience=config.opt_patience,
-        )
-        for r, i in enumerate(idx):
-            out.setdefault(i, []).append((cf[r].cpu(), bool(info.converged[r]), int(info.iterations[r]), float(info.final_loss[r])))
-        bar.update(len(chunk))
-    bar.close()
-    result = {}
-    for i, items in out.items():
-        cfs = torch.stack([t[0] for t in items])
-        info = OptimisationInfo(
-            torch.tensor([t[1] for t in items]), torch.tensor([t[2] for t in items]), torch.tensor([t[3] for t in items])
-        )
-        result[i] = (cfs, info)
-    return result
-
 
 def falsification_test(
     model: torch.nn.Module,
@@ -625,14 +396,16 @@ def falsification_test(
     images:
         ``(B, 3, H, W)`` the explained images (x).
     references:
-        ``(B, D)`` the other face's embedding of each pair (only used to report the pair's
-        angle), or None. The distances are measured from f(x) of the image itself.
+        ``(B, D)`` the other face's embedding of each pair, or None: with ``target="embedding"``
+        only used to report the pair's angle (the distances are measured from f(x) of the image
+        itself); ``target="pair"`` needs them.
     maps:
         ``(B, H, W)`` attribution maps at the image's resolution (any real values in quantile
         mode; [0, 1] in threshold mode).
     config:
         :class:`FalsificationConfig` with ``tau_high``, ``tau_low`` and ``epsilon`` set (e.g.
-        ``calibrate(model, pairs).apply(FalsificationConfig())``).
+        ``calibrate(model, pairs).apply(FalsificationConfig())``). Its default criterion,
+        ``beyond-prior``, needs ``prior``; ``FalsificationConfig.preset("plain")`` does not.
     pair_ids:
         Identifiers seeding each pair's random streams (default ``0 .. B-1``); pass the same ids
         to get the same result for a pair whether it is tested alone or in a batch.
@@ -646,10 +419,15 @@ def falsification_test(
         A dict reused across calls on the same images (keyed by pair id): the prior's distances
         on an image are then computed once, however many methods are tested on it.
 
-    All 2K counterfactuals of every image go through the model in batches of
-    ``config.batch_size``; f(x) is computed once per image.
+    The stages (``falsify.falsification.stages``, ``falsify.falsification.criteria``): the
+    regions of each map (:func:`regions_for`), the counterfactuals of the testable ones from the
+    config's fill strategy (:func:`fill_for`), their embeddings (:class:`BatchedEmbedder`: all 2K
+    counterfactuals of every image in batches of ``config.batch_size``; f(x) once per image,
+    :func:`embed`), the distances (:func:`distances`), and the criterion's verdict
+    (:func:`criterion_for`).
     """
     config = config or FalsificationConfig()
+    criterion = criterion_for(config)
     if not config.has_criterion:
         raise ValueError(
             "the criterion needs tau_high, tau_low and epsilon (and delta for 'beyond-prior'; radians): set "
@@ -659,9 +437,7 @@ def falsification_test(
     if config.target == "pair" and references is None:
         raise ValueError("target='pair' measures how far each counterfactual moves the pair's angle: pass the "
                          "references (the other face's embedding of each pair)")
-    if config.criterion == "beyond-prior" and prior is None:
-        raise ValueError("the 'beyond-prior' criterion needs prior=... (H, W): the model's prior map, from "
-                         "falsify.falsification.prior.occlusion_prior(model, images).map()")
+    criterion.check_inputs(prior=prior)
     images, references, maps = check_inputs(model, images, references, maps)
     b = images.shape[0]
     if pair_ids is None:
@@ -672,8 +448,9 @@ def falsification_test(
     device = model_device(model)
     k = config.k_effective
 
+    # 1. regions; f(x) once per image
     regions_list = [regions_for(images[i], maps[i], config, pair_ids[i]) for i in range(b)]
-    f_x = _embed(model, images, config.batch_size, device)  # once per image
+    f_x = embed(model, images, config.batch_size, device)
     if references is not None and references.shape[1] != f_x.shape[1]:
         raise ValueError(
             f"references have {references.shape[1]} dimensions but the model's embeddings have "
@@ -681,39 +458,27 @@ def falsification_test(
         )
     testable = [i for i, r in enumerate(regions_list) if r.testable]
 
+    # 2. the fill's counterfactuals of every testable image, 3. embedded in batches of batch_size
     cf_keep: dict[int, torch.Tensor] = {}
     opt_info: dict[int, OptimisationInfo] = {}
-    if config.fill == "optimised":
-        optimised = _optimised_counterfactuals(model, images, regions_list, f_x, config, pair_ids, device, progress)
-        embedder = _BatchedEmbedder(model, config.batch_size, 2 * k * len(testable), device)
-        for i in testable:
-            cfs, info = optimised[i]
-            opt_info[i] = info
-            embedder.add(cfs)
-            if keep_examples:
-                cf_keep[i] = cfs[[0, k]].clone()
-        emb = embedder.finish()
-    else:
-        embedder = _BatchedEmbedder(model, config.batch_size, 2 * k * len(testable), device)
-        bar = tqdm(total=len(testable), desc="counterfactuals", unit="pair", disable=not progress, leave=False)
-        for i in testable:
-            high, low = _counterfactual_halves(images[i], regions_list[i], config, pair_ids[i])
-            embedder.add(high)
-            embedder.add(low)
-            if keep_examples:
-                cf_keep[i] = torch.stack([high[0], low[0]])
-            bar.update(1)
-        emb = embedder.finish()
-        bar.close()
+    embedder = BatchedEmbedder(model, config.batch_size, 2 * k * len(testable), device)
+    made = fill_for(config).counterfactuals(model, [images[i] for i in testable], [regions_list[i] for i in testable],
+                                            f_x[testable], [pair_ids[i] for i in testable], progress=progress)
+    for i, cf in zip(testable, made):
+        embedder.add(cf.high)
+        embedder.add(cf.low)
+        if cf.info is not None:
+            opt_info[i] = cf.info
+        if keep_examples:
+            cf_keep[i] = torch.stack([cf.high[0], cf.low[0]])
+    emb = embedder.finish()
 
     pair_angles = None
     if references is not None:
         pair_angles = geodesic_distance(f_x.double(), references.double())
-    prior_d: dict[int, tuple[float, float]] = {}
-    if config.criterion == "beyond-prior":
-        prior_d = _prior_distances(model, images, f_x, prior, config, pair_ids, device,
-                                   prior_cache if prior_cache is not None else {}, references)
+    criterion.prepare(model, images, f_x, references, pair_ids, device, prior=prior, prior_cache=prior_cache)
 
+    # 4. distances, 5. the criterion's verdict
     results = []
     row = 0
     for i in range(b):
@@ -742,20 +507,14 @@ def falsification_test(
             continue
         e = emb[row : row + 2 * k].double()
         row += 2 * k
-        d = _distances(f_x[i].double(), e, None if references is None else references[i], config.target)
+        d = distances(f_x[i].double(), e, None if references is None else references[i], config.target)
         dh, dl = d[:k], d[k:]
         d_high, d_low = float(dh.mean()), float(dl.mean())
         sd_high = float(dh.std(unbiased=True)) if k > 1 else 0.0
         sd_low = float(dl.std(unbiased=True)) if k > 1 else 0.0
         margin = d_high - d_low
-        extra = {}
-        if config.criterion == "beyond-prior":
-            p_high, p_low = prior_d[pair_ids[i]]
-            excess = margin - (p_high - p_low)
-            verdict, failed = verdict_beyond_prior(excess, config.delta)
-            extra.update(prior_d_high=p_high, prior_d_low=p_low, excess=excess)
-        else:
-            verdict, failed = verdict_of(d_high, d_low, config.tau_high, config.tau_low, config.epsilon)
+        judged = criterion.judge(pair_ids[i], d_high, d_low)
+        extra = dict(judged.fields)
         if i in opt_info:
             info = opt_info[i]
             extra.update(
@@ -768,8 +527,8 @@ def falsification_test(
             extra.update(example_high=cf_keep[i][0], example_low=cf_keep[i][1])
         results.append(
             FalsificationResult(
-                verdict=verdict,
-                failed=failed,
+                verdict=judged.verdict,
+                failed=judged.failed,
                 d_high=d_high,
                 d_low=d_low,
                 sd_high=sd_high,

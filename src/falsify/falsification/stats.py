@@ -1,5 +1,7 @@
 """Statistics over falsification verdicts (scipy / statsmodels).
 
+- :func:`wilson_interval`: the Wilson score interval of k successes in n, the one the whole
+  package reports (statsmodels ``proportion_confint``).
 - :func:`falsification_rate`: falsified / (passed + falsified) with a Wilson 95% interval;
   untestable maps are counted separately, never as passed or falsified.
 - :func:`mcnemar_paired`: two methods run on the same pairs -- McNemar's exact test on the pairs
@@ -70,18 +72,31 @@ class RateSummary:
         )
 
 
-def falsification_rate(verdicts: Iterable, confidence: float = 0.95) -> RateSummary:
-    """falsified / (passed + falsified) with a Wilson interval (statsmodels ``proportion_confint``)."""
+def wilson_interval(k, n, confidence: float = 0.95):
+    """The Wilson score interval of ``k`` successes in ``n`` trials at ``confidence`` (two-sided),
+    from statsmodels' ``proportion_confint(method="wilson")``, clipped to [0, 1]: ``(low, high)``
+    as floats, or as arrays when ``k`` (or ``n``) is an array; None when ``n`` is 0 (no trials)."""
     from statsmodels.stats.proportion import proportion_confint
 
+    if np.ndim(n) == 0 and n <= 0:
+        return None
+    lo, hi = proportion_confint(k, n, alpha=1.0 - confidence, method="wilson")
+    lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+    if np.ndim(lo) == 0:
+        return float(lo), float(hi)
+    return lo, hi
+
+
+def falsification_rate(verdicts: Iterable, confidence: float = 0.95) -> RateSummary:
+    """falsified / (passed + falsified) with its Wilson interval (:func:`wilson_interval`)."""
     v = _verdicts(verdicts)
     n_p, n_f, n_u = v.count("passed"), v.count("falsified"), v.count("untestable")
     n = n_p + n_f
     if n == 0:
         nan = float("nan")
         return RateSummary(nan, nan, nan, n_p, n_f, n_u, confidence)
-    lo, hi = proportion_confint(n_f, n, alpha=1.0 - confidence, method="wilson")
-    return RateSummary(n_f / n, float(lo), float(hi), n_p, n_f, n_u, confidence)
+    lo, hi = wilson_interval(n_f, n, confidence)
+    return RateSummary(n_f / n, lo, hi, n_p, n_f, n_u, confidence)
 
 
 @dataclass(frozen=True)

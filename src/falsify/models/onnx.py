@@ -106,7 +106,7 @@ def load_onnx(
             "(e.g. (112, 112) for insightface packs)"
         )
 
-    from .._compat import ensure_torchvision_importable
+    from ..compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     try:

@@ -78,15 +78,12 @@ def fmt_p(p: Any) -> str | None:
     return f"{min(f, 1.0):.2f}"
 
 
-def wilson_ci(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float] | None:
-    """Wilson score interval of k successes in n trials (95% by default); None when n == 0."""
-    if n <= 0:
-        return None
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+def wilson_ci(k: int, n: int) -> tuple[float, float] | None:
+    """Wilson 95% score interval of k successes in n trials; None when n == 0
+    (``falsify.falsification.stats.wilson_interval``)."""
+    from ..falsification.stats import wilson_interval
+
+    return wilson_interval(k, n)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,200 @@
+"""The criterion of the falsification test: the last stage, which turns d_high and d_low into a verdict.
+
+A criterion is a :class:`Criterion` subclass registered under its name with
+:func:`register_criterion`; ``FalsificationConfig(criterion=NAME)`` picks it
+(:func:`criterion_for`), and ``falsification_test`` only calls its hooks:
+
+- ``thresholds``: the config fields it needs (``FalsificationConfig.has_criterion``), and
+  ``needs_prior``: whether the call needs the model's prior map;
+- :meth:`Criterion.check_inputs`: refuse a call that lacks an input it needs (e.g. the prior);
+- :meth:`Criterion.prepare`: work done once per call before judging (e.g. the prior's distances);
+- :meth:`Criterion.judge`: the verdict of one image, the conditions that failed, and the
+  criterion's own fields of the result;
+- :meth:`Criterion.lines`: its lines in ``FalsificationResult.format``.
+
+Two are built in: :class:`Absolute` (``absolute``) and :class:`BeyondPrior` (``beyond-prior``).
+Adding one is a subclass with a new name, and the name in ``falsify.choices.CRITERIA`` for the
+command line; nothing in the test itself changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Sequence
+
+import torch
+
+from ..choices import CRITERIA
+from .stages import BatchedEmbedder, as_tensor, distances, fill_for, regions_for
+
+COND_HIGH = "d_high<=tau_high"
+COND_LOW = "d_low>=tau_low"
+COND_MARGIN = "margin<epsilon"
+COND_PRIOR = "excess<delta"
+
+
+def verdict_of(d_high: float, d_low: float, tau_high: float, tau_low: float, epsilon: float) -> tuple[str, tuple[str, ...]]:
+    """("passed", ()) or ("falsified", the failed conditions)."""
+    failed = []
+    if not d_high > tau_high:
+        failed.append(COND_HIGH)
+    if not d_low < tau_low:
+        failed.append(COND_LOW)
+    if not (d_high - d_low) >= epsilon:
+        failed.append(COND_MARGIN)
+    return ("falsified" if failed else "passed"), tuple(failed)
+
+
+def verdict_beyond_prior(excess: float, delta: float) -> tuple[str, tuple[str, ...]]:
+    """The ``beyond-prior`` criterion: the map's margin must exceed the prior's margin on the same
+    image by more than ``delta``: excess = (d_high - d_low) - (prior_high - prior_low) > delta.
+    Strict, so the prior itself (excess 0) is falsified at delta = 0."""
+    if excess > delta:
+        return "passed", ()
+    return "falsified", (COND_PRIOR,)
+
+
+@dataclass
+class Judgement:
+    """A criterion's answer for one image."""
+
+    verdict: str  # "passed" | "falsified"
+    failed: tuple[str, ...] = ()  # the conditions that did not hold
+    fields: dict = field(default_factory=dict)  # the criterion's own fields of FalsificationResult
+
+
+class Criterion:
+    """A falsification criterion (see the module's docstring for the hooks)."""
+
+    #: the name ``FalsificationConfig(criterion=...)`` selects it by
+    name: ClassVar[str] = ""
+    #: the config fields (radians) that must be set before the test runs
+    thresholds: ClassVar[tuple[str, ...]] = ("tau_high", "tau_low", "epsilon")
+    #: whether ``falsification_test`` needs the model's prior map (``prior=``)
+    needs_prior: ClassVar[bool] = False
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+    def check_inputs(self, *, prior=None) -> None:
+        """Raise ValueError when the call lacks an input this criterion needs."""
+
+    def prepare(self, model, images: torch.Tensor, f_x: torch.Tensor, references: torch.Tensor | None,
+                pair_ids: Sequence[int], device, *, prior=None, prior_cache: dict | None = None) -> None:
+        """Work done once per call, before :meth:`judge` (default: none)."""
+
+    def judge(self, pair_id: int, d_high: float, d_low: float) -> Judgement:
+        raise NotImplementedError
+
+    @classmethod
+    def lines(cls, result, sd: Callable[[float], str]) -> list[str]:
+        """The lines of ``result.format()`` that show this criterion's conditions (``sd(x)`` formats
+        a spread)."""
+        return []
+
+    @staticmethod
+    def ok(result, cond: str) -> str:
+        return "FAILED" if cond in result.failed else "ok"
+
+
+#: criterion name -> its class
+CRITERION_CLASSES: dict[str, type[Criterion]] = {}
+
+
+def register_criterion(cls: type[Criterion]) -> type[Criterion]:
+    """Class decorator: register ``cls`` under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a name")
+    CRITERION_CLASSES[cls.name] = cls
+    return cls
+
+
+def criterion_for(config) -> Criterion:
+    """The criterion of ``config.criterion``, for ``config``."""
+    try:
+        cls = CRITERION_CLASSES[config.criterion]
+    except KeyError:
+        raise ValueError(f"unknown criterion {config.criterion!r}; use one of {tuple(CRITERION_CLASSES)}") from None
+    return cls(config)
+
+
+@register_criterion
+class Absolute(Criterion):
+    """The map passes when d_high > tau_high, d_low < tau_low and d_high - d_low >= epsilon."""
+
+    name = "absolute"
+
+    def judge(self, pair_id, d_high, d_low):
+        c = self.config
+        return Judgement(*verdict_of(d_high, d_low, c.tau_high, c.tau_low, c.epsilon))
+
+    @classmethod
+    def lines(cls, result, sd):
+        r = result
+        return [
+            f"d_high    {r.d_high:.4f} rad{sd(r.sd_high)}   > tau_high {r.tau_high:.4f}   {cls.ok(r, COND_HIGH)}",
+            f"d_low     {r.d_low:.4f} rad{sd(r.sd_low)}   < tau_low  {r.tau_low:.4f}   {cls.ok(r, COND_LOW)}",
+            f"margin    {r.margin:.4f} rad   >= epsilon {r.epsilon:.4f}   {cls.ok(r, COND_MARGIN)}",
+        ]
+
+
+@register_criterion
+class BeyondPrior(Criterion):
+    """The map passes when its margin d_high - d_low exceeds the margin of the model's prior map
+    on the same image (same regions rule, same fill, same draws) by more than ``delta``."""
+
+    name = "beyond-prior"
+    thresholds = ("tau_high", "tau_low", "epsilon", "delta")
+    needs_prior = True
+
+    def check_inputs(self, *, prior=None):
+        if prior is None:
+            raise ValueError("the 'beyond-prior' criterion needs prior=... (H, W): the model's prior map, from "
+                             "falsify.falsification.prior.occlusion_prior(model, images).map()")
+
+    def prepare(self, model, images, f_x, references, pair_ids, device, *, prior=None, prior_cache=None):
+        self.prior_d = prior_distances(model, images, f_x, prior, self.config, pair_ids, device,
+                                       prior_cache if prior_cache is not None else {}, references)
+
+    def judge(self, pair_id, d_high, d_low):
+        p_high, p_low = self.prior_d[pair_id]
+        excess = (d_high - d_low) - (p_high - p_low)
+        verdict, failed = verdict_beyond_prior(excess, self.config.delta)
+        return Judgement(verdict, failed, dict(prior_d_high=p_high, prior_d_low=p_low, excess=excess))
+
+    @classmethod
+    def lines(cls, result, sd):
+        r = result
+        return [
+            f"d_high    {r.d_high:.4f} rad{sd(r.sd_high)}   (prior map: {r.prior_d_high:.4f})",
+            f"d_low     {r.d_low:.4f} rad{sd(r.sd_low)}   (prior map: {r.prior_d_low:.4f})",
+            f"excess    {r.excess:.4f} rad = margin {r.margin:.4f} - prior's margin "
+            f"{r.prior_d_high - r.prior_d_low:.4f}   > delta {r.delta:.4f}   {cls.ok(r, COND_PRIOR)}",
+        ]
+
+
+def prior_distances(model, images, f_x, prior, config, pair_ids, device, cache, references=None) -> dict[int, tuple[float, float]]:
+    """(d_high, d_low) of the prior map on each image, from ``cache`` (keyed by pair id) or
+    computed: the prior's regions, the same fill with the same draws a map gets, the distances."""
+    prior = as_tensor(prior, "prior").float()
+    if tuple(prior.shape) != tuple(images.shape[-2:]):
+        raise ValueError(f"prior must be (H, W) = {tuple(images.shape[-2:])}, got {tuple(prior.shape)}")
+    k = config.k_effective
+    todo = [i for i in range(images.shape[0]) if pair_ids[i] not in cache]
+    if todo:
+        regions = [regions_for(images[i], prior, config, pair_ids[i]) for i in todo]
+        embedder = BatchedEmbedder(model, config.batch_size, 2 * k * len(todo), device)
+        for cf in fill_for(config).counterfactuals(model, [images[i] for i in todo], regions, f_x[todo],
+                                                   [pair_ids[i] for i in todo]):
+            embedder.add(cf.high)
+            embedder.add(cf.low)
+        emb = embedder.finish()
+        for j, i in enumerate(todo):
+            ref = None if references is None else references[i]
+            d = distances(f_x[i].double(), emb[2 * k * j : 2 * k * (j + 1)].double(), ref, config.target)
+            cache[pair_ids[i]] = (float(d[:k].mean()), float(d[k:].mean()))
+    return {pair_ids[i]: cache[pair_ids[i]] for i in range(images.shape[0])}
+
+
+_missing = [name for name in CRITERIA if name not in CRITERION_CLASSES]
+if _missing:
+    raise ImportError(f"falsify.choices.CRITERIA names criteria with no class: {_missing}")
