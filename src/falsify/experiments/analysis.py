@@ -187,35 +187,3 @@ def summarise(store: ResultsStore, config, pairs: PairSet, model_name: str, thre
     }
     summary["controls"] = control_verdicts(summary["methods"], summary["comparisons"])
     return summary
-
-
-def __getattr__(name: str):
-    if name == "margin_analysis":  # moved to the module of experiment 6.2
-        from .exp_6_2 import margin_analysis
-
-        return margin_analysis
-    raise AttributeError(name)
-
-
-def write_outputs(out: Path, summary: dict, explanations=None) -> list[Path]:
-    """summary.json, tables, figures and report.html in ``out``."""
-    from ..report.figures import write_figures
-    from ..report.html import write_report
-    from ..report.tables import write_tables
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=False))
-    tmp.replace(path)
-    written = [path]
-    written += write_tables(summary, out)
-    pair_labels = None
-    expl = None
-    if explanations:
-        expl = [e for _, e in explanations]
-        pair_labels = [f"{'genuine' if p.same else 'impostor'}, cos {e.cosine:.3f}" for p, e in explanations]
-    written += write_figures(summary, out, explanations=expl, pair_labels=pair_labels)
-    written.append(write_report(out))
-    return written

@@ -31,7 +31,7 @@ from ..data import load_images, load_pairs
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
 from ..paths import check_writable, space_guard
-from .analysis import summarise, write_outputs
+from .analysis import summarise
 from .executor import RowComputer, RowContext, base_row, deletion_of, executor_open, make_executor, row_explainers
 from .store import ResultsStore, inspect_store
 
@@ -550,6 +550,14 @@ class RunLock:
         fcntl.flock(self._fh, fcntl.LOCK_UN)
         self._fh.close()
         self._fh = None
+
+
+def write_outputs(out, summary: dict, explanations=None) -> list[Path]:
+    """summary.json, tables, figures and report.html in ``out`` (``registry.write_outputs``: the
+    report is wired there, from the summary in memory)."""
+    from .registry import write_outputs as write
+
+    return write(out, summary, explanations)
 
 
 def runner_for(config: RunConfig, **kw) -> "Runner":
