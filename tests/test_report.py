@@ -585,6 +585,54 @@ def test_method_colours_are_stable():
     assert len({str(v) for v in b.values()}) == 5
 
 
+def test_the_report_is_a_toolkit_of_sections(tmp_path):
+    """Sections made by hand, without any experiment: their tables are written and shown (the
+    page's LaTeX sources from the tables in memory, not read back), the figures that can be drawn
+    are, and the section's key and figure stems are not listed as "Other"."""
+    from matplotlib.figure import Figure
+
+    from falsify.report.section import FigureSpec, Section
+
+    def draw():
+        fig = Figure(figsize=(2, 2))
+        fig.add_subplot().plot([0, 1])
+        return fig
+
+    table = Table(name="table_x", frame=frame(["Method", "n"], [["a_b", "1"]]), label="tab:x", caption="X.",
+                  html_id="table-x")
+    section = Section(title="X", anchor="exp-x", nav="X", key="experiment_x", tables=[table],
+                      figures=[FigureSpec("fig_x", "An x.", draw), FigureSpec("fig_y", "Not drawable.")])
+    assert [p.name for p in T.write_tables([section], tmp_path)] == ["table_x.tex"]
+    assert [p.name for p in F.write_figures([section], tmp_path)] == ["fig_x.png", "fig_x.pdf"]
+    assert (tmp_path / "tables" / "table_x.tex").read_text() == table.latex
+    shutil.rmtree(tmp_path / "tables")  # the page does not read the .tex back
+    summary = {"experiment": "x", "model": "m", "data": {}, "methods": [], "experiment_x": {"v": 1}, "extra": 2}
+    page = H.write_report(summary, [section], tmp_path).read_text()
+    assert "table_x.tex" in page and r"a\_b &amp; 1" in page
+    other = page.split('id="config"')[1]
+    assert "extra" in other and "experiment_x" not in other
+    assert 'id="other-figures"' not in page  # fig_x is the section's
+
+
+def test_each_table_is_rendered_once(tmp_path, summary, monkeypatch):
+    """The .tex files, the page's tables and the page's LaTeX sources come from one rendering each."""
+    from falsify.report import render
+
+    counts: dict[tuple[str, str], int] = {}
+
+    def counting(kind, real):
+        def f(table):
+            counts[kind, table.name] = counts.get((kind, table.name), 0) + 1
+            return real(table)
+        return f
+
+    monkeypatch.setattr(render, "to_latex", counting("latex", render.to_latex))
+    monkeypatch.setattr(render, "to_html", counting("html", render.to_html))
+    R.write_report(tmp_path, summary)
+    assert counts and set(counts.values()) == {1}
+    assert {name for kind, name in counts if kind == "latex"} == {"table_6_1", "table_6_2"}
+
+
 def test_write_figures(tmp_path, summary):
     import matplotlib.pyplot as plt
 
