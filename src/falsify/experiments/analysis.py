@@ -1,5 +1,5 @@
 """The summary of experiment 6.1 from the results store (every experiment that reads 6.1's rows
-starts from it), and writing the outputs of a run.
+starts from it). A run's outputs are written by ``registry.write_outputs``.
 
 Every statistic counts **pairs**: one verdict per (method, pair), whatever K was. (The
 research code counted each of the K counterfactuals as a sample, inflating n by K and
@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

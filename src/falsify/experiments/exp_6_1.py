@@ -9,7 +9,6 @@ the FR table and figure) and its section (``exp_6_1.html.j2``: controls, compari
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..choices import OTHER_REFERENCE, RANDOM_MODEL

@@ -7,7 +7,6 @@ and the report section ``exp_6_2.html.j2``.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
