@@ -17,7 +17,8 @@
 Analyses (:func:`part_analysis`, :func:`attribute_rates`, :func:`chi_square`; synthetic rows in the
 tests): FR per part the map ranked highest with Wilson CIs and a chi-square test of independence
 across those parts (scipy); FR by gender (per image) and race (per person) of image A with
-``--labels``; Table 6.3 and the figure "FR by facial part"; a figure of the parts on real faces.
+``--labels``; Table 6.3 and the figure "FR by facial part"; a figure of the parts on real faces
+(drawn from the section's ``parts_figure``: the first images A and their landmarks).
 """
 from __future__ import annotations
 
@@ -569,7 +570,8 @@ class Experiment63(Experiment):
     def drawings(self, summary: Mapping, **kw) -> dict:
         s = _section(summary)
         out = {}
-        if s is not None and isinstance(s.get("parts_figure"), Mapping):  # runs before it drew it in the run only
+        # an older summary lacks what the parts figure needs: the figure its run drew is kept
+        if s is not None and isinstance(s.get("parts_figure"), Mapping):
             out["fig_6_3_parts"] = lambda: parts_figure(s["parts_figure"])
         if s is not None and any(p["n"] for p in s["pooled"]["parts"]):
             out["fig_6_3_fr_by_part"] = lambda: figure_parts_fr(summary)
