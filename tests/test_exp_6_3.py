@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 
 import numpy as np
@@ -145,3 +146,15 @@ def test_run_6_3_small_and_resumes(lfw_sample, tmp_path):
     page = (out / "report.html").read_text()
     assert 'id="exp-6-3"' in page and 'id="table-6-3"' in page and 'id="fig_6_3_parts"' in page
     assert (out / "tables" / "table_6_3.tex").is_file() and (out / "figures" / "fig_6_3_fr_by_part.pdf").is_file()
+    # the parts figure is drawn from the summary (its faces and landmarks), so 'falsify report OUT'
+    # redraws it, as every other figure, and the page is the run's
+    parts = summary2["experiment_6_3"]["parts_figure"]
+    assert parts["size"] == [32, 32] and parts["align"] is None and 1 <= len(parts["faces"]) <= E.FIGURE_FACES
+    drawn = {p.name: p.read_bytes() for p in (out / "figures").iterdir() if p.suffix == ".png"}
+    assert {"fig_6_3_parts.png", "fig_6_3_fr_by_part.png"} <= set(drawn)
+    shutil.rmtree(out / "figures")
+    from falsify.cli import main
+
+    assert main(["report", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in (out / "figures").iterdir() if p.suffix == ".png"} == drawn
+    assert (out / "report.html").read_text() == page

@@ -11,8 +11,6 @@ import pytest
 from falsify import choices
 from falsify.experiments import exp_6_1, exp_6_2, registry
 from falsify.experiments.base import Experiment
-from falsify.report import html as H
-from falsify.report import tables as T
 from falsify.report.render import Table, frame, to_html, to_latex
 
 FIXED = Path(__file__).parent / "data" / "fixed_runs"
@@ -71,23 +69,25 @@ def test_table_renders_through_styler_and_jinja():
 
 class _Toy(Experiment):
     name, title, anchor, nav, key = "toy", "Toy experiment", "exp-toy", "Toy", "experiment_toy"
+    template = "toy.html.j2"
 
     def tables(self, summary):
         return [Table(name="table_toy", frame=frame(["Method", "value"], [["x<y", summary[self.key]["value"]]]),
                       label="tab:toy", caption="Toy.", html_id="table-toy")]
 
-    def section(self, summary, out_dir):
-        return f'<h2 id="{self.anchor}">{self.title}</h2>' + to_html(self.tables(summary)[0])
-
 
 def test_an_experiment_is_added_by_its_module_alone(tmp_path, monkeypatch):
-    """The report's core iterates over the registry: a new experiment's table and section appear
-    without any change to tables.py, figures.py or html.py."""
+    """The report's core iterates over the sections the registry hands it: a new experiment's table
+    and section appear without any change to tables.py, figures.py or html.py."""
+    from falsify.report import render
+
     monkeypatch.setitem(registry.EXPERIMENTS, "toy", _Toy())
+    env = render.environment()
+    monkeypatch.setattr(env, "loader", __import__("jinja2").ChoiceLoader([env.loader, __import__("jinja2").DictLoader(
+        {"toy.html.j2": '<h2 id="{{ experiment.anchor }}">{{ experiment.title }}</h2>{{ tables.table_toy }}'})]))
     summary = {"experiment": "6.1", "model": "m", "data": {}, "methods": [], "experiment_toy": {"value": "0.5"}}
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
-    paths = T.write_tables(summary, tmp_path)
-    assert [p.name for p in paths] == ["table_6_1.tex", "table_toy.tex"]
-    page = H.write_report(tmp_path).read_text()
+    paths = registry.write_report(tmp_path, summary)
+    assert [p.name for p in paths] == ["table_6_1.tex", "table_toy.tex", "report.html"]
+    page = paths[-1].read_text()
     assert '<a href="#exp-toy">Toy</a>' in page and '<td class="method">x&lt;y</td>' in page
     assert "experiment_toy" not in page.split('id="config"')[1]  # its key is known: not under "Other"

@@ -20,6 +20,7 @@ import torch
 
 from falsify.experiments import exp_6_1 as E61
 from falsify.experiments import exp_6_2 as E62
+from falsify.experiments import registry as R
 from falsify.report import figures as F
 from falsify.report import html as H
 from falsify.report import tables as T
@@ -211,6 +212,24 @@ def write_summary(out: Path, summary: dict) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
+# The report's toolkit takes the experiments' sections; the registry makes them from a summary.
+def write_tables(summary: dict, out: Path) -> list[Path]:
+    return T.write_tables(R.sections(summary), out)
+
+
+def write_figures(summary: dict, out: Path, explanations=None, pair_labels=None) -> list[Path]:
+    return F.write_figures(R.sections(summary, explanations, pair_labels), out)
+
+
+def write_report(out: Path) -> Path:
+    """report.html alone, from OUT/summary.json (as ``falsify report`` reads it)."""
+    return R.write_page(out, H.load_summary(out))
+
+
+def render_report(summary: dict, out) -> str:
+    return H.render_report(summary, R.sections(summary), out)
+
+
 def fake_explanations(n: int = 2, methods=("gradcam", "ig", "random"), size: int = 24) -> list[PairExplanation]:
     g = torch.Generator().manual_seed(0)
     out = []
@@ -234,10 +253,10 @@ def report_dir(tmp_path_factory, summary) -> Path:
     """A full output folder: summary.json, tables, figures (with a saliency grid) and report.html."""
     out = tmp_path_factory.mktemp("run")
     write_summary(out, summary)
-    T.write_tables(summary, out)
+    write_tables(summary, out)
     expl = fake_explanations()
-    F.write_figures(summary, out, explanations=expl, pair_labels=["genuine\ncos 0.700", "impostor\ncos 0.200"])
-    H.write_report(out)
+    write_figures(summary, out, explanations=expl, pair_labels=["genuine\ncos 0.700", "impostor\ncos 0.200"])
+    write_report(out)
     return out
 
 
@@ -446,17 +465,17 @@ def test_table_6_2(summary):
 
 
 def test_write_tables(tmp_path, summary):
-    paths = T.write_tables(summary, tmp_path)
+    paths = write_tables(summary, tmp_path)
     assert [p.name for p in paths] == ["table_6_1.tex", "table_6_2.tex"]
     assert all(p.parent == tmp_path / "tables" and r"\begin{table}" in p.read_text() for p in paths)
-    paths = T.write_tables(make_summary(with_6_2=False), tmp_path / "b")
+    paths = write_tables(make_summary(with_6_2=False), tmp_path / "b")
     assert [p.name for p in paths] == ["table_6_1.tex"]
 
 
 def test_tables_compile_with_pdflatex(tmp_path, summary):
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
-    T.write_tables(summary, tmp_path)
+    write_tables(summary, tmp_path)
     (tmp_path / "tables" / "controls.tex").write_text(E61.table_6_1_tex(make_control_summary()))
     doc = tmp_path / "doc.tex"
     doc.write_text(
@@ -566,11 +585,59 @@ def test_method_colours_are_stable():
     assert len({str(v) for v in b.values()}) == 5
 
 
+def test_the_report_is_a_toolkit_of_sections(tmp_path):
+    """Sections made by hand, without any experiment: their tables are written and shown (the
+    page's LaTeX sources from the tables in memory, not read back), the figures that can be drawn
+    are, and the section's key and figure stems are not listed as "Other"."""
+    from matplotlib.figure import Figure
+
+    from falsify.report.section import FigureSpec, Section
+
+    def draw():
+        fig = Figure(figsize=(2, 2))
+        fig.add_subplot().plot([0, 1])
+        return fig
+
+    table = Table(name="table_x", frame=frame(["Method", "n"], [["a_b", "1"]]), label="tab:x", caption="X.",
+                  html_id="table-x")
+    section = Section(title="X", anchor="exp-x", nav="X", key="experiment_x", tables=[table],
+                      figures=[FigureSpec("fig_x", "An x.", draw), FigureSpec("fig_y", "Not drawable.")])
+    assert [p.name for p in T.write_tables([section], tmp_path)] == ["table_x.tex"]
+    assert [p.name for p in F.write_figures([section], tmp_path)] == ["fig_x.png", "fig_x.pdf"]
+    assert (tmp_path / "tables" / "table_x.tex").read_text() == table.latex
+    shutil.rmtree(tmp_path / "tables")  # the page does not read the .tex back
+    summary = {"experiment": "x", "model": "m", "data": {}, "methods": [], "experiment_x": {"v": 1}, "extra": 2}
+    page = H.write_report(summary, [section], tmp_path).read_text()
+    assert "table_x.tex" in page and r"a\_b &amp; 1" in page
+    other = page.split('id="config"')[1]
+    assert "extra" in other and "experiment_x" not in other
+    assert 'id="other-figures"' not in page  # fig_x is the section's
+
+
+def test_each_table_is_rendered_once(tmp_path, summary, monkeypatch):
+    """The .tex files, the page's tables and the page's LaTeX sources come from one rendering each."""
+    from falsify.report import render
+
+    counts: dict[tuple[str, str], int] = {}
+
+    def counting(kind, real):
+        def f(table):
+            counts[kind, table.name] = counts.get((kind, table.name), 0) + 1
+            return real(table)
+        return f
+
+    monkeypatch.setattr(render, "to_latex", counting("latex", render.to_latex))
+    monkeypatch.setattr(render, "to_html", counting("html", render.to_html))
+    R.write_report(tmp_path, summary)
+    assert counts and set(counts.values()) == {1}
+    assert {name for kind, name in counts if kind == "latex"} == {"table_6_1", "table_6_2"}
+
+
 def test_write_figures(tmp_path, summary):
     import matplotlib.pyplot as plt
 
     before = plt.get_fignums()
-    paths = F.write_figures(summary, tmp_path)  # no explanations: no saliency grid
+    paths = write_figures(summary, tmp_path)  # no explanations: no saliency grid
     assert sorted(p.name for p in paths) == sorted(
         ["fig_6_1_fr.png", "fig_6_1_fr.pdf", "fig_6_2_fr_vs_margin.png", "fig_6_2_fr_vs_margin.pdf"])
     for p in paths:
@@ -579,7 +646,7 @@ def test_write_figures(tmp_path, summary):
     img = plt.imread(tmp_path / "figures" / "fig_6_1_fr.png")
     assert img.shape[0] > 400 and img.shape[1] > 700  # 150 dpi
     assert plt.get_fignums() == before
-    paths = F.write_figures(make_summary(with_6_2=False), tmp_path / "b", explanations=fake_explanations(1))
+    paths = write_figures(make_summary(with_6_2=False), tmp_path / "b", explanations=fake_explanations(1))
     assert sorted(p.stem for p in paths) == ["fig_6_1_fr", "fig_6_1_fr", "fig_6_1_saliency", "fig_6_1_saliency"]
     # save_figure replaces a suffix and closes pyplot figures
     fig = plt.figure()
@@ -646,14 +713,14 @@ def test_report_content(report_dir):
 def test_report_without_6_2_and_sparse_summary(tmp_path):
     s = make_summary(with_6_2=False)
     write_summary(tmp_path, s)
-    F.write_figures(s, tmp_path)
-    page = H.write_report(tmp_path).read_text()
+    write_figures(s, tmp_path)
+    page = write_report(tmp_path).read_text()
     assert 'id="exp-6-2"' not in page and len(_images(page)) == 1
     # extra sections the runner may add: falsification settings, calibration, unknown keys
     s.update(falsification={"K": 16, "opt_steps": 100}, calibration=None, started="2026-11-25T20:00:00Z",
              n_rows=320, extra_key={"long": "x" * 5000})
     write_summary(tmp_path, s)
-    page = H.write_report(tmp_path).read_text()
+    page = write_report(tmp_path).read_text()
     for text in ("Falsification test settings", "opt_steps", "the thresholds were given", "2026-11-25T20:00:00Z",
                  "result rows", "extra_key", "(5012 characters)"):
         assert text in page, text
@@ -662,10 +729,10 @@ def test_report_without_6_2_and_sparse_summary(tmp_path):
     bare = tmp_path / "bare"
     write_summary(bare, {"experiment": None, "model": None, "data": None,
                          "methods": [{"method": "gradcam", "fr": float("nan")}]})
-    page = H.write_report(bare).read_text()
+    page = write_report(bare).read_text()
     assert "<h1>falsify report: experiment 6.1</h1>" in page and "gradcam" in page
     with pytest.raises(FileNotFoundError, match="summary.json"):
-        H.write_report(tmp_path / "nothing")
+        write_report(tmp_path / "nothing")
 
 
 def _section(page: str, start: str, end: str) -> str:
@@ -676,8 +743,8 @@ def _section(page: str, start: str, end: str) -> str:
 def test_report_controls(tmp_path):
     s = make_control_summary()
     write_summary(tmp_path, s)
-    F.write_figures(s, tmp_path)
-    page = H.write_report(tmp_path).read_text()
+    write_figures(s, tmp_path)
+    page = write_report(tmp_path).read_text()
     assert "<script" not in page and "<link" not in page
     assert all(src.startswith("data:image/png;base64,") for src in _images(page)) and len(_images(page)) == 1
     # the 6.1 table: the methods, then the controls in their own body, each row marked
@@ -714,7 +781,7 @@ def test_report_controls(tmp_path):
 
     # every checked method beats its controls: one sentence, no callout
     write_summary(tmp_path, make_control_summary(all_beat=True))
-    page = H.write_report(tmp_path).read_text()
+    page = write_report(tmp_path).read_text()
     assert "controls-not-beaten" not in page
     assert re.search(r'<p id="controls-all-beaten">Every method checked against its controls \(gradcam, '
                      r'biometric-gradcam, ig\) is falsified significantly less often than each of them', page)
@@ -722,17 +789,17 @@ def test_report_controls(tmp_path):
     odd = make_control_summary()
     odd["controls"][2]["sentence"] = "ig <b>fails</b> & more"
     write_summary(tmp_path, odd)
-    page = H.write_report(tmp_path).read_text()
+    page = write_report(tmp_path).read_text()
     assert "<li>ig &lt;b&gt;fails&lt;/b&gt; &amp; more</li>" in page and "<b>fails</b>" not in page
     # absolute thresholds; a delta given, not calibrated
     write_summary(tmp_path, make_control_summary(criterion="absolute"))
-    criterion = _section(H.write_report(tmp_path).read_text(), '<p id="criterion">', "</p>")
+    criterion = _section(write_report(tmp_path).read_text(), '<p id="criterion">', "</p>")
     assert "Criterion: <b>absolute thresholds</b>" in criterion and "&tau;<sub>high</sub> = 0.300" in criterion
     assert "&delta;" not in criterion
     given = make_control_summary()
     given["prior"]["delta"], given["falsification"]["delta"] = None, 0.05
     write_summary(tmp_path, given)
-    criterion = _section(H.write_report(tmp_path).read_text(), '<p id="criterion">', "</p>")
+    criterion = _section(write_report(tmp_path).read_text(), '<p id="criterion">', "</p>")
     assert "&delta; = 0.050 rad" in criterion and "was given for the run, not calibrated" in criterion
 
 
@@ -741,8 +808,8 @@ def test_report_leads_with_the_answer(tmp_path):
     the FR table and the FR figure; how to read them next; run, data and configuration last."""
     s = make_calibrated_summary()
     write_summary(tmp_path, s)
-    F.write_figures(s, tmp_path)
-    page = H.write_report(tmp_path).read_text()
+    write_figures(s, tmp_path)
+    page = write_report(tmp_path).read_text()
     marks = ['id="headline"', '<table id="table-6-1">', 'id="fig_6_1_fr"', 'id="table-6-1-caption"', 'id="how-to-read"',
              '<h3 id="controls">', '<h2 id="run">', "<h3>Environment</h3>", '<h2 id="data">', '<h2 id="config">',
              '<h3 id="thresholds">']
@@ -763,13 +830,13 @@ def test_report_leads_with_the_answer(tmp_path):
     assert "centre prior is falsified by construction" in headline  # beyond-prior
     # every method beats its controls; none does
     write_summary(tmp_path, make_control_summary(all_beat=True))
-    headline = _section(H.write_report(tmp_path).read_text(), 'id="headline"', "</div>")
+    headline = _section(write_report(tmp_path).read_text(), 'id="headline"', "</div>")
     assert "<b>gradcam, biometric-gradcam and ig are falsified" in headline and "Not shown" not in headline
     none = make_control_summary(criterion="absolute")
     for v in none["controls"]:
         v.update(beats_all=False, not_beaten=["centre"])
     write_summary(tmp_path, none)
-    headline = _section(H.write_report(tmp_path).read_text(), 'id="headline"', "</div>")
+    headline = _section(write_report(tmp_path).read_text(), 'id="headline"', "</div>")
     assert "<b>No method is falsified significantly less often than its controls</b> (0 of 3 methods" in headline
     assert "Not shown to beat their controls: <b>gradcam</b>, FR 21.1%" in headline
     assert "by construction" not in headline  # absolute criterion
@@ -782,7 +849,7 @@ def test_headline_without_the_centre_prior_or_randomised_models(summary):
     assert h["kind"] == "other"
     assert h["beating"] == ["gradcam", "gradcam++", "biometric-gradcam", "ig", "occlusion", "my_method#1"]
     assert h["items"][0]["controls"] == [{"label": "random", "fr": "86.8%", "beaten": True}]
-    page = H.render_report(summary, "/nonexistent")
+    page = render_report(summary, "/nonexistent")
     headline = _section(page, 'id="headline"', "</div>")
     assert "No method was compared with the centre prior or with its own maps on a randomised model" in headline
     assert "Against the controls that were run (random;" in headline
@@ -792,14 +859,14 @@ def test_headline_without_the_centre_prior_or_randomised_models(summary):
     lo, hi = _wilson(8, 38)
     assert h["kind"] == "none" and h["items"] == []
     assert h["rates"][0] == ("gradcam", f"21.1% (95% CI {100 * lo:.1f}–{100 * hi:.1f}%)")
-    assert "<b>No method was compared with a control</b>" in H.render_report(bare, "/nonexistent")
+    assert "<b>No method was compared with a control</b>" in render_report(bare, "/nonexistent")
     assert E61.headline({**summary, "methods": []})["kind"] == "empty"
 
 
 def test_configuration_shows_the_calibrated_thresholds_with_units(tmp_path):
     s = make_calibrated_summary()
     write_summary(tmp_path, s)
-    page = H.write_report(tmp_path).read_text()
+    page = write_report(tmp_path).read_text()
     th = _section(page, '<table class="kv" id="thresholds-table">', "</table>")
     unused = "; not used by the beyond-prior verdict)"
     for row in ("<th>τ_high</th><td>0.2142 rad = 0.5 × θ* (calibrated" + unused,
@@ -871,7 +938,7 @@ def test_report_of_an_old_summary(tmp_path, summary):
     """A summary from before controls and criteria (no control flags, controls, prior or criterion)."""
     assert not {"controls", "prior", "falsification"} & set(summary)
     write_summary(tmp_path, summary)
-    page = H.write_report(tmp_path).read_text()
+    page = write_report(tmp_path).read_text()
     assert 'id="controls-not-run"' in page and "controls-not-beaten" not in page and "controls-all-beaten" not in page
     assert "<code>random</code>, a random map." in page and 'id="prior"' not in page
     criterion = _section(page, '<p id="criterion">', "</p>")
@@ -911,7 +978,7 @@ def test_load_summary_names_the_file_of_a_bad_summary(tmp_path):
     # valid JSON, but not a summary of 'falsify run': no page full of n/a
     path.write_text('{"hello": 1}')
     with pytest.raises(ValueError) as err:
-        H.write_report(tmp_path)
+        write_report(tmp_path)
     msg = str(err.value)
     assert str(path) in msg and "missing keys experiment, model, data, methods" in msg
     assert not (tmp_path / "report.html").exists()
@@ -943,14 +1010,14 @@ def test_captions_show_the_effective_k(tmp_path, summary):
         title = fig.axes[0].get_title()
         assert "K = 1 (deterministic fill)" in title and "K = 16" not in title
     write_summary(tmp_path, blur)
-    page = H.write_report(tmp_path).read_text()
+    page = write_report(tmp_path).read_text()
     assert "K = 1 (deterministic fill)" in page
     assert "one counterfactual is drawn per region (K = 1)" in page
     # the recorded settings are shown as recorded, with what was used
     assert page.count("<td>16 counterfactuals per region (K = 1 used: deterministic fill)</td>") == 2
     assert re.search(r"K = 16\b", page) is None
     write_summary(tmp_path, noise)
-    page = H.write_report(tmp_path).read_text()
+    page = write_report(tmp_path).read_text()
     assert "the K = 8 counterfactuals drawn per region are averaged" in page and "deterministic" not in page
 
 
@@ -1007,25 +1074,25 @@ def test_failed_writes_leave_no_partial_file(tmp_path, summary, monkeypatch):
     write_summary(tmp_path, summary)
     (tmp_path / "report.html").mkdir()
     with pytest.raises(IsADirectoryError):
-        H.write_report(tmp_path)
+        write_report(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "summary.json"]
     assert list((tmp_path / "report.html").iterdir()) == []
     # an error while writing keeps the old report whole and removes the temporary file
     (tmp_path / "report.html").rmdir()
-    old = H.write_report(tmp_path).read_text()
-    monkeypatch.setattr(H, "render_report", lambda summary, out_dir: "<html>" + "x" * 100_000 + "\ud800")
+    old = write_report(tmp_path).read_text()
+    monkeypatch.setattr(H, "render_report", lambda *a, **k: "<html>" + "x" * 100_000 + "\ud800")
     with pytest.raises(UnicodeEncodeError):
-        H.write_report(tmp_path)
+        write_report(tmp_path)
     assert (tmp_path / "report.html").read_text() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "summary.json"]
     monkeypatch.undo()
     (tmp_path / "tables" / "table_6_1.tex").mkdir(parents=True)
     with pytest.raises(IsADirectoryError):
-        T.write_tables(summary, tmp_path)
+        write_tables(summary, tmp_path)
     assert [p.name for p in (tmp_path / "tables").iterdir()] == ["table_6_1.tex"]
     (tmp_path / "figures" / "fig_6_1_fr.png").mkdir(parents=True)
     with pytest.raises(IsADirectoryError):
-        F.write_figures(summary, tmp_path)
+        write_figures(summary, tmp_path)
     assert [p.name for p in (tmp_path / "figures").iterdir()] == ["fig_6_1_fr.png"]
 
 
@@ -1126,9 +1193,9 @@ def test_report_leads_with_the_answer_in_chromium(tmp_path, chromium):
     out = tmp_path / "run"
     s = make_calibrated_summary()
     write_summary(out, s)
-    T.write_tables(s, out)
-    F.write_figures(s, out)
-    H.write_report(out)
+    write_tables(s, out)
+    write_figures(s, out)
+    write_report(out)
     driver = chromium
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})

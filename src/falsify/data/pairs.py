@@ -11,11 +11,9 @@ from functools import cached_property
 from pathlib import Path, PurePath
 from typing import Callable, Iterator, Sequence
 
+from .errors import DataError  # re-exported (its home is falsify.data.errors, which sklearn_lfw imports)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-class DataError(ValueError):
-    """Pair data that cannot be used as given; the message says what to change."""
 
 
 def _check_n_pairs(n_pairs) -> None:

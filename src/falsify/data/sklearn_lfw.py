@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .pairs import DataError
+from .errors import DataError
 
 OFFLINE_HINT = (
     "pass your own data with --data DIR (an LFW-layout folder <Name>/<Name>_NNNN.jpg with "

@@ -1,8 +1,8 @@
 """The experiments (one module each: ``exp_6_1``, ``exp_6_2``, ``validity``, ...; the registry in
 ``registry``), their runner, results store and analyses."""
-from .analysis import comparisons, method_summary, summarise, write_outputs
+from .analysis import comparisons, method_summary, summarise
 from .exp_6_2 import margin_analysis
-from .runner import EXPERIMENTS, RunConfig, Runner, runner_for
+from .runner import EXPERIMENTS, RunConfig, Runner, runner_for, write_outputs
 from .store import ResultsStore
 
 __all__ = [

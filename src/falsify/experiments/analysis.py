@@ -1,5 +1,5 @@
 """The summary of experiment 6.1 from the results store (every experiment that reads 6.1's rows
-starts from it), and writing the outputs of a run.
+starts from it). A run's outputs are written by ``registry.write_outputs``.
 
 Every statistic counts **pairs**: one verdict per (method, pair), whatever K was. (The
 research code counted each of the K counterfactuals as a sample, inflating n by K and
@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -187,35 +186,3 @@ def summarise(store: ResultsStore, config, pairs: PairSet, model_name: str, thre
     }
     summary["controls"] = control_verdicts(summary["methods"], summary["comparisons"])
     return summary
-
-
-def __getattr__(name: str):
-    if name == "margin_analysis":  # moved to the module of experiment 6.2
-        from .exp_6_2 import margin_analysis
-
-        return margin_analysis
-    raise AttributeError(name)
-
-
-def write_outputs(out: Path, summary: dict, explanations=None) -> list[Path]:
-    """summary.json, tables, figures and report.html in ``out``."""
-    from ..report.figures import write_figures
-    from ..report.html import write_report
-    from ..report.tables import write_tables
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=False))
-    tmp.replace(path)
-    written = [path]
-    written += write_tables(summary, out)
-    pair_labels = None
-    expl = None
-    if explanations:
-        expl = [e for _, e in explanations]
-        pair_labels = [f"{'genuine' if p.same else 'impostor'}, cos {e.cosine:.3f}" for p, e in explanations]
-    written += write_figures(summary, out, explanations=expl, pair_labels=pair_labels)
-    written.append(write_report(out))
-    return written

@@ -10,20 +10,27 @@ An experiment is one module under ``falsify/experiments`` holding one :class:`Ex
   ``RunSession.compute_rows`` on the run's executor (in-process or Ray);
 - its analysis (rows -> the summary's section ``key``): ``extend(session, store, summary)`` for
   experiments that run on 6.1's rows (called by ``Runner`` once those rows are in the store);
-- ``tables(summary)``: :class:`falsify.report.render.Table` objects (data frames; LaTeX through
-  pandas' ``Styler.to_latex``, HTML through Jinja2);
-- ``figures``: file stem -> caption, and ``write_figures`` that draws them;
-- ``template``: the Jinja2 template of its section of ``report.html`` and ``context`` for it;
-  ``lead_template``: what it puts at the top of the page, before "How to read" and the sections
-  (6.1: the headline, the FR table and the FR figure);
+- what it hands the report, :meth:`Experiment.report_section`: a
+  :class:`falsify.report.section.Section` made from the summary in memory, of
+  - ``tables(summary)``: :class:`falsify.report.render.Table` objects (data frames; LaTeX through
+    pandas' ``Styler.to_latex``, HTML through Jinja2; each rendered once);
+  - ``figures`` (file stem -> caption) and ``drawings(summary)``: how to draw each figure the
+    summary allows, so ``falsify report OUT`` redraws them;
+  - ``template``, the Jinja2 template of its section of ``report.html``, and ``context(summary)``
+    for it; ``lead_template``: what it puts at the top of the page, before "How to read" and the
+    sections (6.1: the headline, the FR table and the FR figure);
 - ``text(summary)``: what ``falsify run`` prints.
 
-Nothing here imports torch: the registry is read by ``falsify --help``.
+The report (``falsify.report``) never imports an experiment: the registry builds the sections and
+passes them (``registry.write_report``). Nothing here imports torch: the registry is read by
+``falsify --help``.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+from ..report.section import FigureSpec, Section
 
 
 class Experiment:
@@ -62,79 +69,48 @@ class Experiment:
         """Its tables, as :class:`falsify.report.render.Table` (empty when not present)."""
         return []
 
-    def write_figures(self, summary: Mapping, out_dir: Path, **kw: Any) -> list[Path]:
-        """Draw its figures under ``out_dir/figures``; returns the paths written."""
-        return []
-
-    def context(self, summary: Mapping, out_dir: Path) -> dict:
-        """Values for its template beyond ``summary``, ``experiment``, ``tables`` and ``figures``."""
+    def drawings(self, summary: Mapping, explanations=None, pair_labels=None) -> dict[str, Callable[[], Any]]:
+        """stem -> a function drawing that figure (a :class:`matplotlib.figure.Figure`, or None when it
+        cannot be drawn after all), for each of :attr:`figures` that ``summary`` allows (and
+        ``explanations``, the example maps of a run, when given)."""
         return {}
 
-    def section(self, summary: Mapping, out_dir: Path) -> str:
-        """Its section of report.html ("" when the summary does not hold it)."""
-        return self._render(self.template, summary, out_dir)
+    def context(self, summary: Mapping) -> dict:
+        """Values for its templates beyond ``summary``, ``experiment``, ``tables`` and ``figures``."""
+        return {}
 
-    def lead(self, summary: Mapping, out_dir: Path) -> str:
-        """Its lead: what report.html shows first, before "How to read" and every section ("" for none)."""
-        return self._render(self.lead_template, summary, out_dir)
-
-    def _render(self, template: str | None, summary: Mapping, out_dir: Path) -> str:
-        """``template`` with ``summary``, ``experiment``, ``tables`` (name -> HTML), ``figures`` (stem ->
-        HTML, for the PNGs under ``out_dir/figures``; each read only when the template shows it) and
-        :meth:`context`."""
-        if template is None or not self.present(summary):
-            return ""
-        from ..report.render import render, to_html
-
-        tables = {t.name: to_html(t) for t in self.tables(summary)}
-        figures = _Figures(Path(out_dir) / "figures", self.figures)
-        return render(template, summary=summary, experiment=self, tables=tables, figures=figures,
-                      **self.context(summary, out_dir)).strip()
+    def report_section(self, summary: Mapping, explanations=None, pair_labels=None) -> Section | None:
+        """What it hands the report: its :class:`~falsify.report.section.Section`, made from
+        ``summary`` (None when the summary does not hold it)."""
+        if not self.present(summary):
+            return None
+        draw = self.drawings(summary, explanations=explanations, pair_labels=pair_labels)
+        return Section(title=self.title, anchor=self.anchor, nav=self.nav, key=self.key,
+                       tables=self.tables(summary),
+                       figures=[FigureSpec(stem, caption, draw.get(stem)) for stem, caption in self.figures.items()],
+                       template=self.template, lead_template=self.lead_template, context=self.context(summary))
 
     def text(self, summary: Mapping) -> str:
         """What ``falsify run`` prints of this experiment ("" for nothing)."""
         return ""
 
-    def rewrite(self, out, figures: bool = True) -> Path:
-        """``falsify report OUT`` on a run of this experiment: the tables, the figures that the
-        summary alone allows (unless ``figures`` is false) and report.html, from ``OUT/summary.json``;
-        returns the page's path. A missing, corrupt or foreign summary fails before anything is written."""
-        from ..report.figures import write_figures
-        from ..report.html import load_summary, write_report
-        from ..report.tables import write_tables
+    def report_summary(self, out) -> dict:
+        """``out/summary.json`` as ``falsify report OUT`` uses it, checked to be a summary of this
+        experiment's runs: a missing, corrupt or foreign summary fails (one line, naming the file)
+        before anything is written."""
+        from ..report.html import load_summary
 
-        summary = load_summary(out)
-        write_tables(summary, out)
-        if figures:
-            write_figures(summary, out)
-        return write_report(out)
+        return load_summary(out)
+
+    def rewrite(self, out, summary: Mapping, report: Callable[..., list[Path]], figures: bool = True) -> Path:
+        """``falsify report OUT`` on a run of this experiment, given its :meth:`report_summary`:
+        ``report`` (``registry.write_report``) writes the tables, the figures that the summary
+        allows (unless ``figures`` is false) and report.html; returns the page's path."""
+        return report(out, summary, figures=figures)[-1]
 
     def outputs(self, out) -> str:
         """The lines ``falsify run`` prints last: where the results are."""
         return f"results: {out}/results.sqlite\nreport:  {out}/report.html"
-
-
-class _Figures(Mapping):
-    """stem -> the figure as HTML, for each of ``captions`` whose PNG is in ``folder``, in that
-    order; a figure is read and encoded when a template first shows it."""
-
-    def __init__(self, folder: Path, captions: Mapping[str, str]) -> None:
-        self._captions = {s: c for s, c in captions.items() if (folder / f"{s}.png").is_file()}
-        self._folder, self._html = folder, {}
-
-    def __getitem__(self, stem: str):
-        if stem not in self._html:
-            from ..report.render import figure_html
-
-            self._html[stem] = figure_html(self._folder / f"{stem}.png", stem.replace("_", " "),
-                                           self._captions[stem], stem)
-        return self._html[stem]
-
-    def __iter__(self):
-        return iter(self._captions)
-
-    def __len__(self) -> int:
-        return len(self._captions)
 
 
 def load_raw_summary(out) -> dict:

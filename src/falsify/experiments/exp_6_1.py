@@ -9,7 +9,6 @@ the FR table and figure) and its section (``exp_6_1.html.j2``: controls, compari
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..choices import OTHER_REFERENCE, RANDOM_MODEL
@@ -468,21 +467,23 @@ class Experiment61(Experiment):
             return []
         return [table_6_1(summary)]
 
-    def write_figures(self, summary: Mapping, out_dir: Path, explanations=None, pair_labels=None, **kw) -> list[Path]:
-        from ..report.figures import saliency_grid, save_figure
-
-        figures = Path(out_dir) / "figures"
-        written: list[Path] = []
+    def drawings(self, summary: Mapping, explanations=None, pair_labels=None) -> dict:
+        out = {}
         if method_rows(summary):
-            written += save_figure(fr_bar_chart(summary), figures / "fig_6_1_fr")
+            out["fig_6_1_fr"] = lambda: fr_bar_chart(summary)
         if explanations:
-            present = list(getattr(explanations[0], "maps_a", {}) or {})
-            order = [str(r["method"]) for r in method_rows(summary)]
-            methods = [m for m in order if m in present] + [m for m in present if m not in order]
-            written += save_figure(saliency_grid(explanations, methods, pair_labels), figures / "fig_6_1_saliency")
-        return written
+            def saliency():
+                from ..report.figures import saliency_grid
 
-    def context(self, summary: Mapping, out_dir: Path) -> dict:
+                present = list(getattr(explanations[0], "maps_a", {}) or {})
+                order = [str(r["method"]) for r in method_rows(summary)]
+                methods = [m for m in order if m in present] + [m for m in present if m not in order]
+                return saliency_grid(explanations, methods, pair_labels)
+
+            out["fig_6_1_saliency"] = saliency  # the maps are not in the summary: drawn by the run only
+        return out
+
+    def context(self, summary: Mapping) -> dict:
         from ..report.render import to_html
 
         header, cells = table_6_1_cells(summary)

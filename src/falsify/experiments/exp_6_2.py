@@ -7,7 +7,6 @@ and the report section ``exp_6_2.html.j2``.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -358,14 +357,12 @@ class Experiment62(Experiment):
         table = table_6_2(summary)
         return [] if table is None else [table]
 
-    def write_figures(self, summary: Mapping, out_dir: Path, **kw) -> list[Path]:
-        from ..report.figures import save_figure
-
+    def drawings(self, summary: Mapping, **kw) -> dict:
         if exp_6_2(summary) is None:
-            return []
-        return save_figure(fr_vs_margin(summary), Path(out_dir) / "figures" / "fig_6_2_fr_vs_margin")
+            return {}
+        return {"fig_6_2_fr_vs_margin": lambda: fr_vs_margin(summary)}
 
-    def context(self, summary: Mapping, out_dir: Path) -> dict:
+    def context(self, summary: Mapping) -> dict:
         from ..report.render import to_html
 
         section = exp_6_2(summary) or {}

@@ -17,7 +17,8 @@
 Analyses (:func:`part_analysis`, :func:`attribute_rates`, :func:`chi_square`; synthetic rows in the
 tests): FR per part the map ranked highest with Wilson CIs and a chi-square test of independence
 across those parts (scipy); FR by gender (per image) and race (per person) of image A with
-``--labels``; Table 6.3 and the figure "FR by facial part"; a figure of the parts on real faces.
+``--labels``; Table 6.3 and the figure "FR by facial part"; a figure of the parts on real faces
+(drawn from the section's ``parts_figure``: the first images A and their landmarks).
 """
 from __future__ import annotations
 
@@ -381,37 +382,57 @@ def row_kind(session) -> Rows63:
     return Rows63(session.context(ROWS_OF))
 
 
-def parts_figure(session, details: Sequence[Mapping]):
-    """The parts drawn over up to :data:`FIGURE_FACES` aligned images A of the run, with their landmarks."""
+def parts_faces(model, details: Sequence[Mapping]) -> dict | None:
+    """What the parts figure needs, for the summary (so ``falsify report`` redraws it): the model's
+    input size, its alignment template (None: a plain resize) and the first :data:`FIGURE_FACES`
+    distinct images A of ``details`` with their five landmarks in the model's input frame; None
+    without any."""
+    seen, faces = set(), []
+    for d in details:
+        if d["pair_a"] not in seen:
+            seen.add(d["pair_a"])
+            faces.append({"image": d["pair_a"], "points": [[float(v) for v in p] for p in d["points"]]})
+        if len(faces) == FIGURE_FACES:
+            break
+    if not faces:
+        return None
+    aligner = getattr(model, "aligner", None)
+    return {"size": [int(v) for v in model.input_size], "align": None if aligner is None else aligner.template,
+            "faces": faces}
+
+
+def parts_figure(figure: Mapping):
+    """The parts drawn over the images A of ``figure`` (:func:`parts_faces`, the section's
+    ``parts_figure``), loaded as the model saw them, with their landmarks; None when an image can
+    no longer be read (the figure the run drew is then kept)."""
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     from ..data import load_images
 
-    seen, faces = set(), []
-    for d in details:
-        if d["pair_a"] not in seen:
-            seen.add(d["pair_a"])
-            faces.append(d)
-        if len(faces) == FIGURE_FACES:
-            break
-    if not faces:
+    faces, size = list(figure["faces"]), tuple(int(v) for v in figure["size"])
+    aligner = None
+    if figure.get("align"):
+        from ..models.alignment import FaceAligner
+
+        aligner = FaceAligner(figure["align"], size)
+    images, bad = load_images([d["image"] for d in faces], size, errors="skip", align=aligner)
+    if bad or not faces:
         return None
-    images, _ = load_images([d["pair_a"] for d in faces], session.model.input_size, align=session.model.aligner)
     colours = ["#00000000", "#e6ab02", "#1b9e77", "#66a61e", "#d95f02", "#e7298a", "#7570b3", "#a6761d"]
     cmap = ListedColormap(colours)
     fig = Figure(figsize=(2.4 * len(faces) + 1.8, 2.9), layout="constrained")
     axes = fig.subplots(1, len(faces), squeeze=False)[0]
     for ax, d, img in zip(axes, faces, images):
         pts = np.asarray(d["points"])
-        lab = part_labels(pts, tuple(session.model.input_size))
+        lab = part_labels(pts, size)
         ax.imshow(img.permute(1, 2, 0).numpy())
         ax.imshow(np.ma.masked_equal(lab, BACKGROUND), cmap=cmap, vmin=-0.5, vmax=len(PARTS) - 0.5, alpha=0.45,
                   interpolation="nearest")
         ax.contour(lab, levels=np.arange(len(PARTS)) + 0.5, colors="white", linewidths=0.4)
         ax.plot(pts[:, 0] - 0.5, pts[:, 1] - 0.5, "o", ms=3, color="red")
-        ax.set_title(Path(d["pair_a"]).name, fontsize=7)
+        ax.set_title(Path(d["image"]).name, fontsize=7)
         ax.axis("off")
     handles = [Patch(color=colours[i], label=PARTS[i]) for i in range(1, len(PARTS))]
     handles.append(Patch(facecolor="none", edgecolor="grey", label="background"))
@@ -570,25 +591,23 @@ class Experiment63(Experiment):
                     "methods": {m: attribute_rates([(d["pair"], d["verdict"]) for d in by_method[m]], group_of)
                                 for m in c.methods}}
             section["attributes"], section["labels"] = attrs, labels.source
+        section["parts_figure"] = parts_faces(session.model, [d for m in c.methods for d in by_method[m]])
         summary[KEY] = section
-        fig = parts_figure(session, [d for m in c.methods for d in by_method[m]])
-        if fig is not None:
-            from ..report.figures import save_figure
-
-            save_figure(fig, Path(session.out) / "figures" / "fig_6_3_parts")
 
     def tables(self, summary: Mapping) -> list:
         return tables_6_3(summary)
 
-    def write_figures(self, summary: Mapping, out_dir: Path, **kw) -> list[Path]:
-        from ..report.figures import save_figure
-
+    def drawings(self, summary: Mapping, **kw) -> dict:
         s = _section(summary)
-        if s is None or not any(p["n"] for p in s["pooled"]["parts"]):
-            return []
-        return save_figure(figure_parts_fr(summary), Path(out_dir) / "figures" / "fig_6_3_fr_by_part")
+        out = {}
+        # an older summary lacks what the parts figure needs: the figure its run drew is kept
+        if s is not None and isinstance(s.get("parts_figure"), Mapping):
+            out["fig_6_3_parts"] = lambda: parts_figure(s["parts_figure"])
+        if s is not None and any(p["n"] for p in s["pooled"]["parts"]):
+            out["fig_6_3_fr_by_part"] = lambda: figure_parts_fr(summary)
+        return out
 
-    def context(self, summary: Mapping, out_dir: Path) -> dict:
+    def context(self, summary: Mapping) -> dict:
         s = _section(summary)
         return {"section": s, "ranked": ranked_items(s) if s else []}
 

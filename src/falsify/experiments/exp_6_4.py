@@ -317,7 +317,7 @@ class Runner64:
         }
 
     def _write(self, summary: dict) -> None:
-        from .analysis import write_outputs
+        from .runner import write_outputs
 
         write_outputs(self.out, summary)
 
@@ -441,28 +441,19 @@ class Experiment64(Experiment):
             return []
         return [table_6_4(summary), table_6_4_pairwise(summary)]
 
-    def write_figures(self, summary: Mapping, out_dir: Path, **kw) -> list[Path]:
-        from ..report.figures import save_figure
-
+    def drawings(self, summary: Mapping, **kw) -> dict:
         if _section(summary) is None or not _section(summary)["methods"]:
-            return []
-        return save_figure(heatmap(summary), Path(out_dir) / "figures" / "fig_6_4_heatmap")
+            return {}
+        return {"fig_6_4_heatmap": lambda: heatmap(summary)}
 
-    def context(self, summary: Mapping, out_dir: Path) -> dict:
+    def context(self, summary: Mapping) -> dict:
         return {"section": _section(summary)}
 
-    def rewrite(self, out, figures: bool = True) -> Path:
-        from ..report.figures import write_figures
-        from ..report.html import write_report
-        from ..report.tables import write_tables
-
+    def report_summary(self, out) -> dict:
         summary = load_raw_summary(out)
         if _section(summary) is None:
             raise ValueError(f"{Path(out) / 'summary.json'} holds no experiment 6.4 section; rerun 'falsify run 6.4'")
-        write_tables(summary, out)
-        if figures:
-            write_figures(summary, out)
-        return write_report(out)
+        return summary
 
     def text(self, summary: Mapping) -> str:
         s = summary[KEY]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -480,21 +479,16 @@ class Experiment65(Experiment):
     def tables(self, summary: Mapping) -> list:
         return tables_6_5(summary)
 
-    def write_figures(self, summary: Mapping, out_dir: Path, **kw) -> list[Path]:
-        from ..report.figures import save_figure
-
+    def drawings(self, summary: Mapping, **kw) -> dict:
         s = _section(summary)
-        if s is None:
-            return []
-        figures = Path(out_dir) / "figures"
-        written = []
-        if s.get("convergence", {}).get("all", {}).get("n"):
-            written += save_figure(figure_convergence(summary), figures / "fig_6_5_convergence")
-        if s.get("sample_size", {}).get("methods"):
-            written += save_figure(figure_sample_size(summary), figures / "fig_6_5_sample_size")
-        return written
+        out = {}
+        if s is not None and s.get("convergence", {}).get("all", {}).get("n"):
+            out["fig_6_5_convergence"] = lambda: figure_convergence(summary)
+        if s is not None and s.get("sample_size", {}).get("methods"):
+            out["fig_6_5_sample_size"] = lambda: figure_sample_size(summary)
+        return out
 
-    def context(self, summary: Mapping, out_dir: Path) -> dict:
+    def context(self, summary: Mapping) -> dict:
         return {"section": _section(summary)}
 
     def text(self, summary: Mapping) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -497,15 +496,13 @@ class Experiment66(Experiment):
     def tables(self, summary: Mapping) -> list:
         return tables_6_6(summary)
 
-    def write_figures(self, summary: Mapping, out_dir: Path, **kw) -> list[Path]:
-        from ..report.figures import save_figure
-
+    def drawings(self, summary: Mapping, **kw) -> dict:
         s = _section(summary)
         if s is None or not s.get("fairness") or not any(a["groups"] for a in s["fairness"]["attributes"].values()):
-            return []
-        return save_figure(figure_fairness(summary), Path(out_dir) / "figures" / "fig_6_7_fairness")
+            return {}
+        return {"fig_6_7_fairness": lambda: figure_fairness(summary)}
 
-    def context(self, summary: Mapping, out_dir: Path) -> dict:
+    def context(self, summary: Mapping) -> dict:
         return {"section": _section(summary)}
 
     def text(self, summary: Mapping) -> str:

@@ -1,13 +1,16 @@
 """The experiments ``falsify run`` knows, in the order the report shows them.
 
-``falsify run NAME`` takes its runner from here, ``falsify report`` and the report page iterate
-over these; adding an experiment is one module under ``falsify/experiments`` (and its template
+``falsify run NAME`` takes its runner from here; the report is wired here: each experiment whose
+results a summary holds hands over its section (:meth:`Experiment.report_section`), and
+:func:`write_report` passes them to the report's toolkit (``falsify.report``, which imports no
+experiment). Adding an experiment is one module under ``falsify/experiments`` (and its template
 under ``falsify/report/templates``) plus its line below and its name in ``falsify.choices``.
-Importing this module does not import torch.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
 
 from ..choices import EXPERIMENTS as NAMES
 from . import exp_6_1, exp_6_2, exp_6_3, exp_6_4, exp_6_5, exp_6_6, validity
@@ -39,3 +42,72 @@ def of_summary(summary: Mapping) -> Experiment:
 def experiments_in(summary: Mapping) -> list[Experiment]:
     """The experiments whose sections ``summary`` holds, in report order."""
     return [e for e in EXPERIMENTS.values() if e.present(summary)]
+
+
+def sections(summary: Mapping, explanations: Sequence | None = None,
+             pair_labels: Sequence[str] | None = None) -> list:
+    """The report's sections of ``summary`` (:class:`falsify.report.section.Section`), one per
+    experiment whose results it holds, in report order; ``explanations`` (example maps of a run,
+    ``falsify.report.explain.PairExplanation``) and ``pair_labels`` let 6.1 draw its saliency grid."""
+    out = [e.report_section(summary, explanations=explanations, pair_labels=pair_labels)
+           for e in experiments_in(summary)]
+    return [s for s in out if s is not None]
+
+
+def write_report(out, summary: Mapping, explanations: Sequence | None = None,
+                 pair_labels: Sequence[str] | None = None, figures: bool = True) -> list[Path]:
+    """Write the report of ``summary`` (in memory) under ``out``: ``tables/*.tex``, the figures
+    (unless ``figures`` is false) and ``report.html``, last; returns the paths written."""
+    from ..report.figures import write_figures
+    from ..report.tables import write_tables
+
+    parts = sections(summary, explanations, pair_labels)
+    written = write_tables(parts, out)
+    if figures:
+        written += write_figures(parts, out)
+    written.append(write_page(out, summary, parts))
+    return written
+
+
+def write_page(out, summary: Mapping, parts: Sequence | None = None) -> Path:
+    """Write ``out/report.html`` alone, of ``summary`` and its sections (``parts``; by default
+    :func:`sections`), embedding the figures under ``out/figures``; returns its path. The keys and
+    figures of every experiment are known to the page: none is listed under "Other"."""
+    from ..report.html import write_report as write
+
+    parts = sections(summary) if parts is None else parts
+    return write(summary, parts, out, known_keys={e.key for e in EXPERIMENTS.values() if e.key},
+                 known_figures={stem for e in EXPERIMENTS.values() for stem in e.figures})
+
+
+def write_outputs(out, summary: dict, explanations=None) -> list[Path]:
+    """What a run writes in ``out``: summary.json, then its report (:func:`write_report`) from the
+    summary as written (its JSON, not the file read back). ``explanations``: (pair, explanation)
+    of the example pairs, for 6.1's saliency grid."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "summary.json"
+    text = json.dumps(summary, indent=2, default=str, allow_nan=False)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    pair_labels = expl = None
+    if explanations:
+        expl = [e for _, e in explanations]
+        pair_labels = [f"{'genuine' if p.same else 'impostor'}, cos {e.cosine:.3f}" for p, e in explanations]
+    return [path] + write_report(out, json.loads(text), expl, pair_labels)
+
+
+def rewrite(out, figures: bool = True) -> Path:
+    """``falsify report OUT``: the tables, figures and page of a run, rewritten from
+    ``OUT/summary.json`` by the experiment that wrote it; returns the page's path (validity: its
+    table). A missing, corrupt or foreign summary fails, naming the file, before anything is written."""
+    from .base import load_raw_summary
+
+    try:
+        raw = load_raw_summary(out)
+    except (OSError, ValueError):
+        raw = {}  # the experiment's report_summary says what is wrong, naming the file
+    experiment = of_summary(raw)
+    summary = experiment.report_summary(out)
+    return experiment.rewrite(Path(out), summary, write_report, figures=figures)

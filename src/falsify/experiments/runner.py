@@ -31,7 +31,7 @@ from ..data import load_pairs
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
 from ..paths import check_writable, space_guard
-from .analysis import summarise, write_outputs
+from .analysis import summarise
 from .executor import RowContext, Rows61, executor_open, make_executor, row_explainers
 from .store import ResultsStore, inspect_store
 
@@ -634,6 +634,12 @@ class RunSession:
                 self.log(*args)
 
         return log if self.progress else self.log
+def write_outputs(out, summary: dict, explanations=None) -> list[Path]:
+    """summary.json, tables, figures and report.html in ``out`` (``registry.write_outputs``: the
+    report is wired there, from the summary in memory)."""
+    from .registry import write_outputs as write
+
+    return write(out, summary, explanations)
 
 
 def runner_for(config: RunConfig, **kw) -> "Runner":

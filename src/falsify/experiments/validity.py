@@ -407,9 +407,13 @@ class ValidityExperiment(Experiment):
     def text(self, summary) -> str:
         return format_validity(summary)
 
-    def rewrite(self, out, figures: bool = True):
+    def report_summary(self, out) -> dict:
+        return load_raw_summary(out)
+
+    def rewrite(self, out, summary, report, figures: bool = True):
+        """Its report is ``OUT/validity.md`` (:func:`format_validity`), not report.html."""
         path = Path(out) / "validity.md"
-        path.write_text(format_validity(load_raw_summary(out)) + "\n", encoding="utf-8")
+        path.write_text(format_validity(summary) + "\n", encoding="utf-8")
         return path
 
     def outputs(self, out) -> str:

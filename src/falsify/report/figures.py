@@ -2,24 +2,27 @@
 
 Figures are built as :class:`matplotlib.figure.Figure` objects, not through pyplot, so nothing is
 ever shown and nothing stays registered with pyplot; :func:`save_figure` writes PNG (150 dpi) and
-PDF and closes a pyplot-managed figure it is given. Each experiment draws its own figures
-(``falsify.experiments.exp_6_1.fr_bar_chart``, ...); shared here:
+PDF and closes a pyplot-managed figure it is given. Each experiment draws its own figures from the
+summary (``falsify.experiments.exp_6_1.fr_bar_chart``, ...) and hands them over in its section
+(:class:`falsify.report.section.FigureSpec`); shared here:
 
 - :func:`method_colours`: a stable colour per method;
 - :func:`saliency_grid`: faces and one overlay per method, one row per pair (6.1);
-- :func:`write_figures`: every figure of every experiment the summary (and the explanations, if
-  given) allow.
+- :func:`write_figures`: every figure the sections can draw.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from .tables import as_float, atomic_open
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .section import Section
 
 RANDOM = "random"
 _RANDOM_COLOUR = "#9a9a9a"
@@ -173,20 +176,17 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 150, close: bool = Tru
     return [png, pdf]
 
 
-def write_figures(
-    summary: Mapping,
-    out_dir: str | Path,
-    explanations: Sequence | None = None,
-    pair_labels: Sequence[str] | None = None,
-) -> list[Path]:
-    """Write what the inputs allow under ``out_dir/figures``, experiment by experiment (the
-    registry's order): ``fig_6_1_fr``, ``fig_6_1_saliency`` (only with ``explanations``; methods
-    in the summary's order), ``fig_6_2_fr_vs_margin`` (only with a 6.2 section), ..., each as .png
-    and .pdf. Returns the paths written."""
-    from ..experiments.registry import experiments_in
-
+def write_figures(sections: Iterable[Section], out_dir: str | Path) -> list[Path]:
+    """Draw every figure of ``sections`` that can be drawn (its :attr:`FigureSpec.draw
+    <falsify.report.section.FigureSpec.draw>`; the sections are made from the summary, so
+    ``falsify report OUT`` redraws them all) and write it under ``out_dir/figures`` as .png and
+    .pdf, in the sections' order: ``fig_6_1_fr``, ``fig_6_1_saliency`` (when the section was given
+    the maps), ``fig_6_2_fr_vs_margin``, ... Returns the paths written."""
     written: list[Path] = []
-    for experiment in experiments_in(summary):
-        written += experiment.write_figures(summary, Path(out_dir), explanations=explanations,
-                                            pair_labels=pair_labels)
+    folder = Path(out_dir) / "figures"
+    for section in sections:
+        for spec in section.figures:
+            fig = spec.draw() if spec.draw is not None else None
+            if fig is not None:
+                written += save_figure(fig, folder / spec.stem)
     return written

@@ -1,19 +1,21 @@
-"""A self-contained HTML report of a run: ``OUT/report.html`` from ``OUT/summary.json``.
+"""A self-contained HTML report of a run: ``OUT/report.html`` from its summary and the experiments'
+sections (``falsify.report.section.Section``), both in memory.
 
 The page has inline CSS, figures embedded as ``data:image/png;base64`` URIs and no external
 resource, so it opens from disk (or as an e-mail attachment) anywhere. Every piece of text from the
 summary is escaped with :func:`html.escape`.
 
 The page is the Jinja2 template ``templates/report.html.j2``. It leads with the answer: the leads of
-the experiments the summary holds (``falsify.experiments.registry``, in its order; 6.1's: which
-methods beat their controls, with FR and 95% CI, the FR table and the FR figure), then "How to
-read", each experiment's section from its template, and what the run was: run and environment,
-data, configuration (the criterion and its calibrated thresholds first), other figures, LaTeX
-sources. Every number in the key-value tables carries its unit (:data:`UNITS`); the tables leave
-out their all-empty columns (``falsify.report.render.to_html``).
+the sections it is given (in their order; 6.1's: which methods beat their controls, with FR and
+95% CI, the FR table and the FR figure), then "How to read", each section from its template, and
+what the run was: run and environment, data, configuration (the criterion and its calibrated
+thresholds first), other figures, LaTeX sources. Every number in the key-value tables carries its
+unit (:data:`UNITS`); the tables leave out their all-empty columns
+(``falsify.report.render.to_html``). Nothing here knows an experiment: the caller
+(``falsify.experiments.registry.write_report``) passes the sections.
 
-``falsify report OUT`` (``Experiment.rewrite``) rewrites the tables, the figures that the summary
-alone allows, and the page.
+``falsify report OUT`` (``falsify.experiments.registry.rewrite``) rewrites the tables, the figures
+and the page from ``OUT/summary.json`` (:func:`load_summary`).
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from .render import Html, figure_html, png_display_width, render  # noqa: F401 (png_display_width re-exported)
+from .section import Section
 from .tables import (
     as_float,
     as_int,
@@ -31,6 +34,7 @@ from .tables import (
     effective_k,
     fill_and_k,
     is_deterministic_fill,
+    latex_tables,
     method_rows,
     write_text_atomic,
 )
@@ -287,19 +291,13 @@ def _section_metadata(summary: Mapping) -> str:
     return "\n".join(out)
 
 
-#: Top-level summary keys the report shows in their own place; any other is listed under "Other".
+#: Top-level summary keys the report shows in their own place; any other is listed under "Other",
+#: but for the keys of the experiments' sections (``known_keys`` of :func:`render_report`).
 _KNOWN_KEYS = {
     "experiment", "created", "started", "model", "config", "falsification", "calibration", "environment",
     "data", "n_rows", "n_errors", "errors", "elapsed_s", "methods", "comparisons", "controls", "prior",
     "alignment",
 }
-
-
-def _known_keys() -> set[str]:
-    """:data:`_KNOWN_KEYS` and the section key of every experiment (``experiment_6_2``, ...)."""
-    from ..experiments.registry import EXPERIMENTS
-
-    return _KNOWN_KEYS | {e.key for e in EXPERIMENTS.values() if e.key}
 
 
 def _with_effective_k(summary: Mapping, items: Mapping) -> list[tuple[str, Any]]:
@@ -429,7 +427,7 @@ def _prior_items(summary: Mapping, prior: Mapping) -> list[tuple[str, Any]]:
     return items
 
 
-def _section_config(summary: Mapping) -> str:
+def _section_config(summary: Mapping, known_keys: Collection[str] = ()) -> str:
     out = ['<h2 id="config">Configuration</h2>', _section_thresholds(summary)]
     cfg = summary.get("config")
     if isinstance(cfg, Mapping) and cfg:
@@ -463,7 +461,7 @@ def _section_config(summary: Mapping) -> str:
                        "resampled.</p>")
         else:
             out.append('<p class="caption">None: the thresholds were given, not calibrated.</p>')
-    other = [(k, v) for k, v in summary.items() if k not in _known_keys()]
+    other = [(k, v) for k, v in summary.items() if k not in _KNOWN_KEYS and k not in known_keys]
     if other:
         out += ["<h3>Other</h3>", _kv_table(other)]
     return "\n".join(out)
@@ -525,13 +523,11 @@ def _section_data(summary: Mapping) -> str:
     return "\n".join(out)
 
 
-def _section_other_figures(out_dir: Path) -> str:
+def _section_other_figures(out_dir: Path, known: Collection[str]) -> str:
+    """The PNGs under ``out_dir/figures`` that are no section's (``known``: every experiment's stems)."""
     folder = out_dir / "figures"
     if not folder.is_dir():
         return ""
-    from ..experiments.registry import EXPERIMENTS
-
-    known = {stem for e in EXPERIMENTS.values() for stem in e.figures}
     others = [p for p in sorted(folder.glob("*.png")) if p.stem not in known]
     if not others:
         return ""
@@ -540,42 +536,78 @@ def _section_other_figures(out_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def _section_latex(out_dir: Path) -> str:
-    folder = out_dir / "tables"
-    texs = sorted(folder.glob("*.tex")) if folder.is_dir() else []
-    if not texs:
+def _section_latex(sections: Sequence[Section]) -> str:
+    """The LaTeX of the sections' tables (the text :func:`~.tables.write_tables` writes), by file name."""
+    files = {f"{t.name}.tex": t for t in latex_tables(sections)}
+    if not files:
         return ""
     parts = ['<h2 id="latex">LaTeX tables</h2>',
              '<p class="caption">The same tables as LaTeX (booktabs), as written under '
              "<code>tables/</code>.</p>"]
-    for p in texs:
-        parts.append(f"<details><summary>{_e(p.name)}</summary><pre>{_e(p.read_text(encoding='utf-8'))}</pre></details>")
+    for name in sorted(files):
+        parts.append(f"<details><summary>{_e(name)}</summary><pre>{_e(files[name].latex)}</pre></details>")
     return "\n".join(parts)
 
 
-def render_report(summary: Mapping, out_dir: str | Path) -> str:
-    """The report page as a string (``report.html.j2``); figures and tables are read from under
-    ``out_dir``."""
-    from ..experiments.registry import experiments_in
+class _Figures(Mapping):
+    """stem -> the figure as HTML, for each of ``captions`` whose PNG is in ``folder``, in that
+    order; a figure is read and encoded when a template first shows it."""
 
+    def __init__(self, folder: Path, captions: Mapping[str, str]) -> None:
+        self._captions = {s: c for s, c in captions.items() if (folder / f"{s}.png").is_file()}
+        self._folder, self._html = folder, {}
+
+    def __getitem__(self, stem: str):
+        if stem not in self._html:
+            self._html[stem] = figure_html(self._folder / f"{stem}.png", stem.replace("_", " "),
+                                           self._captions[stem], stem)
+        return self._html[stem]
+
+    def __iter__(self):
+        return iter(self._captions)
+
+    def __len__(self) -> int:
+        return len(self._captions)
+
+
+def render_section(section: Section, template: str | None, summary: Mapping, out_dir: str | Path) -> str:
+    """``template`` (the section's or its lead's; "" for None) with ``summary``, ``experiment`` (the
+    section), ``tables`` (name -> HTML, each rendered once), ``figures`` (stem -> HTML, for the PNGs
+    under ``out_dir/figures``; each read only when the template shows it) and the section's context."""
+    if template is None:
+        return ""
+    tables = {t.name: t.html for t in section.tables}
+    figures = _Figures(Path(out_dir) / "figures", section.captions)
+    return render(template, summary=summary, experiment=section, tables=tables, figures=figures,
+                  **section.context).strip()
+
+
+def render_report(summary: Mapping, sections: Sequence[Section], out_dir: str | Path, *,
+                  known_keys: Collection[str] = (), known_figures: Collection[str] = ()) -> str:
+    """The report page as a string (``report.html.j2``) of ``summary`` and the experiments'
+    ``sections`` (in the page's order); figures are read from under ``out_dir``. ``known_keys``:
+    summary keys some experiment's section shows (not listed under "Other"); ``known_figures``:
+    figure stems some experiment draws (not shown under "Other figures"); the sections' own are
+    always known."""
     out_dir = Path(out_dir)
+    known_keys = set(known_keys) | {s.key for s in sections if s.key}
+    known_figures = set(known_figures) | {f.stem for s in sections for f in s.figures}
     experiment = summary.get("experiment") or "6.1"
     cfg = summary.get("config") if isinstance(summary.get("config"), Mapping) else {}
     model = summary.get("model") or cfg.get("model")
     title = f"falsify report: experiment {experiment}" + (f" ({model})" if model else "")
-    experiments = experiments_in(summary)
     # the answer first (the leads: 6.1's headline, FR table and figure), then how to read it, the
     # experiments' sections, and what the run was: run, data, configuration
-    leads = [(e, e.lead(summary, out_dir)) for e in experiments]
-    sections = [
+    leads = [(s, render_section(s, s.lead_template, summary, out_dir)) for s in sections]
+    parts = [
         *(lead for _, lead in leads),
         _how_to_read(summary),
-        *(e.section(summary, out_dir) for e in experiments),
+        *(render_section(s, s.template, summary, out_dir) for s in sections),
         _section_metadata(summary),
         _section_data(summary),
-        _section_config(summary),
-        _section_other_figures(out_dir),
-        _section_latex(out_dir),
+        _section_config(summary, known_keys),
+        _section_other_figures(out_dir, known_figures),
+        _section_latex(sections),
     ]
     nav = [(e.anchor, e.nav) for e, lead in leads if lead]
     nav.append(("how-to-read", "How to read"))
@@ -591,14 +623,15 @@ def render_report(summary: Mapping, out_dir: str | Path) -> str:
         ) if x
     )
     return render("report.html.j2", title=title, subtitle=subtitle, nav=nav,
-                  sections=[Html(p) for p in sections if p])
+                  sections=[Html(p) for p in parts if p])
 
 
-def write_report(out_dir: str | Path) -> Path:
-    """Write ``out_dir/report.html`` from ``out_dir/summary.json``, ``out_dir/tables/*.tex`` and
-    ``out_dir/figures/*.png`` (embedded); returns its path. The page is written to a temporary
-    sibling and moved into place, so a failed write (OSError, which propagates) leaves no
+def write_report(summary: Mapping, sections: Sequence[Section], out_dir: str | Path, *,
+                 known_keys: Collection[str] = (), known_figures: Collection[str] = ()) -> Path:
+    """Write ``out_dir/report.html`` (:func:`render_report`: ``summary`` and ``sections`` as given,
+    the figures ``out_dir/figures/*.png`` embedded); returns its path. The page is written to a
+    temporary sibling and moved into place, so a failed write (OSError, which propagates) leaves no
     half-written report."""
     out_dir = Path(out_dir)
-    summary = load_summary(out_dir)
-    return write_text_atomic(out_dir / "report.html", render_report(summary, out_dir))
+    page = render_report(summary, sections, out_dir, known_keys=known_keys, known_figures=known_figures)
+    return write_text_atomic(out_dir / "report.html", page)

@@ -1,10 +1,11 @@
 """Rendering shared by every experiment: tables as data frames, LaTeX through pandas'
 ``Styler.to_latex``, HTML through Jinja2 templates (``falsify/report/templates``).
 
-An experiment (``falsify.experiments.registry``) declares its tables as :class:`Table` objects:
-a data frame of plain-text cells (``None``: not applicable; a tuple: several lines) and what the
-two renderings need (caption, label, two-line LaTeX header, row classes). Nothing here knows an
-experiment.
+An experiment declares its tables as :class:`Table` objects (in its
+:class:`~falsify.report.section.Section`): a data frame of plain-text cells (``None``: not
+applicable; a tuple: several lines) and what the two renderings need (caption, label, two-line
+LaTeX header, row classes). Each is rendered once to each (:attr:`Table.latex`, :attr:`Table.html`).
+Nothing here knows an experiment.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import base64
 import html
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -92,6 +93,17 @@ class Table:
     def cells(self) -> list[list]:
         """The cells as Python values (``None`` for n/a)."""
         return [[None if _missing(v) else v for v in row] for row in self.frame.itertuples(index=False, name=None)]
+
+    @cached_property
+    def latex(self) -> str:
+        """The table as LaTeX (:func:`to_latex`), rendered once: the ``.tex`` file and the report's
+        LaTeX sources are this text."""
+        return to_latex(self)
+
+    @cached_property
+    def html(self) -> "Html":
+        """The table as HTML (:func:`to_html`), rendered once."""
+        return to_html(self)
 
 
 def _missing(v: Any) -> bool:

@@ -1,10 +1,11 @@
 """What every experiment's tables use: number formatting, access to ``summary.json``, and
 writing the tables of a run.
 
-Each experiment (``falsify.experiments.registry``) builds its tables once as data frames of
-plain-text cells (``falsify.report.render.Table``); they are rendered as LaTeX (booktabs, pandas'
-``Styler.to_latex``) and as HTML (Jinja2) from the same cells, so both show the same numbers. A
-cell of ``None`` means "not applicable / not available" and is written ``--`` in LaTeX.
+Each experiment builds its tables once, from the summary in memory, as data frames of plain-text
+cells (``falsify.report.render.Table``) and hands them over in its section
+(``falsify.report.section.Section``); each is rendered once as LaTeX (booktabs, pandas'
+``Styler.to_latex``) and once as HTML (Jinja2) from the same cells, so both show the same numbers.
+A cell of ``None`` means "not applicable / not available" and is written ``--`` in LaTeX.
 
 Every key of the summary may be absent or null (NaN is written as null): such cells are n/a.
 """
@@ -15,11 +16,14 @@ import math
 import os
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Mapping
 
 from ..choices import DETERMINISTIC_FILLS, is_control
 from ..paths import is_out_of_space
 from .render import latex_escape, tex_num  # noqa: F401 (re-exported: the experiments' tables use them)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .section import Section
 
 # ---------------------------------------------------------------------------------------------
 # number formatting (None for anything missing or non-finite)
@@ -260,17 +264,16 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def write_tables(summary: Mapping, out_dir: str | Path) -> list[Path]:
-    """Write ``out_dir/tables/<name>.tex`` for every table of every experiment the summary holds
-    (``table_6_1.tex``, ``table_6_2.tex``, ...), in the registry's order."""
-    from ..experiments.registry import experiments_in
-    from .render import to_latex
-
+def write_tables(sections: Iterable[Section], out_dir: str | Path) -> list[Path]:
+    """Write ``out_dir/tables/<name>.tex`` for every table with a label of every section, in the
+    sections' order (``table_6_1.tex``, ``table_6_2.tex``, ...); returns the paths written. Each
+    file is the table's :attr:`~falsify.report.render.Table.latex`, rendered once."""
     tables = Path(out_dir) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    written = []
-    for experiment in experiments_in(summary):
-        for table in experiment.tables(summary):
-            if table.label:
-                written.append(write_text_atomic(tables / f"{table.name}.tex", to_latex(table)))
-    return written
+    return [write_text_atomic(tables / f"{table.name}.tex", table.latex)
+            for table in latex_tables(sections)]
+
+
+def latex_tables(sections: Iterable[Section]) -> list:
+    """The tables of ``sections`` that have a LaTeX form (a label), in the sections' order."""
+    return [table for section in sections for table in section.tables if table.label]
