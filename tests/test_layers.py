@@ -17,8 +17,6 @@ KNOWN_CIRCLE_IMPORTS: dict[tuple[str, str], str] = {
     ("falsify.experiments.runner", "falsify.experiments.registry"): "Runner -> registry -> exp_6_x -> Runner",
     # RunConfig branches on 6.4 (its fan-out over models) and the experiment modules build the Runner
     ("falsify.experiments.runner", "falsify.experiments.exp_6_4"): "RunConfig -> exp_6_4 -> Runner",
-    # make_executor imports the Ray executor, which builds on the executor and loads models through Runner
-    ("falsify.experiments.executor", "falsify.experiments.ray_executor"): "executor <-> ray_executor -> Runner",
 }
 
 

@@ -20,10 +20,9 @@ Both run the same units, so a Ray run stores the rows of an in-process one.
 """
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -31,7 +30,9 @@ from ..choices import OTHER_REFERENCE, RANDOM_MODEL
 from ..data import load_images
 from ..data.pairs import Pair
 from ..models.base import model_device
-from .rows import ChunkImages, ChunkRows, RowKind, Unit, Writer, base_row  # noqa: F401 - the seam, re-exported
+from .reach import CONNECT_TIMEOUT_S, RAY_JOIN_ENV, check_reachable  # noqa: F401 - re-exported
+from .rows import (ChunkImages, ChunkRows, RowKind, Unit, Writer, base_row,  # noqa: F401 - the seam, re-exported
+                   row_explainers)
 
 #: the fix named when ``--executor ray`` finds no ray
 RAY_FIX = "pip install 'falsify[ray]' torch==2.13.0"
@@ -62,37 +63,6 @@ class RowContext:
     failed: dict  # image path -> why it could not be read
     other_ref: dict  # pair id -> the reference image of its @other-reference rows
     grid_ids: frozenset  # pairs whose maps are saved for the saliency grid
-
-
-def row_explainers(config, model, prior_map=None, explainers: dict | None = None):
-    """``(rows, random_model)``: row method -> (explainer, kind) for ``config.row_methods()``
-    (kind: real, random-model or other-reference), and the randomised model of the controls
-    (None unless ``--sanity`` or the validity study). ``explainers``: those of ``config.methods``
-    but ``centre``, when already made."""
-    from ..attribution import get_explainer
-    from ..choices import RANDOM_MODEL
-
-    c = config
-    if explainers is None:
-        explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods if m != "centre"}
-    explainers = dict(explainers)
-    if "centre" in c.methods:
-        explainers["centre"] = get_explainer("centre", model, prior=prior_map, **c.method_options.get("centre", {}))
-    random_model = None
-    if c.sanity or c.experiment == "validity":
-        from ..models.base import randomised_copy
-
-        random_model = randomised_copy(model, seed=c.seed)
-    rows = {}
-    for row in c.row_methods():
-        if row.endswith(RANDOM_MODEL):
-            m = row[: -len(RANDOM_MODEL)]
-            rows[row] = (get_explainer(m, random_model, **c.method_options.get(m, {})), "random-model")
-        elif row.endswith(OTHER_REFERENCE):
-            rows[row] = (explainers[row[: -len(OTHER_REFERENCE)]], "other-reference")
-        else:
-            rows[row] = (explainers[row], "real")
-    return rows, random_model
 
 
 class RowComputer:
@@ -278,45 +248,6 @@ def executor_open(executor, log=print) -> bool:
     connects in its ``run``."""
     opener = getattr(executor, "open", None)
     return bool(opener(log=log)) if opener is not None else False
-
-
-#: seconds to wait for the TCP connection to ``--ray-address`` before calling it unreachable
-CONNECT_TIMEOUT_S = 5.0
-
-
-def _host_port(address: str) -> tuple[str, int] | None:
-    """``(host, port)`` of ``HOST:PORT``, ``[IPv6]:PORT`` or ``ray://HOST:PORT``; None for
-    ``auto`` and other forms that Ray resolves itself."""
-    host, sep, port = address.strip().split("://", 1)[-1].rpartition(":")
-    if not sep or not host or not port.isdigit():
-        return None
-    return host.strip("[]"), int(port)
-
-
-def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """A ``ConnectionError`` (one line) when nothing accepts a TCP connection at ``address``
-    within ``timeout`` seconds: Ray itself would retry for minutes, printing warnings."""
-    where = _host_port(address)
-    if where is None:
-        return
-    fix = "check the address and that the cluster is up (ray status on its head node)"
-    try:
-        socket.create_connection(where, timeout=timeout).close()
-    except TimeoutError:
-        raise ConnectionError(f"cannot reach Ray at {address} (--ray-address): no answer within {timeout:g} s; "
-                              f"{fix}") from None
-    except OSError as exc:
-        raise ConnectionError(f"cannot reach Ray at {address} (--ray-address): {exc.strerror or exc}; "
-                              f"{fix}") from None
-
-
-#: Ray's waits for a cluster that does not answer (by default 20 tries of about 41 s, each
-#: printing warnings), set before ray is imported when ``--ray-address`` is given and not
-#: already set in the environment: the GCS connection (s), the cluster id (s), and one try. A
-#: port that accepts connections and is not a Ray cluster is then refused in about 9 s (one
-#: where nothing answers is refused earlier, by :func:`check_reachable`).
-RAY_JOIN_ENV = {"RAY_gcs_rpc_server_connect_timeout_s": "2", "RAY_py_gcs_connect_timeout_s": "4",
-                "RAY_NUM_REDIS_GET_RETRIES": "1"}
 
 
 def make_executor(config, verbose: bool = False):

@@ -30,7 +30,8 @@ from typing import Callable, Sequence
 import ray
 from ray.exceptions import RayActorError
 
-from .executor import RowKind, Unit, Writer, check_reachable
+from .reach import check_reachable
+from .rows import RowKind, Unit, Writer
 
 #: tries of one unit (the first and those after a worker died on it)
 MAX_TRIES = 3
@@ -95,7 +96,7 @@ class RowWorker:
     def __init__(self, kind: RowKind, threads: int = 1) -> None:
         import torch
 
-        from .runner import load_run_model
+        from .rows import load_run_model
 
         torch.set_num_threads(threads)
         model = load_run_model(kind.ctx.config)
@@ -146,7 +147,7 @@ class RayExecutor:
     def open(self, log=print) -> bool:
         """Connect to Ray and check it, before anything is computed or written: a cluster at
         ``address`` that does not answer is a one-line ``ConnectionError`` within seconds (a TCP
-        connection first, then Ray's own short waits: ``executor.RAY_JOIN_ENV``), one without
+        connection first, then Ray's own short waits: ``reach.RAY_JOIN_ENV``), one without
         CPUs a ``ValueError``; ``workers`` above the CPUs Ray has is capped, with a line. True
         when this call connected (False: already open)."""
         if self.n_workers is not None:

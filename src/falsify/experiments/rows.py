@@ -74,7 +74,7 @@ class RowKind:
 
     def computer(self, model, explainers: dict | None = None, random_model=None):
         """What computes this kind's units with ``model``; ``explainers`` (row method -> (explainer,
-        kind), ``executor.row_explainers``) and ``random_model`` when the driver already made them."""
+        kind), :func:`row_explainers`) and ``random_model`` when the driver already made them."""
         raise NotImplementedError
 
     def describe(self, n_rows: int, n_todo: int, n_pairs: int, n_keys: int) -> str:
@@ -138,7 +138,45 @@ class ChunkRows:
     def explainer(self, method: str):
         """The real model's explainer of ``method`` (made on first use when the driver gave none)."""
         if self.explainers is None:
-            from .executor import row_explainers
-
             self.explainers, self.random_model = row_explainers(self.ctx.config, self.model, self.ctx.prior_map)
         return self.explainers[method][0]
+
+
+def row_explainers(config, model, prior_map=None, explainers: dict | None = None):
+    """``(rows, random_model)``: row method -> (explainer, kind) for ``config.row_methods()``
+    (kind: real, random-model or other-reference), and the randomised model of the controls
+    (None unless ``--sanity`` or the validity study). ``explainers``: those of ``config.methods``
+    but ``centre``, when already made."""
+    from ..attribution import get_explainer
+    from ..choices import RANDOM_MODEL
+
+    c = config
+    if explainers is None:
+        explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods if m != "centre"}
+    explainers = dict(explainers)
+    if "centre" in c.methods:
+        explainers["centre"] = get_explainer("centre", model, prior=prior_map, **c.method_options.get("centre", {}))
+    random_model = None
+    if c.sanity or c.experiment == "validity":
+        from ..models.base import randomised_copy
+
+        random_model = randomised_copy(model, seed=c.seed)
+    rows = {}
+    for row in c.row_methods():
+        if row.endswith(RANDOM_MODEL):
+            m = row[: -len(RANDOM_MODEL)]
+            rows[row] = (get_explainer(m, random_model, **c.method_options.get(m, {})), "random-model")
+        elif row.endswith(OTHER_REFERENCE):
+            rows[row] = (explainers[row[: -len(OTHER_REFERENCE)]], "other-reference")
+        else:
+            rows[row] = (explainers[row], "real")
+    return rows, random_model
+
+
+def load_run_model(config):
+    """The model of a run (``RunConfig``), as the driver and every Ray worker load it."""
+    from ..models import load_model
+
+    c = config
+    return load_model(c.model, input_size=tuple(c.input_size) if c.input_size else None, mean=c.mean,
+                      std=c.std, device=c.device, trust_pickle=c.trust_pickle, align=c.align)

@@ -33,6 +33,7 @@ from ..models.base import model_device
 from ..paths import check_writable, space_guard
 from .analysis import summarise
 from .executor import RowContext, Rows61, executor_open, make_executor, row_explainers
+from .rows import load_run_model  # noqa: F401 - re-exported: the model of a run
 from .store import ResultsStore, inspect_store
 
 #: The experiment whose rows both 6.1 and 6.2 read.
@@ -517,15 +518,6 @@ def load_run_pairs(config: RunConfig) -> PairSet:
 
         return stratified_sample(load_pairs(c.data, c.pairs), load_labels(c.labels), c.n_pairs, c.seed)
     return load_pairs(c.data, c.pairs, n_pairs=c.n_pairs, seed=c.seed)
-
-
-def load_run_model(config: RunConfig):
-    """The model of a run, as the driver and every Ray worker load it."""
-    from ..models import load_model
-
-    c = config
-    return load_model(c.model, input_size=tuple(c.input_size) if c.input_size else None, mean=c.mean,
-                      std=c.std, device=c.device, trust_pickle=c.trust_pickle, align=c.align)
 
 
 @dataclass
