@@ -2,6 +2,7 @@
 convergence summary, and one small real run (a tiny CNN, so Algorithm 1's 100 steps are quick)."""
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 
@@ -11,6 +12,8 @@ import torch
 
 from falsify.experiments import exp_6_5 as E
 from falsify.experiments import RunConfig, Runner
+
+from .test_experiments import _assert_close
 
 
 def test_bootstrap_std_is_close_to_the_binomial_at_large_n():
@@ -95,8 +98,12 @@ def test_run_6_5_small_and_resumes(lfw_sample, tmp_path):
     with sqlite3.connect(out / "results.sqlite") as c:
         after = c.execute("SELECT method, pair, verdict, detail FROM results WHERE experiment = '6.5' "
                           "ORDER BY method, pair").fetchall()
-    assert after == before  # the missing rows are computed again, identically (seeded starts)
-    assert summary2["experiment_6_5"]["convergence"]["all"] == conv["all"]
+    # the missing rows are computed again from the same seeded starts: the same keys and verdicts;
+    # Algorithm 1 then runs in a batch of another size (only the low regions), and float32 results
+    # depend on the batch, by ~1e-6 after its 100 steps: numbers are compared to 1e-5
+    assert [r[:3] for r in after] == [r[:3] for r in before]
+    _assert_close([json.loads(r[3]) for r in after], [json.loads(r[3]) for r in before], tol=1e-5)
+    _assert_close(summary2["experiment_6_5"]["convergence"]["all"], conv["all"], tol=1e-5)
     page = (out / "report.html").read_text()
     assert 'id="exp-6-5"' in page and 'id="table-6-5"' in page and 'id="fig_6_5_convergence"' in page
     assert (out / "tables" / "table_6_5.tex").is_file() and (out / "figures" / "fig_6_5_sample_size.pdf").is_file()

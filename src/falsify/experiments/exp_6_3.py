@@ -331,29 +331,16 @@ class PartRows(ChunkRows):
     def compute(self, pairs, images, refs, keys, done):
         import torch.nn.functional as F
 
-        from ..models.base import model_device
-
         kind, model, fc = self.kind, self.model, self.ctx.fconfig
         h, w = model.input_size
-        device = model_device(model)
         found, labels, effects = self._images.get("parts", [p.id for p in pairs],
                                                   lambda: self.parts(pairs, images, refs))
         rows = []
         for m in keys:
-            idx = []
-            for i, p in enumerate(pairs):
-                if (m, p.id) in done:
-                    continue
-                if found[i][1]:
-                    rows.append(kind.error_row(m, p, found[i][1]))
-                else:
-                    idx.append(i)
-            if not idx:
-                continue
-            try:
-                maps = self.explainer(m)(images[idx].to(device), refs[idx].to(device)).detach().cpu()
-            except Exception as exc:  # noqa: BLE001 - recorded per pair, the run goes on
-                rows += [kind.error_row(m, pairs[i], f"{type(exc).__name__}: {exc}") for i in idx]
+            idx, maps, new = self.pending_maps(m, pairs, images, refs, done, lambda i, p: kind.error_row(
+                m, p, found[i][1]) if found[i][1] else None)
+            rows += new
+            if maps is None:
                 continue
             if tuple(maps.shape[-2:]) != (h, w):
                 maps = F.interpolate(maps.unsqueeze(1).float(), size=(h, w), mode="bilinear",

@@ -272,25 +272,19 @@ class IdentityRows(ChunkRows):
                                lambda: embed(model, images, self.ctx.config.batch_size, device))
         cos_x = cosine_similarity(f_x, refs).tolist()
         rows = []
+
+        def untested(m, p):
+            """The row of a map that 6.1 could not test (None: it did)."""
+            t = kind.tested.get((m, p.id))
+            if t is not None and t["verdict"] not in ("error", "untestable"):
+                return None
+            untestable = t is not None and t["verdict"] == "untestable"
+            return kind.error_row(m, p, "the 6.1 test of this map " + ("found it untestable" if untestable else
+                                  "has no result"), verdict="untestable" if untestable else "error")
         for m in keys:
-            idx = []
-            for i, p in enumerate(pairs):
-                if (m, p.id) in done:
-                    continue
-                t = kind.tested.get((m, p.id))
-                if t is None or t["verdict"] in ("error", "untestable"):
-                    untestable = t is not None and t["verdict"] == "untestable"
-                    rows.append(kind.error_row(m, p, "the 6.1 test of this map " + (
-                        "found it untestable" if untestable else "has no result"),
-                        verdict="untestable" if untestable else "error"))
-                else:
-                    idx.append(i)
-            if not idx:
-                continue
-            try:
-                maps = self.explainer(m)(images[idx].to(device), refs[idx].to(device)).detach().cpu()
-            except Exception as exc:  # noqa: BLE001 - recorded per pair, the run goes on
-                rows += [kind.error_row(m, pairs[i], f"{type(exc).__name__}: {exc}") for i in idx]
+            idx, maps, new = self.pending_maps(m, pairs, images, refs, done, lambda i, p: untested(m, p))
+            rows += new
+            if maps is None:
                 continue
             for j, i in enumerate(idx):
                 p, t = pairs[i], kind.tested[(m, pairs[i].id)]

@@ -135,6 +135,42 @@ class ChunkRows:
                 done) -> Iterator[tuple[list[dict], list]]:
         raise NotImplementedError
 
+    def pending(self, key: str, pairs: Sequence[Pair], done, refuse=None) -> tuple[list[int], list[dict]]:
+        """``(positions, rows)``: the positions in ``pairs`` whose ``key`` row is to be computed, and
+        the rows of those that ``refuse(i, pair)`` answers with a row instead (it returns None for a
+        pair to compute); pairs whose row is ``done`` are in neither."""
+        idx, rows = [], []
+        for i, p in enumerate(pairs):
+            if (key, p.id) in done:
+                continue
+            row = refuse(i, p) if refuse is not None else None
+            if row is None:
+                idx.append(i)
+            else:
+                rows.append(row)
+        return idx, rows
+
+    def pending_maps(self, method: str, pairs: Sequence[Pair], images, refs, done, refuse=None):
+        """``(positions, maps, rows)``: :meth:`pending`, then the maps of ``method`` for those
+        positions (:meth:`maps`); ``maps`` is None when there is none to make or the method failed,
+        and ``rows`` holds the refused pairs' rows and the error rows."""
+        idx, rows = self.pending(method, pairs, done, refuse)
+        if not idx:
+            return idx, None, rows
+        maps, failed = self.maps(method, pairs, images, refs, idx)
+        return idx, maps, rows + failed
+
+    def maps(self, method: str, pairs: Sequence[Pair], images, refs, idx: Sequence[int]):
+        """``(maps, rows)``: the maps of ``method`` for the pairs at ``idx`` (CPU), or None and an
+        error row for each of them when the method fails (the run goes on)."""
+        from ..models.base import model_device
+
+        device = model_device(self.model)
+        try:
+            return self.explainer(method)(images[idx].to(device), refs[idx].to(device)).detach().cpu(), []
+        except Exception as exc:  # noqa: BLE001 - recorded per pair, the run goes on
+            return None, [self.kind.error_row(method, pairs[i], f"{type(exc).__name__}: {exc}") for i in idx]
+
     def explainer(self, method: str):
         """The real model's explainer of ``method`` (made on first use when the driver gave none)."""
         if self.explainers is None:
@@ -148,7 +184,7 @@ def row_explainers(config, model, prior_map=None, explainers: dict | None = None
     (None unless ``--sanity`` or the validity study). ``explainers``: those of ``config.methods``
     but ``centre``, when already made."""
     from ..attribution import get_explainer
-    from ..choices import RANDOM_MODEL
+    from ..choices import OTHER_REFERENCE, RANDOM_MODEL
 
     c = config
     if explainers is None:
