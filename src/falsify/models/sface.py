@@ -117,11 +117,20 @@ class _ConvPReLU(torch.autograd.Function):
         x, w, y, a = ctx.saved_tensors
         stride, padding, groups = ctx.conf
         need_x, need_w, need_b, need_a = ctx.needs_input_grad[:4]
-        positive = y > 0
-        gy = torch.where(positive, g, g * a.view(1, -1, 1, 1))
-        ga = (g * y).masked_fill_(positive, 0).sum((0, 2, 3)) if need_a else None
+        # PReLU's derivative, 1 where y > 0 and a elsewhere (y = 0 included, as torch's), built
+        # from +-1 by PReLU itself with slopes -a: prelu(1) = 1, prelu(-1) = a exactly. Four
+        # vectorised passes take ~0.6x the time of torch.where on a bool mask (measured).
+        sign = torch.sign(y).clamp_min_(0).mul_(2).sub_(1)
+        gy = F.prelu(sign, -a).mul_(g)
+        ga = (g * y).masked_fill_(sign > 0, 0).sum((0, 2, 3)) if need_a else None
         gx = gw = gb = None
-        if need_x or need_w or need_b:
+        if need_x and stride == 1 and not (need_w or need_b):
+            # a stride-1 convolution's input gradient is the convolution of the output gradient
+            # with the flipped, transposed kernel: oneDNN's forward kernel, called directly
+            wt = w.flip(2, 3) if groups > 1 else w.transpose(0, 1).flip(2, 3)
+            k = w.shape[-1]
+            gx = _conv(gy, wt.contiguous(memory_format=torch.channels_last), None, 1, k - 1 - padding, groups)
+        elif need_x or need_w or need_b:
             gx, gw, gb = torch.ops.aten.convolution_backward(
                 gy, x, w, [w.shape[0]], [stride, stride], [padding, padding], [1, 1], False, [0, 0], groups,
                 [need_x, need_w, need_b])
@@ -160,6 +169,12 @@ class SFaceNet(nn.Sequential):
         if self._has_hooks() or any(m.training for m in self.modules()):
             return super().forward(x)
         return self.fast_forward(x)
+
+    def __getstate__(self) -> dict:
+        # copies (randomised_copy's deepcopy, pickling for Ray) fold their own weights
+        state = dict(super().__getstate__())
+        state.pop("_fold_cache", None)
+        return state
 
     # -- the fast path ----------------------------------------------------------------------------
     def _has_hooks(self) -> bool:
@@ -372,6 +387,10 @@ def load_sface(
     scale = float(tensors.pop("input_scale")[0])
     backbone = SFaceNet()
     backbone.load_state_dict(tensors)
+    # Frozen: attribution needs gradients w.r.t. the input only, and with no parameter requiring
+    # one the fast path serves cached folded weights and skips every weight gradient. A caller
+    # who wants weight gradients calls requires_grad_(True) (the fast path then folds under autograd).
+    backbone.requires_grad_(False)
     # The graph computes (255 x - mean) * scale; the embedder's (x - m) / s with m = mean / 255
     # and s = 1 / (255 scale) is the same map on [0, 1] input.
     return FaceEmbedder(
