@@ -223,6 +223,7 @@ def aligned_faces(sface, lfw_sample):
     return sface.normalise_input(x)
 
 
+@pytest.mark.slow
 def test_fast_path_is_the_module_path_exactly_in_float64(sface, aligned_faces):
     """In float64 the fast path's forward and input gradient equal the module path's to rounding
     (1e-15 relative measured): folding, the slices and the hand-written backward change no value.
@@ -248,6 +249,7 @@ def test_fast_path_is_the_module_path_exactly_in_float64(sface, aligned_faces):
         assert torch.allclose(grads[1][name], g, rtol=1e-9, atol=1e-12 * float(g.abs().max())), name
 
 
+@pytest.mark.slow
 def test_fast_path_float32_gradient_is_within_float32_error(sface, aligned_faces):
     """On real aligned faces, the fast path's float32 input gradient is as close to the float64
     gradient as the module path's own float32 gradient is. The network is ill-conditioned for
