@@ -323,3 +323,16 @@ def test_hooks_and_training_mode_run_every_module(sface):
     net.fast_forward = lambda t: called.append(1)  # must not be taken
     net(torch.rand(2, 3, 112, 112))
     assert not called
+
+
+def test_fast_path_gradient_after_an_inference_mode_forward(sface):
+    """The folded weights cached by an inference_mode forward are ordinary tensors: a gradient
+    taken after it works (a run embeds under inference_mode, then the gradient methods run)."""
+    import copy
+
+    model = copy.deepcopy(sface)
+    x = torch.rand(2, 3, 112, 112)
+    with torch.inference_mode():
+        model(x)
+    g = _input_grad(model, x, torch.ones(2, 128))
+    assert g.shape == x.shape and bool(torch.isfinite(g).all())

@@ -213,7 +213,8 @@ class SFaceNet(nn.Sequential):
         cached = getattr(self, "_fold_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        with torch.no_grad():
+        # normal tensors even when first called under inference_mode: autograd saves them later
+        with torch.inference_mode(False), torch.no_grad():
             folded = self._fold()
         self._fold_cache = (key, folded)
         return folded
