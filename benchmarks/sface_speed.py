@@ -15,7 +15,7 @@ each ratio alike. ``--variants`` also times the steps of ``SFaceNet``'s fast pat
 ``--compile`` ``torch.compile`` of the module path.
 
     python benchmarks/sface_speed.py                      # ~2 min on 2 cores
-    python benchmarks/sface_speed.py --variants           # ~6 min
+    python benchmarks/sface_speed.py --variants           # ~8 min
     python benchmarks/sface_speed.py --threads 2 --batch 16
 """
 from __future__ import annotations
@@ -219,6 +219,27 @@ def main(argv=None) -> int:
         for name, (r, rate, _) in ratios(lambda: time_forward(dlib, xd), variants, xn, time_forward,
                                          args.rounds).items():
             print(f"| {name} | {rate:.1f} | {r:.3f} | {diffs[name]:.1e} |")
+        print("\n#### Input gradient in float32 against float64 (8 random images, the same random target)\n")
+        import copy
+
+        x8 = xn[:8]
+        v = torch.randn(8, 128, generator=torch.Generator().manual_seed(0))
+
+        def input_grad(fn, x):
+            x = x.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad((fn(x) * v.to(x.dtype)).sum(), x)
+            return g.double()
+
+        n64 = copy.deepcopy(net).double()
+        g64 = input_grad(lambda t: _plain(n64, t), x8.double())
+        rel = {"module path, float64 (the reference)": g64,
+               "fast path, float64": input_grad(n64, x8.double()),
+               "module path, float32": input_grad(lambda t: _plain(net, t), x8),
+               "fast path, float32": input_grad(net, x8)}
+        print("| gradient | relative L2 error against the float64 module path |")
+        print("|---|---|")
+        for name, g in rel.items():
+            print(f"| {name} | {float((g - g64).norm() / g64.norm()):.1e} |")
         print("\n#### Forward+backward (input gradient), one technique at a time\n")
         print("| variant | SFace img/s | SFace / dlib |")
         print("|---|---|---|")
