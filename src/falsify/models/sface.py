@@ -80,16 +80,18 @@ class ConvBNPReLU(nn.Sequential):
 
 #: Images per slice of the fast paths: a batch is run in slices of this many images. At batch 64
 #: the 112 x 112 layers' activations are ~200 MB each, which the allocator hands back to the
-#: system and page-faults in again at every layer; slices of 8 stay small enough to be reused
-#: (``python benchmarks/sface_speed.py --variants``).
+#: system and page-faults in again at every layer; slices of 8 stay small enough to be reused.
+#: ``python benchmarks/sface_speed.py --variants``: forward+backward 0.333 -> 0.367 of dlib's
+#: rate with slices; the forward within noise (slices of 4, 8, 16, none all 0.35-0.38).
 SUB_BATCH = 8
 
 
 def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: int, padding: int,
           groups: int) -> torch.Tensor:
     """oneDNN's convolution, called directly for float32 on the CPU: for the 1x1 convolutions on
-    channels_last input ``F.conv2d`` picks the generic im2col path instead
-    (``benchmarks/sface_speed.py --variants``). Other dtypes and devices: ``F.conv2d``."""
+    channels_last input ``F.conv2d`` picks the generic im2col path (``_slow_conv2d``, seen in
+    torch's profiler) instead; the gain is within the noise of ``benchmarks/sface_speed.py
+    --variants`` on the shared 2-core VM. Other dtypes and devices: ``F.conv2d``."""
     if x.dtype == torch.float32 and x.device.type == "cpu" and torch.backends.mkldnn.is_available():
         return torch.mkldnn_convolution(x, w, b, (padding, padding), (stride, stride), (1, 1), groups)
     return F.conv2d(x, w, b, stride, padding, 1, groups)
