@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .choices import (ALIGN_CHOICES, CRITERIA, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
+from .choices import (TRUTH_CONSTRUCTIONS, TRUTH_PARTS, ALIGN_CHOICES, CRITERIA, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
                       STRATIFY_CHOICES, TARGETS)
 from .paths import OutOfSpaceError, check_writable, is_out_of_space, space_guard
 
@@ -499,7 +499,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "other_reference": args.other_reference or None, "deletion": args.deletion or None,
         "labels": args.labels, "stratify": args.stratify, "models": getattr(args, "models", None),
         "executor": args.executor, "ray_address": args.ray_address, "workers": args.workers,
-        "calibrate_on": args.calibrate_on,
+        "calibrate_on": args.calibrate_on, "truth": args.truth, "truth_parts": args.truth_parts,
+        "truth_min_effect": args.truth_min_effect,
     }
     config = RunConfig.resolve(config_file=args.config, **overrides)
     executor = make_executor(config, verbose=args.verbose)  # no ray: one line naming the fix, before any work
@@ -724,6 +725,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stratify", choices=STRATIFY_CHOICES,
                    help="sample the pairs balanced by this attribute of image A (half female, half male; needs "
                    "--labels; pairs whose A is unlabelled are not sampled)")
+    p.add_argument("--truth", choices=TRUTH_CONSTRUCTIONS,
+                   help="known-truth: how a composite is made from an impostor pair (A, B): B's parts blended into "
+                   "the average face of untested images (average, default) or into A (swap)")
+    p.add_argument("--truth-parts", choices=TRUTH_PARTS,
+                   help="known-truth: the parts of B blended in (inner: eyes, nose and mouth, default; eyes+nose; eyes)")
+    p.add_argument("--truth-min-effect", type=_number, metavar="RAD",
+                   help="known-truth: leave out composites that move the pair's angle to B by less than this "
+                   "(radians; default 0: every composite moved closer or not is kept)")
     _add_calibrate_on(p)
     p.add_argument("--batch-pairs", type=_whole(1), help="pairs explained together (default 8)")
     p.add_argument("--retry-errors", action="store_true",
