@@ -666,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
         "6.4: across models; "
         "6.5: convergence of the optimised fill and sample size; 6.6: biometric vs standard methods, identity "
         "preservation of the counterfactuals and fairness by gender and race; validity: does the test falsify maps that "
-        "cannot be right?)",
+        "cannot be right?; known-truth: does it pass maps that are right? composites whose evidence is known)",
         description="Runs every (method, pair) falsification test into OUT/results.sqlite, one row "
         "committed as each is computed: running the same command again resumes, and an interrupted "
         "run loses at most the rows in flight. Then writes OUT/summary.json, OUT/tables/*.tex, "

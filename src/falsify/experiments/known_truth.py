@@ -18,8 +18,8 @@ closer), stored per pair; composites below ``--truth-min-effect`` are left out o
 
 Maps tested on each composite (against f(D)):
 
-- known positives: ``truth`` (2 x alpha plus the prior map in [0, 1]: the truth first, the
-  rest in the prior's order) and ``truth-flat`` (the core as a 0/1 mask, flat outside);
+- known positives: ``truth`` (2 on the truth, plus alpha, plus the prior map in [0, 1]: every
+  changed pixel first, the more changed ones higher, each part in the prior's order) and ``truth-flat`` (the core as a 0/1 mask, flat outside);
 - known negatives: ``wrong-part`` and ``wrong-part-flat``, the same two built on a region of the
   core's area that the construction did not touch (:func:`wrong_region`: the core mirrored
   across the face's middle row, less the truth, grown to equal area), and the controls ``centre``
@@ -174,7 +174,8 @@ def truth_maps(alpha: np.ndarray, core: np.ndarray, wrong: np.ndarray, prior_map
 
     p = unit_range(torch.as_tensor(prior_map)).float()
     wrong_t = torch.from_numpy(wrong.astype(np.float32))
-    return {"truth": 2 * torch.from_numpy(alpha) + p, "truth-flat": torch.from_numpy(core.astype(np.float32)),
+    truth = torch.from_numpy(alpha)
+    return {"truth": 2 * (truth > 0).float() + truth + p, "truth-flat": torch.from_numpy(core.astype(np.float32)),
             "wrong-part": 2 * wrong_t + p, "wrong-part-flat": wrong_t}
 
 
@@ -196,6 +197,41 @@ class Construction:
         eye_c, mouth_c = self.points[:2].mean(axis=0), self.points[3:].mean(axis=0)
         self.centre_row = float((eye_c[1] + mouth_c[1]) / 2) - 0.5
         self.wrong = wrong_region(self.truth, self.core, self.centre_row)
+
+
+def test_distances(model, images, f_x, refs, maps: Mapping, todo: Sequence[tuple[str, int]], config,
+                   pair_ids: Sequence[int]) -> dict:
+    """The falsification test's distances for each (map name, image position) of ``todo``, under
+    ``config``'s regions and fill, for both targets from one set of counterfactuals: the same stages
+    as ``falsification_test`` (regions, fill, embedding in batches, distances), with f(x) given
+    once per image and every map's counterfactuals embedded together. Returns (name, j) ->
+    ``{"embedding": (d_high, d_low), "pair": (...), "n_high", "n_low", "k", "reason"}``; ``reason``
+    says why a map is untestable (None when tested)."""
+    from ..falsification.stages import BatchedEmbedder, distances, fill_for, regions_for
+    from ..models.base import model_device
+
+    k = config.k_effective
+    regs = {(n, j): regions_for(images[j], maps[n][j], config, pair_ids[j]) for n, j in todo}
+    testable = [x for x in todo if regs[x].testable]
+    embedder = BatchedEmbedder(model, config.batch_size, 2 * k * len(testable), model_device(model))
+    made = fill_for(config).counterfactuals(model, [images[j] for _, j in testable], [regs[x] for x in testable],
+                                            f_x[[j for _, j in testable]], [pair_ids[j] for _, j in testable])
+    for cf in made:
+        embedder.add(cf.high)
+        embedder.add(cf.low)
+    emb = embedder.finish()
+    out = {}
+    for x in todo:
+        reg = regs[x]
+        out[x] = {"reason": None if reg.testable else str(reg.reason), "n_high": reg.n_high, "n_low": reg.n_low,
+                  "k": k}
+    for row, x in enumerate(testable):
+        e = emb[2 * k * row : 2 * k * (row + 1)].double()
+        j = x[1]
+        for target in TARGETS_STUDIED:
+            d = distances(f_x[j].double(), e, refs[j], target)
+            out[x][target] = (float(d[:k].mean()), float(d[k:].mean()))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,14 +342,13 @@ class CompositeRows(ChunkRows):
         import torch
 
         from ..attribution import get_explainer
-        from ..falsification import falsification_test
         from ..falsification.localisation import localisation
-        from ..falsification.stages import regions_for
+        from ..falsification.stages import embed, regions_for
         from ..models.base import model_device
         from .validity import study_config
 
         kind, model, ctx, c = self.kind, self.model, self.ctx, self.ctx.config
-        t = time.perf_counter()
+        t0 = time.perf_counter()
         built = self._images.get("composites", [p.id for p in pairs], lambda: self.composites(pairs, images, refs))
         rows = []
         for i, p in enumerate(pairs):
@@ -351,32 +386,42 @@ class CompositeRows(ChunkRows):
                     rows += [e for e in errors if any(k.endswith("|" + name) and (k, e["pair"]) not in done
                                                       for k in keys)]
         h, w = model.input_size
-        loose = dict(tau_high=0.0, tau_low=math.pi, epsilon=0.0)  # distances only; verdicts in the summary
-        loc_cfg = ctx.fconfig
-        for name, mp in maps.items():
-            if mp is None:
-                continue
-            if tuple(mp.shape[-2:]) != (h, w):
+        for name in list(maps):
+            mp = maps[name]
+            if mp is not None and tuple(mp.shape[-2:]) != (h, w):
                 import torch.nn.functional as F
 
-                mp = F.interpolate(mp.unsqueeze(1).float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-            locs = {}
+                maps[name] = F.interpolate(mp.unsqueeze(1).float(), size=(h, w), mode="bilinear",
+                                           align_corners=False)[:, 0]
+        live = {n: m for n, m in maps.items() if m is not None}
+        locs = {}
+        for name, mp in live.items():
             for j, i in enumerate(good):
-                m_np = mp[j].double().numpy()
-                reg = regions_for(xs[j], mp[j], loc_cfg, sub[j].index)
-                locs[j] = localisation(m_np, built[i][0].truth, reg.high.numpy() if reg.testable else None)
-            for fill, q, target in configs():
-                key = f"{config_key(fill, q, target)}|{name}"
-                idx = [j for j, p in enumerate(sub) if key in keys and (key, p.id) not in done]
-                if not idx:
-                    continue
-                cfg = study_config(c, fill, q, target, **loose)
-                res = falsification_test(model, xs[idx], r[idx], mp[idx], cfg, pair_ids=[sub[j].index for j in idx])
-                for j, rr in zip(idx, res):
-                    rows.append({**kind.base_row(key, sub[j]), "verdict": rr.verdict, "d_high": rr.d_high,
-                                 "d_low": rr.d_low, "margin": rr.margin, "n_high": rr.n_high, "n_low": rr.n_low,
-                                 "k": rr.K, "failed": list(rr.failed), "detail": locs[j],
-                                 "seconds": (time.perf_counter() - t) / len(pairs)})
+                reg = regions_for(xs[j], mp[j], ctx.fconfig, sub[j].index)
+                locs[name, j] = localisation(mp[j].double().numpy(), built[i][0].truth,
+                                             reg.high.numpy() if reg.testable else None)
+        f_x = self._images.get("f_x", [p.id for p in pairs], lambda: embed(model, xs, c.batch_size, dev))
+        for fill, q in dict.fromkeys((f, qq) for f, qq, _ in configs()):
+            want = {t: [(n, j) for n in live for j, p in enumerate(sub)
+                        if f"{config_key(fill, q, t)}|{n}" in keys and (f"{config_key(fill, q, t)}|{n}", p.id) not in done]
+                    for t in TARGETS_STUDIED}
+            todo = list(dict.fromkeys(x for t in TARGETS_STUDIED for x in want[t]))
+            if not todo:
+                continue
+            got = test_distances(model, xs, f_x, r, live, todo, study_config(c, fill, q, "embedding"),
+                                 [p.index for p in sub])
+            for t in TARGETS_STUDIED:
+                key_of = config_key(fill, q, t)
+                for n, j in want[t]:
+                    g = got[n, j]
+                    row = {**kind.base_row(f"{key_of}|{n}", sub[j]), "detail": locs[n, j],
+                           "seconds": (time.perf_counter() - t0) / len(pairs)}
+                    if g["reason"] is not None:
+                        rows.append({**row, "verdict": "untestable", "failed": [g["reason"]]})
+                    else:
+                        dh, dl = g[t]
+                        rows.append({**row, "verdict": "tested", "d_high": dh, "d_low": dl, "margin": dh - dl,
+                                     "n_high": g["n_high"], "n_low": g["n_low"], "k": g["k"]})
         yield rows, []
 
 
@@ -542,6 +587,7 @@ class KnownTruthStudy(Runner):
         kept = [r["pair"] for r in rows if r["method"] == COMPOSITE and r["verdict"] != "error"
                 and json.loads(r["detail"])["effect"] >= c.truth_min_effect]
         section.update(construction=c.truth, parts=c.truth_parts, feather_sigma=FEATHER_SIGMA,
+                       align=model.aligner.template if model.aligner is not None else "none",
                        figure=figure_data(session, kind, pairs, kept))
         summary = {"experiment": "known-truth", "created": _now(), "started": started, "model": model.name,
                    "elapsed_s": time.perf_counter() - t0,

@@ -928,6 +928,9 @@ class Runner:
         session.compute_rows(store, Rows61(session.context(self.rows_of), self.rows_of))
         summary = summarise(store, c, pairs, model.name, self.threshold, elapsed_s=None, started=started)
         summary["alignment"] = self._alignment(pairs)
+        from .truth_table import for_summary
+
+        summary["test_validity"] = for_summary(summary)  # the known-truth benchmark's rates for this test
         from .registry import get
 
         get(c.experiment).extend(session, store, summary)  # 6.2, 6.5, ...: their analysis (and rows) on 6.1's
