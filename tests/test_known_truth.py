@@ -145,9 +145,9 @@ def test_known_truth_end_to_end(lfw_sample, tmp_path, capsys):
 
     out = tmp_path / "kt"
     cfg = tmp_path / "small.toml"  # a small prior and calibration keep the test short
-    cfg.write_text("prior_images = 6\nprior_grid = 5\ncalibration_pairs = 40\n")
-    argv = ["run", "known-truth", "--data", str(lfw_sample), "--n-pairs", "3", "--out", str(out), "-q",
-            "--methods", "saliency,centre", "--config", str(cfg)]
+    cfg.write_text("prior_images = 4\nprior_grid = 4\ncalibration_pairs = 24\n")
+    argv = ["run", "known-truth", "--data", str(lfw_sample), "--n-pairs", "2", "--out", str(out), "-q",
+            "--methods", "saliency,centre", "--config", str(cfg), "--truth-min-effect", "-1"]
     assert main(argv) == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     assert "sensitivity" in text and "| truth | known positive |" in text
@@ -155,7 +155,7 @@ def test_known_truth_end_to_end(lfw_sample, tmp_path, capsys):
     kt = summary["known_truth"]
     for key in ("sensitivity", "specificity"):
         assert kt[key] is not None and 0.0 <= kt[key] <= 1.0
-    assert kt["strength"]["n"] == 3 and kt["strength"]["effect_median"] is not None
+    assert kt["strength"]["n"] == 2 and kt["strength"]["effect_median"] is not None
     assert len(kt["configurations"]) == len(configs()) * 2
     assert {e["map"] for e in kt["localisation"]} >= {"truth", "wrong-part", "centre", "saliency"}
     truth = next(e for e in kt["localisation"] if e["map"] == "truth")
