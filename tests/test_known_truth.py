@@ -114,7 +114,7 @@ def test_sensitivity_and_specificity_from_rows():
     default = s["default_rates"]
     assert default["sensitivity"]["n"] == 4 and default["specificity"]["n"] == 8
     truth_row = next(e for e in s["localisation"] if e["map"] == "truth")
-    assert truth_row["top"]["rate"] == 0.75 and truth_row["bottom"]["rate"] == 0.25  # d_low < the prior's 0.10
+    assert truth_row["top"]["rate"] == 0.75 and truth_row["bottom"]["rate"] == 1.0  # d_low no larger than the prior's
     assert truth_row["rank_share"] == 1.0
     absolute = next(e for e in s["configurations"] if e["criterion"] == "absolute" and e["fill"] == "mean"
                     and e["q"] == 0.1 and e["target"] == "embedding")

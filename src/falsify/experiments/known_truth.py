@@ -433,15 +433,22 @@ def _criteria(calibration, delta: float) -> list[tuple[str, float | None]]:
     return [("absolute", None), ("beyond-prior", float(delta))]
 
 
+#: a half of a beyond-prior verdict holds when it is no worse than the prior's: the same region
+#: hidden in another batch moves float32 embeddings by ~1e-7 rad, so "no worse" allows 1e-6 rad
+HALF_TOL = 1e-6
+
+
 def _verdict(dh, dl, prior, crit, delta, cal) -> tuple[bool, bool, bool] | None:
-    """(passed, top holds, bottom holds) of one row's distances, or None (no prior distances)."""
+    """(passed, top holds, bottom holds) of one row's distances, or None (no prior distances).
+    Beyond-prior: the top holds when d_high is no smaller than the prior's, the bottom when d_low
+    is no larger (:data:`HALF_TOL`); absolute: d_high > tau_high, d_low < tau_low."""
     if crit == "absolute":
         top, bottom = dh > cal["tau_high"], dl < cal["tau_low"]
         return bool(top and bottom and dh - dl >= cal["epsilon"]), bool(top), bool(bottom)
     if prior is None:
         return None
     ph, pl = prior
-    return bool((dh - dl) - (ph - pl) > delta), bool(dh > ph), bool(dl < pl)
+    return bool((dh - dl) - (ph - pl) > delta), bool(dh >= ph - HALF_TOL), bool(dl <= pl + HALF_TOL)
 
 
 def _rate(flags: Sequence[bool]) -> dict:
