@@ -50,7 +50,7 @@ from ..choices import CONTROLS, TRUTH_METHODS
 from ..report.tables import fmt_num
 from .base import Experiment, load_raw_summary
 from .rows import ChunkRows, RowKind
-from .runner import Runner, _now
+from .runner import Runner, _now, write_outputs
 from .store import ResultsStore
 
 KEY = "known_truth"
@@ -606,8 +606,6 @@ class KnownTruthStudy(Runner):
         return summary
 
     def _write(self, summary: dict) -> None:
-        from .registry import write_outputs
-
         write_outputs(self.out, summary)
         (self.out / "known_truth.md").write_text(format_truth(summary) + "\n", encoding="utf-8")
 
