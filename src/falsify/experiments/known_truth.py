@@ -429,7 +429,8 @@ class CompositeRows(ChunkRows):
 # the analysis
 
 
-def _criteria(calibration, delta: float) -> list[tuple[str, float | None]]:
+def _criteria(delta: float) -> list[tuple[str, float | None]]:
+    """The criteria judged on every configuration's distances: absolute, and beyond the prior by ``delta``."""
     return [("absolute", None), ("beyond-prior", float(delta))]
 
 
@@ -488,7 +489,7 @@ def truth_summary(rows: list[dict], pairs, calibration: Mapping, fconfig: Mappin
     for fill, q, target in configs():
         cfg = config_key(fill, q, target)
         prior = dist.get((cfg, "centre"), {})
-        for crit, d in _criteria(calibration, delta):
+        for crit, d in _criteria(delta):
             entry = {"fill": fill, "q": q, "target": target, "criterion": crit, "delta": d, "maps": {}}
             for part in ("selection", "confirmation", "all"):
                 per_map = {}
@@ -505,7 +506,7 @@ def truth_summary(rows: list[dict], pairs, calibration: Mapping, fconfig: Mappin
                             flags.append(verdict)
                     per_map[name] = {"passed": _rate([f[0] for f in flags]), "top": _rate([f[1] for f in flags]),
                                      "bottom": _rate([f[2] for f in flags])}
-                pos = [f for m in POSITIVE if m in per_map for f in [per_map[m]["passed"]]]
+                pos = [per_map[m]["passed"] for m in POSITIVE if m in per_map]
                 neg = [per_map[m]["passed"] for m in NEGATIVE if m in per_map]
                 sens_k, sens_n = sum(x["k"] for x in pos), sum(x["n"] for x in pos)
                 spec_n = sum(x["n"] for x in neg)
