@@ -56,7 +56,18 @@ def _same(old, new, path=""):
         for i, (a, b) in enumerate(zip(old, new)):
             _same(a, b, f"{path}[{i}]")
     elif isinstance(old, float) and isinstance(new, float):
-        assert new == pytest.approx(old, rel=1e-6, abs=1e-9), path
+        # float32 embeddings: another kernel or thread count (OMP_NUM_THREADS=1 at start picks other
+        # oneDNN kernels than set_num_threads(1) later) sums in another order, a few ulps per
+        # component, which moves an angle by ~1e-7 rad (measured up to 7e-8); d' divides the margin
+        # by the spread of the K distances (down to ~1e-4 rad here), so it moves by up to ~1e-3
+        # (measured 1.3e-5); reports print it to two decimals. Algorithm 1 (the optimised fill) takes up
+        # to 100 Adam steps on float32 gradients, and those differences compound along the path
+        # (measured 1.2e-6 rad on an AMD EPYC against the record): 1e-5 rad, and 1e-2 for its d'
+        optimised = path.startswith("optimised")
+        if path.endswith("d_prime"):
+            assert new == pytest.approx(old, rel=1e-4, abs=1e-2 if optimised else 1e-3), path
+        else:
+            assert new == pytest.approx(old, rel=1e-6, abs=1e-5 if optimised else 1e-6), path
     else:
         assert old == new, path
 
@@ -65,7 +76,8 @@ def _same(old, new, path=""):
 def test_staged_test_gives_the_recorded_results(name, one_thread):
     """The same verdicts and numbers as ``falsification_test`` before it was split into stages
     (recorded in tests/data/falsification_golden.json; on the machine that recorded them they
-    are equal bit for bit, counterfactuals included)."""
+    are equal bit for bit, counterfactuals included; on other CPUs and thread counts the numbers
+    agree to float32's rounding, see :func:`_same`)."""
     new = json.loads(json.dumps(cases.run_case(name)))
     _same(GOLDEN[name], new, name)
 
