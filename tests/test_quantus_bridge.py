@@ -65,6 +65,18 @@ def test_wrapper_with_threshold_puts_the_decision_in_argmax(tiny_model):
     assert 0 < (out.argmax(1) == 0).sum() < 6  # both decisions occur
 
 
+@needs_quantus
+def test_quantus_sees_the_similarity(tiny_model):
+    """Through Quantus's own model interface (what every metric calls), as the bridge calls it."""
+    from quantus.helpers.utils import get_wrapped_model
+
+    x, b = images(4, 9), images(1, 10)[0]
+    wrapped = get_wrapped_model(qb.SimilarityModule(tiny_model, b), channel_first=True, softmax=False)
+    pred = wrapped.predict(x.numpy())
+    assert pred.shape == (4, 1)
+    np.testing.assert_allclose(pred[:, 0], hand_cosines(tiny_model, x, b), atol=TOL, rtol=0)
+
+
 def test_a_randomised_copy_embeds_the_reference_with_its_own_weights(tiny_model):
     b = images(1, 4)[0]
     sim = qb.SimilarityModule(tiny_model, b)
