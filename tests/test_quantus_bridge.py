@@ -183,3 +183,21 @@ def test_efficient_mprt_scores_a_model_blind_map_zero(quadrant):
     sal = get_explainer("saliency", model)(x[None], model(y[None]).detach())[0]
     m = qb.make_metric("efficient-mprt", (32, 32))
     assert qb.score_pair("efficient-mprt", m, model, x, y, sal, method="saliency") != 0.0
+
+
+@needs_quantus
+def test_quantus_scores_table_skips_pairs_road_cannot_use(quadrant):
+    model, x, on, off = quadrant
+    xs = torch.stack([x, images(1, 11)[0]])
+    maps = {"right": torch.stack([on, on]), "wrong": torch.stack([off, off])}
+    params = {"region-perturbation": dict(patch_size=8, fraction=0.25), "road": dict(percentages=(5, 10, 20))}
+    rows = qb.quantus_scores(model, xs, xs, maps, metrics=("region-perturbation", "road"), threshold=0.999,
+                             accepted=[True, False], params=params)
+    table = qb.summarise_scores(rows)
+    assert {(r["method"], r["metric"], r["pair"]) for r in rows if r["metric"] == "road"} == {
+        ("right", "road", 0), ("wrong", "road", 0)}  # the second pair is not accepted: no ROAD
+    assert table["right"]["region-perturbation"]["n"] == 2 and table["right"]["road"]["n"] == 1
+    assert table["right"]["region-perturbation"]["mean"] > table["wrong"]["region-perturbation"]["mean"] == 0.0
+    assert table["wrong"]["road"]["mean"] == 1.0 > table["right"]["road"]["mean"]
+    with pytest.raises(ValueError, match="threshold= and accepted="):
+        qb.quantus_scores(model, xs, xs, maps, metrics=("road",))
