@@ -16,7 +16,10 @@ its p-value, over all methods and over the real ones (controls left out). FR is 
 map; each metric's faithful direction is in the table, and "agrees" is the sign tau has when the
 two rank the methods alike.
 
-    python benchmarks/quantus_compare.py --n-pairs 30 --run /tmp/run61-n30
+    python benchmarks/quantus_compare.py --n-pairs 30 --run /tmp/run61-n30 --pairs 10 --workers 2
+
+``--pairs K`` scores the first K pairs of the run's sample only (FR then counts the run's verdicts
+on those K pairs); ``--workers`` runs the metrics in that many processes of one torch thread each.
 """
 from __future__ import annotations
 
@@ -52,6 +55,19 @@ def ensure_run(run: Path, data: str, n_pairs: int, seed: int, methods, model: st
     return json.loads(summary.read_text())
 
 
+def metric_rows(job):
+    """One metric on every map, in a worker process of one torch thread: (metric, rows, seconds)."""
+    model_name, metric, a, b, maps, options, threshold, accepted, seed = job
+    torch.set_num_threads(1)
+    from falsify.falsification import quantus_bridge as qb
+    from falsify.models import load_model
+
+    t = time.perf_counter()
+    rows = qb.quantus_scores(load_model(model_name), a, b, maps, metrics=(metric,), options=options,
+                             threshold=threshold, accepted=accepted, seed=seed)
+    return metric, rows, time.perf_counter() - t
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "lfw-sample"))
@@ -61,6 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     ap.add_argument("--run", type=Path, required=True, help="a 6.1 run folder (made when it holds no summary.json)")
     ap.add_argument("--metrics", default=None, help="comma-separated subset of the bridge's METRICS")
+    ap.add_argument("--pairs", type=int, default=None, help="score the first K pairs of the run only")
+    ap.add_argument("--workers", type=int, default=1, help="processes for the metrics (one torch thread each)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     ap.add_argument("--json", type=Path, default=None, help="also write every score here")
     args = ap.parse_args(argv)
 
@@ -75,25 +94,32 @@ def main(argv=None) -> int:
     from falsify.models import load_model
 
     qb.import_quantus()  # one line naming the install, before any work
+    torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     metrics = qb.METRICS if args.metrics is None else tuple(m.strip() for m in args.metrics.split(","))
     t_all = time.perf_counter()
     t = time.perf_counter()
     summary = ensure_run(args.run, args.data, args.n_pairs, args.seed, methods, args.model)
     print(f"6.1 run: {args.run} ({time.perf_counter() - t:.0f} s)", flush=True)
-    fr = {r["method"]: r["fr"] for r in summary["methods"]}
-    missing = [m for m in methods if m not in fr]
+    missing = [m for m in methods if m not in {r["method"] for r in summary["methods"]}]
     if missing:
         raise SystemExit(f"{args.run} has no 6.1 rows of {', '.join(missing)}: pass another --run or those --methods")
     threshold = float(summary["calibration"]["threshold_cos"])
     with ResultsStore(args.run / "results.sqlite") as store:
         prior = Prior.from_dict(store.get_meta("prior")).map()
-        run_pairs = {r["pair"] for r in store.rows("6.1", args.model)}
+        run_rows = store.rows("6.1", args.model)
 
     model = load_model(args.model)
-    pairs = load_pairs(args.data, n_pairs=args.n_pairs, seed=args.seed)
-    if {p.id for p in pairs} != run_pairs:
+    pairs = list(load_pairs(args.data, n_pairs=args.n_pairs, seed=args.seed))
+    if {p.id for p in pairs} != {r["pair"] for r in run_rows}:
         raise SystemExit(f"the pairs of {args.run} are not --n-pairs {args.n_pairs} --seed {args.seed} of {args.data}")
+    pairs = pairs[: args.pairs]
+    ids = {p.id for p in pairs}
+    fr = {}
+    for m in methods:  # FR = falsified / (passed + falsified) over these pairs' verdicts in the run
+        v = [r["verdict"] for r in run_rows if r["method"] == m and r["pair"] in ids]
+        tested = [x for x in v if x in ("passed", "falsified")]
+        fr[m] = sum(x == "falsified" for x in tested) / len(tested)
     a = torch.stack([load_image(p.a, model.input_size, model.aligner) for p in pairs])
     b = torch.stack([load_image(p.b, model.input_size, model.aligner) for p in pairs])
     with torch.no_grad():
@@ -120,14 +146,24 @@ def main(argv=None) -> int:
     seconds["deletion curves"] = time.perf_counter() - t
 
     rows = []
-    for metric in metrics:
-        t = time.perf_counter()
-        options = {m: ({"prior": prior} if m == "centre" else {"seed": args.seed} if m == "random"
-                       else MPRT_OPTIONS.get(m, {})) for m in methods}
-        rows += qb.quantus_scores(model, a, b, maps, metrics=(metric,), options=options, threshold=threshold,
-                                  accepted=accepted, seed=args.seed)
-        seconds[metric] = time.perf_counter() - t
-        print(f"{metric}: {seconds[metric]:.0f} s", flush=True)
+    options = {m: ({"prior": prior} if m == "centre" else {"seed": args.seed} if m == "random"
+                   else MPRT_OPTIONS.get(m, {})) for m in methods}
+    # the longest first: EfficientMPRT re-explains (occlusion twice per pair), then 50 subsets per map
+    order = sorted(metrics, key=lambda m: ["efficient-mprt", "faithfulness-correlation"].index(m)
+                   if m in ("efficient-mprt", "faithfulness-correlation") else 2)
+    jobs = [(args.model, m, a, b, maps, options, threshold, accepted, args.seed) for m in order]
+    if args.workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = list(pool.map(metric_rows, jobs))
+    else:
+        done = map(metric_rows, jobs)
+    for metric, metric_rows_, secs in done:
+        rows += metric_rows_
+        seconds[metric] = secs
+        print(f"{metric}: {secs:.0f} s", flush=True)
     scores = qb.summarise_scores(rows)
 
     columns = [("deletion area", "lower", {m: deletion[m]["mean_area"] for m in methods},
