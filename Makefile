@@ -20,11 +20,14 @@ venv: $(VENV)/.installed
 # needs its Conv/Gemm/... converters, so it is installed without dependencies.
 # facenet-pytorch (tests only: falsify's facenet against its InceptionResnetV1) declares torch
 # and torchvision too; the test imports the one module file it needs, so no dependencies either.
+# quantus (the Quantus comparison and its test) declares opencv-python, which clashes with the
+# pinned headless OpenCV: its other dependencies come with the quantus extra, itself without any.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0 -e '.[test,ray]'
+	$(PIP) install -q torch==2.13.0 -e '.[test,ray,quantus]'
 	$(PIP) install -q --no-deps onnx2torch==1.5.15
 	$(PIP) install -q --no-deps facenet-pytorch==2.6.0
+	$(PIP) install -q --no-deps quantus==0.6.0
 	touch $@
 
 run: venv
