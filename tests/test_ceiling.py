@@ -155,3 +155,50 @@ def test_refinement_never_lowers_the_screening_start():
     (r2,) = ceiling_search(model, x, None, _config())
     assert r2.d_high_search >= r0.d_high_search and r2.d_low_search <= r0.d_low_search
     assert math.isfinite(r2.d_high_search)
+
+
+# --- experiment 6.1 ------------------------------------------------------------------------------
+
+def test_a_6_1_run_has_the_ceiling_and_the_table_its_column(lfw_sample, tmp_path):
+    """A small 6.1 run (2 pairs, a 7 x 7 grid, fixed thresholds): the ceiling's rows under their
+    own key, never among the methods; the summary's section; table 6.1's column; a rerun resumes."""
+    from falsify.experiments import ResultsStore, RunConfig, Runner
+    from falsify.experiments import exp_6_1 as E61
+    from falsify.experiments.ceiling import CEILING_OF
+
+    base = dict(data=str(lfw_sample), methods=["saliency", "random"], n_pairs=2, grid=7, out=str(tmp_path / "run"),
+                tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=0, preset="plain")
+    logs = []
+    runner = Runner(RunConfig(**base), progress=False, log=logs.append)
+    summary = runner.run()
+    c = summary["ceiling"]
+    assert [m["method"] for m in summary["methods"]] == ["saliency", "random"]  # not a method
+    assert not any("ceiling" in (x["method"], x["against"]) for x in summary["comparisons"])
+    assert c["n_pairs"] == 2 and c["n_error"] == 0 and c["n_passed"] + c["n_falsified"] + c["n_untestable"] == 2
+    assert set(c["fr_where_ceiling_passes"]) == {"saliency", "random"}
+    with ResultsStore(tmp_path / "run" / "results.sqlite") as store:
+        rows = store.rows(CEILING_OF, "dlib-resnet")
+        verdicts = {r["pair"]: r["verdict"] for r in rows}
+        m_rows = store.rows("6.1", "dlib-resnet", ["saliency"])
+    assert len(rows) == 2 and all(r["method"] == "ceiling" for r in rows)
+    passes = {p for p, v in verdicts.items() if v == "passed"}
+    sal = [r["verdict"] for r in m_rows if r["pair"] in passes and r["verdict"] in ("passed", "falsified")]
+    w = c["fr_where_ceiling_passes"]["saliency"]
+    assert w["n"] == len(sal) and w["n_falsified"] == sal.count("falsified")
+    header, cells = E61.table_6_1_cells(summary)
+    assert header[header.index("FR % [95% CI]") + 1] == E61.CEILING_COLUMN
+    assert "The test's ceiling" in E61.table_6_1_tex(summary)
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "FR where<br>ceiling passes" in html and "The test&#x27;s ceiling" in html
+    text = E61.EXPERIMENT.text(summary)
+    assert "FR% where ceiling passes" in text and "\nceiling " in text
+    # resuming computes nothing: every ceiling row is stored
+    from falsify.experiments.ceiling import RowsCeiling
+
+    with ResultsStore(tmp_path / "run" / "results.sqlite") as store:
+        assert runner.session.compute_rows(store, RowsCeiling(runner.session.context(CEILING_OF))) == 0
+    assert any("ceiling of all 2 pairs is already in the store" in str(x) for x in logs)
+    # an older summary, without the ceiling: no column, no sentence
+    old = {k: v for k, v in summary.items() if k != "ceiling"}
+    assert E61.CEILING_COLUMN not in E61.table_6_1_cells(old)[0]
+    assert "ceiling" not in E61.table_6_1_tex(old) and "ceiling" not in E61.EXPERIMENT.text(old)

@@ -172,13 +172,15 @@ class _Image:
         values = self.values[stream][: samples or None]
         k = values.shape[0]
         embedder = BatchedEmbedder(self.model, self.config.batch_size, k * len(sets), self.device)
-        x = self.x.unsqueeze(0)
-        for s in sets:
-            member = torch.zeros(self.n, dtype=torch.bool)
+        member = torch.zeros(len(sets), self.n, dtype=torch.bool)
+        for i, s in enumerate(sets):
             if s:
-                member[list(s)] = True
-            mask = member[self.segments].view(1, 1, *self.segments.shape)
-            embedder.add(torch.where(mask, values, x))
+                member[i, list(s)] = True
+        step = max(1, self.config.batch_size // k)  # about one forward pass of counterfactuals at a time
+        for start in range(0, len(sets), step):
+            masks = member[start : start + step][:, self.segments]  # (n, H, W)
+            cf = torch.where(masks[:, None, None], values.unsqueeze(0), self.x)  # (n, k, 3, H, W)
+            embedder.add(cf.reshape(-1, *self.x.shape))
         emb = embedder.finish().double()
         self.n_embedded += k * len(sets)
         d = distances(self.f_x, emb, self.ref, self.config.target).view(len(sets), k)
