@@ -32,7 +32,7 @@ The search (:func:`ceiling_search`), per image:
 The greedy search is a lower bound on the true optimum (the best of C(F, k) sets is not
 searched): "the ceiling is falsified" means the search found no passing map, not that none
 exists. With the defaults, on a 14 x 14 grid at q = 0.1 (about 20 cells per region) and a
-deterministic fill, it embeds about 196 + 2 x (1 + 2 x 44) counterfactuals per image at most
+deterministic fill, it embeds at most about 196 + 2 x (1 + 2 x 40) = 358 counterfactuals per image
 (docs/method.md, "The test's ceiling").
 
 Only quantile regions at grid or superpixel granularity and the fills that need no model
