@@ -202,3 +202,23 @@ def test_a_6_1_run_has_the_ceiling_and_the_table_its_column(lfw_sample, tmp_path
     old = {k: v for k, v in summary.items() if k != "ceiling"}
     assert E61.CEILING_COLUMN not in E61.table_6_1_cells(old)[0]
     assert "ceiling" not in E61.table_6_1_tex(old) and "ceiling" not in E61.EXPERIMENT.text(old)
+
+
+def test_table_6_1_of_a_run_whose_ceiling_was_not_searched():
+    """A test the search does not support: the summary says why, the table has no ceiling column,
+    and the text says why; a ceiling whose pairs all failed prints as n/a, not as numbers."""
+    from falsify.experiments import exp_6_1 as E61
+
+    method = {"method": "saliency", "n_passed": 1, "n_falsified": 1, "n_untestable": 0, "n_error": 0, "fr": 0.5,
+              "ci_low": 0.09, "ci_high": 0.91, "mean_d_high": 0.3, "mean_d_low": 0.1, "mean_d_prime": None,
+              "seconds_per_pair": 0.1}
+    summary = {"experiment": "6.1", "model": "m", "data": {"n_pairs": 2}, "methods": [method],
+               "ceiling": {"skipped": "the ceiling search needs quantile regions"}}
+    assert E61.CEILING_COLUMN not in E61.table_6_1_cells(summary)[0]
+    assert "the test's ceiling was not searched: the ceiling search needs quantile regions" in E61.EXPERIMENT.text(summary)
+    summary["ceiling"] = {"n": 0, "n_passed": 0, "n_falsified": 0, "n_untestable": 0, "n_error": 2,
+                          "share_falsified": None, "ci_low": None, "ci_high": None, "fr_where_ceiling_passes": {}}
+    header, cells = E61.table_6_1_cells(summary)
+    assert cells[0][header.index(E61.CEILING_COLUMN)] is None
+    assert E61.ceiling_sentence(summary) == "The test's ceiling: no pair had a testable ceiling."
+    assert "ceiling                0     0      0    2    n/a [  n/a,  n/a]" in E61.EXPERIMENT.text(summary)
