@@ -92,6 +92,11 @@ def test_beyond_prior_judges_the_ceiling_against_the_prior():
     cfg = _config(criterion="beyond-prior", delta=0.0)
     (r,) = ceiling_search(model, x, None, cfg, prior=prior)
     assert r.verdict == "passed" and r.result.prior_d_high == pytest.approx(0.0, abs=1e-6)
+    # a random prior: the prior's own regions start the search too, so the ceiling never falls below it
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        (rr,) = ceiling_search(model, x, None, cfg, prior=torch.rand(SIZE, SIZE, generator=g))
+        assert rr.result.excess >= -1e-6
     assert r.result.excess == pytest.approx(r.result.margin)
     # a prior that already ranks the planted cell on top leaves nothing to beat it by
     prior = ceiling_map(feature_segments(SIZE, SIZE, "grid", grid=GRID), r.high_features, r.low_features)

@@ -16,6 +16,8 @@ The search (:func:`ceiling_search`), per image:
 2. **Start.** The features ranked by e_c (ties in a random order from the pair's
    ``STREAM_REGIONS`` generator) make a map; the region rule on it gives the starting S_high
    (the top, as many features as the rule takes) and S_low (the bottom, among the others).
+   When a ``prior`` map is given (the beyond-prior criterion), the prior's own regions are a
+   second start, kept where they are better, so the ceiling never starts below the prior.
 3. **Refinement** (``rounds`` rounds per region, S_high first, then S_low among the features
    not in S_high). A round measures, with the test's own counterfactuals (all K samples), how
    much removing each feature of the set changes its distance, and how much adding each of the
@@ -197,14 +199,17 @@ def _regions(m: torch.Tensor, segments: torch.Tensor, config, pair_id: int) -> R
                         generator=pair_generator(config.seed, pair_id, STREAM_REGIONS))
 
 
-def _refine(img: _Image, start: frozenset, stream: str, sign: float, order: Sequence[int], allowed, valid,
-            search: CeilingSearch) -> tuple[frozenset, float]:
-    """Local search from ``start`` maximising ``sign`` x distance: measure each member's removal
-    and each of the ``pool`` best allowed outside candidates' addition (``order``: best first),
-    try swapping the weakest members for the strongest candidates, keep the best swap that
-    ``valid`` allows if it improves."""
-    best_set = start
-    best = sign * img.d([start], stream)[0]
+def _refine(img: _Image, starts: Sequence[frozenset], stream: str, sign: float, order: Sequence[int], allowed,
+            valid, search: CeilingSearch) -> tuple[frozenset, float]:
+    """Local search maximising ``sign`` x distance from the best of ``starts`` (the first always
+    counts; the others only when ``valid``): measure each member's removal and each of the
+    ``pool`` best allowed outside candidates' addition (``order``: best first), try swapping the
+    weakest members for the strongest candidates, keep the best swap that ``valid`` allows if it
+    improves."""
+    starts = [starts[0]] + [s for s in dict.fromkeys(starts[1:]) if s != starts[0] and valid(s)]
+    v = [sign * x for x in img.d(starts, stream)]
+    i = max(range(len(v)), key=lambda i: v[i])
+    best_set, best = starts[i], v[i]
     sizes = img.sizes.tolist()
     for _ in range(search.rounds):
         members = sorted(best_set)
@@ -308,8 +313,11 @@ def ceiling_search(
             return r.testable and _features(r.high, segments) == s
 
         # 3. refinement: S_high up, then S_low down among the features not in S_high
-        high, d_high = _refine(img, _features(start.high, segments), "high", 1.0, order, lambda c: True,
-                               valid_high, search)
+        # under beyond-prior the prior map's own regions start too: the ceiling is then never below the prior
+        prior_reg = None if prior is None else _regions(torch.as_tensor(prior).float(), segments, config, pid)
+        prior_reg = prior_reg if prior_reg is not None and prior_reg.testable else None
+        high_starts = [_features(start.high, segments)] + ([_features(prior_reg.high, segments)] if prior_reg else [])
+        high, d_high = _refine(img, high_starts, "high", 1.0, order, lambda c: True, valid_high, search)
         rest_order = [c for c in reversed(order) if c not in high]  # the low candidates, least effect first
         # the S_low start: the rule's S_low of a map with S_high on top (the largest other feature next to
         # it, as in the ceiling map) and the others ranked by their effect, least first
@@ -318,10 +326,13 @@ def ceiling_search(
         low0 = _features(_regions(start_map.float()[segments], segments, config, pid).low, segments)
 
         def valid_low(s: frozenset) -> bool:
+            if s & high:
+                return False
             r = _regions(ceiling_map(segments, sorted(high), sorted(s)), segments, config, pid)
             return r.testable and _features(r.high, segments) == high and _features(r.low, segments) == s
 
-        low, d_low = _refine(img, low0, "low", -1.0, rest_order, lambda c: c not in high, valid_low, search)
+        low_starts = [low0] + ([_features(prior_reg.low, segments)] if prior_reg else [])
+        low, d_low = _refine(img, low_starts, "low", -1.0, rest_order, lambda c: c not in high, valid_low, search)
         m = ceiling_map(segments, sorted(high), sorted(low))
         check = _regions(m, segments, config, pid)
         if _features(check.high, segments) != high or _features(check.low, segments) != low:
