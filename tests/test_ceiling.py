@@ -203,6 +203,18 @@ def test_a_6_1_run_has_the_ceiling_and_the_table_its_column(lfw_sample, tmp_path
     with ResultsStore(tmp_path / "run" / "results.sqlite") as store:
         assert runner.session.compute_rows(store, RowsCeiling(runner.session.context(CEILING_OF))) == 0
     assert any("ceiling of all 2 pairs is already in the store" in str(x) for x in logs)
+    # --no-ceiling: nothing searched, no section (the flag reaches RunConfig.ceiling)
+    import dataclasses
+
+    from falsify.cli import build_parser
+
+    args = build_parser().parse_args(["run", "6.1", "--no-ceiling"])
+    assert args.no_ceiling and not build_parser().parse_args(["run", "6.1"]).no_ceiling
+    off = dataclasses.replace(runner.session, config=RunConfig(**base, ceiling=False), executor=None)
+    section: dict = {}
+    with ResultsStore(tmp_path / "run" / "results.sqlite") as store:
+        E61.EXPERIMENT.extend(off, store, section)  # the flag ignored, the stored rows would make a section
+    assert section == {}
     # an older summary, without the ceiling: no column, no sentence
     old = {k: v for k, v in summary.items() if k != "ceiling"}
     assert E61.CEILING_COLUMN not in E61.table_6_1_cells(old)[0]
