@@ -279,7 +279,8 @@ def ceiling_search(
     if len(pair_ids) != b:
         raise ValueError(f"pair_ids needs one id per image ({b}), got {len(pair_ids)}")
     device = model_device(model)
-    f_x = embed(model, images, config.batch_size, device)
+    # f(x) of each image alone, so the search of an image never depends on the images beside it
+    f_x = torch.cat([embed(model, images[i : i + 1], config.batch_size, device) for i in range(b)])
     fill = fill_for(config)
     maps, found = [], []
     for i in range(b):
