@@ -1,4 +1,4 @@
-"""Every experiment's own rows (6.3, 6.5, 6.6, the validity study) go through the executor layer:
+"""Every experiment's own rows (6.3, 6.5, 6.6, the validity study, the known-truth benchmark) go through the executor layer:
 on ``--executor ray``, with a worker killed in the middle of one of that experiment's units, the
 store holds exactly the rows of an in-process run (same keys; verdicts equal, numbers within
 1e-5), each once.
@@ -100,6 +100,8 @@ def _settings(experiment: str, data, model, out) -> dict:
     if experiment == "6.6":
         return {**base, **fixed, "methods": ["gradcam", "biometric-gradcam", "random"],
                 "method_options": {"biometric-gradcam": {"threshold": 0.5}}}
+    if experiment == "known-truth":
+        return {**base, "prior_images": 4, "prior_grid": 5, "calibration_pairs": 40, "methods": ["saliency"]}
     return {**base, "K": 2, "prior_images": 4, "prior_grid": 5, "calibration_pairs": 40, "methods": ["ig"],
             "method_options": {"ig": {"steps": 8, "tolerance": None}}}
 
@@ -111,7 +113,7 @@ def _rows(out: Path, experiment: str) -> list[tuple]:
     return [(*r[:-1], json.loads(r[-1]) if r[-1] else None) for r in rows]
 
 
-@pytest.mark.parametrize("experiment", ["6.3", "6.5", "6.6", "validity"])
+@pytest.mark.parametrize("experiment", ["6.3", "6.5", "6.6", "validity", "known-truth"])
 def test_killed_worker_then_rows_equal_in_process(experiment, lfw_sample, tiny_model, tmp_path, ray_here,
                                                   monkeypatch):
     from falsify.experiments.ray_executor import RayExecutor

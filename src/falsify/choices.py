@@ -48,7 +48,7 @@ PRESET_NAMES: tuple[str, ...] = ("beyond-prior", "plain")
 TARGETS: tuple[str, ...] = ("embedding", "pair")
 
 #: Experiments ``falsify run`` knows.
-EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "validity")
+EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "validity", "known-truth")
 
 #: ``falsify run --executor``: who computes every experiment's rows (``falsify.experiments.executor``); the first is the default.
 EXECUTORS: tuple[str, ...] = ("in-process", "ray")
@@ -81,3 +81,12 @@ def split_checkpoint(name) -> tuple[str, str] | None:
         return None
     arch, sep, path = name.partition(":")
     return (arch, path) if sep and arch in CHECKPOINT_ARCHS else None
+
+#: ``falsify run known-truth``: how a composite is made (a part of the donor on image A, or on the
+#: average face), and which parts it takes (falsify.experiments.known_truth)
+TRUTH_CONSTRUCTIONS: tuple[str, ...] = ("swap", "average")
+TRUTH_PARTS: tuple[str, ...] = ("eyes", "eyes+nose", "inner")
+#: the methods the known-truth benchmark runs when none are given: the gradient and CAM methods
+#: that cost little, and the controls
+TRUTH_METHODS: tuple[str, ...] = ("saliency", "gradient-x-input", "gradcam", "gradcam++", "biometric-gradcam",
+                                  "random", "centre", "edge")

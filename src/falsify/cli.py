@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .choices import (ALIGN_CHOICES, CRITERIA, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
+from .choices import (TRUTH_CONSTRUCTIONS, TRUTH_PARTS, ALIGN_CHOICES, CRITERIA, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
                       STRATIFY_CHOICES, TARGETS)
 from .paths import OutOfSpaceError, check_writable, is_out_of_space, space_guard
 
@@ -499,7 +499,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "other_reference": args.other_reference or None, "deletion": args.deletion or None,
         "labels": args.labels, "stratify": args.stratify, "models": getattr(args, "models", None),
         "executor": args.executor, "ray_address": args.ray_address, "workers": args.workers,
-        "calibrate_on": args.calibrate_on, "ceiling": False if args.no_ceiling else None,
+        "calibrate_on": args.calibrate_on, "truth": args.truth, "truth_parts": args.truth_parts,
+        "truth_min_effect": args.truth_min_effect, "ceiling": False if args.no_ceiling else None,
     }
     config = RunConfig.resolve(config_file=args.config, **overrides)
     executor = make_executor(config, verbose=args.verbose)  # no ray: one line naming the fix, before any work
@@ -665,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
         "6.4: across models; "
         "6.5: convergence of the optimised fill and sample size; 6.6: biometric vs standard methods, identity "
         "preservation of the counterfactuals and fairness by gender and race; validity: does the test falsify maps that "
-        "cannot be right?)",
+        "cannot be right?; known-truth: does it pass maps that are right? composites whose evidence is known)",
         description="Runs every (method, pair) falsification test into OUT/results.sqlite, one row "
         "committed as each is computed: running the same command again resumes, and an interrupted "
         "run loses at most the rows in flight. Then writes OUT/summary.json, OUT/tables/*.tex, "
@@ -727,6 +728,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stratify", choices=STRATIFY_CHOICES,
                    help="sample the pairs balanced by this attribute of image A (half female, half male; needs "
                    "--labels; pairs whose A is unlabelled are not sampled)")
+    p.add_argument("--truth", choices=TRUTH_CONSTRUCTIONS,
+                   help="known-truth: how a composite is made from an impostor pair (A, B): B's parts blended into "
+                   "the average face of untested images (average, default) or into A (swap)")
+    p.add_argument("--truth-parts", choices=TRUTH_PARTS,
+                   help="known-truth: the parts of B blended in (inner: eyes, nose and mouth, default; eyes+nose; eyes)")
+    p.add_argument("--truth-min-effect", type=_number, metavar="RAD",
+                   help="known-truth: leave out composites that move the pair's angle to B by less than this "
+                   "(radians; default 0: every composite moved closer or not is kept)")
     _add_calibrate_on(p)
     p.add_argument("--batch-pairs", type=_whole(1), help="pairs explained together (default 8)")
     p.add_argument("--retry-errors", action="store_true",

@@ -574,6 +574,11 @@ class Experiment61(Experiment):
         lines = [_run_table(summary)]
         if any(m.get("deletion") for m in summary.get("methods") or []):
             lines += ["", _deletion_table(summary)]
+        tv = summary.get("test_validity")
+        if isinstance(tv, Mapping):
+            lines.append(f"the test on this model, from the known-truth benchmark: sensitivity {100 * tv['sensitivity']:.0f}%,"
+                         f" specificity {100 * tv['specificity']:.0f}% ({tv['command']})" if tv.get("measured")
+                         else f"the test on this model: {tv['reason']}")
         return "\n".join(lines)
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..choices import EXPERIMENTS as NAMES
-from . import exp_6_1, exp_6_2, exp_6_3, exp_6_4, exp_6_5, exp_6_6, validity
+from . import exp_6_1, exp_6_2, exp_6_3, exp_6_4, exp_6_5, exp_6_6, known_truth, validity
 from .base import Experiment
 
 #: name -> experiment, in report order
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e for e in (exp_6_1.EXPERIMENT, exp_6_2.EXPERIMENT, exp_6_3.EXPERIMENT, exp_6_4.EXPERIMENT, exp_6_5.EXPERIMENT,
-                      exp_6_6.EXPERIMENT, validity.EXPERIMENT)
+                      exp_6_6.EXPERIMENT, validity.EXPERIMENT, known_truth.EXPERIMENT)
 }
 
 if tuple(EXPERIMENTS) != NAMES:  # pragma: no cover - a programming error, caught by the tests too

@@ -25,9 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..choices import (ALIGN_CHOICES, CONTROLS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS, OTHER_REFERENCE,
+from ..choices import (TRUTH_METHODS, ALIGN_CHOICES, CONTROLS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS, OTHER_REFERENCE,
                        RANDOM_MODEL, STRATIFY_CHOICES)
 from ..data import load_pairs
+from ..data.errors import DataError
 from ..data.pairs import Pair, PairSet
 from ..models.base import model_device
 from ..paths import check_writable, space_guard
@@ -144,16 +145,20 @@ class RunConfig:
     executor: str = "in-process"  # who computes the rows: in-process, or ray (falsify.experiments.executor)
     ray_address: str | None = None  # --executor ray: the cluster to join (ADDRESS or auto; default: start one here)
     workers: int | None = None  # --executor ray: Ray workers (default: one per CPU Ray has)
+    truth: str | None = None  # known-truth: the composites' construction (swap, average; default average)
+    truth_parts: str | None = None  # known-truth: the donor's parts (eyes, eyes+nose, inner; default inner)
+    truth_min_effect: float = 0.0  # known-truth: composites moving the pair less than this (rad) are left out
 
     #: settings that change results: a store made with other values is not resumed
     RESULT_KEYS = (
         "data", "pairs", "model", "input_size", "mean", "std", "n_pairs", "K", "seed", "fill",
         "granularity", "grid", "q", "tau_high", "tau_low", "epsilon", "calibration_pairs", "method_options",
         "criterion", "delta", "prior_images", "prior_grid", "target", "deletion", "align", "stratify", "labels",
-        "models", "calibrate_on",
+        "models", "calibrate_on", "truth", "truth_parts",
     )
     #: the value a setting had before it existed, for stores made by an older falsify
-    LEGACY = {"align": "none", "models": None, "path_rules": "doubling", "calibrate_on": None}
+    LEGACY = {"align": "none", "models": None, "path_rules": "doubling", "calibrate_on": None, "truth": None,
+              "truth_parts": None}
     #: settings of the last invocation that a resumed run keeps unless they are given again
     KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference", "labels")
 
@@ -176,8 +181,12 @@ class RunConfig:
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         if not self.methods or self.methods == ["all"]:
             # 6.6 compares the paired families; other experiments run every method
-            self.methods = [m for f in METHOD_FAMILIES for m in f] if self.experiment == "6.6" and not self.methods \
-                else list(METHODS)
+            if self.experiment == "6.6" and not self.methods:
+                self.methods = [m for f in METHOD_FAMILIES for m in f]
+            elif self.experiment == "known-truth" and not self.methods:
+                self.methods = list(TRUTH_METHODS)
+            else:
+                self.methods = list(METHODS)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
@@ -211,6 +220,7 @@ class RunConfig:
 
             check_folder(self.labels)
         self._check_models()
+        self._check_truth()
         self._check_executor()
         self.falsification_config()  # fill, granularity, q, ... checked by the test's own config
         if isinstance(self.input_size, tuple):
@@ -230,6 +240,28 @@ class RunConfig:
             return
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+    def _check_truth(self) -> None:
+        """``truth``, ``truth_parts``, ``truth_min_effect``: settings of ``known-truth`` only."""
+        from ..choices import TRUTH_CONSTRUCTIONS, TRUTH_PARTS
+
+        if self.experiment != "known-truth":
+            for key, default in (("truth", None), ("truth_parts", None), ("truth_min_effect", 0.0)):
+                if getattr(self, key) != default:
+                    flag = "--" + key.replace("_", "-")
+                    raise ValueError(f"{key} ({flag}) is a setting of the known-truth benchmark; drop it, or run "
+                                     f"known-truth (got experiment {self.experiment})")
+            return
+        self.truth = self.truth or "average"
+        self.truth_parts = self.truth_parts or "inner"
+        if self.truth not in TRUTH_CONSTRUCTIONS:
+            raise ValueError(f"truth must be one of {', '.join(TRUTH_CONSTRUCTIONS)}, got {self.truth!r}")
+        if self.truth_parts not in TRUTH_PARTS:
+            raise ValueError(f"truth_parts must be one of {', '.join(TRUTH_PARTS)}, got {self.truth_parts!r}")
+        if not math.isfinite(self.truth_min_effect):
+            raise ValueError(f"truth_min_effect must be a number of radians, got {self.truth_min_effect}")
+        if self.criterion not in ("beyond-prior", "absolute"):
+            raise ValueError(f"the known-truth benchmark judges the criteria absolute and beyond-prior, not {self.criterion}")
 
     def _check_models(self) -> None:
         """``models``: only for 6.4 (default: two real models and a randomised control); each a
@@ -514,6 +546,13 @@ def load_run_pairs(config: RunConfig) -> PairSet:
     """The pairs of a run: ``n_pairs`` sampled from ``data`` with ``seed`` (balanced by the gender
     of image A with ``stratify``)."""
     c = config
+    if c.experiment == "known-truth":  # composites need a donor of another identity: impostor pairs
+        every = load_pairs(c.data, c.pairs)
+        impostors = PairSet([p for p in every if not p.same], list(every.skipped), every.source, every.n_folds)
+        if not impostors.pairs:
+            raise DataError(f"no impostor pairs in {every.source}: the known-truth benchmark blends a part of B "
+                            "into a face, so B must be another person")
+        return impostors.sample(c.n_pairs, c.seed)
     if c.stratify == "gender":
         from ..data.labels import load_labels, stratified_sample
 
@@ -890,6 +929,9 @@ class Runner:
         session.compute_rows(store, Rows61(session.context(self.rows_of), self.rows_of))
         summary = summarise(store, c, pairs, model.name, self.threshold, elapsed_s=None, started=started)
         summary["alignment"] = self._alignment(pairs)
+        from .truth_table import for_summary
+
+        summary["test_validity"] = for_summary(summary)  # the known-truth benchmark's rates for this test
         from .registry import get
 
         get(c.experiment).extend(session, store, summary)  # 6.2, 6.5, ...: their analysis (and rows) on 6.1's

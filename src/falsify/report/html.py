@@ -296,7 +296,7 @@ def _section_metadata(summary: Mapping) -> str:
 _KNOWN_KEYS = {
     "experiment", "created", "started", "model", "config", "falsification", "calibration", "environment",
     "data", "n_rows", "n_errors", "errors", "elapsed_s", "methods", "comparisons", "controls", "prior",
-    "alignment",
+    "alignment", "test_validity",
 }
 
 

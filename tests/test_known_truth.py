@@ -1,0 +1,189 @@
+"""The known-truth benchmark: composites whose evidence is known, localisation scores with known
+answers, the sensitivity and specificity from rows, and `falsify run known-truth` end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from falsify.experiments import RunConfig
+from falsify.experiments.known_truth import (COMPOSITE, Construction, composite, config_key, configs, truth_maps,
+                                             truth_summary, wrong_region)
+from falsify.falsification.localisation import localisation, pointing_hit, rank_share, top_share, truth_auc
+
+SIZE = (112, 112)
+# five landmarks of an aligned face at 112 x 112 (arcface-112's template)
+POINTS = np.array([[38.29, 51.70], [73.53, 51.50], [56.03, 71.74], [41.55, 92.37], [70.73, 92.20]])
+
+
+@pytest.mark.parametrize("parts", ["eyes", "eyes+nose", "inner"])
+def test_a_composites_truth_covers_exactly_the_swapped_pixels(parts):
+    con = Construction(POINTS, SIZE, parts)
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(3, *SIZE, generator=g) * 0.4
+    donor = base + 0.5  # differs from the base at every pixel
+    x = composite(base, donor, con.alpha)
+    changed = (x != base).any(dim=0).numpy()
+    assert np.array_equal(changed, con.truth)  # every changed pixel is in the truth, and only those
+    assert torch.equal(x[:, ~torch.from_numpy(con.truth)], base[:, ~torch.from_numpy(con.truth)])
+    core = torch.from_numpy(con.core)
+    assert con.core.any() and (con.core <= con.truth).all()
+    # in the core the donor dominates: alpha >= 1/2
+    assert bool(((x - base)[:, core] >= 0.25 - 1e-6).all())
+
+
+def test_the_wrong_region_has_the_cores_area_and_misses_the_truth():
+    for parts in ("eyes", "eyes+nose", "inner"):
+        con = Construction(POINTS, SIZE, parts)
+        assert con.wrong.sum() == con.core.sum()
+        assert not (con.wrong & con.truth).any()
+    # eyes mirrored across the face's middle row land low on the face
+    con = Construction(POINTS, SIZE, "eyes")
+    assert np.nonzero(con.wrong)[0].mean() > np.nonzero(con.core)[0].mean() + 20
+
+
+def test_wrong_region_refuses_a_truth_that_leaves_no_room():
+    truth = np.ones((10, 10), dtype=bool)
+    truth[0, 0] = False
+    with pytest.raises(ValueError, match="too much of the image"):
+        wrong_region(truth, truth, 5.0)
+
+
+def test_a_map_equal_to_the_truth_localises_perfectly():
+    con = Construction(POINTS, SIZE, "eyes+nose")
+    m = con.truth.astype(np.float32)
+    assert rank_share(m, con.truth) == 1.0
+    assert pointing_hit(m, con.truth) is True
+    assert truth_auc(m, con.truth) == 1.0
+    assert rank_share(1 - m, con.truth) == 0.0 and truth_auc(1 - m, con.truth) == 0.0
+    assert pointing_hit(1 - m, con.truth) is False
+    # a constant map: the tied pixels are shared out, the maximum is everywhere (a miss), AUC one half
+    flat = np.zeros(SIZE)
+    assert rank_share(flat, con.truth) == pytest.approx(con.truth.mean())
+    assert pointing_hit(flat, con.truth) is False and truth_auc(flat, con.truth) == 0.5
+    # the known maps: truth first, then the prior's order
+    maps = truth_maps(con.alpha, con.core, con.wrong, torch.rand(*SIZE, generator=torch.Generator().manual_seed(1)))
+    assert rank_share(maps["truth"].numpy(), con.truth) == 1.0
+    assert localisation(maps["wrong-part"].numpy(), con.truth)["pointing"] is False
+    assert top_share(con.core, con.truth) == 1.0 and top_share(np.zeros(SIZE, bool), con.truth) is None
+
+
+def test_auc_matches_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    g = np.random.default_rng(0)
+    m = np.round(g.random((20, 20)), 1)  # ties
+    t = g.random((20, 20)) < 0.3
+    assert truth_auc(m, t) == pytest.approx(roc_auc_score(t.ravel(), m.ravel()), abs=1e-12)
+
+
+def _rows(verdicts: dict[str, dict[str, tuple[float, float]]], effects: dict[str, float]):
+    """Rows as the store holds them: per pair a composite row, per (configuration, map) distances."""
+    rows = []
+    for pid, eff in effects.items():
+        rows.append({"method": COMPOSITE, "pair": pid, "verdict": "passed", "d_high": None, "d_low": None,
+                     "detail": json.dumps({"effect": eff, "cos_before": 0.5, "cos_after": 0.5 + eff / 2,
+                                           "truth_area": 0.2, "core_area": 0.1})})
+    for name, by_pair in verdicts.items():
+        for pid, (dh, dl) in by_pair.items():
+            for cfg in configs():
+                rows.append({"method": f"{config_key(*cfg)}|{name}", "pair": pid, "verdict": "falsified",
+                             "d_high": dh, "d_low": dl, "detail": json.dumps({"rank_share": 1.0 if name == "truth"
+                                                                              else 0.0})})
+    return rows
+
+
+class _P:
+    def __init__(self, pid):
+        self.id = pid
+
+
+def test_sensitivity_and_specificity_from_rows():
+    pids = [f"p{i}" for i in range(4)]
+    prior = {p: (0.30, 0.10) for p in pids}  # the prior's margin: 0.20
+    truth = {"p0": (0.50, 0.10), "p1": (0.45, 0.05), "p2": (0.40, 0.10), "p3": (0.20, 0.10)}  # margins .4 .4 .3 .1
+    wrong = {p: (0.25, 0.10) for p in pids}  # margin 0.15 < the prior's
+    rows = _rows({"truth": truth, "centre": prior, "wrong-part": wrong}, {p: 0.1 for p in pids})
+    cal = {"tau_high": 0.35, "tau_low": 0.12, "epsilon": 0.2}
+    fc = {"fill": "mean", "q": 0.1, "target": "embedding", "criterion": "beyond-prior", "delta": 0.0}
+    s = truth_summary(rows, [_P(p) for p in pids], cal, fc, ["truth", "wrong-part", "centre"], 0.0)
+    assert s["sensitivity"] == 0.75  # three of four truth maps beat the prior
+    assert s["specificity"] == 1.0  # wrong parts and the prior itself are falsified
+    default = s["default_rates"]
+    assert default["sensitivity"]["n"] == 4 and default["specificity"]["n"] == 8
+    truth_row = next(e for e in s["localisation"] if e["map"] == "truth")
+    assert truth_row["top"]["rate"] == 0.75 and truth_row["bottom"]["rate"] == 1.0  # d_low no larger than the prior's
+    assert truth_row["rank_share"] == 1.0
+    absolute = next(e for e in s["configurations"] if e["criterion"] == "absolute" and e["fill"] == "mean"
+                    and e["q"] == 0.1 and e["target"] == "embedding")
+    # absolute: d_high > 0.35, d_low < 0.12, margin >= 0.2: p0, p1, p2 pass
+    assert absolute["all"]["sensitivity"]["rate"] == 0.75
+    # composites below the minimum effect are left out
+    effects = {"p0": 0.2, "p1": 0.2, "p2": 0.01, "p3": 0.01}
+    s2 = truth_summary(_rows({"truth": truth, "centre": prior, "wrong-part": wrong}, effects),
+                       [_P(p) for p in pids], cal, fc, ["truth", "wrong-part", "centre"], 0.1)
+    assert s2["strength"]["n_kept"] == 2 and s2["sensitivity"] == 1.0
+
+
+def test_truth_settings_belong_to_the_benchmark(lfw_sample):
+    with pytest.raises(ValueError, match="setting of the known-truth benchmark"):
+        RunConfig(experiment="6.1", truth="swap")
+    with pytest.raises(ValueError, match="truth_parts must be one of"):
+        RunConfig(experiment="known-truth", truth_parts="ears")
+    c = RunConfig(experiment="known-truth", data=str(lfw_sample), n_pairs=6)
+    assert c.truth == "average" and c.truth_parts == "inner" and "saliency" in c.methods and "ig" not in c.methods
+    from falsify.experiments.runner import load_run_pairs
+
+    pairs = load_run_pairs(c)
+    assert len(pairs) == 6 and pairs.n_impostor == 6  # composites need a donor of another identity
+
+
+def test_known_truth_end_to_end(lfw_sample, tmp_path, capsys):
+    from falsify.cli import main
+
+    out = tmp_path / "kt"
+    cfg = tmp_path / "small.toml"  # a small prior and calibration keep the test short
+    cfg.write_text("prior_images = 4\nprior_grid = 4\ncalibration_pairs = 24\n")
+    argv = ["run", "known-truth", "--data", str(lfw_sample), "--n-pairs", "2", "--out", str(out), "-q",
+            "--methods", "saliency,centre", "--config", str(cfg), "--truth-min-effect", "-1"]
+    assert main(argv) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "sensitivity" in text and "| truth | known positive |" in text
+    summary = json.loads((out / "summary.json").read_text())
+    kt = summary["known_truth"]
+    for key in ("sensitivity", "specificity"):
+        assert kt[key] is not None and 0.0 <= kt[key] <= 1.0
+    assert kt["strength"]["n"] == 2 and kt["strength"]["effect_median"] is not None
+    assert len(kt["configurations"]) == len(configs()) * 2
+    assert {e["map"] for e in kt["localisation"]} >= {"truth", "wrong-part", "centre", "saliency"}
+    truth = next(e for e in kt["localisation"] if e["map"] == "truth")
+    assert truth["rank_share"] == pytest.approx(1.0, abs=0.05) and truth["pointing"] == 1.0
+    page = (out / "report.html").read_text()
+    assert "Known truth" in page and "table-known-truth" in page
+    assert (out / "figures" / "fig_known_truth.png").is_file()
+    # resumed: nothing computed again; the report rewritten from the summary
+    assert main(argv) == 0 and "already in the store" in capsys.readouterr().out
+    (out / "known_truth.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "known_truth.md").is_file()
+
+
+def test_a_61_summary_reads_the_measured_rates_of_its_test(tmp_path):
+    from falsify.experiments.truth_table import for_summary, measured
+
+    table = tmp_path / "t.json"
+    entry = {"model": "m", "align": "dlib-150", "fill": "mean", "q": 0.1, "target": "embedding",
+             "criterion": "beyond-prior", "delta": 0.0, "sensitivity": 0.9, "specificity": 0.95, "n_positive": 10,
+             "n_negative": 40, "construction": "average", "parts": "inner", "date": "2026-12-02", "command": "c"}
+    table.write_text(json.dumps({"measurements": [entry]}))
+    got = measured("m", "dlib-150", "mean", 0.1, "embedding", "beyond-prior", 0.0, path=table)
+    assert got["measured"] and got["sensitivity"] == 0.9
+    other = measured("m", "dlib-150", "blur", 0.2, "embedding", "absolute", None, path=table)
+    assert not other["measured"] and "this configuration of the test" in other["reason"]
+    assert "this model" in measured("n", "none", "mean", 0.1, "embedding", "beyond-prior", 0.0, path=table)["reason"]
+    summary = {"model": "m", "alignment": {"template": "dlib-150"},
+               "falsification": {"fill": "mean", "q": 0.1, "target": "embedding", "criterion": "beyond-prior",
+                                 "delta": 0.0}}
+    assert for_summary(summary)["measured"] in (True, False)  # the packaged table, whatever it holds
+    assert for_summary({"model": "m"}) is None
