@@ -23,7 +23,7 @@ from .test_experiments import _assert_close
 # fixed thresholds skip calibration; cheap methods; 2 chunks of 2 pairs x 4 methods = 8 Ray units
 SETTINGS = dict(methods=["gradcam", "saliency", "random", "occlusion"], method_options={"occlusion": {"window": 28,
                 "stride": 28}}, n_pairs=4, seed=3, batch_pairs=2, grid_pairs=2, tau_high=0.2, tau_low=0.1,
-                epsilon=0.05, preset="plain")
+                epsilon=0.05, preset="plain", ceiling=False)
 N_ROWS = 16
 
 

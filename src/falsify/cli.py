@@ -500,7 +500,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "labels": args.labels, "stratify": args.stratify, "models": getattr(args, "models", None),
         "executor": args.executor, "ray_address": args.ray_address, "workers": args.workers,
         "calibrate_on": args.calibrate_on, "truth": args.truth, "truth_parts": args.truth_parts,
-        "truth_min_effect": args.truth_min_effect,
+        "truth_min_effect": args.truth_min_effect, "ceiling": False if args.no_ceiling else None,
     }
     config = RunConfig.resolve(config_file=args.config, **overrides)
     executor = make_executor(config, verbose=args.verbose)  # no ray: one line naming the fix, before any work
@@ -718,6 +718,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deletion", action="store_true",
                    help="also a deletion curve per (method, genuine pair the model accepts): cells blurred in the "
                    "map's order until the decision flips (threshold-free; docs/method.md)")
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="6.1: skip the test's ceiling, a greedy search per pair for the best map the test allows "
+                   "(about 350 forward passes per pair; docs/method.md)")
     p.add_argument("--labels", metavar="DIR",
                    help="demographic labels of the images (male_names.txt, female_names.txt, race_by_person.json; "
                    "e.g. ../shared/data/lfw-labels): experiments 6.3 and 6.6 then report the falsification rate by the "

@@ -63,6 +63,47 @@ def control_verdicts(summary: Mapping) -> list[Mapping]:
     return [v for v in summary.get("controls") or [] if isinstance(v, Mapping) and v.get("method") is not None]
 
 
+#: the column of table 6.1 beside the plain FR: the method's FR on the pairs where the test's ceiling passes
+CEILING_COLUMN = "FR where ceiling passes"
+
+
+def ceiling_of(summary: Mapping) -> Mapping | None:
+    """``summary["ceiling"]`` when the run searched the test's ceiling (None for summaries before
+    it, runs with ``--no-ceiling``, and runs whose test the search does not support)."""
+    c = summary.get("ceiling")
+    return c if isinstance(c, Mapping) and isinstance(c.get("fr_where_ceiling_passes"), Mapping) else None
+
+
+def ceiling_cell(summary: Mapping, method: str) -> str | None:
+    """'33.3 [12.1, 64.6] (n=6)': the method's FR on the pairs where the ceiling passes, with its
+    Wilson CI and the number of those pairs its map was testable on; None without one."""
+    c = ceiling_of(summary)
+    row = (c or {}).get("fr_where_ceiling_passes", {}).get(method)
+    if not isinstance(row, Mapping):
+        return None
+    text = fmt_rate_ci(row.get("fr"), row.get("ci_low"), row.get("ci_high"))
+    n = as_float(row.get("n"))
+    return None if text is None else text + ("" if n is None else f" (n={int(n)})")
+
+
+def ceiling_sentence(summary: Mapping) -> str | None:
+    """The line on the ceiling's own result: how often even the best map the search finds is
+    falsified (no map the search finds passes there); None without a ceiling."""
+    c = ceiling_of(summary)
+    if c is None:
+        return None
+    n, n_f = as_float(c.get("n")), as_float(c.get("n_falsified"))
+    if not n:
+        return "The test's ceiling: no pair had a testable ceiling."
+    share, lo, hi = (as_float(c.get(k)) for k in ("share_falsified", "ci_low", "ci_high"))
+    ci = "" if lo is None or hi is None else f" (95% CI {100 * lo:.1f}-{100 * hi:.1f}%)"
+    pct = "" if share is None else f", {100 * share:.1f}%{ci}"
+    return (f"The test's ceiling (the best map a greedy search finds under the test's own regions, fill and "
+            f"criterion) is falsified on {int(n_f)} of {int(n)} pairs{pct}: there no map the search finds passes. "
+            "FR where ceiling passes: each method's FR on the pairs where the ceiling passes (n: those its map was "
+            "testable on). The search is greedy: a lower bound on the best map.")
+
+
 def control_label(name: Any) -> str:
     """'centre', or 'own random model' for a ``METHOD@random-model`` baseline."""
     return OWN_RANDOM_MODEL if str(name).endswith(RANDOM_MODEL) else str(name)
@@ -171,7 +212,8 @@ def table_6_1_cells(summary: Mapping) -> tuple[list[str], list[list[str | None]]
     the controls (:func:`table_6_1_rows`).
 
     Columns: method, passed, falsified, untestable, (errors, only when some method had one),
-    FR % [95% CI], mean d_high, mean d_low (radians), mean d', and the Holm-adjusted McNemar p
+    FR % [95% CI], (where the run searched the test's ceiling: the FR on the pairs where the
+    ceiling passes, :data:`CEILING_COLUMN`), mean d_high, mean d_low (radians), mean d', and the Holm-adjusted McNemar p
     against each of :data:`REFERENCE_METHODS` (``*``: significant); then, where they were run,
     against each of :data:`CONTROL_COLUMNS` and whether the method beats them ("yes", or "no"
     with those it does not beat; from ``summary["controls"]``).
@@ -184,7 +226,8 @@ def table_6_1_cells(summary: Mapping) -> tuple[list[str], list[list[str | None]]
     header = ["Method", "Passed", "Falsified", "Untestable"]
     if errors:
         header.append("Errors")
-    header += ["FR % [95% CI]", "d_high", "d_low", "d'"]
+    ceiling = ceiling_of(summary) is not None
+    header += ["FR % [95% CI]"] + ([CEILING_COLUMN] if ceiling else []) + ["d_high", "d_low", "d'"]
     header += [f"p vs {ref}" for ref in REFERENCE_METHODS + tuple(controls)]
     if verdicts:
         header.append("Beats controls")
@@ -195,8 +238,10 @@ def table_6_1_cells(summary: Mapping) -> tuple[list[str], list[list[str | None]]
         line: list[str | None] = [m, fmt_int(r.get("n_passed")), fmt_int(r.get("n_falsified")), fmt_int(r.get("n_untestable"))]
         if errors:
             line.append(fmt_int(r.get("n_error")))
+        line.append(fmt_rate_ci(fr, lo, hi))
+        if ceiling:
+            line.append(ceiling_cell(summary, m))
         line += [
-            fmt_rate_ci(fr, lo, hi),
             fmt_num(r.get("mean_d_high"), 3),
             fmt_num(r.get("mean_d_low"), 3),
             fmt_num(r.get("mean_d_prime"), 2),
@@ -218,6 +263,7 @@ _HEADER_6_1_TEX = {
     "Untestable": ("Pairs", "", "untest."),
     "Errors": ("Pairs", "", "error"),
     "FR % [95% CI]": (None, r"FR \%", r"[95\% CI]"),
+    CEILING_COLUMN: (None, r"FR \% where", r"ceiling passes"),
     "d_high": (None, "", r"$\bar d_{\mathrm{high}}$"),
     "d_low": (None, "", r"$\bar d_{\mathrm{low}}$"),
     "d'": (None, "", r"$\bar d'$"),
@@ -229,6 +275,7 @@ _HEADER_6_1_TEX = {
 #: HTML's second header line; "p vs ..." columns: Holm-adjusted p).
 _HTML_HEADER_6_1 = {
     "FR % [95% CI]": "FR",
+    CEILING_COLUMN: "FR where<br>ceiling passes",
     "d_high": "mean d<sub>high</sub>",
     "d_low": "mean d<sub>low</sub>",
     "d'": "mean d&prime;",
@@ -237,7 +284,7 @@ _HTML_HEADER_6_1 = {
 }
 _HTML_UNIT_6_1 = {
     "Method": "", "Passed": "pairs", "Falsified": "pairs", "Untestable": "pairs", "Errors": "pairs",
-    "FR % [95% CI]": "% [95% CI]", "d_high": "rad", "d_low": "rad", "d'": "pooled SD", "Beats controls": "",
+    "FR % [95% CI]": "% [95% CI]", CEILING_COLUMN: "% [95% CI] (n)", "d_high": "rad", "d_low": "rad", "d'": "pooled SD", "Beats controls": "",
 }
 
 
@@ -313,6 +360,7 @@ def table_6_1(summary: Mapping):
         + r" $p$: exact McNemar test on the pairs where both methods are testable, Holm-adjusted"
         r" (* significant at $\alpha = 0.05$); -- not applicable."
         + _controls_tex(summary, header)
+        + ("" if ceiling_sentence(summary) is None else " " + latex_escape(ceiling_sentence(summary)))
     )
     split = flags.index(True) if True in flags else None
     return Table(
@@ -500,7 +548,27 @@ class Experiment61(Experiment):
             "comparisons": to_html(comparisons_table(summary)) if comps else None,
             "with_beats": any("beats" in c for c in comps),
             "headline": headline(summary),
+            "ceiling_sentence": ceiling_sentence(summary),
         }
+
+    def extend(self, session, store, summary: dict) -> None:
+        """The test's ceiling on each pair (``falsify.experiments.ceiling``), after 6.1's rows:
+        its rows under their own key, and the summary's ``ceiling`` section. Left out with
+        ``--no-ceiling``, and (with a line saying why) for a test the search does not support."""
+        if not session.config.ceiling:
+            return
+        from ..falsification.ceiling import CeilingSearch, check_searchable
+        from .ceiling import CEILING_OF, RowsCeiling, ceiling_summary
+
+        try:
+            check_searchable(session.fconfig)
+        except ValueError as exc:
+            session.log(f"the test's ceiling is not searched: {exc}")
+            summary["ceiling"] = {"skipped": str(exc)}
+            return
+        session.compute_rows(store, RowsCeiling(session.context(CEILING_OF)))
+        summary["ceiling"] = ceiling_summary(store, session.pairs, session.model.name, session.config.row_methods(),
+                                             "6.1", CeilingSearch().to_dict())
 
     def text(self, summary: Mapping) -> str:
         lines = [_run_table(summary)]
@@ -519,14 +587,29 @@ def _pct(x) -> str:
 
 
 def _run_table(summary: Mapping) -> str:
+    ceiling = ceiling_of(summary)
+    where = (ceiling or {}).get("fr_where_ceiling_passes", {})
     lines = [f"experiment {summary['experiment']} on {summary['data']['n_pairs']} pairs, model {summary['model']}",
-             f"{'method':18s} {'pass':>5s} {'fals':>5s} {'untest':>6s} {'err':>4s}   FR%  [95% CI]      d_high  d_low  s/pair"]
+             f"{'method':18s} {'pass':>5s} {'fals':>5s} {'untest':>6s} {'err':>4s}   FR%  [95% CI]      "
+             + ("FR% where ceiling passes  " if ceiling else "") + "d_high  d_low  s/pair"]
     for m in summary["methods"]:
         dh = "  n/a" if m["mean_d_high"] is None else f"{m['mean_d_high']:.3f}"
         dl = "  n/a" if m["mean_d_low"] is None else f"{m['mean_d_low']:.3f}"
         sp = "" if m["seconds_per_pair"] is None else f"{m['seconds_per_pair']:.2f}"
+        w = ""
+        if ceiling:
+            c = where.get(m["method"]) or {}
+            w = f"{_pct(c.get('fr'))} [{_pct(c.get('ci_low'))},{_pct(c.get('ci_high'))}] n={c.get('n', 0):<3d}   "
         lines.append(f"{m['method']:18s} {m['n_passed']:5d} {m['n_falsified']:5d} {m['n_untestable']:6d} "
-                     f"{m['n_error']:4d}  {_pct(m['fr'])} [{_pct(m['ci_low'])},{_pct(m['ci_high'])}]   {dh}  {dl}  {sp}")
+                     f"{m['n_error']:4d}  {_pct(m['fr'])} [{_pct(m['ci_low'])},{_pct(m['ci_high'])}]   {w}{dh}  {dl}  {sp}")
+    if ceiling:
+        sp = ceiling.get("seconds_per_pair")
+        lines.append(f"{'ceiling':18s} {ceiling['n_passed']:5d} {ceiling['n_falsified']:5d} {ceiling['n_untestable']:6d} "
+                     f"{ceiling['n_error']:4d}  {_pct(ceiling['share_falsified'])} [{_pct(ceiling['ci_low'])},"
+                     f"{_pct(ceiling['ci_high'])}]   the test's ceiling (greedy search), not a method"
+                     + ("" if sp is None else f"; {sp:.2f} s/pair"))
+    elif isinstance(summary.get("ceiling"), Mapping) and summary["ceiling"].get("skipped"):
+        lines.append(f"the test's ceiling was not searched: {summary['ceiling']['skipped']}")
     return "\n".join(lines)
 
 

@@ -54,7 +54,7 @@ _TYPES = {
     "batch_pairs": _INT, "batch_size": _INT, "grid_pairs": _INT, "device": _STR, "trust_pickle": _BOOL,
     "criterion": _STR, "prior_images": _INT, "preset": _STR, "prior_grid": _INT, "sanity": _BOOL,
     "other_reference": _BOOL, "target": _STR, "deletion": _BOOL, "align": _STR, "labels": _STR, "stratify": _STR,
-    "executor": _STR, "ray_address": _STR, "workers": _INT, "calibrate_on": _STR,
+    "executor": _STR, "ray_address": _STR, "workers": _INT, "calibrate_on": _STR, "ceiling": _BOOL,
 }
 
 
@@ -137,6 +137,7 @@ class RunConfig:
     sanity: bool = False  # add METHOD@random-model rows: maps of a randomised model, tested on the real one
     other_reference: bool = False  # add METHOD@other-reference rows: maps made against another pair's face
     deletion: bool = False  # a deletion curve per (method, genuine pair the model accepts), in the row's detail
+    ceiling: bool = True  # 6.1: search the test's ceiling on each pair (falsify.falsification.ceiling)
     labels: str | None = None  # demographic labels folder (falsify.data.labels): 6.6's fairness, --stratify
     stratify: str | None = None  # "gender": sample pairs balanced by the gender of image A (needs labels)
     models: list[str] | None = None  # experiment 6.4: the models compared (default exp_6_4.DEFAULT_MODELS)

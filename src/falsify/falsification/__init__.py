@@ -20,9 +20,14 @@ The test is a composition of public stages (``falsify.falsification.stages``): r
 (:func:`regions_for`), a fill strategy (:func:`fill_for`), embedding (:func:`embed`), distances
 (:func:`distances`), and a criterion object (``falsify.falsification.criteria``,
 :func:`criterion_for`). See docs/method.md (falsification test) for the criterion and every default.
+
+The test's ceiling on an image, the best map its own regions, fill and criterion allow, found by
+a greedy search (a lower bound on the best map): :func:`ceiling_search`
+(``falsify.falsification.ceiling``).
 """
 from . import stats
 from .calibration import Calibration, calibrate, calibration_from_angles, occlusion_sensitivity
+from .ceiling import CeilingResult, CeilingSearch, ceiling_map, ceiling_search
 from .core import FalsificationConfig, FalsificationResult, d_prime_of, falsification_test
 from .criteria import (
     COND_HIGH,
@@ -77,6 +82,8 @@ __all__ = [
     "COND_MARGIN",
     "COND_PRIOR",
     "Calibration",
+    "CeilingResult",
+    "CeilingSearch",
     "Counterfactuals",
     "Criterion",
     "DETERMINISTIC_FILLS",
@@ -98,6 +105,8 @@ __all__ = [
     "build_counterfactuals",
     "calibrate",
     "calibration_from_angles",
+    "ceiling_map",
+    "ceiling_search",
     "counterfactuals_of",
     "criterion_for",
     "d_prime_of",
