@@ -296,20 +296,29 @@ class Rows63(RowKind):
         return PartRows(self, model, explainers, random_model)
 
 
-class PartRows(ChunkRows):
-    """Computes 6.3's units (:class:`Rows63`)."""
+class FramePoints:
+    """For a computer of rows (``self.model``): an image's five landmarks in the model's input frame
+    (:func:`frame_points`), with a detector made once for a model without alignment."""
 
     detector = None
 
-    def points(self, p):
+    def points_of(self, path) -> tuple[np.ndarray | None, str]:
+        """(points, "") or (None, why not) for the image at ``path``."""
         if self.model.aligner is None and self.detector is None:
             from ..models.alignment import FaceAligner
 
             self.detector = FaceAligner("arcface-112", tuple(self.model.input_size))
         try:
-            return frame_points(self.model, p.a, self.detector)
+            return frame_points(self.model, path, self.detector)
         except (OSError, ValueError) as exc:
             return None, f"{type(exc).__name__}: {exc}"
+
+
+class PartRows(FramePoints, ChunkRows):
+    """Computes 6.3's units (:class:`Rows63`)."""
+
+    def points(self, p):
+        return self.points_of(p.a)
 
     def parts(self, pairs, images, refs):
         """Per pair: (landmarks, part labels) or the reason none, and the effect of each part."""

@@ -49,6 +49,7 @@ import numpy as np
 from ..choices import CONTROLS, TRUTH_METHODS
 from ..report.tables import fmt_num
 from .base import Experiment, load_raw_summary
+from .exp_6_3 import FramePoints
 from .rows import ChunkRows, RowKind
 from .runner import Runner, _now, write_outputs
 from .store import ResultsStore
@@ -275,22 +276,8 @@ class TruthRows(RowKind):
         return CompositeRows(self, model, explainers, random_model)
 
 
-class CompositeRows(ChunkRows):
+class CompositeRows(FramePoints, ChunkRows):
     """Computes the benchmark's units (:class:`TruthRows`)."""
-
-    detector = None
-
-    def points(self, path):
-        from .exp_6_3 import frame_points
-
-        if self.model.aligner is None and self.detector is None:
-            from ..models.alignment import FaceAligner
-
-            self.detector = FaceAligner("arcface-112", tuple(self.model.input_size))
-        try:
-            return frame_points(self.model, path, self.detector)
-        except (OSError, ValueError) as exc:
-            return None, f"{type(exc).__name__}: {exc}"
 
     def composites(self, pairs, images, refs):
         """Per pair: (Construction, composite (3, H, W), strength dict) or the reason none."""
@@ -306,7 +293,7 @@ class CompositeRows(ChunkRows):
         donors = load_images([p.b for p in pairs], size, align=model.aligner)[0]
         out = []
         for i, p in enumerate(pairs):
-            pts, why = self.points(p.a if c.truth == "swap" else p.b)
+            pts, why = self.points_of(p.a if c.truth == "swap" else p.b)
             if why:
                 out.append(why.replace("image A", "image A" if c.truth == "swap" else "image B (the donor)"))
                 continue
