@@ -98,9 +98,10 @@ def test_models_only_for_6_4():
     assert RunConfig(experiment="6.4").models == ["dlib-resnet", "sface", "dlib-resnet:random"]
 
 
-def _rows(path):
+def _rows(path, experiment="6.1"):
     with sqlite3.connect(path) as db:
-        return db.execute("select model, method, pair, count(*) from results group by model, method, pair").fetchall()
+        return db.execute("select model, method, pair, count(*) from results where experiment = ? "
+                          "group by model, method, pair", (experiment,)).fetchall()
 
 
 def test_real_run_resumes(lfw_sample, tmp_path, capsys):
@@ -115,6 +116,8 @@ def test_real_run_resumes(lfw_sample, tmp_path, capsys):
     # the real model: gradcam, random, gradcam@random-model; the randomised one: gradcam, random
     assert len(rows_real) == 2 * 3 and len(rows_rand) == 2 * 2
     assert all(n == 1 for *_, n in rows_real + rows_rand)
+    # each model's 6.1 run searches the test's ceiling of every pair, under its own key
+    assert len(_rows(real, "6.1-ceiling")) == 2 and len(_rows(rand, "6.1-ceiling")) == 2
     summary = json.loads((out / "summary.json").read_text())
     s = summary["experiment_6_4"]
     assert s["n_kept"] + s["n_dropped"] == 2 and s["models"] == ["dlib-resnet", "dlib-resnet:random"]
