@@ -187,3 +187,33 @@ def test_a_61_summary_reads_the_measured_rates_of_its_test(tmp_path):
                                  "delta": 0.0}}
     assert for_summary(summary)["measured"] in (True, False)  # the packaged table, whatever it holds
     assert for_summary({"model": "m"}) is None
+
+
+def test_a_failing_method_gets_an_error_row_per_key(tiny_model):
+    """A method that fails on a unit gets an error row under each of its configuration keys (the
+    driver checks that every key of every pair is stored); a pair without a composite gets one
+    under every key."""
+    from types import SimpleNamespace
+
+    from falsify.experiments import known_truth as kt
+    from falsify.experiments.rows import ChunkImages
+    from falsify.falsification import FalsificationConfig
+
+    size = (32, 32)
+    con = Construction(POINTS * 32 / 112, size, "inner")
+    ctx = SimpleNamespace(config=RunConfig(experiment="known-truth", methods=["saliency"], seed=0, batch_size=8),
+                          model_name="tiny", prior_map=torch.rand(*size), fconfig=FalsificationConfig())
+    kind = kt.TruthRows(ctx)
+    comp = kt.CompositeRows(kind, tiny_model)
+    x = torch.rand(3, *size)
+    pairs = [SimpleNamespace(id=f"p{i}", index=i, same=False, fold=1, a=None, b=None) for i in range(2)]
+    comp.composites = lambda *a: [(con, x, {}), "no composite: a test"]
+    comp.maps = lambda name, *a: (None, [{"error": "RuntimeError: boom"}])
+    keys = [f"{kt.config_key(*cfg)}|{m}" for cfg in kt.configs() for m in ("saliency", "truth")]
+    rows = [r for batch, _ in comp.compute(pairs, None, torch.rand(2, 16), keys, set()) for r in batch]
+    got = {(r["method"], r["pair"]): r for r in rows}
+    assert set(got) == {(k, p.id) for k in keys for p in pairs}  # every key of every pair, once
+    assert all(got[k, "p1"]["verdict"] == "error" for k in keys)
+    sal = [got[k, "p0"] for k in keys if k.endswith("|saliency")]
+    assert {r["verdict"] for r in sal} == {"error"} and sal[0]["error"] == "RuntimeError: boom"
+    assert {got[k, "p0"]["verdict"] for k in keys if k.endswith("|truth")} == {"tested"}

@@ -369,9 +369,10 @@ class CompositeRows(FramePoints, ChunkRows):
             else:
                 m, errors = self.maps(name, sub, xs, r, list(range(len(good))))
                 maps[name] = m
-                if m is None:
-                    rows += [e for e in errors if any(k.endswith("|" + name) and (k, e["pair"]) not in done
-                                                      for k in keys)]
+                if m is None:  # the method failed: an error row for each of its keys, the run goes on
+                    why = errors[0]["error"] if errors else "the method failed"
+                    rows += [kind.error_row(k, p, why) for k in keys if k.endswith("|" + name)
+                             for p in sub if (k, p.id) not in done]
         h, w = model.input_size
         for name in list(maps):
             mp = maps[name]
