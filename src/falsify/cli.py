@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .choices import (TRUTH_CONSTRUCTIONS, TRUTH_PARTS, ALIGN_CHOICES, CRITERIA, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
-                      STRATIFY_CHOICES, TARGETS)
+from .choices import (ALIGN_CHOICES, CRITERIA, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
+                      STRATIFY_CHOICES, TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
 from .paths import OutOfSpaceError, check_writable, is_out_of_space, space_guard
 
 #: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,

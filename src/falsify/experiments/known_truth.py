@@ -448,15 +448,21 @@ def _rate(flags: Sequence[bool]) -> dict:
     return {"rate": k / n if n else None, "n": n, "k": k, "ci": None if lo is None else [float(lo), float(hi)]}
 
 
+def kept_composites(rows: list[dict], pairs, min_effect: float) -> tuple[dict, list[str]]:
+    """``(composites, kept)``: each built composite's detail (its strength) by pair id, and the ids of
+    those whose effect reaches ``min_effect``, in the order of ``pairs``."""
+    order = {p.id: k for k, p in enumerate(pairs)}
+    comps = {r["pair"]: json.loads(r["detail"]) if isinstance(r["detail"], str) else r["detail"]
+             for r in rows if r["method"] == COMPOSITE and r["verdict"] != "error"}
+    return comps, [pid for pid in sorted(comps, key=order.get) if comps[pid]["effect"] >= min_effect]
+
+
 def truth_summary(rows: list[dict], pairs, calibration: Mapping, fconfig: Mapping, maps: Sequence[str],
                   min_effect: float) -> dict:
     """Everything the benchmark reports, from its rows (``calibration``: tau_high, tau_low,
     epsilon; ``fconfig``: the run's test, whose fill, q, target and criterion are the default)."""
-    order = {p.id: k for k, p in enumerate(pairs)}
-    comps = {r["pair"]: json.loads(r["detail"]) if isinstance(r["detail"], str) else r["detail"]
-             for r in rows if r["method"] == COMPOSITE and r["verdict"] != "error"}
+    comps, kept = kept_composites(rows, pairs, min_effect)
     errors = [r for r in rows if r["verdict"] == "error"]
-    kept = [pid for pid in sorted(comps, key=order.get) if comps[pid]["effect"] >= min_effect]
     kept_set = set(kept)
     half = {pid: ("selection" if k < (len(kept) + 1) // 2 else "confirmation") for k, pid in enumerate(kept)}
     dist: dict[tuple[str, str], dict] = {}
@@ -575,13 +581,13 @@ class KnownTruthStudy(Runner):
             average = images.mean(dim=0)
         kind = TruthRows(session.context(ROWS_OF), average)
         session.compute_rows(store, kind)
-        rows = [r for r in store.rows(ROWS_OF, model.name) if r["pair"] in {p.id for p in pairs}]
+        ids = {p.id for p in pairs}
+        rows = [r for r in store.rows(ROWS_OF, model.name) if r["pair"] in ids]
         cal = self.calibration.to_dict() if self.calibration is not None else {
             "tau_high": c.tau_high, "tau_low": c.tau_low, "epsilon": c.epsilon}
         fc = self.fconfig.to_dict()
         section = truth_summary(rows, pairs, cal, fc, kind.maps(), c.truth_min_effect)
-        kept = [r["pair"] for r in rows if r["method"] == COMPOSITE and r["verdict"] != "error"
-                and json.loads(r["detail"])["effect"] >= c.truth_min_effect]
+        _, kept = kept_composites(rows, pairs, c.truth_min_effect)
         section.update(construction=c.truth, parts=c.truth_parts, feather_sigma=FEATHER_SIGMA,
                        align=model.aligner.template if model.aligner is not None else "none",
                        figure=figure_data(session, kind, pairs, kept))
@@ -611,7 +617,8 @@ def figure_data(session, kind, pairs, kept: Sequence[str]) -> dict | None:
     from ..data import load_images
 
     model, ctx = session.model, kind.ctx
-    chosen = [p for p in pairs if p.id in set(kept)][:FIGURE_COMPOSITES]
+    kept = set(kept)
+    chosen = [p for p in pairs if p.id in kept][:FIGURE_COMPOSITES]
     if not chosen:
         return None
     comp = kind.computer(model, session.explainers, session.random_model)

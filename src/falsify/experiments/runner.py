@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..choices import (TRUTH_METHODS, ALIGN_CHOICES, CONTROLS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS, OTHER_REFERENCE,
-                       RANDOM_MODEL, STRATIFY_CHOICES)
+from ..choices import (ALIGN_CHOICES, CONTROLS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS, OTHER_REFERENCE,
+                       RANDOM_MODEL, STRATIFY_CHOICES, TRUTH_METHODS)
 from ..data import load_pairs
 from ..data.errors import DataError
 from ..data.pairs import Pair, PairSet

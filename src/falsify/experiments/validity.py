@@ -232,7 +232,8 @@ class ValidityStudy(Runner):
                 deltas[config_key(fill, q, target)] = calibrate_delta(model, images, self.prior_map, cfg, seed=c.seed,
                                                                       references=prior_refs)
             store.set_meta("validity_deltas", deltas)
-        rows = [r for r in store.rows(ROWS_OF, model.name) if r["pair"] in {p.id for p in pairs}]
+        ids = {p.id for p in pairs}
+        rows = [r for r in store.rows(ROWS_OF, model.name) if r["pair"] in ids]
         summary = validity_summary(rows, pairs, self.calibration, self.config, deltas)
         summary.update(created=_now(), started=started, model=model.name, elapsed_s=time.perf_counter() - t0,
                        experiment="validity", calibration=self.calibration.to_dict(), prior=self.prior.to_dict(),
