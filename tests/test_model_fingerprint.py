@@ -307,3 +307,45 @@ def test_a_misspelt_architecture_names_the_known_ones(r18, lfw_sample, tmp_path,
     _refused(["verify", "--model", f"iresnet51:{path}", "--data", str(lfw_sample)], capsys,
              "did you mean iresnet50?")
     assert not out.exists()
+
+
+# --- a file replaced during a Ray run ---------------------------------------------------------------
+
+
+def test_a_ray_worker_that_loads_other_weights_is_refused(lfw_sample, tmp_path, monkeypatch):
+    """Ray workers load the model from its path themselves: when the file was replaced after the
+    run started, the driver refuses their rows in one line (none is written), and the run resumes
+    once the first file is back."""
+    ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'falsify[ray]'")
+    pytest.importorskip("onnx")
+    import hashlib
+
+    from falsify.experiments import RunConfig, Runner
+
+    path = _tiny_onnx(tmp_path / "model.onnx", seed=0)
+    first = path.read_bytes()
+    out = tmp_path / "run"
+    settings = dict(data=str(lfw_sample), model=str(path), methods=["saliency"], n_pairs=2, out=str(out),
+                    tau_high=0.2, tau_low=0.1, epsilon=0.05, preset="plain", ceiling=False, grid_pairs=0)
+    opened = Runner._open
+
+    def open_then_replace(self, store):  # after the run's settings (and the file's sha256) are fixed
+        opened(self, store)
+        _tiny_onnx(path, seed=1)
+
+    monkeypatch.setattr(Runner, "_open", open_then_replace)
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        with pytest.raises(ValueError) as exc:
+            Runner(RunConfig(**settings, executor="ray", workers=1), progress=False, log=lambda *a: None).run()
+    finally:
+        ray.shutdown()
+    message = str(exc.value)
+    assert "\n" not in message and "the model file was replaced while the run was going" in message
+    old, new = hashlib.sha256(first).hexdigest(), file_fingerprint(path)
+    assert f"(sha256 {old[:12]} when it started, {new[:12]} on a Ray worker)" in message
+    assert _rows(out) == []
+    monkeypatch.setattr(Runner, "_open", opened)
+    path.write_bytes(first)
+    summary = Runner(RunConfig(**settings), progress=False, log=lambda *a: None).run()
+    assert summary["n_rows"] == 2 and len(_rows(out)) == 2

@@ -628,6 +628,8 @@ class RunSession:
     #: ``save_map(method, pair, map)``: where the grid pairs' maps go
     save_map: Any = None
     _embeddings: tuple | None = field(default=None, repr=False)
+    #: the sha256 of the model's file, as the run's settings record it (RowContext.model_sha256)
+    model_sha256: str | None = None
 
     @property
     def prior_map(self) -> torch.Tensor | None:
@@ -654,7 +656,7 @@ class RunSession:
         """What computing rows under ``rows_of`` needs besides the model (:class:`RowContext`)."""
         emb, failed = self.embeddings()
         return RowContext(self.config, rows_of, self.model.name, self.fconfig, self.prior_map, self.threshold, emb,
-                          failed, self.other_refs(), frozenset(self.grid_ids))
+                          failed, self.other_refs(), frozenset(self.grid_ids), self.model_sha256)
 
     def compute_rows(self, store: ResultsStore, kind) -> int:
         """The rows of ``kind`` (``executor.RowKind``) that ``store`` lacks, computed by the run's
@@ -906,7 +908,8 @@ class Runner:
         self.grid_ids = {p.id for p in self._grid_pairs(self.pairs)}
         self.session = RunSession(c, self.out, self.pairs, model, self.fconfig, self.threshold, self.calibration,
                                   self.prior, self.explainers, self.random_model, self.labels, self.executor, self.log,
-                                  self.progress, frozenset(self.grid_ids), self._save_map)
+                                  self.progress, frozenset(self.grid_ids), self._save_map,
+                                  model_sha256=self.settings[MODEL_FINGERPRINT][c.model])
 
     def _open(self, store: ResultsStore) -> None:
         """First writes: the settings (checked again under the lock), this invocation, the
