@@ -82,6 +82,32 @@ def split_checkpoint(name) -> tuple[str, str] | None:
     arch, sep, path = name.partition(":")
     return (arch, path) if sep and arch in CHECKPOINT_ARCHS else None
 
+def unknown_architecture(name) -> str | None:
+    """The one-line answer to ``ARCH:PATH`` whose ``ARCH`` is no architecture falsify knows (a
+    typo such as ``iresnet51``): the known ones and the closest match. None when ``name`` is not
+    such a spec: ``ARCH`` is known, or is no name (a path such as ``./x:y.onnx``, a drive letter),
+    or ``name`` is itself an existing file, or nothing after the colon exists and ``ARCH`` is like
+    no architecture (then it is an ordinary missing file)."""
+    import difflib
+    import os
+    import re
+
+    if not isinstance(name, str):
+        return None
+    arch, sep, path = name.partition(":")
+    if (not sep or arch in CHECKPOINT_ARCHS or len(arch) < 2
+            or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.+-]*", arch) or os.path.isfile(os.path.expanduser(name))):
+        return None
+    if path == "random":  # NAME:random, the randomised control of a built-in model
+        return None
+    path = path[: -len(":random")] if path.endswith(":random") else path
+    close = difflib.get_close_matches(arch.lower(), CHECKPOINT_ARCHS, n=1, cutoff=0.6)
+    if not close and not (path and os.path.isfile(os.path.expanduser(path))):
+        return None
+    guess = f"did you mean {close[0]}? " if close else ""
+    return f"{arch}: unknown architecture; {guess}known: {', '.join(CHECKPOINT_ARCHS)} (--model ARCH:PATH)"
+
+
 #: ``falsify run known-truth``: how a composite is made (a part of the donor on image A, or on the
 #: average face), and which parts it takes (falsify.experiments.known_truth)
 TRUTH_CONSTRUCTIONS: tuple[str, ...] = ("swap", "average")

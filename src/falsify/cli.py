@@ -67,7 +67,7 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None = "dlib-resn
         default=default,
         metavar="NAME_OR_PATH",
         help="face model: 'dlib-resnet' (default), 'sface' (OpenCV Zoo's SFace), ARCH:CHECKPOINT (your own "
-        "weights, a state dict read without unpickling, in one of iresnet18/34/50/100/200 (insightface "
+        "weights, a state dict read without unpickling, at the top level or one key down, in one of iresnet18/34/50/100/200 (insightface "
         "arcface_torch), facenet (facenet-pytorch), adaface-ir18/34/50/101: e.g. iresnet50:/path/backbone.pth), "
         "NAME:random (the same architecture with random weights: a control), a dlib .dat, an .onnx (insightface "
         "packs: RGB, mean=std=0.5) or a .pt/.pth holding a whole pickled nn.Module (needs --trust-pickle); "
@@ -687,7 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="counterfactuals per region for stochastic fills (default 16; deterministic fills use 1)")
     p.add_argument("--seed", type=int, help="seed for the pair sample, ties and fills (default 0)")
     p.add_argument("--out", help="run directory (default runs/<experiment>-<timestamp>, or the newest "
-                   "one made with the same settings, which is resumed)")
+                   "one made with the same settings, which is resumed; the data and the model's file are "
+                   "compared by their sha256, so other weights at the same path need a new --out)")
     p.add_argument("--config", metavar="FILE", help="TOML file with the same keys (flags override it)")
     p.add_argument("--preset", choices=PRESET_NAMES,
                    help="the test's configuration: beyond-prior (default: fill mean, q 0.1, criterion beyond-prior, "

@@ -106,6 +106,8 @@ class VerificationResult:
     #: Wilson 95% interval of the accuracy over all pairs (each pair decided once, by the
     #: threshold chosen on the other folds), [low, high]
     accuracy_ci95: list[float] | None = None
+    #: for a checkpoint (``ARCH:PATH``) whose state dict is nested in the file: the key it was under
+    checkpoint_key: str | None = None
 
     def near_chance(self) -> str | None:
         """Why the accuracy is near chance (50%), or None: below NEAR_CHANCE_ACCURACY, or its
@@ -145,7 +147,8 @@ class VerificationResult:
     def format(self) -> str:
         folds = ", ".join(f"{a:.2%}" for a in self.fold_accuracy)
         lines = [
-            f"model        {self.model}",
+            f"model        {self.model}"
+            + (f" (weights under the checkpoint's key {self.checkpoint_key!r})" if self.checkpoint_key else ""),
             f"data         {self.source}",
             f"pairs        {self.n_pairs} ({self.n_genuine} genuine, {self.n_impostor} impostor), "
             f"{self.n_skipped} skipped",
@@ -236,4 +239,5 @@ def verify(
         align=getattr(model, "align", None),
         alignment=alignment,
         accuracy_ci95=None if ci is None else [float(ci[0]), float(ci[1])],
+        checkpoint_key=getattr(model, "checkpoint_key", None),
     )

@@ -63,6 +63,8 @@ class RowContext:
     failed: dict  # image path -> why it could not be read
     other_ref: dict  # pair id -> the reference image of its @other-reference rows
     grid_ids: frozenset  # pairs whose maps are saved for the saliency grid
+    #: the sha256 of the model's file when the run started (a Ray worker that loads other weights is refused)
+    model_sha256: str | None = None
 
 
 class RowComputer:

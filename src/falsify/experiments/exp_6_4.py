@@ -222,7 +222,8 @@ class Runner64:
 
         from ..paths import check_writable, space_guard
         from .executor import executor_open, make_executor
-        from .runner import FINGERPRINT, RESUMES, RunLock, _now, default_out, environment, settings_conflicts
+        from .runner import (FINGERPRINT, MODEL_FINGERPRINT, RESUMES, RunLock, _now, conflict_message, default_out,
+                             environment, model_fingerprints, settings_conflicts)
         from .store import ResultsStore, inspect_store
 
         c = self.config
@@ -232,7 +233,16 @@ class Runner64:
         from .runner import Runner, load_run_pairs
 
         pairs = load_run_pairs(c)
-        settings = {**c.result_settings(), FINGERPRINT: pairs.fingerprint()}
+        for m in c.models:  # a user's checkpoint is read and checked against its architecture, too
+            spec = split_checkpoint(base_of(m))
+            if spec is not None:
+                from ..models.checkpoints import check_checkpoint
+
+                check_checkpoint(*spec, label=base_of(m))
+        # every model by its file's content: a file replaced at the same path is refused before any
+        # model's rows are computed (each model's own store records its file's sha256 too)
+        settings = {**c.result_settings(), FINGERPRINT: pairs.fingerprint(),
+                    MODEL_FINGERPRINT: model_fingerprints(c.models)}
         if self.out is None:
             self.out = default_out(c, settings)
         check_writable(self.out, "--out", folder=True)
@@ -241,16 +251,9 @@ class Runner64:
         if have is not None:
             diff = settings_conflicts(have, settings)
             if diff:
-                raise ValueError(f"{self.out} holds results made with other settings ({', '.join(diff)} differ); "
-                                 "nothing was changed there. Use another --out, or the same settings to resume")
+                raise ValueError(conflict_message(self.out, diff))
         c.out = str(self.out)
         subs = [sub_config(c, m) for m in c.models]  # checked before anything is written
-        for m in c.models:  # a user's checkpoint is read and checked against its architecture, too
-            spec = split_checkpoint(base_of(m))
-            if spec is not None:
-                from ..models.checkpoints import check_checkpoint
-
-                check_checkpoint(*spec, label=base_of(m))
         # before any work: the executor connected (Ray: reached and checked, OUT untouched), then
         # OUT locked; each model's run then locks its own folder before it calibrates
         opened = executor_open(self.executor, self.log)

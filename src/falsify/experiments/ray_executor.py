@@ -103,9 +103,18 @@ class RowWorker:
         if model.threshold is None:  # as the driver: the calibrated threshold (Runner._setup)
             model.threshold = kind.ctx.threshold
         self.computer = kind.computer(model)
+        #: the sha256 of the model file this worker loaded (the driver checks it against the run's)
+        self.sha256 = None
+        if getattr(kind.ctx, "model_sha256", None) is not None:
+            from ..models import model_sha256
+
+            self.sha256 = model_sha256(kind.ctx.config.model)
 
     def pid(self) -> int:
         return os.getpid()
+
+    def model_sha256(self) -> str | None:
+        return self.sha256
 
     def rows(self, chunk, methods, done) -> tuple[list, list]:
         rows, maps = [], []
@@ -142,6 +151,7 @@ class RayExecutor:
         self._muted = None  # Ray's printer of error lines, while open() keeps them quiet
         self._actors: list = []
         self._pids: list = []
+        self._shas: list = []  # each actor's model_sha256(), as a Ray reference
         self._busy: set[int] = set()
 
     def open(self, log=print) -> bool:
@@ -215,9 +225,24 @@ class RayExecutor:
         if i is None:
             self._actors.append(actor)
             self._pids.append(actor.pid.remote())
+            self._shas.append(actor.model_sha256.remote())
             return len(self._actors) - 1
-        self._actors[i], self._pids[i] = actor, actor.pid.remote()
+        self._actors[i], self._pids[i], self._shas[i] = actor, actor.pid.remote(), actor.model_sha256.remote()
         return i
+
+    def _check_weights(self, kind: RowKind, i: int) -> None:
+        """Refuse the rows of worker ``i`` when it loaded other weights than the run started with
+        (the model file was replaced at its path while the run was going)."""
+        want = getattr(kind.ctx, "model_sha256", None)
+        if want is None:
+            return
+        got = ray.get(self._shas[i])
+        if got != want:
+            short = "none" if got is None else got[:12]
+            raise ValueError(f"{kind.ctx.config.model}: the model file was replaced while the run was going (sha256 "
+                             f"{want[:12]} when it started, {short} on a Ray worker); that worker's rows were not "
+                             "written, the rows already stored are kept. Put the first file back and rerun to resume, "
+                             "or start a new folder for the new weights (--out NEW)")
 
     def run(self, kind: RowKind, computer, units: Sequence[Unit], done, write: Writer, log=print) -> None:
         """``units`` of ``kind`` on the actors (``computer``, the driver's, is not used: each actor
@@ -254,6 +279,7 @@ class RayExecutor:
                     idle.append(self._start(kind_ref, i))
                     units.appendleft((unit, tries + 1))
                     continue
+                self._check_weights(kind, i)
                 write(rows, maps)
                 idle.append(i)
                 if self.on_result is not None:
@@ -261,6 +287,6 @@ class RayExecutor:
         finally:
             for actor in self._actors:
                 ray.kill(actor, no_restart=True)
-            self._actors, self._pids, self._busy = [], [], set()
+            self._actors, self._pids, self._shas, self._busy = [], [], [], set()
             if opened:
                 self.close()

@@ -277,8 +277,13 @@ class RunConfig:
         if isinstance(self.models, str):
             self.models = [m.strip() for m in self.models.split(",") if m.strip()]
         self.models = list(dict.fromkeys(self.models or DEFAULT_MODELS))
+        from ..choices import unknown_architecture
+
         for m in self.models:
             base = m[: -len(RANDOM_SUFFIX)] if m.endswith(RANDOM_SUFFIX) else m
+            typo = unknown_architecture(base)
+            if typo is not None:
+                raise ValueError(f"models: {typo}")
             if builtin_name(base) is None and not Path(base).expanduser().is_file():
                 raise ValueError(f"unknown model {m!r} in models; use built-in names ({', '.join(sorted(MODELS))}), "
                                  f"NAME{RANDOM_SUFFIX} or a model file (see 'falsify models')")
@@ -390,6 +395,43 @@ RESUMES = "the rows already stored are kept, and rerunning the same command resu
 
 #: Key of the data fingerprint in the stored settings.
 FINGERPRINT = "pairs_fingerprint"
+#: Key of the models' fingerprints in the stored settings: {model as given: sha256 of its file}
+#: (``falsify.models.model_sha256``; 6.4 records every model it compares).
+MODEL_FINGERPRINT = "model_sha256"
+#: How a model file replaced at the same path is named among the settings that differ.
+_MODEL_CHANGED = "the model file of "
+
+
+def model_fingerprints(models) -> dict:
+    """{model: the sha256 of the file its weights come from (None: no file)} for a run's settings,
+    each file hashed once per process (``falsify.fingerprints``)."""
+    from ..models import model_sha256
+
+    return {m: model_sha256(m) for m in models}
+
+
+def model_changes(have: dict, want: dict) -> list[str]:
+    """The models whose file's sha256 differs between a stored run's settings (``have``) and this
+    run's (``want``), one item each; a store made before falsify recorded them differs as a whole."""
+    if MODEL_FINGERPRINT not in want:
+        return []
+    if MODEL_FINGERPRINT not in have:
+        return ["the model file's sha256 (not recorded by the older falsify that made the store)"]
+    old, new = have[MODEL_FINGERPRINT] or {}, want[MODEL_FINGERPRINT] or {}
+    short = lambda h: "none" if h is None else h[:12]  # noqa: E731
+    return [f"{_MODEL_CHANGED}{m} (sha256 {short(old[m])} when the store was made, {short(new[m])} now)"
+            for m in new if m in old and old[m] != new[m]]
+
+
+def conflict_message(out, diff: list[str]) -> str:
+    """The one line refusing to resume ``out`` whose settings differ on ``diff``: a model file
+    replaced at the same path is said as such, with how to start a new folder."""
+    if diff and all(d.startswith(_MODEL_CHANGED) for d in diff):
+        return (f"{out} holds rows of other weights: {'; '.join(d[len('the '):] for d in diff)}, so the file at that "
+                "path was replaced; nothing was changed there. Start a new folder for these weights (--out NEW), "
+                "or put the old file back to resume")
+    return (f"{out} holds results made with other settings ({', '.join(diff)} differ); nothing was changed there. "
+            "Use another --out, or the same settings to resume")
 
 
 def data_changes(have: dict | None, want: dict) -> tuple[bool, list[str]]:
@@ -406,16 +448,18 @@ def data_changes(have: dict | None, want: dict) -> tuple[bool, list[str]]:
 
 def _changed_settings(have: dict, want: dict) -> list[str]:
     """The settings other than the data on which ``have`` and ``want`` differ."""
-    have = {**RunConfig.LEGACY, **have}
-    keys = (set(have) | set(want)) - {"data", "pairs", FINGERPRINT}
-    return sorted(k for k in keys if have.get(k) != want.get(k))
+    keys = (set({**RunConfig.LEGACY, **have}) | set(want)) - {"data", "pairs", FINGERPRINT, MODEL_FINGERPRINT}
+    legacy = {**RunConfig.LEGACY, **have}
+    return sorted(k for k in keys if legacy.get(k) != want.get(k)) + model_changes(have, want)
 
 
 def settings_conflicts(have: dict, want: dict) -> list[str]:
     """The settings on which a stored run (``have``) and this one (``want``) differ. The data is
     compared by its fingerprint (pair ids, labels, folds and image contents), so the same data
     reached through another spelling of its path is the same run and other data behind the
-    same path is not; a store without a fingerprint (made by an older falsify) never matches."""
+    same path is not; a store without a fingerprint (made by an older falsify) never matches.
+    The model's file is compared by its sha256 as well (``MODEL_FINGERPRINT``), so other weights
+    behind the same path are another run; a store without it never matches either."""
     diff = _changed_settings(have, want)
     pairs_changed, images = data_changes(have.get(FINGERPRINT), want[FINGERPRINT])
     if pairs_changed:
@@ -584,6 +628,8 @@ class RunSession:
     #: ``save_map(method, pair, map)``: where the grid pairs' maps go
     save_map: Any = None
     _embeddings: tuple | None = field(default=None, repr=False)
+    #: the sha256 of the model's file, as the run's settings record it (RowContext.model_sha256)
+    model_sha256: str | None = None
 
     @property
     def prior_map(self) -> torch.Tensor | None:
@@ -610,7 +656,7 @@ class RunSession:
         """What computing rows under ``rows_of`` needs besides the model (:class:`RowContext`)."""
         emb, failed = self.embeddings()
         return RowContext(self.config, rows_of, self.model.name, self.fconfig, self.prior_map, self.threshold, emb,
-                          failed, self.other_refs(), frozenset(self.grid_ids))
+                          failed, self.other_refs(), frozenset(self.grid_ids), self.model_sha256)
 
     def compute_rows(self, store: ResultsStore, kind) -> int:
         """The rows of ``kind`` (``executor.RowKind``) that ``store`` lacks, computed by the run's
@@ -719,6 +765,10 @@ class Runner:
         if FINGERPRINT not in have:
             raise ValueError(f"{self.out} was made by an older falsify whose store has no data fingerprint, so "
                              "resuming it could mix data sets; nothing was changed there. Use another --out")
+        if MODEL_FINGERPRINT not in have:
+            raise ValueError(f"{self.out} was made by an older falsify that did not record the sha256 of the model's "
+                             "file, so resuming it could mix the rows of two networks; nothing was changed there. Use "
+                             "another --out ('falsify report' still reads it)")
         pairs_changed, images = data_changes(have.get(FINGERPRINT), settings[FINGERPRINT])
         if images and not pairs_changed and not _changed_settings(have, settings):
             changed = set(images)
@@ -738,10 +788,7 @@ class Runner:
                              "differently (before the adaptive trapezoid rule), so resuming it could mix rows; "
                              "nothing was changed there. Use another --out ('falsify report' still reads it)")
         if diff:
-            raise ValueError(
-                f"{self.out} holds results made with other settings ({', '.join(diff)} differ); "
-                "nothing was changed there. Use another --out, or the same settings to resume"
-            )
+            raise ValueError(conflict_message(self.out, diff))
         return stored
 
     def _calibration_pool(self) -> PairSet:
@@ -838,7 +885,9 @@ class Runner:
             if m != "centre":
                 get_explainer(m, model, **{**(placeholder if m == "biometric-gradcam" else {}),
                                            **c.method_options.get(m, {})})
-        self.settings = {**c.result_settings(), FINGERPRINT: self.pairs.fingerprint()}
+        # the model by its file's content (hashed once per process; the load above read the same file)
+        self.settings = {**c.result_settings(), FINGERPRINT: self.pairs.fingerprint(),
+                         MODEL_FINGERPRINT: model_fingerprints([c.model])}
         if self.out is None:
             self.out = default_out(c, self.settings)
         check_writable(self.out, "--out", folder=True)
@@ -859,7 +908,8 @@ class Runner:
         self.grid_ids = {p.id for p in self._grid_pairs(self.pairs)}
         self.session = RunSession(c, self.out, self.pairs, model, self.fconfig, self.threshold, self.calibration,
                                   self.prior, self.explainers, self.random_model, self.labels, self.executor, self.log,
-                                  self.progress, frozenset(self.grid_ids), self._save_map)
+                                  self.progress, frozenset(self.grid_ids), self._save_map,
+                                  model_sha256=self.settings[MODEL_FINGERPRINT][c.model])
 
     def _open(self, store: ResultsStore) -> None:
         """First writes: the settings (checked again under the lock), this invocation, the

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..choices import CHECKPOINT_ARCHS, split_checkpoint
+from ..choices import CHECKPOINT_ARCHS, split_checkpoint, unknown_architecture
 from .alignment import ALIGN_CHOICES, TEMPLATES
 from .base import FaceEmbedder, NotAFaceEmbedder, check_face_embedder, randomised_copy, wrap_model
 from .checkpoints import ARCHITECTURES
@@ -102,6 +102,9 @@ def load_model(
     _check_preprocessing(input_size, mean, std)
     if align not in ALIGN_CHOICES:
         raise ValueError(f"unknown alignment {align!r}; choose from {', '.join(ALIGN_CHOICES)}")
+    typo = unknown_architecture(name)
+    if typo is not None:  # iresnet51:PATH: the architectures, never "model file not found"
+        raise ValueError(typo)
     base, randomised = _split_random(name)
     model = _load(base, input_size=input_size, mean=mean, std=std, channel_order=channel_order,
                   trust_pickle=trust_pickle)
@@ -161,6 +164,43 @@ def builtin_name(name) -> str | None:
         return spec[0]
     key = _ALIASES.get(name, name)
     return key if key in MODELS else None
+
+
+def model_file(name) -> Path | None:
+    """The file that the weights of the model named ``name`` come from: the checkpoint of
+    ``ARCH:PATH``, a model file given by path (``.dat``, ``.onnx``, ``.pt``, ``.pth``), the file a
+    built-in model is converted from (dlib's ``.dat``, SFace's ``.onnx``), that of the real model
+    for ``NAME:random``; None for a name that is none of these (it does not load either)."""
+    if not isinstance(name, (str, Path)):
+        return None
+    base = str(name)
+    base = base[: -len(RANDOM_SUFFIX)] if base.endswith(RANDOM_SUFFIX) else base
+    spec = split_checkpoint(base)
+    if spec is not None:
+        return Path(spec[1]).expanduser() if spec[1].strip() else None
+    key = _ALIASES.get(base, base)
+    if key == "dlib-resnet":
+        from .dlib_resnet import default_dat_path
+
+        return default_dat_path()
+    if key == "sface":
+        from .sface import default_onnx_path
+
+        return default_onnx_path()
+    if key in MODELS or key in CHECKPOINT_ARCHS:
+        return None
+    path = Path(base).expanduser()
+    return path if path.suffix.lower() in (".dat", ".onnx", ".pt", ".pth") else None
+
+
+def model_sha256(name) -> str | None:
+    """The sha256 of :func:`model_file` (hashed once per process: ``falsify.fingerprints``), or
+    None when ``name`` has no such file. A run stores it with its settings, so that a model file
+    replaced at the same path is not mixed into a resumed run."""
+    from ..fingerprints import file_fingerprint
+
+    path = model_file(name)
+    return None if path is None else file_fingerprint(path)
 
 
 def resolve_align(name, align: str = "auto") -> str | None:
@@ -396,6 +436,8 @@ __all__ = [
     "resolve_align",
     "conv_layer_names",
     "load_model",
+    "model_file",
+    "model_sha256",
     "resolve_device",
     "wrap_model",
 ]

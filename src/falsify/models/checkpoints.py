@@ -12,7 +12,10 @@ is not a PyTorch file at all; nothing is written in any of these cases.
 What is read:
 
 * a state dict (a dict of tensors), or one under ``"state_dict"`` (PyTorch Lightning),
-  ``"state_dict_backbone"`` (arcface_torch's ``checkpoint_gpu_N.pt``) or ``"model_state_dict"``;
+  ``"state_dict_backbone"`` (arcface_torch's ``checkpoint_gpu_N.pt``) or ``"model_state_dict"``,
+  or one level down under any other single key (``{'model': sd}``, ``'net'``, ``'backbone'``,
+  ``'ema'``, ...; when several keys hold one, the one that fits the architecture; ``falsify
+  verify`` names the key);
 * key prefixes a training wrapper adds are removed: ``module.`` (DataParallel / DDP) for every
   architecture, ``model.`` for AdaFace's Lightning checkpoints (whose other tensors, ``head.*``,
   are the training head and are ignored);
@@ -207,25 +210,45 @@ def _last_line(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def unwrap(obj, label: str) -> dict:
-    """The state dict in a loaded checkpoint: ``obj`` itself when it maps names to tensors, else
-    the dict under one of ``NESTED_KEYS``."""
+def find_state(obj, label: str, arch: "Architecture | None" = None) -> tuple[dict, str | None]:
+    """The state dict in a loaded checkpoint, and the key it was found under (None: the file is
+    the state dict itself). Looked for in this order: ``obj`` itself when it maps names to
+    tensors; the dict under one of ``NESTED_KEYS``; the dict of tensors under any other single
+    key, one level down (``{'model': sd}``, ``'net'``, ``'backbone'``, ``'ema'``, ``'module'``, ...).
+    When several keys hold one, the one that fits ``arch`` is taken if only one does; else
+    ``ValueError`` names them."""
     if not isinstance(obj, dict):
         raise ValueError(f"{label} holds a {type(obj).__name__}, not a state dict; save one with "
                          f"{_STATE_DICT_HINT}")
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
+        return obj, None
     for key in NESTED_KEYS:
         inner = obj.get(key)
         if isinstance(inner, dict) and inner and any(isinstance(v, torch.Tensor) for v in inner.values()):
-            return inner
+            return inner, key
+    nested = [k for k, v in obj.items()
+              if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values())]
+    if len(nested) > 1 and arch is not None:
+        fitting = [k for k in nested if mismatch(arch, obj[k])[0] is None]
+        nested = fitting if len(fitting) == 1 else nested
+    if len(nested) == 1:
+        return obj[nested[0]], str(nested[0])
+    if nested:
+        keys = ", ".join(repr(k) for k in nested)
+        raise ValueError(f"{label} holds state dicts under several keys ({keys}); save the one to test alone: "
+                         f"sd = torch.load(CKPT, weights_only=True)[{nested[0]!r}]; torch.save(sd, PATH)")
     if any(isinstance(v, torch.Tensor) for v in obj.values()):
         bad = next(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
         raise ValueError(f"{label}: key {bad} holds a {type(obj[bad]).__name__}, not a tensor; a state dict "
                          f"maps names to tensors ({_STATE_DICT_HINT})")
     keys = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "")
-    raise ValueError(f"{label} holds a dict without tensors ({keys or 'empty'}) and no state dict under "
-                     f"{', '.join(repr(k) for k in NESTED_KEYS)}; save one with {_STATE_DICT_HINT}")
+    raise ValueError(f"{label} holds a dict without tensors ({keys or 'empty'}), and no state dict one level down "
+                     f"under any of its keys; save one with {_STATE_DICT_HINT}")
+
+
+def unwrap(obj, label: str) -> dict:
+    """The state dict in a loaded checkpoint (:func:`find_state` without the key)."""
+    return find_state(obj, label)[0]
 
 
 def _shape(shape) -> str:
@@ -300,7 +323,8 @@ def check_checkpoint(arch_name: str, path: str | Path, label: str | None = None)
     errors of :func:`load_checkpoint`, at the cost of reading the file."""
     arch = architecture(arch_name)
     label = label or f"{arch_name}:{path}"
-    network_state(arch, unwrap(read_checkpoint(_path(arch, path, label), label, arch.save_hint), label), label)
+    network_state(arch, find_state(read_checkpoint(_path(arch, path, label), label, arch.save_hint), label, arch)[0],
+                  label)
 
 
 def _path(arch: Architecture, path, label: str) -> Path:
@@ -317,7 +341,8 @@ def load_checkpoint(arch_name: str, path: str | Path, label: str | None = None) 
     arch = architecture(arch_name)
     label = label or f"{arch_name}:{path}"
     file = _path(arch, path, label)
-    state = network_state(arch, unwrap(read_checkpoint(file, label, arch.save_hint), label), label)
+    state, key = find_state(read_checkpoint(file, label, arch.save_hint), label, arch)
+    state = network_state(arch, state, label)
     with torch.device("meta"):  # no memory and no initialisation: every tensor comes from the file
         net = arch.build()
     state = {k: v.to(torch.float32).contiguous() if v.is_floating_point() else v for k, v in state.items()}
@@ -326,10 +351,12 @@ def load_checkpoint(arch_name: str, path: str | Path, label: str | None = None) 
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v.sum())), None)
     if bad is not None:
         raise ValueError(f"{label}: key {bad} holds NaN or infinite values; the checkpoint is damaged")
-    return FaceEmbedder(
+    model = FaceEmbedder(
         net, input_size=arch.input_size, mean=arch.mean, std=arch.std, channel_order=arch.channel_order,
         name=f"{arch.name}:{file.name}", threshold=None, cam_layer=arch.cam_layer,
     ).eval()
+    model.checkpoint_key = key  # where in the file the weights were (None: the file is the state dict)
+    return model
 
 
 __all__ = [
@@ -339,6 +366,7 @@ __all__ = [
     "architecture",
     "check_checkpoint",
     "expected_shapes",
+    "find_state",
     "load_checkpoint",
     "mismatch",
     "network_state",

