@@ -157,22 +157,28 @@ def room(fig, axes: Sequence, pad: float = 8.0) -> list[float]:
 def fit_titles(fig, axes: Sequence, titles: Sequence[tuple[str, Sequence[str]]], pad: float = 8.0) -> None:
     """Give each of a row of ``axes`` its title, ``(template, names)`` as :func:`fit_text` takes
     them: first each fitted to its :func:`room`; then, one after another, each title that was
-    shortened again, to the room its neighbours' titles leave it as they now are (centred titles
-    ``i``, ``j`` do not overlap while ``w_i / 2 + w_j / 2 + pad <= |c_i - c_j|``)."""
+    shortened again, to the room its neighbours leave it as they now are (centred titles ``i``,
+    ``j`` do not overlap while ``w_i / 2 + w_j / 2 + pad <= |c_i - c_j|``), and never over a
+    neighbour's axes that reach up beside the title (e.g. a taller image next to it)."""
     renderer = renderer_of(fig)
     for ax, (template, names), limit in zip(axes, titles, room(fig, axes, pad)):
         fit_text(ax.title, template, names, limit, renderer)
+    fig.canvas.draw()  # places the titles above their axes
     width = fig.bbox.width
     centres = _centres(fig, axes)
     for i, (ax, (template, names)) in enumerate(zip(axes, titles)):
         whole = template.format(*(displayable(n) for n in names)) if names else displayable(template)
         if ax.title.get_text() == whole:
             continue
+        bottom = ax.title.get_window_extent(renderer).y0
         limit = [2 * centres[i], 2 * (width - centres[i])]
         for j in (i - 1, i + 1):
             if 0 <= j < len(axes):
                 other = axes[j].title.get_window_extent(renderer).width if axes[j].title.get_text() else 0.0
                 limit.append(2 * (abs(centres[i] - centres[j]) - other / 2 - pad))
+                box = axes[j].bbox
+                if box.y1 > bottom:  # its axes reach up beside the title
+                    limit.append(2 * ((centres[i] - box.x1) if j < i else (box.x0 - centres[i])) - pad)
         fit_text(ax.title, template, names, max(min(limit) - pad, 1.0), renderer)
 
 
