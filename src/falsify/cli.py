@@ -585,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="attribution maps of a face pair, as a figure and/or arrays",
         description="Explains A against B's embedding and B against A's: the target is the cosine "
         "similarity of the two L2-normalised embeddings. One figure row per method: face, heatmap "
-        "(colour bar) and overlay, for A and for B; the title gives the pair's cosine and angle.",
+        "(colour bar) and overlay, for A and for B; the title gives the pair's cosine and angle. A file name "
+        "too long for its panel is shortened with an ellipsis; a character no installed font has is drawn "
+        "as U+FFFD. Like verify, it says when no face was found in A or B.",
     )
     p.add_argument("image_a", help="first face image (any JPEG/PNG; resized to the model's input size)")
     p.add_argument("image_b", help="second face image")
@@ -612,7 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
         "d_low exceeds the margin of the model's prior map (its mean occlusion map over untested "
         "calibration images) on the same image by more than delta; with --criterion absolute it passes "
         "when d_high > tau_high, d_low < tau_low and d_high - d_low >= epsilon. Otherwise it is "
-        "falsified; a map with no prediction (constant) is untestable. Thresholds come from "
+        "falsified; a map with no prediction (constant) is untestable, and so is a test in which hiding "
+        "either region moves the embedding by no more than float32 rounding (e.g. a flat-colour image). "
+        "Like verify, it says when no face was found in A or B. Thresholds come from "
         "--tau-high/--tau-low/--epsilon, or are calibrated for the model on pairs (--data, "
         "--calibration-pairs), on the same seeded sample 'falsify run' calibrates on.",
     )

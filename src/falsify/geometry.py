@@ -8,8 +8,9 @@ import torch
 #: float32's spacing of 1 (``torch.finfo(torch.float32).eps``, 2**-23)
 FLOAT32_EPS = 2.0**-23
 #: how many spacings of 1 each component of a float32 unit embedding may differ by when the same
-#: image is embedded twice (another batch, another kernel): 2 measured for dlib ResNet on CPU
-#: (alone against in a batch of 64), so 4 (docs/method.md, "Nothing to test")
+#: image is embedded twice (another batch, another kernel): 1.7 measured for dlib ResNet on CPU
+#: (alone against in a batch of 8 or 64; docs/scripts/rounding.py), so 4 (docs/method.md,
+#: "Nothing to test")
 ROUNDING_ULPS = 4
 
 
