@@ -309,3 +309,26 @@ def test_the_same_face_embedded_alone_and_in_a_batch_is_within_rounding(dlib_mod
     assert angle <= angle_rounding(128)
     assert float((alone[0] - batch[-1]).abs().max()) <= ROUNDING_ULPS * FLOAT32_EPS
     assert np.isfinite(angle)
+
+
+def test_experiment_figures_shorten_names(named_faces):
+    """6.3's parts figure titles each face with its file name; the known-truth figure titles its
+    columns with the methods' names."""
+    from falsify.experiments.exp_6_3 import parts_figure
+    from falsify.experiments.known_truth import draw_figure
+
+    points = [[38.0, 52.0], [74.0, 52.0], [56.0, 74.0], [42.0, 94.0], [70.0, 94.0]]
+    fig = parts_figure({"size": [112, 112], "align": None,
+                        "faces": [{"image": p, "points": points} for p in (*named_faces, named_faces[0])]})
+    texts = assert_laid_out(fig)
+    assert any(t.startswith("Abel_Pacheco_x") and t.endswith("_0001.jpg") and "\u2026" in t for t in texts)
+    assert any(t.startswith("Zoë_Ångström_") for t in texts)
+
+    truth = np.zeros((8, 8))
+    truth[2:5, 2:5] = 1
+    long = "my_method_" + "z" * 100
+    rng = np.random.default_rng(0)
+    comp = {"truth": truth.tolist(), "image": rng.random((8, 8, 3)).tolist(), "effect": 0.1,
+            "maps": {"saliency": rng.random((8, 8)).tolist(), long: rng.random((8, 8)).tolist()}}
+    texts = assert_laid_out(draw_figure({"composites": [comp, comp], "maps": ["saliency", long]}))
+    assert "saliency" in texts and any(t.startswith("my_method_") and "\u2026" in t for t in texts)
