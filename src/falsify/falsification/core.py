@@ -35,7 +35,6 @@ from .criteria import (  # noqa: F401 - the conditions and verdict rules are re-
     COND_MARGIN,
     COND_PRIOR,
     CRITERION_CLASSES,
-    Judgement,
     criterion_for,
     verdict_beyond_prior,
     verdict_of,
@@ -520,13 +519,13 @@ def falsification_test(
         margin = d_high - d_low
         moved = d if config.target == "embedding" else distances(f_x[i].double(), e, None, "embedding")
         if float(moved.max()) <= rounding:  # no counterfactual moved f(x): nothing for the map to predict
-            judged = Judgement("untestable", (
+            verdict, failed, extra = "untestable", (
                 f"hiding S_high or S_low moves the embedding by at most {float(moved.max()):.1e} rad, within "
                 f"float32 rounding ({rounding:.1e} rad for {f_x.shape[1]}-d embeddings): the image gives the map "
-                "nothing to test",))
+                "nothing to test",), {}
         else:
             judged = criterion.judge(pair_ids[i], d_high, d_low)
-        extra = dict(judged.fields)
+            verdict, failed, extra = judged.verdict, judged.failed, dict(judged.fields)
         if i in opt_info:
             info = opt_info[i]
             extra.update(
@@ -539,8 +538,8 @@ def falsification_test(
             extra.update(example_high=cf_keep[i][0], example_low=cf_keep[i][1])
         results.append(
             FalsificationResult(
-                verdict=judged.verdict,
-                failed=judged.failed,
+                verdict=verdict,
+                failed=failed,
                 d_high=d_high,
                 d_low=d_low,
                 sd_high=sd_high,
