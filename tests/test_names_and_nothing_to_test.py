@@ -12,7 +12,6 @@ import json
 import math
 import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest

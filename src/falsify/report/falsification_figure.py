@@ -66,7 +66,8 @@ def falsification_figure(images: torch.Tensor, results: Sequence[FalsificationRe
                 ax.imshow(np.clip(im, 0, 1))
                 ax.set_title(title, fontsize=9)
         setting = f" (fill {results[0].fill}, {results[0].granularity})"
-        heading, named = ("falsification test: {0}" + setting, [method]) if method else ("falsification test" + setting, [])
+        heading, named = ("falsification test: {0}" + setting, [method]) if method else \
+            ("falsification test" + setting, [])
         sup = fig.suptitle(heading.format(*named))
         for _ in range(2):  # the layout, the labels fitted to it, the layout of the fitted labels, ...
             fig.tight_layout()
