@@ -182,11 +182,15 @@ def blank_images(tmp_path_factory):
     return str(flat), str(dot)
 
 
-@pytest.mark.parametrize("fill", ["mean", "blur"])
-def test_a_flat_image_under_test_is_untestable_and_no_face_is_said(blank_images, lfw_sample, capsys, fill):
+@pytest.mark.parametrize("options", [
+    ["--preset", "plain", "--fill", "mean", *THRESHOLDS],
+    ["--preset", "plain", *THRESHOLDS],  # fill blur
+    ["--calibration-pairs", "24", "--prior-images", "4"],  # the default test: beyond-prior, fill mean
+], ids=["mean", "blur", "default"])
+def test_a_flat_image_under_test_is_untestable_and_no_face_is_said(blank_images, lfw_sample, capsys, options):
     face = str(sorted((lfw_sample / "Abel_Pacheco").glob("*.jpg"))[0])
     flat = blank_images[0]
-    assert main(["test", flat, face, "--method", "saliency", "--preset", "plain", "--fill", fill, *THRESHOLDS,
+    assert main(["test", flat, face, "--method", "saliency", "--data", str(lfw_sample), *options,
                  "--json", "-q"]) == 0
     captured = capsys.readouterr()
     (result,) = json.loads(captured.out)["results"]
