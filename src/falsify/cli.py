@@ -293,11 +293,27 @@ def _without_threshold(model, args: argparse.Namespace, methods: list[str], opti
                      f"with {how}")
 
 
+def _say_no_face(args: argparse.Namespace, model, paths: Sequence[str]) -> None:
+    """``falsify verify``'s line, on stderr, when the model's aligner found no face in some of
+    ``paths`` (just loaded with ``load_image``); nothing for a model without alignment."""
+    from .models.alignment import no_face_line
+
+    aligner = getattr(model, "aligner", None)
+    if aligner is None:
+        return
+    names = list(dict.fromkeys(str(Path(p)) for p in paths))
+    missed = [n for n in names if n in aligner.stats.not_found]
+    line = no_face_line(len(missed), len(names), missed)
+    if line:
+        print(f"falsify {args.command}: warning: {line}", file=sys.stderr)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .data import load_image
     from .report.explain import explain_pair, explanation_figure
+    from .report.labels import quiet
 
     methods = _methods(args.methods)
     options = _parse_options(args.option)
@@ -323,6 +339,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for m in methods:  # bad options fail here, before any map is computed
         get_explainer(m, model, **options.get(m, {}))
     a, b = (load_image(p, model.input_size, model.aligner) for p in (args.image_a, args.image_b))
+    _say_no_face(args, model, (args.image_a, args.image_b))
     with tqdm(total=len(methods), desc="explaining", unit="method", disable=args.quiet) as bar:
         expl = explain_pair(model, a, b, methods, options, progress=bar)
     print(f"cosine similarity {expl.cosine:.4f}, angle {expl.angle:.4f} rad")
@@ -332,7 +349,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.out:
         fig = explanation_figure(expl, labels=(Path(args.image_a).stem, Path(args.image_b).stem))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.out, dpi=args.dpi)
+        with quiet():  # matplotlib's warnings are logged, not printed
+            fig.savefig(args.out, dpi=args.dpi)
         print(f"figure: {args.out}")
     return 0
 
@@ -400,6 +418,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         explainer = _get_explainer(args.method, model, **options, **placeholder)
     a = load_image(args.image_a, model.input_size, model.aligner)
     b = load_image(args.image_b, model.input_size, model.aligner)
+    _say_no_face(args, model, (args.image_a, args.image_b))
     calibration = prior_map = None
     pool = None
     if config.tau_high is None or needs_prior:
@@ -463,10 +482,12 @@ def cmd_test(args: argparse.Namespace) -> int:
             print(r.format())
     if args.figure:
         from .report.falsification_figure import falsification_figure
+        from .report.labels import quiet
 
         fig = falsification_figure(images, results, [Path(x).stem for x, _ in names], method=args.method)
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.figure, dpi=110)
+        with quiet():  # matplotlib's warnings are logged, not printed
+            fig.savefig(args.figure, dpi=110)
         if not args.json:
             print(f"\nfigure: {args.figure}")
     return 0
@@ -564,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="attribution maps of a face pair, as a figure and/or arrays",
         description="Explains A against B's embedding and B against A's: the target is the cosine "
         "similarity of the two L2-normalised embeddings. One figure row per method: face, heatmap "
-        "(colour bar) and overlay, for A and for B; the title gives the pair's cosine and angle.",
+        "(colour bar) and overlay, for A and for B; the title gives the pair's cosine and angle. A file name "
+        "too long for its panel is shortened with an ellipsis; a character no installed font has is drawn "
+        "as U+FFFD. Like verify, it says when no face was found in A or B.",
     )
     p.add_argument("image_a", help="first face image (any JPEG/PNG; resized to the model's input size)")
     p.add_argument("image_b", help="second face image")
@@ -591,7 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
         "d_low exceeds the margin of the model's prior map (its mean occlusion map over untested "
         "calibration images) on the same image by more than delta; with --criterion absolute it passes "
         "when d_high > tau_high, d_low < tau_low and d_high - d_low >= epsilon. Otherwise it is "
-        "falsified; a map with no prediction (constant) is untestable. Thresholds come from "
+        "falsified; a map with no prediction (constant) is untestable, and so is a test in which hiding "
+        "either region moves the embedding by no more than float32 rounding (e.g. a flat-colour image). "
+        "Like verify, it says when no face was found in A or B. Thresholds come from "
         "--tau-high/--tau-low/--epsilon, or are calibrated for the model on pairs (--data, "
         "--calibration-pairs), on the same seeded sample 'falsify run' calibrates on.",
     )

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .data.images import iter_chunks, load_images
 from .data.pairs import PairSet
 from .geometry import cosine_similarity, geodesic_distance
+from .models.alignment import no_face_line
 from .models.base import FaceEmbedder, model_device
 
 #: ``falsify verify`` warns that a model is near chance when its accuracy is below this (eigenfaces,
@@ -140,8 +141,7 @@ class VerificationResult:
                        "--std, --align)?")
         if self.alignment and self.alignment.get("no_face_found"):
             a = self.alignment
-            out.append(f"no face was found in {a['no_face_found']} of {a['no_face_found'] + a['aligned']} images; "
-                       f"they were resized without alignment (e.g. {a['no_face_examples'][0]})")
+            out.append(no_face_line(a["no_face_found"], a["no_face_found"] + a["aligned"], a["no_face_examples"]))
         return out
 
     def format(self) -> str:

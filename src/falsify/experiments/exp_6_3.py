@@ -30,6 +30,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..choices import is_control
+from ..report.labels import fit_titles, quiet
 from ..report.tables import fmt_num, fmt_p, fmt_pct, run_description
 from .base import Experiment
 from .rows import ChunkRows, RowKind
@@ -433,6 +434,9 @@ def parts_figure(figure: Mapping):
     handles = [Patch(color=colours[i], label=PARTS[i]) for i in range(1, len(PARTS))]
     handles.append(Patch(facecolor="none", edgecolor="grey", label="background"))
     axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+    with quiet():  # a file name too long for its panel is shortened (falsify.report.labels)
+        fig.get_layout_engine().execute(fig)
+        fit_titles(fig, axes, [("{0}", [Path(d["image"]).name]) for d in faces])
     return fig
 
 

@@ -47,6 +47,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..choices import CONTROLS, TRUTH_METHODS
+from ..report.labels import fit_titles, quiet
 from ..report.tables import fmt_num
 from .base import Experiment, load_raw_summary
 from .exp_6_3 import FramePoints
@@ -682,6 +683,9 @@ def draw_figure(figure: Mapping):
                 ax.set_title(title, fontsize=7)
         axes[r][0].text(0, -0.02, f"effect {c['effect']:+.3f} rad", transform=axes[r][0].transAxes, fontsize=6,
                         va="top")
+    with quiet():  # a method's name too long for its column is shortened (falsify.report.labels)
+        fig.get_layout_engine().execute(fig)
+        fit_titles(fig, axes[0], [(ax.get_title(), []) for ax in axes[0]])
     return fig
 
 

@@ -11,7 +11,10 @@ For each image x with map M:
     d_high > tau_high   and   d_low < tau_low   and   d_high - d_low >= epsilon,
 
 and is *falsified* otherwise (``failed`` names the conditions that did not hold). A map that
-makes no prediction (constant, or an empty S_high/S_low) is *untestable*.
+makes no prediction (constant, or an empty S_high/S_low) is *untestable*, and so is a test in
+which no counterfactual of either region moves f(x) by more than float32 rounding
+(:func:`falsify.geometry.angle_rounding`): the image gives the map nothing to test (e.g. a
+flat-colour image, whose mean fill is the image itself).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 
 from ..choices import PRESET_NAMES, TARGETS
-from ..geometry import geodesic_distance
+from ..geometry import angle_rounding, geodesic_distance
 from ..models.base import model_device
 from .counterfactuals import FILLS, STOCHASTIC_FILLS, OptimisationInfo
 from .criteria import (  # noqa: F401 - the conditions and verdict rules are re-exported here
@@ -478,7 +481,8 @@ def falsification_test(
         pair_angles = geodesic_distance(f_x.double(), references.double())
     criterion.prepare(model, images, f_x, references, pair_ids, device, prior=prior, prior_cache=prior_cache)
 
-    # 4. distances, 5. the criterion's verdict
+    # 4. distances, 5. the criterion's verdict (untestable when no counterfactual moved f(x))
+    rounding = angle_rounding(f_x.shape[1])
     results = []
     row = 0
     for i in range(b):
@@ -513,8 +517,15 @@ def falsification_test(
         sd_high = float(dh.std(unbiased=True)) if k > 1 else 0.0
         sd_low = float(dl.std(unbiased=True)) if k > 1 else 0.0
         margin = d_high - d_low
-        judged = criterion.judge(pair_ids[i], d_high, d_low)
-        extra = dict(judged.fields)
+        moved = d if config.target == "embedding" else distances(f_x[i].double(), e, None, "embedding")
+        if float(moved.max()) <= rounding:  # no counterfactual moved f(x): nothing for the map to predict
+            verdict, failed, extra = "untestable", (
+                f"hiding S_high or S_low moves the embedding by at most {float(moved.max()):.1e} rad, within "
+                f"float32 rounding ({rounding:.1e} rad for {f_x.shape[1]}-d embeddings): the image gives the map "
+                "nothing to test",), {}
+        else:
+            judged = criterion.judge(pair_ids[i], d_high, d_low)
+            verdict, failed, extra = judged.verdict, judged.failed, dict(judged.fields)
         if i in opt_info:
             info = opt_info[i]
             extra.update(
@@ -527,8 +538,8 @@ def falsification_test(
             extra.update(example_high=cf_keep[i][0], example_low=cf_keep[i][1])
         results.append(
             FalsificationResult(
-                verdict=judged.verdict,
-                failed=judged.failed,
+                verdict=verdict,
+                failed=failed,
                 d_high=d_high,
                 d_low=d_low,
                 sd_high=sd_high,

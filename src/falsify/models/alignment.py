@@ -45,6 +45,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -282,6 +283,18 @@ class AlignStats:
     aligned: set = field(default_factory=set)
     not_found: set = field(default_factory=set)
     detections: int = 0  # detector runs (cache misses)
+
+
+def no_face_line(n_missed: int, n_images: int, examples: Sequence[str]) -> str | None:
+    """The line ``falsify verify``, ``explain`` and ``test`` print when the aligner found no face
+    in ``n_missed`` of their ``n_images`` images (``examples``: names of some of them, as
+    :attr:`AlignStats.not_found` holds them); None when it found one in every image."""
+    if not n_missed:
+        return None
+    examples = sorted(examples)
+    named = ", ".join(examples) if n_missed == len(examples) and n_images <= 2 else f"e.g. {examples[0]}"
+    return (f"no face was found in {n_missed} of {n_images} images; {'it was' if n_missed == 1 else 'they were'} "
+            f"resized without alignment ({named})")
 
 
 def _reduced(rgb: np.ndarray, scale: float) -> tuple[np.ndarray, float, float]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from .labels import fit_titles, quiet
 from .tables import as_float, atomic_open
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,7 +105,8 @@ def saliency_grid(
     ``explanations`` are :class:`~falsify.report.explain.PairExplanation` (or anything with
     ``image_a``/``maps_a`` and ``image_b``/``maps_b``); ``side`` "a" shows A explained against f(B),
     "b" the reverse. ``pair_labels`` (e.g. "genuine\\ncos 0.712") label the rows; by default the pair
-    number and cosine. A method missing from a pair's maps leaves its cell blank (n/a).
+    number and cosine. A method missing from a pair's maps leaves its cell blank (n/a). A method's
+    name too long for its column is shortened with an ellipsis (:mod:`falsify.report.labels`).
     """
     if side not in ("a", "b"):
         raise ValueError(f"side must be 'a' or 'b', got {side!r}")
@@ -150,6 +152,9 @@ def saliency_grid(
         cb = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes, shrink=min(0.9, 0.5 + 0.1 * n_rows), aspect=25, pad=0.015)
         cb.set_label("attribution (normalised)", fontsize=8)
         cb.ax.tick_params(labelsize=7)
+    with quiet():  # a method's name (a registered one may be long) is shortened to its column
+        fig.get_layout_engine().execute(fig)
+        fit_titles(fig, axes[0], [("face", [])] + [("{0}", [m]) for m in methods])
     return fig
 
 
@@ -165,10 +170,11 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 150, close: bool = Tru
     base = path.with_suffix("") if path.suffix.lower() in (".png", ".pdf") else path
     base.parent.mkdir(parents=True, exist_ok=True)
     png, pdf = base.parent / (base.name + ".png"), base.parent / (base.name + ".pdf")
-    with atomic_open(png) as f:
-        fig.savefig(f, format="png", dpi=dpi, facecolor="white")
-    with atomic_open(pdf) as f:
-        fig.savefig(f, format="pdf", facecolor="white", metadata={"CreationDate": None})
+    with quiet():  # matplotlib's warnings are logged, not printed (falsify.report.labels)
+        with atomic_open(png) as f:
+            fig.savefig(f, format="png", dpi=dpi, facecolor="white")
+        with atomic_open(pdf) as f:
+            fig.savefig(f, format="pdf", facecolor="white", metadata={"CreationDate": None})
     if close and "matplotlib.pyplot" in sys.modules:
         import matplotlib.pyplot as plt
 
