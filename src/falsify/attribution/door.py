@@ -125,7 +125,7 @@ def import_method(path: str) -> type[Explainer]:
                                    f"(in {getattr(module, '__file__', module_name)})")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise AttributionError(f"method {path!r}: {attr} in {module_name} is a {type(obj).__name__}, not callable; "
+        raise AttributionError(f"method {path!r}: {attr} in {module_name} is not callable ({type(obj).__name__}); "
                                "name a function method(model, images, references) -> maps or an Explainer class")
     cls = explainer_class(path, obj)
     if cls.source_file is None and getattr(module, "__file__", None):
