@@ -357,3 +357,35 @@ def test_run_with_user_methods_errors_sanity_and_changed_file(lfw_sample, tmp_pa
     argv2 = [a if a != methods else "captum:DeepLift,saliency" for a in argv]
     res = _cli(argv2, env_path=lab)
     assert res.returncode == 0, res.stderr
+
+
+def centre_square(model, images, references):
+    """A registered (not imported) method for the Ray test: Ray workers get it from the driver."""
+    n, _, h, w = images.shape
+    m = torch.zeros(n, h, w)
+    m[:, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1.0
+    return m
+
+
+@pytest.mark.slow
+def test_ray_workers_run_registered_and_imported_methods(lfw_sample, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from falsify.experiments import RunConfig, Runner
+
+    _module(tmp_path, monkeypatch, "door_lab_ray", LAB)
+    register_method("door-centre-square", centre_square)
+    settings = dict(data=str(lfw_sample), n_pairs=2, methods=["door_lab_ray:left_half", "door-centre-square",
+                                                              "door_lab_ray:boom"],
+                    preset="plain", tau_high=0.2, tau_low=0.1, epsilon=0.05, ceiling=False, sanity=True)
+    rows = {}
+    for executor in ("in-process", "ray"):
+        out = tmp_path / executor
+        extra = {"workers": 1} if executor == "ray" else {}
+        Runner(RunConfig(out=str(out), executor=executor, **settings, **extra), progress=False,
+               log=lambda *a: None).run()
+        with sqlite3.connect(out / "results.sqlite") as c:
+            rows[executor] = sorted(c.execute("SELECT method, pair, verdict, d_high, d_low, error FROM results"))
+    assert len(rows["ray"]) == 2 * 6
+    assert [r[:3] + r[5:] for r in rows["ray"]] == [r[:3] + r[5:] for r in rows["in-process"]]
+    for a, b in zip(rows["ray"], rows["in-process"]):
+        assert (a[3] is None and b[3] is None) or abs(a[3] - b[3]) <= 1e-5

@@ -86,6 +86,12 @@ def registered_methods() -> dict[str, object]:
     return {name: method for name, (_cls, method) in _REGISTERED.items()}
 
 
+def is_known_method(name: str) -> bool:
+    """Whether ``name`` is a built-in or registered method (captum's and import paths are resolved
+    by :func:`check_method`)."""
+    return name in _CLASSES or name in _REGISTERED
+
+
 def is_builtin(name: str) -> bool:
     """Whether ``name`` is one of falsify's own methods (``METHODS``)."""
     return name in _CLASSES
@@ -203,6 +209,7 @@ __all__ = [
     "find_layer",
     "available_methods",
     "check_method",
+    "is_known_method",
     "get_explainer",
     "method_fingerprints",
     "method_options",

@@ -191,7 +191,9 @@ class RunConfig:
             else:
                 self.methods = list(METHODS)
         self.methods = list(dict.fromkeys(self.methods))
-        unknown = [m for m in self.methods if m not in METHODS and ":" not in m]
+        from ..attribution import is_known_method
+
+        unknown = [m for m in self.methods if m not in METHODS and ":" not in m and not is_known_method(m)]
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}, captum:NAME "
                              "or module.path:callable (`falsify methods` lists them)")
