@@ -389,3 +389,21 @@ def test_ray_workers_run_registered_and_imported_methods(lfw_sample, tmp_path, m
     assert [r[:3] + r[5:] for r in rows["ray"]] == [r[:3] + r[5:] for r in rows["in-process"]]
     for a, b in zip(rows["ray"], rows["in-process"]):
         assert (a[3] is None and b[3] is None) or abs(a[3] - b[3]) <= 1e-5
+
+
+def test_options_of_an_import_path_method(tmp_path, monkeypatch, tiny_model):
+    from falsify.cli import _parse_options
+    from falsify.experiments import RunConfig
+
+    assert _parse_options(["door_lab_opt.maps:f.normalise=signed", "gradcam.layer=layer4.2.conv2"]) == {
+        "door_lab_opt.maps:f": {"normalise": "signed"}, "gradcam": {"layer": "layer4.2.conv2"}}
+    (tmp_path / "door_lab_opt").mkdir()
+    (tmp_path / "door_lab_opt" / "__init__.py").write_text("")
+    (tmp_path / "door_lab_opt" / "maps.py").write_text(LAB.replace("def left_half", "def f"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    c = RunConfig(methods=["door_lab_opt.maps:f"], method_options={"door_lab_opt.maps:f": {"normalise": "signed"}})
+    assert c.methods == ["door_lab_opt.maps:f"]
+    e = get_explainer("door_lab_opt.maps:f", tiny_model, **c.method_options["door_lab_opt.maps:f"])
+    assert e.normalise == "signed"
+    with pytest.raises(AttributionError, match="has no option 'steps'"):
+        get_explainer("door_lab_opt.maps:f", tiny_model, steps=3)
