@@ -407,3 +407,45 @@ def test_options_of_an_import_path_method(tmp_path, monkeypatch, tiny_model):
     assert e.normalise == "signed"
     with pytest.raises(AttributionError, match="has no option 'steps'"):
         get_explainer("door_lab_opt.maps:f", tiny_model, steps=3)
+
+
+@pytest.mark.slow
+def test_changed_method_file_after_a_killed_run_is_refused(lfw_sample, tmp_path):
+    import signal
+    import time
+
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "door_lab_kill.py").write_text(LAB)
+    out = tmp_path / "run"
+    argv = ["run", "6.1", "--methods", "door_lab_kill:left_half,smoothgrad", "--n-pairs", "6", "--batch-pairs", "1",
+            "--data", str(lfw_sample), "--out", str(out), *FIXED]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lab), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "falsify.cli", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    n, deadline = 0, time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            with sqlite3.connect(out / "results.sqlite", timeout=1) as c:
+                n = c.execute("SELECT count(*) FROM results").fetchone()[0]
+        except sqlite3.Error:
+            continue
+        if n >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed ({n} rows)"
+    with sqlite3.connect(out / "results.sqlite") as c:
+        kept = c.execute("SELECT method, pair, verdict FROM results").fetchall()
+    (lab / "door_lab_kill.py").write_text(LAB + "\n# changed\n")
+    res = _cli(argv, env_path=lab)
+    assert res.returncode == 2
+    assert "the file of method 'door_lab_kill:left_half'" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    with sqlite3.connect(out / "results.sqlite") as c:
+        assert c.execute("SELECT method, pair, verdict FROM results").fetchall() == kept
+    (lab / "door_lab_kill.py").write_text(LAB)  # the file as it was: the run resumes and completes
+    res = _cli(argv, env_path=lab)
+    assert res.returncode == 0, res.stderr
+    with sqlite3.connect(out / "results.sqlite") as c:
+        assert c.execute("SELECT count(*) FROM results").fetchone()[0] == 2 * 6
