@@ -136,7 +136,7 @@ def _parse_options(items: Sequence[str] | None, default_method: str | None = Non
     out: dict[str, dict] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        method, dot, opt = key.partition(".")
+        method, dot, opt = key.rpartition(".")  # the last dot: mylab.maps:f.normalise is (mylab.maps:f, normalise)
         if not dot and default_method:
             method, opt = default_method, key
         if not sep or not method.strip() or not opt.strip():
@@ -153,13 +153,21 @@ def _parse_options(items: Sequence[str] | None, default_method: str | None = Non
 
 
 def _methods(text: str) -> list[str]:
+    """``--methods``: built-in names, ``captum:NAME`` and ``module.path:callable`` (checked, and the
+    named module imported, by ``falsify.attribution`` before any work)."""
     if text.strip() == "all":
         return list(METHODS)
     names = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in METHODS and ":" not in m]
     if unknown or not names:
-        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from: all, {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from: all, {', '.join(METHODS)}, "
+                         "captum:NAME or module.path:callable (`falsify methods` lists them)")
     return list(dict.fromkeys(names))
+
+
+def _is_layer_method(name: str) -> bool:
+    """The methods ``--layer`` applies to: the CAM methods and captum's layer methods."""
+    return name in CAM_METHODS or name.startswith(("captum:Layer", "captum:GuidedGradCam", "captum:InternalInfluence"))
 
 
 # --- verify --------------------------------------------------------------------------------------
@@ -254,6 +262,41 @@ def architectures_table() -> list[str]:
     return lines
 
 
+def methods_table() -> str:
+    """What ``--methods`` takes, as ``falsify methods`` prints it."""
+    import textwrap
+
+    from .attribution import available_methods, method_options
+    from .choices import CONTROLS
+
+    avail = available_methods()
+    wrap = lambda text: textwrap.wrap(text, 110, initial_indent="  ", subsequent_indent="  ",  # noqa: E731
+                                      break_on_hyphens=False)
+    lines = ["Built-in methods (--methods NAME; options as --option NAME.KEY=VALUE):"]
+    for m in avail["builtin"]:
+        opts = ", ".join(method_options(m))
+        lines.append(f"  {m:<18} {'control; ' if m in CONTROLS else ''}options: {opts or '-'}")
+    lines += ["", "Registered in this process (falsify.attribution.register_method):"]
+    lines += [f"  {m}" for m in avail["registered"]] or ["  (none)"]
+    lines += ["", "captum's attributions by name (--methods captum:NAME; the same similarity target; layer methods "
+              "take --layer or --option captum:NAME.layer=..., default the model's CAM layer):"]
+    lines += wrap(", ".join(avail["captum"]))
+    lines += ["", "Your own method: --methods module.path:callable, a function method(model, images, references) -> "
+              "maps", "  ((N,3,H,W) in [0,1], (N,D) -> (N,H,W)) or an Explainer class; the module is imported "
+              "because you named it", "  (put its folder on PYTHONPATH). See README.md, 'Your own method'."]
+    return "\n".join(lines)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    if args.json:
+        from .attribution import available_methods
+
+        print(json.dumps(available_methods(), indent=2))
+    else:
+        print(methods_table())
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         import dataclasses
@@ -321,10 +364,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if m not in methods:
             raise ValueError(f"--option names method {m!r}, which is not in --methods {','.join(methods)}")
     if args.layer:
-        if not any(m in CAM_METHODS for m in methods):
-            raise ValueError(f"--layer is for the CAM methods ({', '.join(CAM_METHODS)}), none of which is in --methods")
+        if not any(_is_layer_method(m) for m in methods):
+            raise ValueError(f"--layer is for the CAM methods ({', '.join(CAM_METHODS)}) and captum's layer methods "
+                             "(captum:Layer*), none of which is in --methods")
         for m in methods:
-            if m in CAM_METHODS:
+            if _is_layer_method(m):
                 options.setdefault(m, {}).setdefault("layer", args.layer)
     if args.out:
         if Path(args.out).suffix.lower() not in FIGURE_SUFFIXES:
@@ -592,9 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image_a", help="first face image (any JPEG/PNG; resized to the model's input size)")
     p.add_argument("image_b", help="second face image")
     p.add_argument("--methods", default=EXPLAIN_METHODS,
-                   help=f"comma-separated, or 'all' ({', '.join(METHODS)}); default %(default)s (without "
+                   help=f"comma-separated, or 'all' ({', '.join(METHODS)}); also captum:NAME and module.path:callable "
+                   "(`falsify methods`); default %(default)s (without "
                    "biometric-gradcam for a model with no decision threshold of its own)")
-    p.add_argument("--layer", help="layer for the CAM methods (default: the model's CAM layer, layer2.3 for "
+    p.add_argument("--layer", help="layer for the CAM methods and captum:Layer* (default: the model's CAM layer, layer2.3 for "
                    "dlib-resnet; otherwise the last Conv2d with more than a 1x1 output)")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. ig.steps=128 or occlusion.window=20 (repeatable)")
@@ -622,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("image_a", help="the face to explain (any JPEG/PNG; resized to the model's input size)")
     p.add_argument("image_b", help="the other face of the pair: the reference embedding")
-    p.add_argument("--method", required=True, help=f"attribution method ({', '.join(METHODS)})")
+    p.add_argument("--method", required=True, help=f"attribution method ({', '.join(METHODS)}; or captum:NAME, "
+                   "module.path:callable: `falsify methods`)")
     p.add_argument("--layer", help="layer for CAM methods (default: the method's default)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="a method option, e.g. steps=64 (repeatable)")
     _add_model_args(p)
@@ -686,6 +732,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser(
+        "methods",
+        help="list the attribution methods --methods takes: built-in, registered, captum:NAME, module.path:callable",
+        description="Lists falsify's own methods with their options, the methods registered in this process, "
+        "the captum.attr classes falsify runs by name (captum:NAME), and the form of your own method "
+        "(module.path:callable).",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser(
         "run",
         help="run an experiment (6.1: falsification rates per method; 6.2: by verification margin; 6.3: facial parts and attributes; "
         "6.4: across models; "
@@ -704,7 +760,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", nargs="?", default=None, choices=list(EXPERIMENTS), help="default 6.1")
     _add_data_args(p)
     _add_model_args(p, default=None)
-    p.add_argument("--methods", help="comma-separated methods, or 'all' (default)")
+    p.add_argument("--methods", help="comma-separated methods, or 'all' (default): built-in names, captum:NAME (a "
+                   "captum.attr class) or module.path:callable (your own; its module is imported because you named "
+                   "it); `falsify methods` lists them")
     p.add_argument("--models", help="experiment 6.4: comma-separated models compared on the same pairs (default "
                    "dlib-resnet,sface,dlib-resnet:random; NAME:random is a randomised negative control)")
     p.add_argument("--n-pairs", type=_whole(1), help="seeded balanced sample of N pairs (default 200)")

@@ -14,7 +14,9 @@ import typing
 from ..choices import METHODS as _CHOICES
 from .base import AttributionError, Explainer, SimilarityTarget, find_layer, normalise_maps
 from .biometric_gradcam import BiometricGradCAM
+from .captum_methods import CAPTUM_PREFIX, SmoothGradExplainer, VarGradExplainer, captum_class, captum_names
 from .centre import CentreExplainer
+from .door import explainer_class, import_method, is_import_path
 from .edge import EdgeExplainer
 from .geodesic_ig import GeodesicIntegratedGradients
 from .gradcam import CAMExplainer, GradCAM
@@ -40,6 +42,8 @@ _CLASSES: dict[str, type[Explainer]] = {
         OcclusionExplainer,
         KernelSHAPExplainer,
         LIMEExplainer,
+        SmoothGradExplainer,
+        VarGradExplainer,
         RandomExplainer,
         CentreExplainer,
         EdgeExplainer,
@@ -53,17 +57,97 @@ if METHODS != _CHOICES:
     raise ImportError(f"falsify.choices.METHODS {_CHOICES} does not match the registered methods {METHODS}")
 
 
+#: methods registered with :func:`register_method`: name -> (explainer class, what was registered)
+_REGISTERED: dict[str, tuple[type[Explainer], object]] = {}
+#: methods named by import path (``module.path:callable``), imported on first use
+_IMPORTED: dict[str, type[Explainer]] = {}
+
+
+def register_method(name: str, method) -> type[Explainer]:
+    """Register ``method`` under ``name`` for ``get_explainer``, ``--methods`` and every experiment.
+
+    ``method`` is a class in falsify's explainer interface (an :class:`Explainer` subclass whose
+    ``_attribute(images, references)`` returns (N, H, W)), or a plain callable
+    ``method(model, images, references) -> maps``: images (N, 3, H, W) RGB in [0, 1], reference
+    embeddings (N, D) (None without a reference), maps (N, H, W), signed or not. Returns the
+    explainer class. A name already registered is replaced; a built-in name is refused."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip() or any(c in name for c in ",@= "):
+        raise AttributionError(f"a method name must be a non-empty string without spaces, ',', '@' or '=', "
+                               f"got {name!r}")
+    if name in _CLASSES or name.startswith(CAPTUM_PREFIX) or name == "all":
+        raise AttributionError(f"{name!r} is a built-in method name; register yours under another name")
+    cls = explainer_class(name, method)
+    _REGISTERED[name] = (cls, method)
+    return cls
+
+
+def registered_methods() -> dict[str, object]:
+    """What :func:`register_method` was given, by name (Ray workers register the same)."""
+    return {name: method for name, (_cls, method) in _REGISTERED.items()}
+
+
+def is_known_method(name: str) -> bool:
+    """Whether ``name`` is a built-in or registered method (captum's and import paths are resolved
+    by :func:`check_method`)."""
+    return name in _CLASSES or name in _REGISTERED
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is one of falsify's own methods (``METHODS``)."""
+    return name in _CLASSES
+
+
+def method_source(name: str) -> str | None:
+    """The file of a registered or imported method's code (None for built-ins, captum's, and code
+    with no file): its sha256 is part of a run's settings (``method_fingerprints``)."""
+    if name in _CLASSES or name.startswith(CAPTUM_PREFIX):
+        return None
+    return getattr(_method_class(name), "source_file", None)
+
+
+def method_fingerprints(names) -> dict[str, str]:
+    """``{name: sha256 of its file}`` for the registered and imported methods among ``names``."""
+    from ..fingerprints import file_fingerprint
+
+    out = {}
+    for n in names:
+        src = method_source(n)
+        if src:
+            out[n] = file_fingerprint(src)
+    return out
+
+
+def available_methods() -> dict[str, list[str]]:
+    """What ``--methods`` takes: the built-ins, the registered methods and the captum classes."""
+    return {"builtin": list(METHODS), "registered": list(_REGISTERED), "captum": [CAPTUM_PREFIX + n for n in captum_names()]}
+
+
 def method_options(name: str) -> list[str]:
     """The keyword options ``get_explainer(name, model, ...)`` accepts for a method."""
     cls = _method_class(name)
     return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
 
 
+def check_method(name: str) -> None:
+    """Resolve ``name`` now (importing the module it names, if any): one line when it cannot be."""
+    _method_class(name)
+
+
 def _method_class(name: str) -> type[Explainer]:
-    try:
+    if name in _CLASSES:
         return _CLASSES[name]
-    except KeyError:
-        raise AttributionError(f"unknown attribution method {name!r}; choose from {', '.join(METHODS)}") from None
+    if name in _REGISTERED:
+        return _REGISTERED[name][0]
+    if isinstance(name, str) and name.startswith(CAPTUM_PREFIX):
+        return captum_class(name)
+    if is_import_path(name):
+        if name not in _IMPORTED:
+            _IMPORTED[name] = import_method(name)
+        return _IMPORTED[name]
+    registered = f"; registered: {', '.join(_REGISTERED)}" if _REGISTERED else ""
+    raise AttributionError(
+        f"unknown attribution method {name!r}; choose from {', '.join(METHODS)}{registered}, captum:NAME (a "
+        "captum.attr class, e.g. captum:DeepLift) or module.path:callable (your own; `falsify methods` lists them)")
 
 
 def get_explainer(name: str, model, **options) -> Explainer:
@@ -123,7 +207,13 @@ __all__ = [
     "Explainer",
     "SimilarityTarget",
     "find_layer",
+    "available_methods",
+    "check_method",
+    "is_known_method",
     "get_explainer",
+    "method_fingerprints",
     "method_options",
+    "register_method",
+    "registered_methods",
     "normalise_maps",
 ]

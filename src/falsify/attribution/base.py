@@ -162,6 +162,22 @@ def capture(module: nn.Module) -> Iterator[dict]:
             h.remove()
 
 
+def check_maps(method: str, maps, images: torch.Tensor) -> torch.Tensor:
+    """``maps`` when they are (N, H, W) for ``images`` (N, 3, H, W) and finite; else one line
+    naming the method and what is wrong (the run records it as the pair's error row)."""
+    want = (images.shape[0], *images.shape[-2:])
+    if not isinstance(maps, torch.Tensor):
+        raise AttributionError(f"method {method!r} returned {type(maps).__name__}, not maps (N, H, W)")
+    if tuple(maps.shape) != want:
+        raise AttributionError(f"method {method!r} returned maps of shape {tuple(maps.shape)}; expected "
+                               f"(N, H, W) = {want} for images of shape {tuple(images.shape)}")
+    bad = int((~torch.isfinite(maps)).sum()) if maps.is_floating_point() else 0
+    if bad:
+        raise AttributionError(f"method {method!r} returned {bad} non-finite value(s) (NaN or inf) in its "
+                               f"{maps.numel()}-value maps")
+    return maps
+
+
 class Explainer:
     """Base class: ``explainer(images, references)`` -> maps (B,H,W) in [0,1].
 
@@ -225,7 +241,7 @@ class Explainer:
     def attribute(self, images: torch.Tensor, references: torch.Tensor | None = None) -> torch.Tensor:
         """Signed, unnormalised attributions (B,H,W) at the input resolution."""
         images, references = self.check_inputs(images, references)
-        return self._attribute(images, references).detach()
+        return check_maps(self.name, self._attribute(images, references), images).detach()
 
     def _attribute(self, images: torch.Tensor, references: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError

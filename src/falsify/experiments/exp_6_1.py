@@ -589,8 +589,9 @@ def _pct(x) -> str:
 def _run_table(summary: Mapping) -> str:
     ceiling = ceiling_of(summary)
     where = (ceiling or {}).get("fr_where_ceiling_passes", {})
+    n = max([18, *(len(m["method"]) for m in summary["methods"])])  # a user's module.path:callable is long
     lines = [f"experiment {summary['experiment']} on {summary['data']['n_pairs']} pairs, model {summary['model']}",
-             f"{'method':18s} {'pass':>5s} {'fals':>5s} {'untest':>6s} {'err':>4s}   FR%  [95% CI]      "
+             f"{'method':{n}s} {'pass':>5s} {'fals':>5s} {'untest':>6s} {'err':>4s}   FR%  [95% CI]      "
              + ("FR% where ceiling passes  " if ceiling else "") + "d_high  d_low  s/pair"]
     for m in summary["methods"]:
         dh = "  n/a" if m["mean_d_high"] is None else f"{m['mean_d_high']:.3f}"
@@ -600,11 +601,11 @@ def _run_table(summary: Mapping) -> str:
         if ceiling:
             c = where.get(m["method"]) or {}
             w = f"{_pct(c.get('fr'))} [{_pct(c.get('ci_low'))},{_pct(c.get('ci_high'))}] n={c.get('n', 0):<3d}   "
-        lines.append(f"{m['method']:18s} {m['n_passed']:5d} {m['n_falsified']:5d} {m['n_untestable']:6d} "
+        lines.append(f"{m['method']:{n}s} {m['n_passed']:5d} {m['n_falsified']:5d} {m['n_untestable']:6d} "
                      f"{m['n_error']:4d}  {_pct(m['fr'])} [{_pct(m['ci_low'])},{_pct(m['ci_high'])}]   {w}{dh}  {dl}  {sp}")
     if ceiling:
         sp = ceiling.get("seconds_per_pair")
-        lines.append(f"{'ceiling':18s} {ceiling['n_passed']:5d} {ceiling['n_falsified']:5d} {ceiling['n_untestable']:6d} "
+        lines.append(f"{'ceiling':{n}s} {ceiling['n_passed']:5d} {ceiling['n_falsified']:5d} {ceiling['n_untestable']:6d} "
                      f"{ceiling['n_error']:4d}  {_pct(ceiling['share_falsified'])} [{_pct(ceiling['ci_low'])},"
                      f"{_pct(ceiling['ci_high'])}]   the test's ceiling (greedy search), not a method"
                      + ("" if sp is None else f"; {sp:.2f} s/pair"))

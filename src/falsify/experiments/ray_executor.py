@@ -93,12 +93,19 @@ def _first_line(exc: BaseException) -> str:
 class RowWorker:
     """A Ray actor computing units with its own copy of the model."""
 
-    def __init__(self, kind: RowKind, threads: int = 1) -> None:
+    def __init__(self, kind: RowKind, threads: int = 1, door: dict | None = None) -> None:
         import torch
 
         from .rows import load_run_model
 
         torch.set_num_threads(threads)
+        self.door = door
+        if door:  # the driver's registered methods, and its import path for module.path:callable methods
+            from ..attribution import register_method
+
+            sys.path.extend(p for p in door["sys_path"] if p not in sys.path)
+            for name, method in door["registered"].items():
+                register_method(name, method)
         model = load_run_model(kind.ctx.config)
         if model.threshold is None:  # as the driver: the calibrated threshold (Runner._setup)
             model.threshold = kind.ctx.threshold
@@ -109,6 +116,8 @@ class RowWorker:
             from ..models import model_sha256
 
             self.sha256 = model_sha256(kind.ctx.config.model)
+        self._checked = False
+        self._methods = getattr(kind.ctx.config, "methods", [])
 
     def pid(self) -> int:
         return os.getpid()
@@ -116,12 +125,37 @@ class RowWorker:
     def model_sha256(self) -> str | None:
         return self.sha256
 
+    def check_methods(self) -> None:
+        """A method this worker imported from a file other than the driver's (another node, a file
+        changed since the run started) is refused: its rows would be mixed with the driver's."""
+        if self._checked or not self.door:
+            return
+        from ..attribution import method_fingerprints
+
+        here = method_fingerprints(self._methods)
+        for name, sha in self.door["fingerprints"].items():
+            if here.get(name) != sha:
+                raise ValueError(f"method {name!r}: the file a Ray worker imported differs from the driver's "
+                                 f"(sha256 {str(here.get(name))[:12]} vs {sha[:12]}); give every node the same file")
+        self._checked = True
+
     def rows(self, chunk, methods, done) -> tuple[list, list]:
+        self.check_methods()
         rows, maps = [], []
         for r, m in self.computer.rows(chunk, methods, done):
             rows += r
             maps += m
         return rows, maps
+
+
+def method_door(config) -> dict:
+    """What a worker needs to build the run's methods as the driver did: the methods registered in
+    this process (``register_method``), this process's ``sys.path`` (where ``module.path:callable``
+    methods were imported from) and the sha256 of each such method's file."""
+    from ..attribution import method_fingerprints, registered_methods
+
+    return {"registered": registered_methods(), "sys_path": list(sys.path),
+            "fingerprints": method_fingerprints(getattr(config, "methods", []))}
 
 
 class RayExecutor:
@@ -153,6 +187,7 @@ class RayExecutor:
         self._pids: list = []
         self._shas: list = []  # each actor's model_sha256(), as a Ray reference
         self._busy: set[int] = set()
+        self._door: dict | None = None  # method_door() of the run, for each actor
 
     def open(self, log=print) -> bool:
         """Connect to Ray and check it, before anything is computed or written: a cluster at
@@ -221,7 +256,7 @@ class RayExecutor:
         return [ray.get(self._pids[i]) for i in sorted(self._busy)]
 
     def _start(self, kind_ref, i: int | None = None) -> int:
-        actor = RowWorker.options(num_cpus=self.threads).remote(kind_ref, self.threads)
+        actor = RowWorker.options(num_cpus=self.threads).remote(kind_ref, self.threads, self._door)
         if i is None:
             self._actors.append(actor)
             self._pids.append(actor.pid.remote())
@@ -251,6 +286,7 @@ class RayExecutor:
         try:
             n = self.n_workers
             kind_ref = ray.put(kind)
+            self._door = method_door(kind.ctx.config)
             units = deque(((list(chunk), list(ms)), 1) for chunk, ms in units)
             n = min(n, len(units))
             log(f"Ray: {len(units)} units (chunk of pairs x keys) on {n} worker{'s' * (n != 1)}")

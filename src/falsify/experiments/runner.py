@@ -37,6 +37,9 @@ from .executor import RowContext, Rows61, executor_open, make_executor, row_expl
 from .rows import load_run_model  # noqa: F401 - re-exported: the model of a run
 from .store import ResultsStore, inspect_store
 
+#: The store's meta key of ``{method: sha256 of its file}`` for registered and imported methods.
+METHOD_FINGERPRINTS = "method_fingerprints"
+
 #: The experiment whose rows both 6.1 and 6.2 read.
 ROWS_OF = "6.1"
 
@@ -187,10 +190,18 @@ class RunConfig:
                 self.methods = list(TRUTH_METHODS)
             else:
                 self.methods = list(METHODS)
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         self.methods = list(dict.fromkeys(self.methods))
+        from ..attribution import is_known_method
+
+        unknown = [m for m in self.methods if m not in METHODS and ":" not in m and not is_known_method(m)]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}, captum:NAME "
+                             "or module.path:callable (`falsify methods` lists them)")
+        from ..attribution import check_method
+
+        for m in self.methods:  # captum:NAME, module.path:callable: resolved (imported) now, one line if not
+            if m not in METHODS:
+                check_method(m)
         for name, minimum in (("n_pairs", 1), ("K", 1), ("grid", 1), ("calibration_pairs", 4), ("batch_pairs", 1),
                               ("batch_size", 1), ("grid_pairs", 0), ("prior_images", 1), ("prior_grid", 2)):
             if getattr(self, name) < minimum:
@@ -203,7 +214,7 @@ class RunConfig:
         for name in ("tau_high", "tau_low", "epsilon"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 radians, got {getattr(self, name)}")
-        unknown_opts = [m for m in self.method_options if m not in METHODS]
+        unknown_opts = [m for m in self.method_options if m not in METHODS and m not in self.methods]
         if unknown_opts:
             raise ValueError(f"method_options names unknown method(s) {', '.join(unknown_opts)}")
         unused = [m for m in self.method_options if m not in self.methods]
@@ -791,6 +802,24 @@ class Runner:
             raise ValueError(conflict_message(self.out, diff))
         return stored
 
+    def _method_fingerprints(self, stored: dict | None) -> dict:
+        """The sha256 of the file of every registered or imported method of the run, merged with
+        the store's: a method whose file changed since its rows were made is refused (one line,
+        nothing written), so old and new rows are never mixed."""
+        from ..attribution import method_fingerprints
+
+        have = dict((stored or {}).get("meta", {}).get(METHOD_FINGERPRINTS) or {})
+        now = method_fingerprints(self.config.methods)
+        changed = [m for m, sha in now.items() if have.get(m, sha) != sha]
+        if changed:
+            from ..attribution import method_source
+
+            m = changed[0]
+            raise ValueError(f"{self.out}: the file of method {m!r} ({method_source(m)}) changed since its rows were "
+                             "made (its sha256 differs), so resuming would mix its old and new maps; nothing was "
+                             "changed there. Restore the file, or use another --out")
+        return {**have, **now}
+
     def _calibration_pool(self) -> PairSet:
         """The pairs the thresholds, the prior and delta are calibrated on: a seeded sample of
         ``calibrate_on``'s pairs when it is given, else of the run's own data."""
@@ -892,6 +921,7 @@ class Runner:
             self.out = default_out(c, self.settings)
         check_writable(self.out, "--out", folder=True)
         self.stored = self._stored(self.settings, self.pairs)
+        self.method_fingerprints = self._method_fingerprints(self.stored)
         self._claim()  # the executor connected, OUT locked: from here on the run computes
         self.calibration = self._calibration(model, self.stored)
         #: the model's decision threshold (cosine): calibrated on the data, else the model's own
@@ -930,6 +960,8 @@ class Runner:
         if self.prior is not None and (store.get_meta("prior") is None or self.delta is not None):
             store.set_meta("prior", {**self.prior.to_dict(), "delta": self.delta})
         store.set_meta("falsification_config", self.fconfig.to_dict())
+        if self.method_fingerprints:
+            store.set_meta(METHOD_FINGERPRINTS, self.method_fingerprints)
         self.log(f"run directory: {self.out}")
         self.log(self.pairs.summary())
         if self.retry_errors:
