@@ -93,7 +93,7 @@ def test_stopped_during_the_calibration_of_a_new_run_leaves_no_folder(lfw_sample
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize("sig", [*SIGNALS, signal.SIGINT], ids=lambda s: signal.Signals(s).name)
 def test_stopped_during_the_rows_keeps_them_and_the_same_command_resumes(lfw_sample, tmp_path, sig):
     out = tmp_path / "run"
     argv = _argv(lfw_sample, out, extra=FIXED)
@@ -129,3 +129,17 @@ def test_stopped_during_the_report_keeps_the_rows_and_the_same_command_writes_it
     assert resumed.returncode == 0, err
     assert "all rows are already in the store" in stdout, stdout  # nothing computed again
     assert _n_rows(out) == 4 and (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_with_the_ray_executor_stops_as_in_process(lfw_sample, tmp_path):
+    """``ray.init`` makes SIGTERM exit the driver at once (exit status 15, Ray's crash dump on
+    stderr, no clean-up); falsify puts its own handler back, so the run stops as in-process."""
+    pytest.importorskip("ray")
+    out = tmp_path / "run"
+    argv = _argv(lfw_sample, out, extra=[*FIXED, "--executor", "ray", "--workers", "1"])
+    proc = _start(argv)
+    _stop_when(proc, lambda: _n_rows(out) >= 1, signal.SIGTERM)
+    line = _ended(proc, signal.SIGTERM)
+    assert f"the rows already stored in {out} are kept: rerun the same command to resume" in line
+    assert 1 <= _n_rows(out) < 12
