@@ -144,3 +144,30 @@ def test_report_on_an_unfinished_run_says_how_far_it_got_and_how_to_finish(lfw_s
 def test_report_on_a_folder_without_a_run_still_says_so(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "summary.json not found: is" in capsys.readouterr().err
+
+
+def test_6_4_says_it_once_not_once_per_model(small_csv, tmp_path, monkeypatch):
+    """6.4 loads the pairs, then each model's 6.1 run loads them again: the line comes once."""
+    from falsify.experiments import runner as R
+    from falsify.experiments.exp_6_4 import Runner64
+
+    class Stop(Exception):
+        pass
+
+    def run(self):  # each model's run: its pairs (as its _setup loads them), then stop before any model
+        load_run_pairs(self.config, log=self.log)
+        self.log(f"model {self.config.model}")
+        if self.config.model == "dlib-resnet:random":
+            raise Stop
+
+    monkeypatch.setattr(R.Runner, "run", run)
+    lines: list[str] = []
+    config = RunConfig(experiment="6.4", data=str(small_csv), n_pairs=999, methods=["random"], out=str(tmp_path / "r"),
+                       models=["dlib-resnet", "dlib-resnet:random"], tau_high=0.2, tau_low=0.1, epsilon=0.05,
+                       preset="plain")
+    with pytest.raises(Stop):
+        Runner64(config, progress=False, log=lines.append).run()
+    notes = [x for x in lines if "asks for more pairs" in x]
+    assert notes == [f"--n-pairs 999 asks for more pairs than there are: 12 available in {small_csv}, so all 12 "
+                     "are used"]
+    assert lines.index(notes[0]) < lines.index("model dlib-resnet") < lines.index("model dlib-resnet:random")

@@ -630,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_args(p)
     _add_model_args(p)
-    p.add_argument("--n-pairs", type=_whole(1), metavar="N", help="use a seeded balanced sample of N pairs")
+    p.add_argument("--n-pairs", type=_whole(1), metavar="N", help="use a seeded balanced sample of N pairs (more "
+                   "than the data holds: every pair, and a line on stderr saying how many)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling pairs (default 0)")
     p.add_argument("--batch-size", type=_whole(1), default=64, help="images per forward pass (default 64)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (undefined values are null)")
@@ -724,7 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
         ".pdf) and OUT/report.html, a self-contained page. The saliency grid needs the attribution maps, "
         "so it is kept as it is when present and not made otherwise.",
     )
-    p.add_argument("out", metavar="OUT", help="output folder of 'falsify run' (holds summary.json)")
+    p.add_argument("out", metavar="OUT", help="output folder of 'falsify run' (holds summary.json; of a run that "
+                   "has not finished, it says how far it got and the command that finishes it)")
     p.add_argument("--no-figures", action="store_true", help="keep the figures as they are; only rewrite tables and HTML")
     p.set_defaults(func=cmd_report)
 
@@ -752,7 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
         "missing) and adds the analysis by margin. On an existing OUT, settings not given are taken "
         "from its store; given ones must match it. Thresholds tau_high, tau_low, epsilon are "
         "calibrated on the model's genuine/impostor angles unless all three are given. Every option "
-        "is checked before anything is written; one run at a time may use an OUT.",
+        "is checked before anything is written; one run at a time may use an OUT. Ctrl-C, SIGTERM and SIGHUP "
+        "stop a run cleanly: before its store exists it leaves no folder, after it the rows stay for the same "
+        "command to resume; one line says which.",
     )
     p.add_argument("experiment", nargs="?", default=None, choices=list(EXPERIMENTS), help="default 6.1")
     _add_data_args(p)
@@ -760,7 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated methods, or 'all' (default)")
     p.add_argument("--models", help="experiment 6.4: comma-separated models compared on the same pairs (default "
                    "dlib-resnet,sface,dlib-resnet:random; NAME:random is a randomised negative control)")
-    p.add_argument("--n-pairs", type=_whole(1), help="seeded balanced sample of N pairs (default 200)")
+    p.add_argument("--n-pairs", type=_whole(1), help="seeded balanced sample of N pairs (default 200; more than the "
+                   "data holds: every pair, and a line saying how many)")
     p.add_argument("-K", "--counterfactuals", dest="K", type=_whole(1),
                    help="counterfactuals per region for stochastic fills (default 16; deterministic fills use 1)")
     p.add_argument("--seed", type=int, help="seed for the pair sample, ties and fills (default 0)")
