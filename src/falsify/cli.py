@@ -538,8 +538,8 @@ def stopped_line(exc: BaseException, out: Path | None) -> str:
     out = Path(out)
     if (out / "results.sqlite").is_file():
         return f"{how}; the rows already stored in {out} are kept: rerun the same command to resume"
-    gone = "was removed" if not out.exists() else "holds nothing of this run"
-    return f"{how} before any row was stored, so {out} {gone}; rerun the same command to start again"
+    return (f"{how} before any row was stored; {out} is left as it was before the run: rerun the same command to "
+            "start again")
 
 
 class Stopped(KeyboardInterrupt):
