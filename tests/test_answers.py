@@ -74,7 +74,8 @@ def test_run_says_when_it_has_fewer_pairs_than_asked(small_csv, tmp_path, capsys
     assert main(argv) == 0
     printed = capsys.readouterr().out
     line = _line(printed, "--n-pairs 100000")
-    assert line == f"--n-pairs 100000 asks for more pairs than there are: 12 available in {small_csv}, so all 12 are used"
+    assert line == (f"--n-pairs 100000 asks for more pairs than there are: 12 available in {small_csv}, "
+                    "so all 12 are used")
     assert printed.index(line) < printed.index("run directory:")  # said at once, before any work
     assert main(argv) == 0  # the same command resumes: N is stored as asked
     assert "all rows are already in the store" in capsys.readouterr().out

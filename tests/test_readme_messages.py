@@ -6,8 +6,8 @@ to fix") that is not Python code. In it, numbers, paths, file names and the plac
 :data:`PLACEHOLDERS` stand for values, and ``...`` for an elided part. Each clause of the quote
 (messages join clauses made in different places with ``; ``) must be printed by one string of
 ``src/``: a literal, or an f-string, read in order, where a placeholder of the quote may stand for
-any part of the string without a letter (its fields, punctuation), and a ``{...}`` field of the string for a plural ending (up to two
-characters) or for another string constant of ``src/``.
+any part of the string without a letter (its fields, punctuation), and a ``{...}`` field of the
+string for a plural ending (up to two characters) or for another string constant of ``src/``.
 """
 from __future__ import annotations
 
@@ -142,4 +142,5 @@ def test_the_check_fails_for_a_message_the_code_does_not_print():
     assert _says("--workers 100: this machine has 2 CPUs, so 2 workers (at most one per CPU)")
     assert not _says("--workers 100: this machine has 2 CPUs, so 2 threads (at most one per CPU)")
     assert not _says("this machine has 2 CPUs, so 2 workers: --workers 100")
-    assert quotes("a `falsify run 6.1 --out DIR` and `x = f(a, b)` and `OUT: it is gone; rerun it`") == ["OUT: it is gone; rerun it"]
+    text = "a `falsify run 6.1 --out DIR` and `x = f(a, b)` and `OUT: it is gone; rerun it`"
+    assert quotes(text) == ["OUT: it is gone; rerun it"]

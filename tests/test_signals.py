@@ -79,8 +79,10 @@ def test_stopped_during_set_up_leaves_nothing(lfw_sample, tmp_path, sig):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, stage", [(signal.SIGTERM, "calibrating tau_high"), (signal.SIGHUP, "calibrating tau_high"),
-                                        (signal.SIGTERM, "the model's prior map")], ids=["SIGTERM", "SIGHUP", "SIGTERM-prior"])
+@pytest.mark.parametrize("sig, stage", [(signal.SIGTERM, "calibrating tau_high"),
+                                        (signal.SIGHUP, "calibrating tau_high"),
+                                        (signal.SIGTERM, "the model's prior map")],
+                         ids=["SIGTERM", "SIGHUP", "SIGTERM-prior"])
 def test_stopped_during_the_calibration_of_a_new_run_leaves_no_folder(lfw_sample, tmp_path, sig, stage):
     out = tmp_path / "deep" / "run"
     toml = tmp_path / "run.toml"  # a short calibration, so that the prior's stage comes soon
