@@ -147,7 +147,7 @@ def test_known_truth_end_to_end(lfw_sample, tmp_path, capsys):
     cfg = tmp_path / "small.toml"  # a small prior and calibration keep the test short
     cfg.write_text("prior_images = 4\nprior_grid = 4\ncalibration_pairs = 24\n")
     argv = ["run", "known-truth", "--data", str(lfw_sample), "--n-pairs", "2", "--out", str(out), "-q",
-            "--methods", "saliency,centre", "--config", str(cfg), "--truth-min-effect", "-1"]
+            "--methods", "saliency,centre", "--config", str(cfg), "--truth-min-effect", "0"]
     assert main(argv) == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     assert "sensitivity" in text and "| truth | known positive |" in text

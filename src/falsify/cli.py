@@ -7,10 +7,13 @@ status 2 (``FALSIFY_DEBUG=1`` shows the traceback); see ``main``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -177,6 +180,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .verification import verify
 
     pairs = load_pairs(args.data, args.pairs, n_pairs=args.n_pairs, seed=args.seed)
+    if pairs.shortfall():  # --n-pairs above what the data holds: every pair is used, and one line says so
+        print(f"falsify verify: note: {pairs.shortfall()}", file=sys.stderr)
     model = _load_model(args)
     result = verify(model, pairs, batch_size=args.batch_size, progress=not args.quiet and not args.json)
     for warning in result.warnings():
@@ -570,7 +575,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig.resolve(config_file=args.config, **overrides)
     executor = make_executor(config, verbose=args.verbose)  # no ray: one line naming the fix, before any work
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors, executor=executor)
-    summary = runner.run()
+    try:
+        summary = runner.run()
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the runner has cleaned up; say what is left
+        _say(f"falsify run: {stopped_line(exc, runner.out)}")
+        return _stopped_status(exc)
     from .experiments.registry import experiments_in, get
 
     texts = [e.text(summary) for e in experiments_in(summary)]
@@ -582,6 +591,75 @@ def cmd_run(args: argparse.Namespace) -> int:
               "cause and rerun with --retry-errors", file=sys.stderr)
         return 1
     return 0
+
+
+def stopped_line(exc: BaseException, out: Path | None) -> str:
+    """What ``falsify run`` says when it is stopped (Ctrl-C, SIGTERM, SIGHUP): what is kept of
+    ``out`` and how to go on. The runner has already cleaned up: a run stopped before its store
+    existed removed its lock and the folder the lock made; the rows of one stopped later stay."""
+    how = f"stopped by {_signal_name(exc)}"
+    if out is None:
+        return f"{how} before anything was written; rerun the same command to start it"
+    out = Path(out)
+    if (out / "results.sqlite").is_file():
+        return f"{how}; the rows already stored in {out} are kept: rerun the same command to resume"
+    return (f"{how} before any row was stored; {out} is left as it was before the run: rerun the same command to "
+            "start again")
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so that the clean-up Ctrl-C runs runs
+    (``timeout``, ``docker stop`` and batch schedulers send SIGTERM; a closed terminal SIGHUP)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _signal_name(exc: BaseException) -> str:
+    return signal.Signals(exc.signum).name if isinstance(exc, Stopped) else "SIGINT (Ctrl-C)"
+
+
+def _stopped_status(exc: BaseException) -> int:
+    """128 + the signal's number, as a shell reports a process ended by it (130 for Ctrl-C)."""
+    return 128 + (exc.signum if isinstance(exc, Stopped) else signal.SIGINT)
+
+
+#: The signals handled as Ctrl-C is (SIGHUP does not exist on Windows).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def stop_signals_as_interrupts():
+    """While the block runs, SIGTERM and SIGHUP raise :class:`Stopped` (a ``KeyboardInterrupt``)
+    in the main thread, so every clean-up that Ctrl-C runs (a run's lock and folder, its store,
+    the Ray executor) runs for them too; the handlers in place before are restored after. A
+    second one (the first one's clean-up hangs) ends the process at once, as it would have."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen: list[int] = []
+
+    def handler(signum, _frame):
+        if seen:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        seen.append(signum)
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def _say(line: str) -> None:
+    """A line on stderr; a terminal already closed (SIGHUP) is not an error."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -617,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_args(p)
     _add_model_args(p)
-    p.add_argument("--n-pairs", type=_whole(1), metavar="N", help="use a seeded balanced sample of N pairs")
+    p.add_argument("--n-pairs", type=_whole(1), metavar="N", help="use a seeded balanced sample of N pairs (more "
+                   "than the data holds: every pair, and a line on stderr saying how many)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling pairs (default 0)")
     p.add_argument("--batch-size", type=_whole(1), default=64, help="images per forward pass (default 64)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (undefined values are null)")
@@ -717,7 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
         ".pdf) and OUT/report.html, a self-contained page. The saliency grid needs the attribution maps, "
         "so it is kept as it is when present and not made otherwise.",
     )
-    p.add_argument("out", metavar="OUT", help="output folder of 'falsify run' (holds summary.json)")
+    p.add_argument("out", metavar="OUT", help="output folder of 'falsify run' (holds summary.json; of a run that "
+                   "has not finished, it says how far it got and the command that finishes it)")
     p.add_argument("--no-figures", action="store_true", help="keep the figures as they are; only rewrite tables and HTML")
     p.set_defaults(func=cmd_report)
 
@@ -755,7 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
         "missing) and adds the analysis by margin. On an existing OUT, settings not given are taken "
         "from its store; given ones must match it. Thresholds tau_high, tau_low, epsilon are "
         "calibrated on the model's genuine/impostor angles unless all three are given. Every option "
-        "is checked before anything is written; one run at a time may use an OUT.",
+        "is checked before anything is written; one run at a time may use an OUT. Ctrl-C, SIGTERM and SIGHUP "
+        "stop a run cleanly: before its store exists it leaves no folder, after it the rows stay for the same "
+        "command to resume; one line says which.",
     )
     p.add_argument("experiment", nargs="?", default=None, choices=list(EXPERIMENTS), help="default 6.1")
     _add_data_args(p)
@@ -765,7 +847,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "it); `falsify methods` lists them")
     p.add_argument("--models", help="experiment 6.4: comma-separated models compared on the same pairs (default "
                    "dlib-resnet,sface,dlib-resnet:random; NAME:random is a randomised negative control)")
-    p.add_argument("--n-pairs", type=_whole(1), help="seeded balanced sample of N pairs (default 200)")
+    p.add_argument("--n-pairs", type=_whole(1), help="seeded balanced sample of N pairs (default 200; more than the "
+                   "data holds: every pair, and a line saying how many)")
     p.add_argument("-K", "--counterfactuals", dest="K", type=_whole(1),
                    help="counterfactuals per region for stochastic fills (default 16; deterministic fills use 1)")
     p.add_argument("--seed", type=int, help="seed for the pair sample, ties and fills (default 0)")
@@ -819,7 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="known-truth: the parts of B blended in (inner: eyes, nose and mouth, default; eyes+nose; eyes)")
     p.add_argument("--truth-min-effect", type=_number, metavar="RAD",
                    help="known-truth: leave out composites that move the pair's angle to B by less than this "
-                   "(radians; default 0: every composite moved closer or not is kept)")
+                   "(radians, >= 0; default 0: every composite that moved the pair closer to B is kept)")
     _add_calibrate_on(p)
     p.add_argument("--batch-pairs", type=_whole(1), help="pairs explained together (default 8)")
     p.add_argument("--retry-errors", action="store_true",
@@ -863,10 +946,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return func(args)
-    except KeyboardInterrupt:
-        print("falsify: interrupted", file=sys.stderr)
-        return 130
+        with stop_signals_as_interrupts():  # SIGTERM, SIGHUP: as Ctrl-C, the same clean-up
+            return func(args)
+    except KeyboardInterrupt as exc:
+        _say(f"falsify {args.command}: stopped by {_signal_name(exc)}")
+        return _stopped_status(exc)
     except Exception as exc:
         if os.environ.get("FALSIFY_DEBUG") or not isinstance(exc, USER_ERRORS) and not is_out_of_space(exc):
             raise

@@ -138,7 +138,8 @@ def stratified_sample(pairs: PairSet, labels: Labels, n: int, seed: int = 0) -> 
             keep += PairSet(by[g], [], pairs.source, pairs.n_folds).sample(take[g], seed).pairs
     order = {p.id: i for i, p in enumerate(pairs)}
     keep.sort(key=lambda p: order[p.id])
-    return PairSet(keep, list(pairs.skipped), pairs.source + " (balanced by the gender of image A)", pairs.n_folds)
+    return PairSet(keep, list(pairs.skipped), pairs.source + " (balanced by the gender of image A)", pairs.n_folds,
+                   asked=n)  # fewer than n when fewer pairs have a labelled image A (PairSet.shortfall)
 
 
 __all__: Sequence[str] = ["Labels", "check_folder", "load_labels", "person_of", "stratified_sample"]

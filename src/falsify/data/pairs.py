@@ -102,6 +102,9 @@ class PairSet:
     skipped: list[SkippedPair] = field(default_factory=list)
     source: str = ""
     n_folds: int = 1
+    #: the number of pairs asked for when this set was sampled (``sample``), None otherwise;
+    #: more than ``len(pairs)`` when the data holds fewer (see :meth:`shortfall`)
+    asked: int | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -142,8 +145,8 @@ class PairSet:
     def sample(self, n: int, seed: int = 0) -> "PairSet":
         """A seeded sample of ``n`` pairs, half genuine and half impostor (as far as possible)."""
         _check_n_pairs(n)
-        if n >= len(self.pairs):
-            return self
+        if n >= len(self.pairs):  # every pair: asking for more than there are is not an error (shortfall)
+            return PairSet(list(self.pairs), list(self.skipped), self.source, self.n_folds, asked=n)
         rng = random.Random(seed)
         gen = [i for i, p in enumerate(self.pairs) if p.same]
         imp = [i for i, p in enumerate(self.pairs) if not p.same]
@@ -151,7 +154,18 @@ class PairSet:
         n_imp = min(len(imp), n - n_gen)
         n_gen = min(len(gen), n - n_imp)
         keep = sorted(rng.sample(gen, n_gen) + rng.sample(imp, n_imp))
-        return PairSet([self.pairs[i] for i in keep], list(self.skipped), self.source, self.n_folds)
+        return PairSet([self.pairs[i] for i in keep], list(self.skipped), self.source, self.n_folds, asked=n)
+
+    def shortfall(self, what: str = "pairs", why: str = "") -> str | None:
+        """One line when the sample was asked for more pairs than the data holds: the number
+        asked, the number available and the number used (all of them), else None. Every command
+        that takes ``--n-pairs`` goes on with what there is and says so with this line. ``what``
+        names the pairs counted, ``why`` (in parentheses) why only those."""
+        if self.asked is None or self.asked <= len(self.pairs):
+            return None
+        n = len(self.pairs)
+        return (f"--n-pairs {self.asked} asks for more {what} than there are: {n} available in {self.source}"
+                f"{f' ({why})' if why else ''}, so all {n} are used")
 
     def summary(self, examples: int = 3) -> str:
         """One or two lines for people: how many pairs, and what was skipped with examples."""
@@ -508,7 +522,7 @@ def load_pairs(
             result = read_lfw_pairs(data_path / "pairs.txt", data_path)  # type: ignore[operator]
         else:  # already sampled to n_pairs
             result = identity_folder_pairs(data_path, n_pairs=n_pairs, seed=seed)  # type: ignore[arg-type]
-            n_pairs = None
+            result.asked, n_pairs = n_pairs, None
     if not result.pairs:
         raise DataError(
             f"no usable pairs in {result.source}: {len(result.skipped)} skipped"

@@ -232,7 +232,10 @@ class Runner64:
             self.executor = make_executor(c)  # no ray: one line naming the fix, before any work
         from .runner import Runner, load_run_pairs
 
-        pairs = load_run_pairs(c)
+        notes: list[str] = []  # --n-pairs above what the data holds: said here, not again by each model's run
+        pairs = load_run_pairs(c, log=notes.append)
+        for note in notes:
+            self.log(note)
         for m in c.models:  # a user's checkpoint is read and checked against its architecture, too
             spec = split_checkpoint(base_of(m))
             if spec is not None:
@@ -271,8 +274,8 @@ class Runner64:
                 runs = []
                 for sc in subs:
                     self.log(f"experiment 6.4: model {sc.model} -> {sc.out}")
-                    r = Runner(sc, progress=self.progress, log=self.log, retry_errors=self.retry_errors,
-                               executor=self.executor)
+                    r = Runner(sc, progress=self.progress, retry_errors=self.retry_errors, executor=self.executor,
+                               log=lambda *a: None if a and a[0] in notes else self.log(*a))
                     s = r.run()
                     runs.append((sc, r, s))
                 summary = self._summarise(runs, pairs, started)

@@ -84,6 +84,25 @@ def _unmute_error_lines(original) -> None:
         sys.modules["ray._private.worker"].print_to_stdstream = original
 
 
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """``ray.init`` makes SIGTERM exit the driver (``sys.exit``); the handler the process had is
+    put back, so that ``falsify run`` stopped by SIGTERM cleans up as on Ctrl-C (its lock and
+    folder, Ray shut down by the executor's ``close``)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0].strip()
@@ -204,7 +223,7 @@ class RayExecutor:
                 kw = {"address": self.address}
             else:  # one CPU per worker, no more workers than this machine has CPUs
                 kw = {"num_cpus": min(self.workers or slots_here, slots_here) * self.threads}
-            with quiet_stderr(not self.verbose):
+            with quiet_stderr(not self.verbose), _keep_sigterm_handler():
                 try:
                     ray.init(include_dashboard=False, logging_level="INFO" if self.verbose else "ERROR",
                              log_to_driver=self.verbose, **kw)

@@ -104,6 +104,9 @@ def rewrite(out, figures: bool = True) -> Path:
     table). A missing, corrupt or foreign summary fails, naming the file, before anything is written."""
     from .base import load_raw_summary
 
+    problem = unfinished(out)
+    if problem:
+        raise ValueError(problem)
     try:
         raw = load_raw_summary(out)
     except (OSError, ValueError):
@@ -111,3 +114,34 @@ def rewrite(out, figures: bool = True) -> Path:
     experiment = of_summary(raw)
     summary = experiment.report_summary(out)
     return experiment.rewrite(Path(out), summary, write_report, figures=figures)
+
+
+def unfinished(out) -> str | None:
+    """One line when ``out`` holds the store of a run that has not finished (no summary.json: it
+    was stopped, or failed, before its report): how far it got and the command that finishes it.
+    None otherwise (no folder, no store, a finished run, a file that is not a store)."""
+    from .store import count_rows, inspect_store
+
+    out = Path(out)
+    if (out / "summary.json").exists():
+        return None
+    try:
+        stored = inspect_store(out / "results.sqlite")
+        n_rows = sum(count_rows(p) for p in sorted(out.rglob("results.sqlite")))  # 6.4: each model's too
+    except (OSError, ValueError):
+        return None
+    settings = (stored or {}).get("meta", {}).get("settings")
+    if not settings:
+        return None
+    n_pairs = (settings.get("pairs_fingerprint") or {}).get("n_pairs", "?")
+    got = f"{n_rows} row{'s' * (n_rows != 1)} stored for its {n_pairs} pairs"
+    if not stored["runs"]:
+        return (f"{out} holds a run that has not finished ({got}, no summary.json yet): rerun the 'falsify run' "
+                f"command that made it, with --out {out}, to finish it")
+    last = stored["runs"][-1]  # the stored settings are taken again (RunConfig.resolve); these are not among them
+    flags = [f"--out {out}"] + (["--no-ceiling"] if last.get("ceiling") is False else []) \
+        + ([f"--truth-min-effect {last['truth_min_effect']:g}"] if last.get("truth_min_effect") else []) \
+        + (["--trust-pickle"] if last.get("trust_pickle") else [])
+    command = f"falsify run {last.get('experiment', '6.1')} {' '.join(flags)}"
+    return (f"{out} holds a run that has not finished ({n_rows} row{'s' * (n_rows != 1)} stored for its {n_pairs} "
+            f"pairs, no summary.json yet): finish it with '{command}', which resumes it and writes the report")

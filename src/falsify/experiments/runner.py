@@ -271,6 +271,10 @@ class RunConfig:
             raise ValueError(f"truth_parts must be one of {', '.join(TRUTH_PARTS)}, got {self.truth_parts!r}")
         if not math.isfinite(self.truth_min_effect):
             raise ValueError(f"truth_min_effect must be a number of radians, got {self.truth_min_effect}")
+        if self.truth_min_effect < 0:  # it would keep composites that moved the pair away from B: no evidence of B
+            raise ValueError(f"truth_min_effect (--truth-min-effect) must be >= 0 radians, got {self.truth_min_effect}: "
+                             "a composite that moves the pair away from B holds no evidence of B (0 keeps every "
+                             "composite that moved it closer)")
         if self.criterion not in ("beyond-prior", "absolute"):
             raise ValueError(f"the known-truth benchmark judges the criteria absolute and beyond-prior, not {self.criterion}")
 
@@ -597,22 +601,32 @@ class RunLock:
         self._fh = None
 
 
-def load_run_pairs(config: RunConfig) -> PairSet:
+def load_run_pairs(config: RunConfig, log=None) -> PairSet:
     """The pairs of a run: ``n_pairs`` sampled from ``data`` with ``seed`` (balanced by the gender
-    of image A with ``stratify``)."""
+    of image A with ``stratify``; impostor pairs only for known-truth). ``n_pairs`` above what the
+    data holds uses every pair, and ``log`` (when given) gets one line saying so
+    (``PairSet.shortfall``)."""
     c = config
+    what, why = "pairs", ""
     if c.experiment == "known-truth":  # composites need a donor of another identity: impostor pairs
         every = load_pairs(c.data, c.pairs)
         impostors = PairSet([p for p in every if not p.same], list(every.skipped), every.source, every.n_folds)
         if not impostors.pairs:
             raise DataError(f"no impostor pairs in {every.source}: the known-truth benchmark blends a part of B "
                             "into a face, so B must be another person")
-        return impostors.sample(c.n_pairs, c.seed)
-    if c.stratify == "gender":
+        pairs = impostors.sample(c.n_pairs, c.seed)
+        what, why = "impostor pairs", "known-truth uses impostor pairs only"
+    elif c.stratify == "gender":
         from ..data.labels import load_labels, stratified_sample
 
-        return stratified_sample(load_pairs(c.data, c.pairs), load_labels(c.labels), c.n_pairs, c.seed)
-    return load_pairs(c.data, c.pairs, n_pairs=c.n_pairs, seed=c.seed)
+        pairs = stratified_sample(load_pairs(c.data, c.pairs), load_labels(c.labels), c.n_pairs, c.seed)
+        what = "pairs whose image A has a gender label"
+    else:
+        pairs = load_pairs(c.data, c.pairs, n_pairs=c.n_pairs, seed=c.seed)
+    note = pairs.shortfall(what, why)
+    if note and log is not None:
+        log(note)
+    return pairs
 
 
 @dataclass
@@ -903,7 +917,7 @@ class Runner:
             from ..data.labels import load_labels
 
             self.labels = load_labels(c.labels)
-        self.pairs = load_run_pairs(c)
+        self.pairs = load_run_pairs(c, log=self.log)  # --n-pairs above what the data holds: one line
         self.model = model = load_run_model(c)
         self.model_name = model.name
         self.device = model_device(model)

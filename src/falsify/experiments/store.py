@@ -109,6 +109,18 @@ def inspect_store(path: str | Path) -> dict | None:
     return {"meta": meta, "runs": runs, "pairs_with_results": ok}
 
 
+def count_rows(path: str | Path) -> int:
+    """The rows in the store at ``path`` (0 without one), read without changing it."""
+    path = Path(path)
+    if inspect_store(path) is None:  # also refuses a file that is not a store, naming it
+        return 0
+    conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute("SELECT count(*) FROM results").fetchone()[0]
+    finally:
+        conn.close()
+
+
 @dataclass
 class ResultsStore:
     path: Path
