@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .choices import (ALIGN_CHOICES, CRITERIA, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
+from .choices import (ALIGN_CHOICES, CRITERIA, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
                       STRATIFY_CHOICES, TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
 from .paths import OutOfSpaceError, check_writable, is_out_of_space, space_guard
 
@@ -842,9 +842,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", nargs="?", default=None, choices=list(EXPERIMENTS), help="default 6.1")
     _add_data_args(p)
     _add_model_args(p, default=None)
-    p.add_argument("--methods", help="comma-separated methods, or 'all' (default): built-in names, captum:NAME (a "
+    p.add_argument("--methods", help="comma-separated methods, or 'all' (every built-in): built-in names, captum:NAME (a "
                    "captum.attr class) or module.path:callable (your own; its module is imported because you named "
-                   "it); `falsify methods` lists them")
+                   f"it); `falsify methods` lists them. Default: {','.join(DEFAULT_METHODS)} (6.6: its paired families; "
+                   "known-truth: the cheap gradient and CAM methods)")
     p.add_argument("--models", help="experiment 6.4: comma-separated models compared on the same pairs (default "
                    "dlib-resnet,sface,dlib-resnet:random; NAME:random is a randomised negative control)")
     p.add_argument("--n-pairs", type=_whole(1), help="seeded balanced sample of N pairs (default 200; more than the "

@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..choices import (ALIGN_CHOICES, CONTROLS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS, OTHER_REFERENCE,
-                       RANDOM_MODEL, STRATIFY_CHOICES, TRUTH_METHODS)
+from ..choices import (ALIGN_CHOICES, CONTROLS, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS,
+                       OTHER_REFERENCE, RANDOM_MODEL, STRATIFY_CHOICES, TRUTH_METHODS)
 from ..data import load_pairs
 from ..data.errors import DataError
 from ..data.pairs import Pair, PairSet
@@ -183,13 +183,13 @@ class RunConfig:
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         if not self.methods or self.methods == ["all"]:
-            # 6.6 compares the paired families; other experiments run every method
+            # 6.6 compares the paired families; other experiments run the default methods ('all': every one)
             if self.experiment == "6.6" and not self.methods:
                 self.methods = [m for f in METHOD_FAMILIES for m in f]
             elif self.experiment == "known-truth" and not self.methods:
                 self.methods = list(TRUTH_METHODS)
             else:
-                self.methods = list(METHODS)
+                self.methods = list(METHODS if self.methods else DEFAULT_METHODS)
         self.methods = list(dict.fromkeys(self.methods))
         from ..attribution import is_known_method
 
