@@ -9,7 +9,8 @@ from __future__ import annotations
 #: registry matches this tuple).
 METHODS: tuple[str, ...] = (
     "gradcam", "gradcam++", "biometric-gradcam", "ig", "geodesic-ig", "saliency",
-    "gradient-x-input", "occlusion", "kernelshap", "lime", "random", "centre", "edge",
+    "gradient-x-input", "occlusion", "kernelshap", "lime", "similarity-map", "xssab", "rise",
+    "rise-dissimilarity", "random", "centre", "edge",
 )
 
 #: Control maps: they cannot be right about the model on this image (``random`` ignores both,

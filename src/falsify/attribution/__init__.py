@@ -25,7 +25,10 @@ from .kernelshap import KernelSHAPExplainer
 from .lime import LIMEExplainer
 from .occlusion import OcclusionExplainer
 from .random_map import RandomExplainer
+from .rise import RISEDissimilarityExplainer, RISEExplainer
 from .saliency import SaliencyExplainer
+from .similarity_map import SimilarityMapExplainer
+from .xssab import XSSABExplainer
 
 _CLASSES: dict[str, type[Explainer]] = {
     cls.name: cls
@@ -40,6 +43,10 @@ _CLASSES: dict[str, type[Explainer]] = {
         OcclusionExplainer,
         KernelSHAPExplainer,
         LIMEExplainer,
+        SimilarityMapExplainer,
+        XSSABExplainer,
+        RISEExplainer,
+        RISEDissimilarityExplainer,
         RandomExplainer,
         CentreExplainer,
         EdgeExplainer,

@@ -836,7 +836,7 @@ class Runner:
         placeholder = {"threshold": 0.0} if model.threshold is None and c.tau_high is None else {}
         for m in c.methods:
             if m != "centre":
-                get_explainer(m, model, **{**(placeholder if m == "biometric-gradcam" else {}),
+                get_explainer(m, model, **{**(placeholder if m in ("biometric-gradcam", "xssab") else {}),
                                            **c.method_options.get(m, {})})
         self.settings = {**c.result_settings(), FINGERPRINT: self.pairs.fingerprint()}
         if self.out is None:
@@ -848,7 +848,7 @@ class Runner:
         #: the model's decision threshold (cosine): calibrated on the data, else the model's own
         self.threshold = self.calibration.threshold_cos if self.calibration is not None else model.threshold
         if model.threshold is None:
-            model.threshold = self.threshold  # biometric-gradcam's, here and on every Ray worker (RowContext)
+            model.threshold = self.threshold  # biometric-gradcam's and xssab's, here and on every Ray worker (RowContext)
         explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods if m != "centre"}
         self.fconfig = self.falsification_config(self.calibration)
         self.prior, self.delta = self._prior(model, self.stored, self.pairs, self.fconfig) if c.needs_prior else (None, None)

@@ -29,7 +29,8 @@ _RANDOM_COLOUR = "#9a9a9a"
 CONTROL_STYLE = dict(facecolor=_RANDOM_COLOUR, alpha=0.55, hatch="///", edgecolor="0.25")
 _FALLBACK_ORDER = (
     "gradcam", "gradcam++", "biometric-gradcam", "ig", "geodesic-ig", "saliency",
-    "gradient-x-input", "occlusion", "kernelshap", "lime",
+    "gradient-x-input", "occlusion", "kernelshap", "lime", "similarity-map", "xssab", "rise",
+    "rise-dissimilarity",
 )
 
 
