@@ -238,6 +238,12 @@ def test_rise_dissimilarity_marks_the_region_that_lowers_the_similarity():
     assert torch.all(_top_share(sim, _region_mask()) <= 0.05)  # the similarity map ranks it last
 
 
+def _fresh(model):
+    """Forget the model's cached RISE sums, so the next map is computed afresh."""
+    model.__dict__.pop("_falsify_rise_sums", None)
+    return model
+
+
 def test_rise_is_seeded_by_the_image_and_the_dissimilarity_is_its_centred_mirror(tiny_model):
     g = torch.Generator().manual_seed(2)
     x = torch.rand(3, 3, 32, 32, generator=g)
@@ -245,10 +251,12 @@ def test_rise_is_seeded_by_the_image_and_the_dissimilarity_is_its_centred_mirror
         refs = tiny_model(torch.rand(3, 3, 32, 32, generator=g))
     e = get_explainer("rise", tiny_model, n_masks=40, batch_size=16)
     both = e.attribute(x, refs)
-    alone = e.attribute(x[1:2], refs[1:2])
+    alone = e.attribute(x[1:2], _fresh(tiny_model) and refs[1:2])
     torch.testing.assert_close(both[1:2], alone, atol=1e-6, rtol=0)  # same masks alone or in a batch
+    _fresh(tiny_model)
     chunks = get_explainer("rise", tiny_model, n_masks=40, batch_size=7).attribute(x, refs)
     torch.testing.assert_close(chunks, both, atol=1e-5, rtol=0)  # and whatever the batch size
+    _fresh(tiny_model)
     torch.testing.assert_close(e.attribute(x, refs), both, atol=0, rtol=0)  # and on every call
     other = get_explainer("rise", tiny_model, n_masks=40, batch_size=16, seed=1).attribute(x, refs)
     assert not torch.allclose(other, both)
@@ -277,3 +285,27 @@ def test_rise_masks_follow_petsiuk():
         get_explainer("rise", model, p=1.0)
     with pytest.raises(AttributionError, match="rise-dissimilarity.n_masks"):
         get_explainer("rise-dissimilarity", model, n_masks=0)
+
+
+def test_rise_and_its_dissimilarity_share_their_forward_passes(tiny_model):
+    """The second of the two maps reads the first one's sums: no forward pass of its own; another
+    reference, seed or model (a randomised copy) computes afresh."""
+    import copy
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        refs = tiny_model(y)
+    assert tiny_model.embedding_dim == 16  # its probe pass (cached) made before counting
+    calls = []
+    inner = tiny_model.backbone.forward
+    tiny_model.backbone.forward = lambda t: calls.append(t.shape[0]) or inner(t)
+    get_explainer("rise", _fresh(tiny_model), n_masks=20).attribute(x, refs)
+    assert sum(calls) == 2 * 20
+    get_explainer("rise-dissimilarity", tiny_model, n_masks=20).attribute(x, refs)
+    assert sum(calls) == 2 * 20
+    get_explainer("rise-dissimilarity", tiny_model, n_masks=20).attribute(x, refs.flip(0))
+    get_explainer("rise", tiny_model, n_masks=20, seed=5).attribute(x, refs)
+    assert sum(calls) == 6 * 20
+    twin = copy.deepcopy(tiny_model)
+    assert "_falsify_rise_sums" not in twin.__dict__ or twin.__dict__["_falsify_rise_sums"][0] != id(twin)

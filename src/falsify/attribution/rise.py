@@ -32,17 +32,36 @@ Seeds: the masks of an image come from a generator seeded by ``seed`` and the im
 Defaults: N = 512 masks, 7 x 7 cells, p = 0.5 (Petsiuk et al.'s cells and p; N is smaller than
 their 4,000 for ResNet-50, to cost about what occlusion costs: one forward pass per mask),
 evaluated ``batch_size`` masked images per forward pass under ``torch.inference_mode``.
+
+``rise`` and ``rise-dissimilarity`` with the same masks read the same sums (``sum_i s_i M_i``,
+``sum_i M_i``, ``sum_i s_i``): they are kept per model, keyed by the weights, the image, the
+reference, the baseline and the mask settings, so the second method of a run costs no forward pass.
 """
 from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 
 from ..imageops import make_baseline
+from ..models.base import weights_version
 from .base import AttributionError, Explainer
+from .paths import tensor_digest
+
+#: the most images whose mask sums are kept per model (least recently used first out)
+MAX_SUMS = 64
+
+
+def _sums_cache(model) -> OrderedDict:
+    """The model's cache of RISE sums (a copy of the model, e.g. a randomised one, gets its own)."""
+    entry = model.__dict__.get("_falsify_rise_sums")
+    if entry is None or entry[0] != id(model):
+        entry = (id(model), OrderedDict())
+        model.__dict__["_falsify_rise_sums"] = entry
+    return entry[1]
 
 
 class RISEExplainer(Explainer):
@@ -97,33 +116,47 @@ class RISEExplainer(Explainer):
         ``masks(n_masks, H, W, generator(image))``, whatever ``batch_size``."""
         return self.build(*self.draws(count, height, width, generator), height, width)
 
-    def _attribute(self, images, references):
-        b, _, h, w = images.shape
-        baselines = make_baseline(images, self.baseline)
-        out = torch.empty(b, h, w, dtype=torch.float32, device=images.device)
+    def sums(self, image: torch.Tensor, reference: torch.Tensor | None, baseline: torch.Tensor):
+        """``(sum_i s_i M_i (H, W), sum_i M_i (H, W), sum_i s_i)`` for one image (3, H, W)."""
+        h, w = image.shape[-2:]
+        key = (weights_version(self.model), self.n_masks, self.cells, self.p, self.seed,
+               tensor_digest(image, baseline, *(() if reference is None else (reference,))))
+        cache = _sums_cache(self.model)
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        grid, dy, dx = self.draws(self.n_masks, h, w, self.generator(image))
+        weighted = torch.zeros(h, w, device=image.device)
+        coverage = torch.zeros(h, w, device=image.device)
+        total = 0.0
         with torch.inference_mode():
-            for i in range(b):
-                grid, dy, dx = self.draws(self.n_masks, h, w, self.generator(images[i]))
-                ref = None if references is None else references[i : i + 1]
-                weighted = torch.zeros(h, w, device=images.device)
-                coverage = torch.zeros(h, w, device=images.device)
-                total = 0.0
-                for start in range(0, self.n_masks, self.batch_size):
-                    part = slice(start, start + self.batch_size)
-                    m = self.build(grid[part], dy[part], dx[part], h, w).to(images.device)
-                    x = m[:, None] * images[i] + (1 - m[:, None]) * baselines[i]
-                    scores = self.target(x, None if ref is None else ref.expand(m.shape[0], -1))
-                    weighted += torch.einsum("n,nhw->hw", scores.float(), m)
-                    coverage += m.sum(0)
-                    total += float(scores.sum())
-                scale, mean = self.n_masks * self.p, total / self.n_masks
-                deviation = (weighted - mean * coverage) / scale  # 1/(N p) sum_i (s_i - s_bar) M_i(u)
-                if self.dissimilarity:
-                    out[i] = -deviation
-                elif self.centred:
-                    out[i] = mean + deviation
-                else:
-                    out[i] = weighted / scale
+            for start in range(0, self.n_masks, self.batch_size):
+                part = slice(start, start + self.batch_size)
+                m = self.build(grid[part], dy[part], dx[part], h, w).to(image.device)
+                x = m[:, None] * image + (1 - m[:, None]) * baseline
+                scores = self.target(x, None if reference is None else reference.expand(m.shape[0], -1))
+                weighted += torch.einsum("n,nhw->hw", scores.float(), m)
+                coverage += m.sum(0)
+                total += float(scores.sum())
+        cache[key] = (weighted, coverage, total)
+        while len(cache) > MAX_SUMS:
+            cache.popitem(last=False)
+        return cache[key]
+
+    def _attribute(self, images, references):
+        baselines = make_baseline(images, self.baseline)
+        out = torch.empty(images.shape[0], *images.shape[-2:], dtype=torch.float32, device=images.device)
+        for i in range(images.shape[0]):
+            weighted, coverage, total = self.sums(images[i], None if references is None else references[i : i + 1],
+                                                  baselines[i])
+            scale, mean = self.n_masks * self.p, total / self.n_masks
+            deviation = (weighted - mean * coverage) / scale  # 1/(N p) sum_i (s_i - s_bar) M_i(u)
+            if self.dissimilarity:
+                out[i] = -deviation
+            elif self.centred:
+                out[i] = mean + deviation
+            else:
+                out[i] = weighted / scale
         return out
 
 
