@@ -86,7 +86,7 @@ class RISEExplainer(Explainer):
         try:
             make_baseline(self.model.mean.new_zeros(1, 3, 2, 2), baseline)
         except ValueError as exc:
-            raise AttributionError(f"{self.name}.{exc}") from None
+            raise AttributionError(f"{self.name}: {exc}") from None
         self.n_masks, self.cells, self.p, self.seed = int(n_masks), int(cells), float(p), int(seed)
         self.baseline, self.batch_size, self.centred = baseline, int(batch_size), bool(centred)
 
