@@ -87,6 +87,24 @@ def test_similarity_map_iresnet_head():
     torch.testing.assert_close(contrib.flatten(1).sum(1) + constant, cos, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["facenet", "adaface-ir18"])
+def test_similarity_map_decomposes_the_other_checkpoint_architectures(arch):
+    """facenet (avgpool, dropout, Linear, BatchNorm1d) and adaface (BatchNorm2d, dropout, flatten,
+    Linear, BatchNorm1d) at PyTorch's initialisation: contributions + constant = cosine."""
+    from falsify.models.checkpoints import ARCHITECTURES
+
+    a = ARCHITECTURES[arch]
+    torch.manual_seed(0)
+    model = FaceEmbedder(a.build().eval(), a.input_size, mean=a.mean, std=a.std, name=f"{arch}-init")
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(2, 3, *a.input_size, generator=g), torch.rand(2, 3, *a.input_size, generator=g)
+    with torch.no_grad():
+        refs = model(y)
+        cos = (model(x) * refs).sum(1)
+    contrib, constant, _ = get_explainer("similarity-map", model).decompose(x, refs)
+    torch.testing.assert_close(contrib.flatten(1).sum(1) + constant, cos, atol=1e-4, rtol=0)
+
+
 def test_similarity_map_constant_is_the_bias_term(tiny_model):
     """Pooling + Linear with a bias b: the constant is <b, r^> / |g|, the rest sums to cos - constant."""
     g = torch.Generator().manual_seed(0)
