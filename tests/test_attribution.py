@@ -187,6 +187,7 @@ def test_every_method_on_real_pairs(dlib_model, lfw_sample):
         refs = dlib_model(x.flip(0))
     fast = {"ig": {"steps": 16, "tolerance": None}, "geodesic-ig": {"steps": 8, "tolerance": None}, "kernelshap": {"n_samples": 64},
             "lime": {"n_samples": 64}, "occlusion": {"window": 30, "stride": 30},
+            "rise": {"n_masks": 32}, "rise-dissimilarity": {"n_masks": 32},
             "centre": {"prior": torch.linspace(0, 1, 150 * 150).view(150, 150)}}
     for method in METHODS:
         maps = get_explainer(method, dlib_model, **fast.get(method, {}))(x, refs)

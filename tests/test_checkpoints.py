@@ -355,6 +355,7 @@ def test_explain_and_test_end_to_end(ckpts, lfw_sample, tmp_path, capsys):
         assert not any("biometric" in k for k in z.files) and any("gradcam" in k for k in z.files)
     _refused(["explain", a, b, "--model", model, "--methods", "biometric-gradcam"], capsys,
              "--option biometric-gradcam.threshold=T")
+    _refused(["explain", a, b, "--model", model, "--methods", "xssab"], capsys, "--option xssab.threshold=T")
     # falsify test calibrates the thresholds, and biometric-gradcam takes the calibrated decision threshold
     assert main(["test", a, b, "--method", "biometric-gradcam", "--model", model, "--preset", "plain", "--data",
                  str(lfw_sample), "--calibration-pairs", "6", "--device", "cpu", "--json", "-q"]) == 0

@@ -145,6 +145,10 @@ def test_path_methods_share_a_unit():
     assert method_units(methods) == [
         ["gradcam"], ["ig", "geodesic-ig", "ig@other-reference", "geodesic-ig@other-reference"], ["saliency"],
         ["ig@random-model", "geodesic-ig@random-model"]]
+    # the two RISE maps of one model read the same masked forward passes: one unit too
+    assert method_units(["rise", "saliency", "rise-dissimilarity", "rise@random-model",
+                         "rise-dissimilarity@random-model"]) == [
+        ["rise", "rise-dissimilarity"], ["saliency"], ["rise@random-model", "rise-dissimilarity@random-model"]]
 
 
 # --- a cluster that cannot be reached, and more workers than CPUs ----------------------------------

@@ -9,7 +9,8 @@ from __future__ import annotations
 #: registry matches this tuple).
 METHODS: tuple[str, ...] = (
     "gradcam", "gradcam++", "biometric-gradcam", "ig", "geodesic-ig", "saliency",
-    "gradient-x-input", "occlusion", "kernelshap", "lime", "smoothgrad", "vargrad", "random", "centre", "edge",
+    "gradient-x-input", "occlusion", "kernelshap", "lime", "smoothgrad", "vargrad", "similarity-map", "xssab", "rise",
+    "rise-dissimilarity", "random", "centre", "edge",
 )
 
 #: What a run computes when ``--methods`` is not given: the eleven methods the experiments were

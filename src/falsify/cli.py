@@ -323,22 +323,28 @@ FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 EXPLAIN_METHODS = "gradcam,gradcam++,biometric-gradcam,ig,saliency"
 
 
+#: methods that need the model's decision threshold (a model without one: the calibrated one, or an option)
+THRESHOLD_METHODS = ("biometric-gradcam", "xssab")
+
+
 def _without_threshold(model, args: argparse.Namespace, methods: list[str], options: dict, default: bool) -> list[str]:
     """``methods`` for a model without a decision threshold (a user's checkpoint, ``NAME:random``):
-    biometric-gradcam needs one. Left out of the default methods with a note; asked for by name,
-    it needs ``--option biometric-gradcam.threshold=T`` (or ``confidence=false``)."""
-    m = "biometric-gradcam"
-    opts = options.get(m, {})
-    if m not in methods or getattr(model, "threshold", None) is not None or "threshold" in opts \
-            or opts.get("confidence") is False:
-        return methods
-    how = (f"--option {m}.threshold=T (falsify verify --model {args.model} prints the best one on your pairs)")
-    if default:
-        print(f"falsify {args.command}: note: {m} left out: {model.name} has no decision threshold of its own; "
-              f"give one with {how}", file=sys.stderr)
-        return [x for x in methods if x != m]
-    raise ValueError(f"{m} needs {model.name}'s decision threshold, and the model has none of its own: give one "
-                     f"with {how}")
+    biometric-gradcam and xssab need one. Left out of the default methods with a note; asked for by
+    name, each needs ``--option METHOD.threshold=T`` (or biometric-gradcam's ``confidence=false``)."""
+    for m in THRESHOLD_METHODS:
+        opts = options.get(m, {})
+        if m not in methods or getattr(model, "threshold", None) is not None or "threshold" in opts \
+                or opts.get("confidence") is False:
+            continue
+        how = (f"--option {m}.threshold=T (falsify verify --model {args.model} prints the best one on your pairs)")
+        if default:
+            print(f"falsify {args.command}: note: {m} left out: {model.name} has no decision threshold of its own; "
+                  f"give one with {how}", file=sys.stderr)
+            methods = [x for x in methods if x != m]
+            continue
+        raise ValueError(f"{m} needs {model.name}'s decision threshold, and the model has none of its own: give one "
+                         f"with {how}")
+    return methods
 
 
 def _say_no_face(args: argparse.Namespace, model, paths: Sequence[str]) -> None:
@@ -455,11 +461,11 @@ def cmd_test(args: argparse.Namespace) -> int:
         check_writable(args.figure, "--figure", folder=False)
     model = _load_model(args)
     needs_prior = config.criterion == "beyond-prior" or args.method == "centre"
-    # biometric-gradcam on a model without a threshold of its own takes the one calibrated below
-    calibrated_threshold = (args.method == "biometric-gradcam" and getattr(model, "threshold", None) is None
+    # biometric-gradcam or xssab on a model without a threshold of its own takes the one calibrated below
+    calibrated_threshold = (args.method in THRESHOLD_METHODS and getattr(model, "threshold", None) is None
                             and "threshold" not in options and options.get("confidence") is not False)
     if calibrated_threshold and config.tau_high is not None:
-        raise ValueError(f"biometric-gradcam needs {model.name}'s decision threshold, and the model has none of its "
+        raise ValueError(f"{args.method} needs {model.name}'s decision threshold, and the model has none of its "
                          "own: give one with --option threshold=T (falsify verify prints the best one on your pairs), "
                          "or leave --tau-high/--tau-low/--epsilon out so that the test calibrates it")
     if args.method != "centre":  # bad options fail here, before the calibration
@@ -522,7 +528,7 @@ def cmd_test(args: argparse.Namespace) -> int:
                 f"{config.tau_low:.4f}, epsilon {config.epsilon:.4f}"
             )
         if calibrated_threshold:
-            print(f"biometric-gradcam's decision threshold: cos >= {calibration.threshold_cos:.4f}, the calibrated "
+            print(f"{args.method}'s decision threshold: cos >= {calibration.threshold_cos:.4f}, the calibrated "
                   f"one ({model_name} has none of its own)")
         for (x, y), r in zip(names, results):
             print(f"\n{Path(x).name} explained against {Path(y).name} ({args.method}, {model_name})")

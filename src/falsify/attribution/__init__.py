@@ -27,7 +27,10 @@ from .kernelshap import KernelSHAPExplainer
 from .lime import LIMEExplainer
 from .occlusion import OcclusionExplainer
 from .random_map import RandomExplainer
+from .rise import RISEDissimilarityExplainer, RISEExplainer
 from .saliency import SaliencyExplainer
+from .similarity_map import SimilarityMapExplainer
+from .xssab import XSSABExplainer
 
 _CLASSES: dict[str, type[Explainer]] = {
     cls.name: cls
@@ -44,6 +47,10 @@ _CLASSES: dict[str, type[Explainer]] = {
         LIMEExplainer,
         SmoothGradExplainer,
         VarGradExplainer,
+        SimilarityMapExplainer,
+        XSSABExplainer,
+        RISEExplainer,
+        RISEDissimilarityExplainer,
         RandomExplainer,
         CentreExplainer,
         EdgeExplainer,

@@ -185,23 +185,27 @@ def random_embeddings(random_model, model, pairs: Sequence[Pair]) -> torch.Tenso
 #: methods that share work on the same images and model: ``ig`` keeps the embeddings of the
 #: path points it evaluates and ``geodesic-ig``'s schedule reads them (``attribution.paths``)
 SHARED_PATH = ("ig", "geodesic-ig")
+#: ``rise`` and ``rise-dissimilarity`` read the same masked forward passes (``attribution.rise``)
+SHARED_MASKS = ("rise", "rise-dissimilarity")
 
 
 def method_units(methods: Sequence[str]) -> list[list[str]]:
     """``methods`` in units that one worker computes together, in their order: the path methods
     of one model (``ig`` and ``geodesic-ig``, alone or ``@other-reference``: same model, same
-    paths; or both ``@random-model``) share a unit, every other method is a unit of its own."""
+    paths; or both ``@random-model``) share a unit, so do the two RISE maps of one model
+    (``SHARED_MASKS``); every other method is a unit of its own."""
     units: dict = {}
     for m in methods:
         base, _, suffix = m.partition("@")
-        key = ("path", suffix == RANDOM_MODEL[1:]) if base in SHARED_PATH else m
+        group = "path" if base in SHARED_PATH else "masks" if base in SHARED_MASKS else None
+        key = (group, suffix == RANDOM_MODEL[1:]) if group else m
         units.setdefault(key, []).append(m)
     return list(units.values())
 
 
 class Rows61(RowKind):
     """6.1's rows: one falsification test per (row method, pair); the path methods of one model
-    share a unit (:func:`method_units`), every other method is a unit of its own."""
+    share a unit, as do its two RISE maps (:func:`method_units`); every other method is a unit of its own."""
 
     def __init__(self, ctx: RowContext, rows_of: str = "6.1") -> None:
         super().__init__(ctx)

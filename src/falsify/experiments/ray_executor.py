@@ -6,7 +6,8 @@ actor the kind, which holds what the run fixed before the first unit
 (:class:`~falsify.experiments.executor.RowContext`: the calibrated test config, the prior map,
 the embeddings, the unreadable images, the other references), so no worker calibrates. Units
 are (chunk of ``batch_pairs`` pairs, one group of the kind's keys: for 6.1 one method, or ``ig``
-and ``geodesic-ig`` together since they share path points, see ``executor.method_units``), the
+and ``geodesic-ig`` together since they share path points, ``rise`` and ``rise-dissimilarity``
+since they share masked forward passes, see ``executor.method_units``), the
 same units an in-process run computes, given to whichever actor is idle; an actor returns a unit's rows and grid maps, and the driver writes them, so the
 store has one writer and resuming works as in-process. When a worker dies (its process killed,
 its node lost), its unit goes to a fresh actor, up to :data:`MAX_TRIES` times per unit; nothing

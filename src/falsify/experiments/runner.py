@@ -926,7 +926,7 @@ class Runner:
         placeholder = {"threshold": 0.0} if model.threshold is None and c.tau_high is None else {}
         for m in c.methods:
             if m != "centre":
-                get_explainer(m, model, **{**(placeholder if m == "biometric-gradcam" else {}),
+                get_explainer(m, model, **{**(placeholder if m in ("biometric-gradcam", "xssab") else {}),
                                            **c.method_options.get(m, {})})
         # the model by its file's content (hashed once per process; the load above read the same file)
         self.settings = {**c.result_settings(), FINGERPRINT: self.pairs.fingerprint(),
@@ -941,7 +941,7 @@ class Runner:
         #: the model's decision threshold (cosine): calibrated on the data, else the model's own
         self.threshold = self.calibration.threshold_cos if self.calibration is not None else model.threshold
         if model.threshold is None:
-            model.threshold = self.threshold  # biometric-gradcam's, here and on every Ray worker (RowContext)
+            model.threshold = self.threshold  # biometric-gradcam's and xssab's, here and on every Ray worker (RowContext)
         explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods if m != "centre"}
         self.fconfig = self.falsification_config(self.calibration)
         self.prior, self.delta = self._prior(model, self.stored, self.pairs, self.fconfig) if c.needs_prior else (None, None)

@@ -28,16 +28,12 @@ if TYPE_CHECKING:  # pragma: no cover
 RANDOM = "random"
 _RANDOM_COLOUR = "#9a9a9a"
 CONTROL_STYLE = dict(facecolor=_RANDOM_COLOUR, alpha=0.55, hatch="///", edgecolor="0.25")
-_FALLBACK_ORDER = (
-    "gradcam", "gradcam++", "biometric-gradcam", "ig", "geodesic-ig", "saliency",
-    "gradient-x-input", "occlusion", "kernelshap", "lime",
-)
 
 
 def _method_order() -> tuple[str, ...]:
     from ..choices import METHODS  # free of torch: the colour scheme must not depend on it
 
-    return tuple(m for m in METHODS if m != RANDOM) or _FALLBACK_ORDER
+    return tuple(m for m in METHODS if m != RANDOM)
 
 
 def method_colours(methods: Sequence[str]) -> dict[str, str]:
