@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
 from falsify.models.base import FaceEmbedder
 
@@ -21,6 +23,22 @@ def _shared_data() -> Path:
 SHARED = _shared_data()
 LFW_SAMPLE = SHARED / "lfw-sample"
 DLIB_REFERENCE = SHARED / "dlib-reference"
+
+
+@pytest.fixture
+def small_csv(tmp_path) -> Path:
+    """12 pairs (6 genuine, 6 impostor; two folds) of 6 noise images: data that needs neither the
+    shared sample nor a face."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "small"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    rows = [(i, (i + 1) % 6, int(i % 2 == 0), i % 2) for i in range(6)]
+    rows += [(i, (i + 2) % 6, int(i % 2), i % 2) for i in range(6)]
+    path = folder / "pairs.csv"
+    path.write_text("a,b,same,fold\n" + "".join(f"{a}.png,{b}.png,{s},{f}\n" for a, b, s, f in rows))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -15,21 +14,6 @@ from falsify.experiments import RunConfig
 from falsify.experiments.runner import load_run_pairs
 
 FIXED = ["--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.05", "--preset", "plain"]
-
-
-@pytest.fixture
-def small_csv(tmp_path) -> Path:
-    """12 pairs (6 genuine, 6 impostor; two folds) of 6 noise images."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "small"
-    folder.mkdir()
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    rows = [(i, (i + 1) % 6, int(i % 2 == 0), i % 2) for i in range(6)]
-    rows += [(i, (i + 2) % 6, int(i % 2), i % 2) for i in range(6)]
-    path = folder / "pairs.csv"
-    path.write_text("a,b,same,fold\n" + "".join(f"{a}.png,{b}.png,{s},{f}\n" for a, b, s, f in rows))
-    return path
 
 
 def _line(text: str, marker: str) -> str:

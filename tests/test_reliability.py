@@ -517,24 +517,6 @@ class ConstantNet(nn.Module):
         return self.v.expand(x.shape[0], -1) + 0 * self.conv(x).mean()
 
 
-@pytest.fixture
-def small_csv(tmp_path) -> Path:
-    """12 pairs (two folds) of 6 noise images: data that needs neither the shared sample nor a face."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "small"
-    folder.mkdir()
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    rows = [(i, (i + 1) % 6, int(i % 2 == 0), i % 2) for i in range(6)]
-    rows += [(i, (i + 2) % 6, int(i % 2), i % 2) for i in range(6)]
-    return _csv4(folder / "pairs.csv", rows)
-
-
-def _csv4(path: Path, rows) -> Path:
-    path.write_text("a,b,same,fold\n" + "".join(f"{a}.png,{b}.png,{s},{f}\n" for a, b, s, f in rows))
-    return path
-
-
 def test_verify_refuses_a_model_that_is_not_a_face_embedder(small_csv, tmp_path, capsys):
     from tests.test_models import _graph_onnx
 
