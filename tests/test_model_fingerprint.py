@@ -8,7 +8,6 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,6 +16,8 @@ from falsify.cli import main
 from falsify.fingerprints import file_fingerprint
 from falsify.models import load_model, model_file, model_sha256
 from falsify.models.iresnet import iresnet
+from tests.test_checkpoints import _refused
+from tests.test_models import _tiny_onnx
 
 #: A tiny 6.1 run: two pairs, one cheap method, given thresholds (no calibration), the plain test
 #: (no prior), no ceiling search.
@@ -27,16 +28,6 @@ TINY = ["--n-pairs", "2", "--preset", "plain", "--tau-high", "0.2", "--tau-low",
 def _rows(out: Path) -> list[tuple]:
     with sqlite3.connect(out / "results.sqlite") as c:
         return c.execute("SELECT * FROM results ORDER BY method, pair").fetchall()
-
-
-def _refused(argv, capsys, *expect) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.count("\n") == 1 and err.startswith(f"falsify {argv[0]}: error: "), err
-    for text in expect:
-        assert text in err, err
-    return err
 
 
 def _replaced_is_refused(model: str, path: Path, replace, data: Path, out: Path, capsys) -> None:
@@ -133,32 +124,6 @@ def test_a_replaced_checkpoint_is_refused_and_the_rows_are_kept(lfw_sample, tmp_
                  "--methods", "saliency,gradcam", *TINY]) == 0
     after = _rows(out)
     assert len(after) == 4 and set(before) <= set(after)
-
-
-def _tiny_onnx(path: Path, seed: int) -> Path:
-    """A small conv embedder as an ONNX graph (40x36 input, 16-d output)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    arrays = {"w1": rng.normal(0, 0.3, (6, 3, 3, 3)), "b1": rng.normal(0, 0.1, 6),
-              "w2": rng.normal(0, 0.3, (8, 6, 3, 3)), "wf": rng.normal(0, 0.3, (16, 8))}
-    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()]
-    nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"]),
-        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
-        helper.make_node("Flatten", ["g"], ["f"]),
-        helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1),
-    ]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 40, 36])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 def test_a_replaced_onnx_is_refused_and_the_rows_are_kept(lfw_sample, tmp_path, capsys):
