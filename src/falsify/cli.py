@@ -202,7 +202,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def models_table() -> str:
     """The built-in models, as ``falsify models`` prints them."""
-    from .models import MODELS, RANDOM_SUFFIX
+    from .choices import RANDOM_SUFFIX
+    from .models import MODELS
 
     lines = []
     for info in MODELS.values():

@@ -173,7 +173,7 @@ def chi_square(table) -> dict:
 
 
 def _rate(verdicts: Sequence[str]) -> dict:
-    from .exp_6_5 import wilson
+    from ..falsification.stats import wilson
 
     n_f, n_p = verdicts.count("falsified"), verdicts.count("passed")
     n = n_f + n_p

@@ -41,13 +41,6 @@ def _f(x) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
-def wilson(k: int, n: int) -> tuple[float | None, float | None]:
-    """The Wilson 95% interval (``falsify.falsification.stats.wilson_interval``); (None, None) when n == 0."""
-    from ..falsification.stats import wilson_interval
-
-    return wilson_interval(k, n) or (None, None)
-
-
 # ---------------------------------------------------------------------------------------------
 # convergence of Algorithm 1
 
@@ -174,6 +167,8 @@ def convergence_summary(details: Sequence[Mapping], steps: int) -> dict:
     """The convergence of Algorithm 1 over samples (``detail`` of each 6.5 row): the share converged
     within ``steps`` with its Wilson 95% CI, iterations (median, mean, p95) of the converged samples
     and of all, the final d_g; overall and per region; and the loss curves for the figure."""
+    from ..falsification.stats import wilson
+
     def block(ds):
         n = len(ds)
         conv = [d for d in ds if d["converged"]]

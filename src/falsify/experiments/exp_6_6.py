@@ -97,7 +97,7 @@ def identity_summary(details: Sequence[Mapping], order: Sequence[str] = ()) -> l
     SSIM(x, x') of the pair's counterfactuals; the decision's survival: pairs on which it
     survives every counterfactual of the region (with a Wilson 95% CI) and the mean share of
     counterfactuals it survives; and how many rows reproduced the test's distances."""
-    from .exp_6_5 import wilson
+    from ..falsification.stats import wilson
 
     seen = list(dict.fromkeys(d["method"] for d in details))
     methods = [m for m in order if m in seen] + [m for m in seen if m not in order]

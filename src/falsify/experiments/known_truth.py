@@ -333,7 +333,7 @@ class CompositeRows(FramePoints, ChunkRows):
         from ..falsification.localisation import localisation
         from ..falsification.stages import embed, regions_for
         from ..models.base import model_device
-        from .validity import study_config
+        from .study import study_config
 
         kind, model, ctx, c = self.kind, self.model, self.ctx, self.ctx.config
         t0 = time.perf_counter()

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..choices import (ALIGN_CHOICES, CONTROLS, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS,
-                       OTHER_REFERENCE, RANDOM_MODEL, STRATIFY_CHOICES, TRUTH_METHODS)
+                       OTHER_REFERENCE, RANDOM_MODEL, RANDOM_SUFFIX, STRATIFY_CHOICES, TRUTH_METHODS)
 from ..data import load_pairs
 from ..data.errors import DataError
 from ..data.pairs import Pair, PairSet
@@ -286,7 +286,7 @@ class RunConfig:
                 raise ValueError(f"models is a setting of experiment 6.4; drop it, or run 6.4 (got experiment "
                                  f"{self.experiment})")
             return
-        from ..models import MODELS, RANDOM_SUFFIX, builtin_name
+        from ..models import MODELS, builtin_name
         from .exp_6_4 import DEFAULT_MODELS
 
         if isinstance(self.models, str):

@@ -30,6 +30,7 @@ from .base import Experiment, load_raw_summary
 from .rows import ChunkRows, RowKind
 from .runner import Runner, _now
 from .store import ResultsStore
+from .study import study_config
 
 #: Fills, region sizes and beyond-prior margins (in units of the model's threshold angle theta*)
 #: the study compares.
@@ -199,15 +200,6 @@ class StudyRows(ChunkRows):
                     rows.append({**kind.base_row(key, p), "verdict": "passed", "detail": curve,
                                  "seconds": time.perf_counter() - t})
         yield rows, []
-
-
-def study_config(c, fill: str, q: float, target: str, **thresholds):
-    """The test's configuration for one (fill, q, target) of the study, the run's other settings ``c``."""
-    from ..falsification import FalsificationConfig
-
-    return FalsificationConfig(fill=fill, q=q, K=c.K, seed=c.seed, batch_size=c.batch_size, grid=c.grid,
-                               granularity=c.granularity, target=target, criterion="absolute", delta=None,
-                               **thresholds)
 
 
 class ValidityStudy(Runner):
