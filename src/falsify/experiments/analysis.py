@@ -157,7 +157,7 @@ def summarise(store: ResultsStore, config, pairs: PairSet, model_name: str, thre
     """The summary dict of a run (the schema of OUT/summary.json)."""
     ids = {p.id for p in pairs}
     methods = config.row_methods()
-    rows = [r for r in store.rows("6.1", model_name, methods) if r["pair"] in ids]
+    rows = store.rows("6.1", model_name, methods, pairs=ids)
     by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     runs = store.runs()
     summary: dict[str, Any] = {

@@ -502,11 +502,6 @@ class Experiment61(Experiment):
         ),
     }
 
-    def runner(self, config, **kw):
-        from .runner import Runner
-
-        return Runner(config, **kw)
-
     def present(self, summary: Mapping) -> bool:
         return "methods" in summary and summary.get("experiment") != "6.4"  # 6.4: one 6.1 run per model
 

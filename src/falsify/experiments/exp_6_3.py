@@ -549,20 +549,17 @@ class Experiment63(Experiment):
                                "ranked the part highest, per method, with Wilson 95% whiskers; n: pooled maps."),
     }
 
-    def runner(self, config, **kw):
+    def check(self, config) -> None:
         if config.fill in UNFIT_FILLS:
             raise ValueError(f"experiment 6.3 removes each facial part with a fixed fill, not {config.fill}: "
                              "give --fill blur, mean, zero or noise")
-        from .runner import Runner
-
-        return Runner(config, **kw)
 
     def extend(self, session, store, summary: dict) -> None:
         session.compute_rows(store, row_kind(session))
         c = session.config
         ids = {p.id for p in session.pairs}
         a_of = {p.id: str(p.a) for p in session.pairs}
-        rows = [r for r in store.rows(ROWS_OF, session.model.name, c.methods) if r["pair"] in ids]
+        rows = store.rows(ROWS_OF, session.model.name, c.methods, pairs=ids)
         by_method = {m: [] for m in c.methods}
         for r in rows:
             if r["detail"]:

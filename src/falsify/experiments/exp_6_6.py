@@ -445,21 +445,18 @@ class Experiment66(Experiment):
                              "in the run."),
     }
 
-    def runner(self, config, **kw):
+    def check(self, config) -> None:
         if not families_in(config.methods):
             raise ValueError("experiment 6.6 compares " + " and ".join(f"{a} with {b}" for a, b in METHOD_FAMILIES)
                              + ": give both methods of at least one of these in --methods (or leave --methods out)")
-        from .runner import Runner
-
-        return Runner(config, **kw)
 
     def extend(self, session, store, summary: dict) -> None:
         session.compute_rows(store, row_kind(session, store))
         c = session.config
         ids = {p.id for p in session.pairs}
-        rows61 = [r for r in store.rows("6.1", session.model.name, c.row_methods()) if r["pair"] in ids]
+        rows61 = store.rows("6.1", session.model.name, c.row_methods(), pairs=ids)
         verdicts = {m: {r["pair"]: r["verdict"] for r in rows61 if r["method"] == m} for m in c.row_methods()}
-        rows = [r for r in store.rows(ROWS_OF, session.model.name, c.methods) if r["pair"] in ids]
+        rows = store.rows(ROWS_OF, session.model.name, c.methods, pairs=ids)
         details = [json.loads(r["detail"]) for r in rows if r["verdict"] == "measured"]
         section = {
             "families": family_comparison(verdicts, families_in(c.methods)),

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from ..falsification import stats
+from ..report.tables import write_summary_json
 from .base import Experiment, load_raw_summary
 from .rows import ChunkRows, RowKind
 from .runner import Runner, _now
@@ -225,7 +226,7 @@ class ValidityStudy(Runner):
                                                                       references=prior_refs)
             store.set_meta("validity_deltas", deltas)
         ids = {p.id for p in pairs}
-        rows = [r for r in store.rows(ROWS_OF, model.name) if r["pair"] in ids]
+        rows = store.rows(ROWS_OF, model.name, pairs=ids)
         summary = validity_summary(rows, pairs, self.calibration, self.config, deltas)
         summary.update(created=_now(), started=started, model=model.name, elapsed_s=time.perf_counter() - t0,
                        experiment="validity", calibration=self.calibration.to_dict(), prior=self.prior.to_dict(),
@@ -234,13 +235,7 @@ class ValidityStudy(Runner):
         return summary
 
     def _write(self, summary: dict) -> None:
-        import json
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=False))
-        tmp.replace(path)
+        write_summary_json(self.out, summary)
         (self.out / "validity.md").write_text(format_validity(summary) + "\n", encoding="utf-8")
 
 

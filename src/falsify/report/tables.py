@@ -264,6 +264,18 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_summary_json(out_dir: str | Path, summary: Mapping) -> str:
+    """Write ``out_dir/summary.json`` (created if need be) through :func:`atomic_open`: the
+    summary as indented JSON, strict (a NaN or infinity is an error, not a literal; anything
+    else JSON cannot hold is written as its ``str``). Returns the text written."""
+    import json
+
+    text = json.dumps(summary, indent=2, default=str, allow_nan=False)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(out_dir) / "summary.json", text)
+    return text
+
+
 def write_tables(sections: Iterable[Section], out_dir: str | Path) -> list[Path]:
     """Write ``out_dir/tables/<name>.tex`` for every table with a label of every section, in the
     sections' order (``table_6_1.tex``, ``table_6_2.tex``, ...); returns the paths written. Each
