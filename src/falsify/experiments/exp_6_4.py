@@ -315,8 +315,7 @@ class Runner64:
         section["random_seed_matches"] = c.seed == 0  # NAME:random is seed 0; @random-model rows use --seed
         return {
             "experiment": "6.4", "created": _now(), "started": started, "model": ", ".join(c.models),
-            "data": {"source": pairs.source, "n_pairs": len(pairs), "n_genuine": pairs.n_genuine,
-                     "n_impostor": pairs.n_impostor, "n_skipped": len(pairs.skipped)},
+            "data": pairs.data_record(),
             "methods": [], "n_rows": sum(len(vs) for v in verdicts.values() for vs in v.values()),
             "config": c.to_dict(), KEY: section,
         }

@@ -230,8 +230,7 @@ class ValidityStudy(Runner):
         summary = validity_summary(rows, pairs, self.calibration, self.config, deltas)
         summary.update(created=_now(), started=started, model=model.name, elapsed_s=time.perf_counter() - t0,
                        experiment="validity", calibration=self.calibration.to_dict(), prior=self.prior.to_dict(),
-                       data={"source": pairs.source, "n_pairs": len(pairs), "n_genuine": pairs.n_genuine,
-                             "n_impostor": pairs.n_impostor, "n_skipped": len(pairs.skipped)})
+                       data=pairs.data_record())
         return summary
 
     def _write(self, summary: dict) -> None:
