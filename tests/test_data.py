@@ -534,3 +534,17 @@ def test_fingerprint_changes_with_bytes_pairs_and_labels(tmp_path):
     # a label flipped
     csv.write_text("Ann_A/Ann_A_0001.jpg,Ann_A/Ann_A_0002.jpg,0,0\nAnn_A/Ann_A_0001.jpg,Bob_B/Bob_B_0001.jpg,0,0\n")
     assert read_csv_pairs(csv).fingerprint()["sha256"] != base["sha256"]
+
+
+def test_pairset_data_record_is_the_summary_data_block():
+    """``PairSet.data_record``: the ``data`` block every run's summary holds (counts, skipped, and
+    with ``examples`` why the first skipped pairs were)."""
+    from falsify.data.pairs import Pair, PairSet, SkippedPair
+
+    pairs = [Pair(Path("a/1.jpg"), Path("a/2.jpg"), True), Pair(Path("a/1.jpg"), Path("b/1.jpg"), False, index=1),
+             Pair(Path("b/1.jpg"), Path("b/2.jpg"), True, index=2)]
+    skipped = [SkippedPair(f"pairs.txt:{i}", "missing x.jpg") for i in range(7)]
+    ps = PairSet(pairs, skipped, "src")
+    base = {"source": "src", "n_pairs": 3, "n_genuine": 2, "n_impostor": 1, "n_skipped": 7}
+    assert ps.data_record() == base
+    assert ps.data_record(examples=5) == {**base, "skipped_examples": [f"pairs.txt:{i}: missing x.jpg" for i in range(5)]}

@@ -179,3 +179,17 @@ def test_experiment_6_2_counts_pairs_not_counterfactuals(lfw_sample, tmp_path):
         assert s.get_meta("calibration")["n_genuine"] > 0
     html = (tmp_path / "run" / "report.html").read_text()
     assert "6.2" in html
+
+
+def test_store_rows_of_a_runs_pairs(tmp_path):
+    """``store.rows(..., pairs=ids)``: a run's own pairs only (a store may hold rows of others), in
+    the store's order; methods and pairs filter together."""
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        store.add_rows({"experiment": "6.1", "model": "m", "method": method, "pair": pair, "pair_index": i,
+                        "same": True, "fold": 0, "verdict": "passed"}
+                       for method in ("a", "b") for i, pair in enumerate(("p0", "p1", "p2")))
+        assert [(r["method"], r["pair"]) for r in store.rows("6.1", "m", pairs={"p2", "p0"})] == [
+            ("a", "p0"), ("a", "p2"), ("b", "p0"), ("b", "p2")]
+        assert [r["pair"] for r in store.rows("6.1", "m", ["b"], pairs={"p1", "other"})] == ["p1"]
+        assert store.rows("6.1", "m", pairs=set()) == []
+        assert len(store.rows("6.1", "m")) == 6

@@ -195,3 +195,54 @@ def test_prior_criterion_asks_for_the_prior(tiny_model):
     assert criterion_for(cfg).needs_prior and not criterion_for(cfg.replace(criterion="absolute")).needs_prior
     with pytest.raises(ValueError, match="needs prior="):
         falsification_test(tiny_model, cases._images(1), None, cases._maps(1), cfg)
+
+
+def test_a_new_criterion_answers_for_itself_in_results_and_reports(tiny_model):
+    """One class and one registration: its own result field, its needs and its explanation reach
+    the test's results, the report's page and 6.1's caption; no caller names it."""
+    from falsify.experiments.exp_6_1 import _criterion_tex
+    from falsify.report.html import _criterion_html, _section_thresholds
+
+    @register_criterion
+    class GapRatio(Criterion):
+        name = "gap-ratio"
+        verdict_thresholds = ("epsilon",)
+        fields = ("ratio",)
+        rule = "a map passes when d_high − d_low ≥ ε"
+
+        def judge(self, pair_id, d_high, d_low):
+            ok = d_high - d_low >= self.config.epsilon
+            return Judgement("passed" if ok else "falsified", () if ok else ("margin<epsilon",),
+                             {"ratio": d_low / d_high if d_high > 0 else float("nan")})
+
+        @classmethod
+        def explain_html(cls, c, n_prior_images):
+            return f"Criterion: <b>gap ratio</b>, &epsilon; = {c['epsilon']:.3f} rad."
+
+        @classmethod
+        def explain_tex(cls, c):
+            return rf"Criterion: gap ratio, $\epsilon = {c['epsilon']:.3f}$ rad."
+
+    try:
+        cfg = FalsificationConfig(criterion="gap-ratio", tau_high=0.0, tau_low=math.pi, epsilon=0.0)
+        res = falsification_test(tiny_model, cases._images(2), None, cases._maps(2), cfg)
+        for r in res:
+            assert r.verdict == ("passed" if r.margin >= 0 else "falsified")
+            assert r.ratio == pytest.approx(r.d_low / r.d_high)  # its own field, read as an attribute
+            d = r.to_dict()
+            assert d["ratio"] == pytest.approx(r.ratio) and "criterion_fields" not in d
+            assert d["excess"] is None  # beyond-prior's field stays as it was
+        summary = {"falsification": {"criterion": "gap-ratio", "tau_high": 0.2, "tau_low": 0.1, "epsilon": 0.05}}
+        assert _criterion_html(summary) == "Criterion: <b>gap ratio</b>, &epsilon; = 0.050 rad."
+        assert _criterion_tex(summary) == r"Criterion: gap ratio, $\epsilon = 0.050$ rad."
+        table = _section_thresholds(summary)
+        assert "gap-ratio: a map passes when d_high − d_low ≥ ε" in table
+        assert table.count("not used by the gap-ratio verdict") == 2  # tau_high and tau_low; epsilon is used
+        assert "δ" not in table  # no delta among its thresholds
+    finally:
+        CRITERION_CLASSES.pop("gap-ratio")
+    # a summary of a criterion this falsify does not know: named, not explained
+    summary = {"falsification": {"criterion": "gap-ratio", "epsilon": 0.05}}
+    assert _criterion_html(summary) == "Criterion: <b>gap-ratio</b>."
+    assert _criterion_tex(summary) == "Criterion: gap-ratio."
+    assert "gap-ratio" in _section_thresholds(summary) and "not used by" not in _section_thresholds(summary)

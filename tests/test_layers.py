@@ -160,3 +160,11 @@ def test_no_import_cycles():
     assert not found, "import circles:\n" + "\n".join(
         f"  {len(comp)} modules import each other ({', '.join(comp)}), e.g.\n    " + _describe(c, graph).replace("\n", "\n  ")
         for c, comp in found)
+
+
+def test_verification_imports_nothing_of_falsification():
+    """``falsification.calibration`` builds on ``verification`` (thresholds, pair similarities), so
+    ``verification`` imports nothing of ``falsification`` (not even lazily): no circle at run time
+    through the package's ``__init__``."""
+    graph = _graph()
+    assert not [m for m in graph["falsify.verification"] if m.startswith("falsify.falsification")]

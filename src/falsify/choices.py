@@ -29,6 +29,9 @@ CONTROLS: tuple[str, ...] = ("random", "centre", "edge")
 #: Suffixes of control rows derived from a method: its map computed on a randomised copy of the
 #: model (tested on the real one), or against another pair's reference.
 RANDOM_MODEL = "@random-model"
+#: ``--model NAME:random``: the model with every weight redrawn (``falsify.models``), a control
+#: (experiment 6.4 compares it with the real models).
+RANDOM_SUFFIX = ":random"
 OTHER_REFERENCE = "@other-reference"
 
 
@@ -108,9 +111,9 @@ def unknown_architecture(name) -> str | None:
     if (not sep or arch in CHECKPOINT_ARCHS or len(arch) < 2
             or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.+-]*", arch) or os.path.isfile(os.path.expanduser(name))):
         return None
-    if path == "random":  # NAME:random, the randomised control of a built-in model
+    if ":" + path == RANDOM_SUFFIX:  # NAME:random, the randomised control of a built-in model
         return None
-    path = path[: -len(":random")] if path.endswith(":random") else path
+    path = path[: -len(RANDOM_SUFFIX)] if path.endswith(RANDOM_SUFFIX) else path
     close = difflib.get_close_matches(arch.lower(), CHECKPOINT_ARCHS, n=1, cutoff=0.6)
     if not close and not (path and os.path.isfile(os.path.expanduser(path))):
         return None

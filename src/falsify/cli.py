@@ -202,7 +202,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def models_table() -> str:
     """The built-in models, as ``falsify models`` prints them."""
-    from .models import MODELS, RANDOM_SUFFIX
+    from .choices import RANDOM_SUFFIX
+    from .models import MODELS
 
     lines = []
     for info in MODELS.values():
@@ -447,6 +448,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .data import load_image
     from .falsification import falsification_test
     from .falsification.calibration import calibrate, calibration_pairs, spread_warning
+    from .falsification.criteria import CRITERION_CLASSES
     from .models.base import model_device
 
     config = _test_config(args)  # bad options fail before anything is loaded
@@ -460,7 +462,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     if args.figure:
         check_writable(args.figure, "--figure", folder=False)
     model = _load_model(args)
-    needs_prior = config.criterion == "beyond-prior" or args.method == "centre"
+    criterion = CRITERION_CLASSES[config.criterion]  # what the test needs, asked of the criterion
+    needs_prior = criterion.needs_prior or args.method == "centre"
     # biometric-gradcam or xssab on a model without a threshold of its own takes the one calibrated below
     calibrated_threshold = (args.method in THRESHOLD_METHODS and getattr(model, "threshold", None) is None
                             and "threshold" not in options and options.get("confidence") is not False)
@@ -492,9 +495,9 @@ def cmd_test(args: argparse.Namespace) -> int:
         prior_imgs, prior_refs = prior_image_batch(model, pool, {Path(args.image_a), Path(args.image_b)},
                                                    args.prior_images, batch_size=args.batch_size)
         prior_map = occlusion_prior(model, prior_imgs, batch_size=args.batch_size).map()
-        if config.criterion == "beyond-prior" and args.calibrate_delta:
+        if criterion.prior_calibrated and args.calibrate_delta:
             delta = calibrate_delta(model, prior_imgs, prior_map, config, seed=args.seed, references=prior_refs)
-            config = config.replace(delta=delta["delta"])
+            config = config.replace(**{criterion.prior_calibrated: delta["delta"]})
         if args.method == "centre":
             explainer = _get_explainer("centre", model, prior=prior_map, **options)
 

@@ -167,6 +167,15 @@ class PairSet:
         return (f"--n-pairs {self.asked} asks for more {what} than there are: {n} available in {self.source}"
                 f"{f' ({why})' if why else ''}, so all {n} are used")
 
+    def data_record(self, examples: int = 0) -> dict:
+        """The ``data`` block of a run's summary: source, pair counts, how many pairs were skipped
+        and, when ``examples`` > 0, why the first ``examples`` of them were (``skipped_examples``)."""
+        out = {"source": self.source, "n_pairs": len(self.pairs), "n_genuine": self.n_genuine,
+               "n_impostor": self.n_impostor, "n_skipped": len(self.skipped)}
+        if examples:
+            out["skipped_examples"] = [f"{s.where}: {s.reason}" for s in self.skipped[:examples]]
+        return out
+
     def summary(self, examples: int = 3) -> str:
         """One or two lines for people: how many pairs, and what was skipped with examples."""
         text = (

@@ -157,7 +157,7 @@ def summarise(store: ResultsStore, config, pairs: PairSet, model_name: str, thre
     """The summary dict of a run (the schema of OUT/summary.json)."""
     ids = {p.id for p in pairs}
     methods = config.row_methods()
-    rows = [r for r in store.rows("6.1", model_name, methods) if r["pair"] in ids]
+    rows = store.rows("6.1", model_name, methods, pairs=ids)
     by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     runs = store.runs()
     summary: dict[str, Any] = {
@@ -169,11 +169,7 @@ def summarise(store: ResultsStore, config, pairs: PairSet, model_name: str, thre
         "falsification": store.get_meta("falsification_config"),
         "calibration": store.get_meta("calibration"),
         "environment": runs[-1]["environment"] if runs else {},
-        "data": {
-            "source": pairs.source, "n_pairs": len(pairs), "n_genuine": pairs.n_genuine,
-            "n_impostor": pairs.n_impostor, "n_skipped": len(pairs.skipped),
-            "skipped_examples": [f"{s.where}: {s.reason}" for s in pairs.skipped[:5]],
-        },
+        "data": pairs.data_record(examples=5),
         "n_rows": len(rows),
         "n_errors": sum(r["verdict"] == "error" for r in rows),
         "errors": [{"method": r["method"], "pair": r["pair"], "error": r["error"]} for r in rows

@@ -4,7 +4,9 @@ iterate over experiments instead of naming them (``falsify.experiments.registry`
 An experiment is one module under ``falsify/experiments`` holding one :class:`Experiment`:
 
 - ``runner(config)``: what ``falsify run NAME`` computes, as a resumable runner whose rows go to
-  the run folder's store (``rows_of``: the experiment key of those rows; 6.2 reads 6.1's);
+  the run folder's store (``rows_of``: the experiment key of those rows; 6.2 reads 6.1's); by
+  default the ``Runner`` of 6.1's rows and ``extend``, once ``check(config)`` (the experiment's
+  own refusals, one line each) accepts the configuration;
 - its rows, declared as a row kind (``falsify.experiments.rows.RowKind``: the keys each pair
   needs, how they are cut into units, a computer that never writes), computed by the one driver
   ``RunSession.compute_rows`` on the run's executor (in-process or Ray);
@@ -50,9 +52,18 @@ class Experiment:
     #: figure file stem -> caption, in the order the report shows them
     figures: dict[str, str] = {}
 
+    def check(self, config) -> None:
+        """Refuse (``ValueError``, one line naming the fix) a run configuration this experiment
+        cannot run, before anything is loaded or written; by default every one is accepted."""
+
     def runner(self, config, **kw):
-        """The runner ``falsify run NAME`` uses (it computes the rows and calls the analysis)."""
-        raise NotImplementedError
+        """The runner ``falsify run NAME`` uses (it computes the rows and calls the analysis): by
+        default, once :meth:`check` accepts ``config``, ``Runner``, which computes 6.1's rows and
+        then calls :meth:`extend`."""
+        self.check(config)
+        from .runner import Runner
+
+        return Runner(config, **kw)
 
     def extend(self, session, store, summary: dict) -> None:
         """For experiments that run on 6.1's rows: compute what else they need (their own rows,

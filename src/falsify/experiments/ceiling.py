@@ -96,7 +96,7 @@ def ceiling_summary(store, pairs, model_name: str, methods: Sequence[str], rows_
     import math
 
     ids = {p.id for p in pairs}
-    rows = [r for r in store.rows(CEILING_OF, model_name, [CEILING_KEY]) if r["pair"] in ids]
+    rows = store.rows(CEILING_OF, model_name, [CEILING_KEY], pairs=ids)
     tested = [r for r in rows if r["verdict"] != "error"]
     testable = [r for r in tested if r["verdict"] != "untestable"]
 
@@ -105,7 +105,7 @@ def ceiling_summary(store, pairs, model_name: str, methods: Sequence[str], rows_
         return sum(v) / len(v) if v else None
 
     passes = {r["pair"] for r in tested if r["verdict"] == "passed"}
-    method_rows = [r for r in store.rows(rows_of, model_name, list(methods)) if r["pair"] in passes]
+    method_rows = store.rows(rows_of, model_name, list(methods), pairs=passes)
     where = {m: _rate([r["verdict"] for r in method_rows if r["method"] == m and r["verdict"] != "error"])
              for m in methods}
     seconds = [float(r["seconds"]) for r in tested if r["seconds"] is not None]

@@ -15,6 +15,8 @@ from ..choices import OTHER_REFERENCE, RANDOM_MODEL
 from ..report.tables import (
     as_float,
     comparison_cell,
+    criterion_class,
+    criterion_explained,
     criterion_of,
     find_comparison,
     fmt_int,
@@ -182,7 +184,7 @@ def headline(summary: Mapping) -> dict:
     items = [i for i in items if i["beats"]] + [i for i in items if not i["beats"]]
     return {"kind": kind, "items": items, "beating": [i["method"] for i in items if i["beats"]],
             "rates": [(m, _rate_text(rows[m])) for m in methods],
-            "centre_by_construction": criterion_of(summary)["criterion"] == "beyond-prior"
+            "centre_by_construction": getattr(criterion_class(criterion_of(summary)["criterion"]), "needs_prior", False)
             and any(c["label"] == "centre" for i in items for c in i["controls"])}
 
 
@@ -297,27 +299,11 @@ def _tex_header(h: str) -> tuple[str | None, str, str]:
 
 
 def _criterion_tex(summary: Mapping) -> str:
-    """The caption's sentence on the criterion: absolute thresholds, or beyond the prior by delta."""
-    c = criterion_of(summary)
-    if c["criterion"] == "beyond-prior":
-        delta = r"$\delta$" if c["delta"] is None else rf"$\delta = {c['delta']:.3f}$ rad"
-        text = (r"Criterion: beyond the prior; a map passes iff its margin $d_{\mathrm{high}} - d_{\mathrm{low}}$"
-                r" exceeds the margin of the model's prior map on the same image by more than " + delta)
-        cal = c["calibration"]
-        if cal is not None:
-            q, n = as_float(cal.get("quantile")), as_float(cal.get("n"))
-            text += (" (calibrated: the " + ("" if q is None else rf"{100 * q:g}\% ") + "quantile of the excess"
-                     " reached by maps that know only the prior" + ("" if n is None else f", {int(round(n))} tests")
-                     + ")")
-        return text + "."
-    if c["criterion"] != "absolute":
-        return f"Criterion: {latex_escape(c['criterion'])}."
-    text = (r"Criterion: absolute thresholds; a map passes iff $d_{\mathrm{high}} > \tau_{\mathrm{high}}$,"
-            r" $d_{\mathrm{low}} < \tau_{\mathrm{low}}$ and $d_{\mathrm{high}} - d_{\mathrm{low}} \ge \epsilon$")
-    if None not in (c["tau_high"], c["tau_low"], c["epsilon"]):
-        text += (rf" ($\tau_{{\mathrm{{high}}}} = {c['tau_high']:.3f}$, $\tau_{{\mathrm{{low}}}} = {c['tau_low']:.3f}$,"
-                 rf" $\epsilon = {c['epsilon']:.3f}$ rad)")
-    return text + "."
+    """The caption's sentence on the criterion: its own (``Criterion.explain_tex``: absolute
+    thresholds, or beyond the prior by delta), else its name."""
+    cls, c = criterion_explained(summary)
+    text = None if cls is None else cls.explain_tex(c)
+    return text if text is not None else f"Criterion: {latex_escape(c['criterion'])}."
 
 
 def _controls_tex(summary: Mapping, header: Sequence[str]) -> str:
@@ -501,11 +487,6 @@ class Experiment61(Experiment):
             "second face's embedding), each column a method's map overlaid on the face (red: ranked highest)."
         ),
     }
-
-    def runner(self, config, **kw):
-        from .runner import Runner
-
-        return Runner(config, **kw)
 
     def present(self, summary: Mapping) -> bool:
         return "methods" in summary and summary.get("experiment") != "6.4"  # 6.4: one 6.1 run per model

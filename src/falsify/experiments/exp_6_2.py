@@ -335,11 +335,6 @@ class Experiment62(Experiment):
         ),
     }
 
-    def runner(self, config, **kw):
-        from .runner import Runner
-
-        return Runner(config, **kw)
-
     def extend(self, session, store, summary: dict) -> None:
         """6.1's rows by the pair's verification margin (cos - the model's threshold)."""
         if session.threshold is None:
@@ -347,7 +342,7 @@ class Experiment62(Experiment):
                              "(leave tau_high/tau_low/epsilon unset) or use a model with a threshold")
         methods = session.config.row_methods()
         ids = {p.id for p in session.pairs}
-        rows = [r for r in store.rows("6.1", session.model.name, methods) if r["pair"] in ids]
+        rows = store.rows("6.1", session.model.name, methods, pairs=ids)
         summary[KEY] = margin_analysis({m: [r for r in rows if r["method"] == m] for m in methods}, session.threshold)
 
     def present(self, summary: Mapping) -> bool:

@@ -173,7 +173,7 @@ def chi_square(table) -> dict:
 
 
 def _rate(verdicts: Sequence[str]) -> dict:
-    from .exp_6_5 import wilson
+    from ..falsification.stats import wilson
 
     n_f, n_p = verdicts.count("falsified"), verdicts.count("passed")
     n = n_f + n_p
@@ -501,36 +501,16 @@ def tables_6_3(summary: Mapping) -> list:
 def figure_parts_fr(summary: Mapping):
     """FR by the part the map ranked highest, one bar per method, Wilson whiskers."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import PercentFormatter
 
-    from ..report.figures import method_colours
+    from ..report.figures import rate_bars
 
     s = _section(summary)
-    methods = [e["method"] for e in s["methods"]]
-    colours = method_colours(methods)
     fig = Figure(figsize=(7.5, 3.6), layout="constrained")
     ax = fig.add_subplot()
-    width = 0.8 / max(len(methods), 1)
-    for j, e in enumerate(s["methods"]):
-        xs, ys, lo, hi = [], [], [], []
-        for i, p in enumerate(e["parts"]):
-            if not p["n"]:
-                continue
-            xs.append(i - 0.4 + width * (j + 0.5))
-            ys.append(p["fr"])
-            lo.append(max(p["fr"] - p["ci_low"], 0.0))
-            hi.append(max(p["ci_high"] - p["fr"], 0.0))
-        ax.bar(xs, ys, width=width * 0.9, color=colours[e["method"]], alpha=0.5 if e["control"] else 0.9,
-               label=e["method"], yerr=[lo, hi], error_kw={"elinewidth": 0.8, "capsize": 2})
-        ax.plot(xs, ys, ls="none", marker="_", ms=10, mew=2, color=colours[e["method"]])
-    ax.set_xticks(range(len(PARTS)))
-    ax.set_xticklabels([f"{p['part']}\n(n={p['n']})" for p in s["pooled"]["parts"]], fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-    ax.set_ylabel("falsification rate")
+    # a part no pair of the method fell in (n 0) has no rate: no bar
+    rate_bars(ax, [(e["method"], e["control"], [p if p["n"] else None for p in e["parts"]]) for e in s["methods"]],
+              [f"{p['part']}\n(n={p['n']})" for p in s["pooled"]["parts"]], label_size=7)
     ax.set_title("FR by facial part (the part the map ranked highest)", fontsize=10)
-    for sp in ("top", "right"):
-        ax.spines[sp].set_visible(False)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig
 
@@ -549,20 +529,17 @@ class Experiment63(Experiment):
                                "ranked the part highest, per method, with Wilson 95% whiskers; n: pooled maps."),
     }
 
-    def runner(self, config, **kw):
+    def check(self, config) -> None:
         if config.fill in UNFIT_FILLS:
             raise ValueError(f"experiment 6.3 removes each facial part with a fixed fill, not {config.fill}: "
                              "give --fill blur, mean, zero or noise")
-        from .runner import Runner
-
-        return Runner(config, **kw)
 
     def extend(self, session, store, summary: dict) -> None:
         session.compute_rows(store, row_kind(session))
         c = session.config
         ids = {p.id for p in session.pairs}
         a_of = {p.id: str(p.a) for p in session.pairs}
-        rows = [r for r in store.rows(ROWS_OF, session.model.name, c.methods) if r["pair"] in ids]
+        rows = store.rows(ROWS_OF, session.model.name, c.methods, pairs=ids)
         by_method = {m: [] for m in c.methods}
         for r in rows:
             if r["detail"]:

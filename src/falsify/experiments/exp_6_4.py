@@ -35,12 +35,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..choices import RANDOM_MODEL, split_checkpoint
+from ..choices import RANDOM_MODEL, RANDOM_SUFFIX, split_checkpoint
 from ..report.tables import fmt_num, fmt_p, fmt_pct
 from .base import Experiment, load_raw_summary
 
 KEY = "experiment_6_4"
-RANDOM_SUFFIX = ":random"  # falsify.models.RANDOM_SUFFIX (not imported: that imports torch)
 DEFAULT_MODELS = ("dlib-resnet", "sface", "dlib-resnet:random")
 ALPHA = 0.05
 BINARY = ("passed", "falsified")
@@ -124,7 +123,7 @@ def across_models(verdicts: Mapping[str, Mapping[str, Mapping[str, str]]], pairs
     Models ending in ``:random`` are negative controls: left out of Cochran's Q and of the
     coefficient of variation, kept in the pairwise comparisons."""
     from ..falsification import stats
-    from .exp_6_5 import wilson
+    from ..falsification.stats import wilson
 
     models = list(verdicts)
     real = [m for m in models if not is_random(m)]
@@ -316,8 +315,7 @@ class Runner64:
         section["random_seed_matches"] = c.seed == 0  # NAME:random is seed 0; @random-model rows use --seed
         return {
             "experiment": "6.4", "created": _now(), "started": started, "model": ", ".join(c.models),
-            "data": {"source": pairs.source, "n_pairs": len(pairs), "n_genuine": pairs.n_genuine,
-                     "n_impostor": pairs.n_impostor, "n_skipped": len(pairs.skipped)},
+            "data": pairs.data_record(),
             "methods": [], "n_rows": sum(len(vs) for v in verdicts.values() for vs in v.values()),
             "config": c.to_dict(), KEY: section,
         }

@@ -41,13 +41,6 @@ def _f(x) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
-def wilson(k: int, n: int) -> tuple[float | None, float | None]:
-    """The Wilson 95% interval (``falsify.falsification.stats.wilson_interval``); (None, None) when n == 0."""
-    from ..falsification.stats import wilson_interval
-
-    return wilson_interval(k, n) or (None, None)
-
-
 # ---------------------------------------------------------------------------------------------
 # convergence of Algorithm 1
 
@@ -174,6 +167,8 @@ def convergence_summary(details: Sequence[Mapping], steps: int) -> dict:
     """The convergence of Algorithm 1 over samples (``detail`` of each 6.5 row): the share converged
     within ``steps`` with its Wilson 95% CI, iterations (median, mean, p95) of the converged samples
     and of all, the final d_g; overall and per region; and the loss curves for the figure."""
+    from ..falsification.stats import wilson
+
     def block(ds):
         n = len(ds)
         conv = [d for d in ds if d["converged"]]
@@ -451,13 +446,10 @@ class Experiment65(Experiment):
                                 "difference between two methods; the dotted line marks 80%."),
     }
 
-    def runner(self, config, **kw):
-        from .runner import Runner
-
+    def check(self, config) -> None:
         if convergence_method(config.methods) is None:
             raise ValueError("experiment 6.5 runs Algorithm 1 on the regions of a method's map: give a method that "
                              "is not a control in --methods (e.g. gradcam)")
-        return Runner(config, **kw)
 
     def extend(self, session, store, summary: dict) -> None:
         import json
@@ -465,14 +457,14 @@ class Experiment65(Experiment):
         session.compute_rows(store, row_kind(session))
         c = session.config
         ids = {p.id for p in session.pairs}
-        rows = [r for r in store.rows(ROWS_OF, session.model.name) if r["pair"] in ids]
+        rows = store.rows(ROWS_OF, session.model.name, pairs=ids)
         details = [json.loads(r["detail"]) for r in rows if r["verdict"] in ("converged", "not-converged")]
         conv = convergence_summary(details, session.fconfig.opt_steps)
         conv.update(method=convergence_method(c.methods), starts=c.K,
                     n_images=len({r["pair"] for r in rows if r["verdict"] in ("converged", "not-converged")}),
                     n_untestable=sum(r["verdict"] == "untestable" for r in rows),
                     n_errors=sum(r["verdict"] == "error" for r in rows))
-        rows61 = [r for r in store.rows("6.1", session.model.name, c.row_methods()) if r["pair"] in ids]
+        rows61 = store.rows("6.1", session.model.name, c.row_methods(), pairs=ids)
         verdicts = {m: {r["pair"]: r["verdict"] for r in rows61 if r["method"] == m} for m in c.row_methods()}
         summary[KEY] = {"convergence": conv, "sample_size": sample_size_analysis(verdicts, c.seed)}
 

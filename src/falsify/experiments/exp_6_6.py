@@ -97,7 +97,7 @@ def identity_summary(details: Sequence[Mapping], order: Sequence[str] = ()) -> l
     SSIM(x, x') of the pair's counterfactuals; the decision's survival: pairs on which it
     survives every counterfactual of the region (with a Wilson 95% CI) and the mean share of
     counterfactuals it survives; and how many rows reproduced the test's distances."""
-    from .exp_6_5 import wilson
+    from ..falsification.stats import wilson
 
     seen = list(dict.fromkeys(d["method"] for d in details))
     methods = [m for m in order if m in seen] + [m for m in seen if m not in order]
@@ -392,9 +392,8 @@ def tables_6_6(summary: Mapping) -> list:
 def figure_fairness(summary: Mapping):
     """FR per group of image A with Wilson whiskers, one panel per attribute, one colour per method."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import PercentFormatter
 
-    from ..report.figures import method_colours
+    from ..report.figures import rate_bars
 
     fair = _section(summary)["fairness"]
     attrs = [a for a in ATTRIBUTES if fair["attributes"].get(a) and fair["attributes"][a]["groups"]]
@@ -402,32 +401,13 @@ def figure_fairness(summary: Mapping):
     axes = fig.subplots(1, len(attrs), squeeze=False)[0]
     for ax, attribute in zip(axes, attrs):
         a = fair["attributes"][attribute]
-        methods = [e["method"] for e in a["methods"]]
-        colours = method_colours(methods)
         groups = a["groups"]
-        width = 0.8 / max(len(methods), 1)
-        for j, e in enumerate(a["methods"]):
+        series = []
+        for e in a["methods"]:
             by = {g["group"]: g for g in e["groups"]}
-            xs, ys, lo, hi = [], [], [], []
-            for i, g in enumerate(groups):
-                b = by.get(g)
-                if b is None or b["fr"] is None:
-                    continue
-                xs.append(i - 0.4 + width * (j + 0.5))
-                ys.append(b["fr"])
-                lo.append(max(b["fr"] - b["ci_low"], 0.0))
-                hi.append(max(b["ci_high"] - b["fr"], 0.0))
-            ax.bar(xs, ys, width=width * 0.9, color=colours[e["method"]], alpha=0.5 if e["control"] else 0.9,
-                   label=e["method"], yerr=[lo, hi], error_kw={"elinewidth": 0.8, "capsize": 2})
-            ax.plot(xs, ys, ls="none", marker="_", ms=10, mew=2, color=colours[e["method"]])  # 0% shows too
-        ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{g}\n(n={a['coverage'].get(g, 0)})" for g in groups], fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
-        ax.set_ylabel("falsification rate")
+            series.append((e["method"], e["control"], [by.get(g) for g in groups]))
+        rate_bars(ax, series, [f"{g}\n(n={a['coverage'].get(g, 0)})" for g in groups])
         ax.set_title(f"by {attribute} of image A", fontsize=10)
-        for sp in ("top", "right"):
-            ax.spines[sp].set_visible(False)
     axes[-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig
 
@@ -445,21 +425,18 @@ class Experiment66(Experiment):
                              "in the run."),
     }
 
-    def runner(self, config, **kw):
+    def check(self, config) -> None:
         if not families_in(config.methods):
             raise ValueError("experiment 6.6 compares " + " and ".join(f"{a} with {b}" for a, b in METHOD_FAMILIES)
                              + ": give both methods of at least one of these in --methods (or leave --methods out)")
-        from .runner import Runner
-
-        return Runner(config, **kw)
 
     def extend(self, session, store, summary: dict) -> None:
         session.compute_rows(store, row_kind(session, store))
         c = session.config
         ids = {p.id for p in session.pairs}
-        rows61 = [r for r in store.rows("6.1", session.model.name, c.row_methods()) if r["pair"] in ids]
+        rows61 = store.rows("6.1", session.model.name, c.row_methods(), pairs=ids)
         verdicts = {m: {r["pair"]: r["verdict"] for r in rows61 if r["method"] == m} for m in c.row_methods()}
-        rows = [r for r in store.rows(ROWS_OF, session.model.name, c.methods) if r["pair"] in ids]
+        rows = store.rows(ROWS_OF, session.model.name, c.methods, pairs=ids)
         details = [json.loads(r["detail"]) for r in rows if r["verdict"] == "measured"]
         section = {
             "families": family_comparison(verdicts, families_in(c.methods)),

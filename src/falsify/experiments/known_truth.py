@@ -333,7 +333,7 @@ class CompositeRows(FramePoints, ChunkRows):
         from ..falsification.localisation import localisation
         from ..falsification.stages import embed, regions_for
         from ..models.base import model_device
-        from .validity import study_config
+        from .study import study_config
 
         kind, model, ctx, c = self.kind, self.model, self.ctx, self.ctx.config
         t0 = time.perf_counter()
@@ -583,7 +583,7 @@ class KnownTruthStudy(Runner):
         kind = TruthRows(session.context(ROWS_OF), average)
         session.compute_rows(store, kind)
         ids = {p.id for p in pairs}
-        rows = [r for r in store.rows(ROWS_OF, model.name) if r["pair"] in ids]
+        rows = store.rows(ROWS_OF, model.name, pairs=ids)
         cal = self.calibration.to_dict() if self.calibration is not None else {
             "tau_high": c.tau_high, "tau_low": c.tau_low, "epsilon": c.epsilon}
         fc = self.fconfig.to_dict()

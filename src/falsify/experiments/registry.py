@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..choices import EXPERIMENTS as NAMES
+from ..report.tables import write_summary_json
 from . import exp_6_1, exp_6_2, exp_6_3, exp_6_4, exp_6_5, exp_6_6, known_truth, validity
 from .base import Experiment
 
@@ -85,17 +86,12 @@ def write_outputs(out, summary: dict, explanations=None) -> list[Path]:
     summary as written (its JSON, not the file read back). ``explanations``: (pair, explanation)
     of the example pairs, for 6.1's saliency grid."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "summary.json"
-    text = json.dumps(summary, indent=2, default=str, allow_nan=False)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    text = write_summary_json(out, summary)
     pair_labels = expl = None
     if explanations:
         expl = [e for _, e in explanations]
         pair_labels = [f"{'genuine' if p.same else 'impostor'}, cos {e.cosine:.3f}" for p, e in explanations]
-    return [path] + write_report(out, json.loads(text), expl, pair_labels)
+    return [out / "summary.json"] + write_report(out, json.loads(text), expl, pair_labels)
 
 
 def rewrite(out, figures: bool = True) -> Path:

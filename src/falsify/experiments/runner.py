@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..choices import (ALIGN_CHOICES, CONTROLS, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS,
-                       OTHER_REFERENCE, RANDOM_MODEL, STRATIFY_CHOICES, TRUTH_METHODS)
+                       OTHER_REFERENCE, RANDOM_MODEL, RANDOM_SUFFIX, STRATIFY_CHOICES, TRUTH_METHODS)
 from ..data import load_pairs
 from ..data.errors import DataError
 from ..data.pairs import Pair, PairSet
@@ -286,7 +286,7 @@ class RunConfig:
                 raise ValueError(f"models is a setting of experiment 6.4; drop it, or run 6.4 (got experiment "
                                  f"{self.experiment})")
             return
-        from ..models import MODELS, RANDOM_SUFFIX, builtin_name
+        from ..models import MODELS, builtin_name
         from .exp_6_4 import DEFAULT_MODELS
 
         if isinstance(self.models, str):
@@ -371,8 +371,17 @@ class RunConfig:
 
     @property
     def needs_prior(self) -> bool:
-        """The model's prior map is needed: for the ``centre`` control or the beyond-prior criterion."""
-        return "centre" in self.methods or self.criterion == "beyond-prior" or self.experiment == "validity"
+        """The model's prior map is needed: for the ``centre`` control or a criterion that needs it
+        (``Criterion.needs_prior``: beyond-prior)."""
+        return "centre" in self.methods or self.criterion_class.needs_prior or self.experiment == "validity"
+
+    @property
+    def criterion_class(self):
+        """The class of the run's criterion (``falsify.falsification.criteria``): what the run
+        asks about it (the prior, the threshold calibrated on it), never its name."""
+        from ..falsification.criteria import CRITERION_CLASSES
+
+        return CRITERION_CLASSES[self.criterion]
 
     def row_methods(self) -> list[str]:
         """The rows of each pair: every method, then its control rows (``--sanity``: maps of a
@@ -889,7 +898,7 @@ class Runner:
         from ..falsification.prior import Prior, calibrate_delta, occlusion_prior
 
         c = self.config
-        want_delta = c.criterion == "beyond-prior" and c.delta == "calibrated"
+        want_delta = c.criterion_class.prior_calibrated == "delta" and c.delta == "calibrated"
         cached = stored["meta"].get("prior") if stored else None
         if cached and (cached.get("delta") or not want_delta):
             return Prior.from_dict(cached), cached.get("delta") if want_delta else None

@@ -13,7 +13,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -207,7 +207,11 @@ class ResultsStore:
             )
         return cur.rowcount
 
-    def rows(self, experiment: str, model: str, methods: Sequence[str] | None = None) -> list[dict]:
+    def rows(self, experiment: str, model: str, methods: Sequence[str] | None = None,
+             pairs: Collection[str] | None = None) -> list[dict]:
+        """The rows of ``experiment`` on ``model`` (of ``methods`` when given; of the pair ids in
+        ``pairs`` when given: a run's own pairs, as a store may hold rows of others), ordered by
+        method, pair index and pair."""
         sql = f"SELECT {', '.join(COLUMNS)} FROM results WHERE experiment = ? AND model = ?"
         args: list[Any] = [experiment, model]
         if methods:
@@ -220,7 +224,7 @@ class ResultsStore:
             row["failed"] = json.loads(row["failed"]) if row["failed"] else []
             row["same"] = bool(row["same"])
             out.append(row)
-        return out
+        return out if pairs is None else [r for r in out if r["pair"] in pairs]
 
     def delete_errors(self, experiment: str, model: str) -> int:
         """Remove error rows so that a run computes them again (``falsify run --retry-errors``)."""

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import torch
 from ..falsification import stats
+from ..report.tables import write_summary_json
 from .base import Experiment, load_raw_summary
 from .rows import ChunkRows, RowKind
 from .runner import Runner, _now
 from .store import ResultsStore
+from .study import study_config
 
 #: Fills, region sizes and beyond-prior margins (in units of the model's threshold angle theta*)
 #: the study compares.
@@ -201,15 +203,6 @@ class StudyRows(ChunkRows):
         yield rows, []
 
 
-def study_config(c, fill: str, q: float, target: str, **thresholds):
-    """The test's configuration for one (fill, q, target) of the study, the run's other settings ``c``."""
-    from ..falsification import FalsificationConfig
-
-    return FalsificationConfig(fill=fill, q=q, K=c.K, seed=c.seed, batch_size=c.batch_size, grid=c.grid,
-                               granularity=c.granularity, target=target, criterion="absolute", delta=None,
-                               **thresholds)
-
-
 class ValidityStudy(Runner):
     """The validity study as a resumable run: rows ``(validity, model, "<fill>/q<q>|<map>", pair)``
     hold the distances (:class:`ValidityRows`); the verdicts of every criterion are computed from
@@ -233,22 +226,15 @@ class ValidityStudy(Runner):
                                                                       references=prior_refs)
             store.set_meta("validity_deltas", deltas)
         ids = {p.id for p in pairs}
-        rows = [r for r in store.rows(ROWS_OF, model.name) if r["pair"] in ids]
+        rows = store.rows(ROWS_OF, model.name, pairs=ids)
         summary = validity_summary(rows, pairs, self.calibration, self.config, deltas)
         summary.update(created=_now(), started=started, model=model.name, elapsed_s=time.perf_counter() - t0,
                        experiment="validity", calibration=self.calibration.to_dict(), prior=self.prior.to_dict(),
-                       data={"source": pairs.source, "n_pairs": len(pairs), "n_genuine": pairs.n_genuine,
-                             "n_impostor": pairs.n_impostor, "n_skipped": len(pairs.skipped)})
+                       data=pairs.data_record())
         return summary
 
     def _write(self, summary: dict) -> None:
-        import json
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str, allow_nan=False))
-        tmp.replace(path)
+        write_summary_json(self.out, summary)
         (self.out / "validity.md").write_text(format_validity(summary) + "\n", encoding="utf-8")
 
 

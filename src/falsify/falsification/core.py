@@ -271,6 +271,15 @@ class FalsificationResult:
     low_mask: torch.Tensor | None = field(default=None, repr=False, compare=False)
     example_high: torch.Tensor | None = field(default=None, repr=False, compare=False)
     example_low: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    #: fields a criterion adds that are none of the above (``Criterion.fields``); read as
+    #: attributes (``result.NAME``) and written by :meth:`to_dict` among the others
+    criterion_fields: dict = field(default_factory=dict)
+
+    def __getattr__(self, name: str):
+        fields_ = self.__dict__.get("criterion_fields") or {}
+        if name in fields_:
+            return fields_[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def passed(self) -> bool:
@@ -288,7 +297,7 @@ class FalsificationResult:
         """JSON-ready: no tensors, NaN and infinities as None."""
         out = {}
         for f in fields(self):
-            if f.name in ("high_mask", "low_mask", "example_high", "example_low"):
+            if f.name in ("high_mask", "low_mask", "example_high", "example_low", "criterion_fields"):
                 continue
             k, v = f.name, getattr(self, f.name)
             if isinstance(v, float) and not math.isfinite(v):
@@ -296,6 +305,8 @@ class FalsificationResult:
             elif isinstance(v, tuple):
                 v = list(v)
             out[k] = v
+        for k, v in self.criterion_fields.items():
+            out[k] = None if isinstance(v, float) and not math.isfinite(v) else v
         return out
 
     def format(self) -> str:
@@ -318,6 +329,10 @@ class FalsificationResult:
             verdict += " (" + ", ".join(self.failed) + ")"
         lines.append(f"verdict   {verdict}")
         return "\n".join(lines)
+
+
+#: the attributes of FalsificationResult (a criterion's fields outside them go to ``criterion_fields``)
+RESULT_FIELDS = frozenset(f.name for f in fields(FalsificationResult)) - {"criterion_fields"}
 
 
 def d_prime_of(margin: float, sd_high: float, sd_low: float) -> float:
@@ -525,7 +540,11 @@ def falsification_test(
                 "nothing to test",), {}
         else:
             judged = criterion.judge(pair_ids[i], d_high, d_low)
-            verdict, failed, extra = judged.verdict, judged.failed, dict(judged.fields)
+            verdict, failed = judged.verdict, judged.failed
+            # the criterion's fields: the result's own attributes (beyond-prior's), else criterion_fields
+            extra = {k: v for k, v in judged.fields.items() if k in RESULT_FIELDS}
+            if len(extra) < len(judged.fields):
+                extra["criterion_fields"] = {k: v for k, v in judged.fields.items() if k not in RESULT_FIELDS}
         if i in opt_info:
             info = opt_info[i]
             extra.update(

@@ -4,22 +4,31 @@ A criterion is a :class:`Criterion` subclass registered under its name with
 :func:`register_criterion`; ``FalsificationConfig(criterion=NAME)`` picks it
 (:func:`criterion_for`), and ``falsification_test`` only calls its hooks:
 
-- ``thresholds``: the config fields it needs (``FalsificationConfig.has_criterion``), and
-  ``needs_prior``: whether the call needs the model's prior map;
+- ``thresholds``: the config fields it needs (``FalsificationConfig.has_criterion``), and of
+  them ``verdict_thresholds``, those its verdict reads (reports mark the others unused);
+- ``needs_prior``: whether the call needs the model's prior map (runs and ``falsify test`` then
+  build it), and ``prior_calibrated``: the threshold that can be calibrated on the prior's
+  images (:func:`falsify.falsification.prior.calibrate_delta`: ``--delta calibrated``);
+- ``fields``: the fields it adds to each result (``FalsificationResult``: its own attributes,
+  or for a new criterion ``criterion_fields``, flattened into ``to_dict()``);
 - :meth:`Criterion.check_inputs`: refuse a call that lacks an input it needs (e.g. the prior);
 - :meth:`Criterion.prepare`: work done once per call before judging (e.g. the prior's distances);
 - :meth:`Criterion.judge`: the verdict of one image, the conditions that failed, and the
   criterion's own fields of the result;
-- :meth:`Criterion.lines`: its lines in ``FalsificationResult.format``.
+- :meth:`Criterion.lines`: its lines in ``FalsificationResult.format``;
+- its explanation in reports: ``rule`` (plain text, :meth:`Criterion.describe`), :meth:`Criterion.explain_html`
+  and :meth:`Criterion.explain_tex` (a report falls back to the name when they give None).
 
 Two are built in: :class:`Absolute` (``absolute``) and :class:`BeyondPrior` (``beyond-prior``).
-Adding one is a subclass with a new name, and the name in ``falsify.choices.CRITERIA`` for the
-command line; nothing in the test itself changes.
+Adding one is a subclass with a new name and :func:`register_criterion` (and the name in
+``falsify.choices.CRITERIA`` for the command line); nothing in the test, the runner, the CLI or
+the report changes: they ask the criterion, never its name.
 """
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
@@ -69,8 +78,16 @@ class Criterion:
     name: ClassVar[str] = ""
     #: the config fields (radians) that must be set before the test runs
     thresholds: ClassVar[tuple[str, ...]] = ("tau_high", "tau_low", "epsilon")
+    #: of ``thresholds``, those the verdict reads (the others are recorded, not used)
+    verdict_thresholds: ClassVar[tuple[str, ...]] = ("tau_high", "tau_low", "epsilon")
     #: whether ``falsification_test`` needs the model's prior map (``prior=``)
     needs_prior: ClassVar[bool] = False
+    #: the threshold calibrated on the prior's images when asked (``delta="calibrated"``), or None
+    prior_calibrated: ClassVar[str | None] = None
+    #: the fields :meth:`judge` adds to each result
+    fields: ClassVar[tuple[str, ...]] = ()
+    #: its rule in one plain line, for reports (:meth:`describe`)
+    rule: ClassVar[str] = ""
 
     def __init__(self, config) -> None:
         self.config = config
@@ -94,6 +111,28 @@ class Criterion:
     @staticmethod
     def ok(result, cond: str) -> str:
         return "FAILED" if cond in result.failed else "ok"
+
+    @classmethod
+    def describe(cls) -> str | None:
+        """``NAME: rule``, the criterion in one plain line (reports' threshold tables); None
+        without a ``rule``."""
+        return f"{cls.name}: {cls.rule}" if cls.rule else None
+
+    @classmethod
+    def explain_html(cls, c: Mapping[str, Any], n_prior_images: int | None) -> str | None:
+        """The report's sentences on the criterion (HTML). ``c``: the run's criterion as
+        ``falsify.report.tables.criterion_of`` reads it from the summary (``delta``, ``tau_high``,
+        ``tau_low``, ``epsilon``: floats or None; ``calibration``: how a prior-calibrated threshold
+        was calibrated, with ``quantile``, ``n`` and ``excess_median`` as numbers or None, or
+        None); ``n_prior_images``: the images the prior map averages. None: the report names the
+        criterion only."""
+        return None
+
+    @classmethod
+    def explain_tex(cls, c: Mapping[str, Any]) -> str | None:
+        """The table caption's sentence on the criterion (LaTeX), from ``c`` as for
+        :meth:`explain_html`; None: the caption names the criterion only."""
+        return None
 
 
 #: criterion name -> its class
@@ -122,6 +161,7 @@ class Absolute(Criterion):
     """The map passes when d_high > tau_high, d_low < tau_low and d_high - d_low >= epsilon."""
 
     name = "absolute"
+    rule = "a map passes when d_high > τ_high, d_low < τ_low and d_high − d_low ≥ ε"
 
     def judge(self, pair_id, d_high, d_low):
         c = self.config
@@ -136,6 +176,26 @@ class Absolute(Criterion):
             f"margin    {r.margin:.4f} rad   >= epsilon {r.epsilon:.4f}   {cls.ok(r, COND_MARGIN)}",
         ]
 
+    @classmethod
+    def explain_html(cls, c, n_prior_images):
+        values = ""
+        if None not in (c["tau_high"], c["tau_low"], c["epsilon"]):
+            values = (f" (&tau;<sub>high</sub> = {c['tau_high']:.3f}, &tau;<sub>low</sub> = {c['tau_low']:.3f}, "
+                      f"&epsilon; = {c['epsilon']:.3f} rad)")
+        return ("Criterion: <b>absolute thresholds</b>. The map <i>passes</i> when hiding the top-ranked features "
+                "moves the embedding far (d<sub>high</sub> &gt; &tau;<sub>high</sub>), hiding the bottom-ranked ones "
+                "barely moves it (d<sub>low</sub> &lt; &tau;<sub>low</sub>) and the gap is at least &epsilon;"
+                f"{values}; otherwise it is <i>falsified</i>.")
+
+    @classmethod
+    def explain_tex(cls, c):
+        text = (r"Criterion: absolute thresholds; a map passes iff $d_{\mathrm{high}} > \tau_{\mathrm{high}}$,"
+                r" $d_{\mathrm{low}} < \tau_{\mathrm{low}}$ and $d_{\mathrm{high}} - d_{\mathrm{low}} \ge \epsilon$")
+        if None not in (c["tau_high"], c["tau_low"], c["epsilon"]):
+            text += (rf" ($\tau_{{\mathrm{{high}}}} = {c['tau_high']:.3f}$, $\tau_{{\mathrm{{low}}}} = {c['tau_low']:.3f}$,"
+                     rf" $\epsilon = {c['epsilon']:.3f}$ rad)")
+        return text + "."
+
 
 @register_criterion
 class BeyondPrior(Criterion):
@@ -144,7 +204,11 @@ class BeyondPrior(Criterion):
 
     name = "beyond-prior"
     thresholds = ("tau_high", "tau_low", "epsilon", "delta")
+    verdict_thresholds = ("delta",)
     needs_prior = True
+    prior_calibrated = "delta"
+    fields = ("prior_d_high", "prior_d_low", "excess")
+    rule = "a map passes when its margin d_high − d_low exceeds the prior map's margin on the same image by more than δ"
 
     def check_inputs(self, *, prior=None):
         if prior is None:
@@ -170,6 +234,44 @@ class BeyondPrior(Criterion):
             f"excess    {r.excess:.4f} rad = margin {r.margin:.4f} - prior's margin "
             f"{r.prior_d_high - r.prior_d_low:.4f}   > delta {r.delta:.4f}   {cls.ok(r, COND_PRIOR)}",
         ]
+
+    @classmethod
+    def explain_html(cls, c, n_prior_images):
+        e = html.escape
+        over = f"over {n_prior_images} untested images" if n_prior_images is not None else "over untested images"
+        delta = "&delta;" if c["delta"] is None else f"&delta; = {c['delta']:.3f} rad"
+        text = ("Criterion: <b>beyond the prior</b>. The test is also run with the model's <i>prior map</i> (the "
+                f"mean of its own occlusion maps {e(over)}: what hiding does to this model on any face); a map "
+                "<i>passes</i> when its gap d<sub>high</sub> &minus; d<sub>low</sub> exceeds the prior's gap on the "
+                f"same image by more than {delta}, and is <i>falsified</i> otherwise. ")
+        cal = c["calibration"]
+        if cal is not None:
+            q, n, med = cal["quantile"], cal["n"], cal["excess_median"]
+            quant = "a high" if q is None else f"the {100 * q:g}%"
+            detail = ", ".join(x for x in (None if n is None else f"{n} tests",
+                                           None if med is None else f"median excess {med:.3f} rad") if x)
+            text += (f"&delta; was calibrated: it is {e(quant)} quantile of the excess over the prior that maps "
+                     "knowing only the prior (the prior map, its cells reordered at random within bands of its "
+                     "range) reach on those untested images" + (f" ({e(detail)})" if detail else "")
+                     + ", so a map passes only if it beats the prior by more than such maps do.")
+        elif c["delta"] is not None:
+            text += "&delta; was given for the run, not calibrated."
+        else:
+            text += "&delta; is not recorded."
+        return text
+
+    @classmethod
+    def explain_tex(cls, c):
+        delta = r"$\delta$" if c["delta"] is None else rf"$\delta = {c['delta']:.3f}$ rad"
+        text = (r"Criterion: beyond the prior; a map passes iff its margin $d_{\mathrm{high}} - d_{\mathrm{low}}$"
+                r" exceeds the margin of the model's prior map on the same image by more than " + delta)
+        cal = c["calibration"]
+        if cal is not None:
+            q, n = cal["quantile"], cal["n"]
+            text += (" (calibrated: the " + ("" if q is None else rf"{100 * q:g}\% ") + "quantile of the excess"
+                     " reached by maps that know only the prior" + ("" if n is None else f", {n} tests")
+                     + ")")
+        return text + "."
 
 
 def prior_distances(model, images, f_x, prior, config, pair_ids, device, cache, references=None) -> dict[int, tuple[float, float]]:

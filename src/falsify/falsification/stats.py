@@ -87,6 +87,12 @@ def wilson_interval(k, n, confidence: float = 0.95):
     return lo, hi
 
 
+def wilson(k: int, n: int) -> tuple[float | None, float | None]:
+    """The Wilson 95% interval of ``k`` in ``n`` (:func:`wilson_interval`) as ``(low, high)``;
+    ``(None, None)`` when n == 0 (the experiments' summaries store both ends)."""
+    return wilson_interval(k, n) or (None, None)
+
+
 def falsification_rate(verdicts: Iterable, confidence: float = 0.95) -> RateSummary:
     """falsified / (passed + falsified) with its Wilson interval (:func:`wilson_interval`)."""
     v = _verdicts(verdicts)

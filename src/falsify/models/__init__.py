@@ -20,12 +20,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..choices import CHECKPOINT_ARCHS, split_checkpoint, unknown_architecture
+from ..choices import CHECKPOINT_ARCHS, RANDOM_SUFFIX, split_checkpoint, unknown_architecture
 from .alignment import ALIGN_CHOICES, TEMPLATES
 from .base import FaceEmbedder, NotAFaceEmbedder, check_face_embedder, randomised_copy, wrap_model
 from .checkpoints import ARCHITECTURES
-
-RANDOM_SUFFIX = ":random"
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,37 @@ def method_colours(methods: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def rate_bars(ax, series: Sequence[tuple[str, bool, Sequence]], labels: Sequence[str], label_size: float = 8) -> None:
+    """Grouped bars of falsification rates with Wilson whiskers on ``ax`` (6.3's parts, 6.6's
+    groups): ``series`` holds ``(method, is_control, cells)`` per method, in legend order, and
+    ``cells[i]`` its rate in category ``i`` (a mapping with ``fr``, ``ci_low``, ``ci_high``), or
+    None, or one whose ``fr`` is None: no bar there. A mark at each rate shows 0% too; controls
+    are paler. The x labels are ``labels``; the y axis is the rate, 0-105%."""
+    from matplotlib.ticker import PercentFormatter
+
+    colours = method_colours([m for m, _, _ in series])
+    width = 0.8 / max(len(series), 1)
+    for j, (method, control, cells) in enumerate(series):
+        xs, ys, lo, hi = [], [], [], []
+        for i, c in enumerate(cells):
+            if c is None or c["fr"] is None:
+                continue
+            xs.append(i - 0.4 + width * (j + 0.5))
+            ys.append(c["fr"])
+            lo.append(max(c["fr"] - c["ci_low"], 0.0))
+            hi.append(max(c["ci_high"] - c["fr"], 0.0))
+        ax.bar(xs, ys, width=width * 0.9, color=colours[method], alpha=0.5 if control else 0.9,
+               label=method, yerr=[lo, hi], error_kw={"elinewidth": 0.8, "capsize": 2})
+        ax.plot(xs, ys, ls="none", marker="_", ms=10, mew=2, color=colours[method])  # 0% shows too
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(list(labels), fontsize=label_size)
+    ax.set_ylim(0, 1.05)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_ylabel("falsification rate")
+    for sp in ("top", "right"):
+        ax.spines[sp].set_visible(False)
+
+
 # ---------------------------------------------------------------------------------------------
 
 

@@ -30,6 +30,8 @@ from .section import Section
 from .tables import (
     as_float,
     as_int,
+    criterion_class,
+    criterion_explained,
     criterion_of,
     effective_k,
     fill_and_k,
@@ -219,43 +221,13 @@ between the two rates.</p>
 
 
 def _criterion_html(summary: Mapping) -> str:
-    """The criterion of the run, for "How to read": absolute thresholds, or beyond the prior by
-    delta, with how delta was calibrated (``prior.delta``)."""
-    c = criterion_of(summary)
-    if c["criterion"] == "beyond-prior":
-        prior = summary.get("prior") if isinstance(summary.get("prior"), Mapping) else {}
-        n_img = as_int(prior.get("n_images"))
-        over = f"over {n_img} untested images" if n_img is not None else "over untested images"
-        delta = "&delta;" if c["delta"] is None else f"&delta; = {c['delta']:.3f} rad"
-        text = ("Criterion: <b>beyond the prior</b>. The test is also run with the model's <i>prior map</i> (the "
-                f"mean of its own occlusion maps {_e(over)}: what hiding does to this model on any face); a map "
-                "<i>passes</i> when its gap d<sub>high</sub> &minus; d<sub>low</sub> exceeds the prior's gap on the "
-                f"same image by more than {delta}, and is <i>falsified</i> otherwise. ")
-        cal = c["calibration"]
-        if cal is not None:
-            q, n, med = as_float(cal.get("quantile")), as_int(cal.get("n")), as_float(cal.get("excess_median"))
-            quant = "a high" if q is None else f"the {100 * q:g}%"
-            detail = ", ".join(x for x in (None if n is None else f"{n} tests",
-                                           None if med is None else f"median excess {med:.3f} rad") if x)
-            text += (f"&delta; was calibrated: it is {_e(quant)} quantile of the excess over the prior that maps "
-                     "knowing only the prior (the prior map, its cells reordered at random within bands of its "
-                     "range) reach on those untested images" + (f" ({_e(detail)})" if detail else "")
-                     + ", so a map passes only if it beats the prior by more than such maps do.")
-        elif c["delta"] is not None:
-            text += "&delta; was given for the run, not calibrated."
-        else:
-            text += "&delta; is not recorded."
-        return text
-    if c["criterion"] != "absolute":
-        return f"Criterion: <b>{_e(c['criterion'])}</b>."
-    values = ""
-    if None not in (c["tau_high"], c["tau_low"], c["epsilon"]):
-        values = (f" (&tau;<sub>high</sub> = {c['tau_high']:.3f}, &tau;<sub>low</sub> = {c['tau_low']:.3f}, "
-                  f"&epsilon; = {c['epsilon']:.3f} rad)")
-    return ("Criterion: <b>absolute thresholds</b>. The map <i>passes</i> when hiding the top-ranked features "
-            "moves the embedding far (d<sub>high</sub> &gt; &tau;<sub>high</sub>), hiding the bottom-ranked ones "
-            "barely moves it (d<sub>low</sub> &lt; &tau;<sub>low</sub>) and the gap is at least &epsilon;"
-            f"{values}; otherwise it is <i>falsified</i>.")
+    """The criterion of the run, for "How to read": the criterion's own explanation
+    (``Criterion.explain_html``: e.g. absolute thresholds, or beyond the prior by delta with how
+    delta was calibrated, ``prior.delta``), else its name."""
+    cls, c = criterion_explained(summary)
+    prior = summary.get("prior") if isinstance(summary.get("prior"), Mapping) else {}
+    text = None if cls is None else cls.explain_html(c, as_int(prior.get("n_images")))
+    return text if text is not None else f"Criterion: <b>{_e(c['criterion'])}</b>."
 
 
 def _how_to_read(summary: Mapping) -> str:
@@ -321,9 +293,10 @@ def _calibration_of(summary: Mapping) -> Mapping | None:
     return cal if isinstance(cal, Mapping) and cal else None
 
 
-def _threshold_text(summary: Mapping, key: str, unused: bool = False) -> str | None:
+def _threshold_text(summary: Mapping, key: str, unused_by: str | None = None) -> str | None:
     """'0.2142 rad = 0.5 × θ* (calibrated)' or '0.3 rad (given)', with '; not used by the
-    beyond-prior verdict' when ``unused``; None when not recorded."""
+    beyond-prior verdict' when ``unused_by`` names the criterion whose verdict does not read it;
+    None when not recorded."""
     value = criterion_of(summary)[key]
     if value is None:
         return None
@@ -337,22 +310,17 @@ def _threshold_text(summary: Mapping, key: str, unused: bool = False) -> str | N
         text += f"{how} (calibrated"
     else:
         text += " (given"
-    return text + ("; not used by the beyond-prior verdict)" if unused else ")")
+    return text + (f"; not used by the {unused_by} verdict)" if unused_by else ")")
 
 
 def _section_thresholds(summary: Mapping) -> str:
     """The criterion and the numbers it used: the calibrated (or given) thresholds in radians, delta,
     the decision threshold, the fills of the test and of the prior."""
     c = criterion_of(summary)
-    beyond = c["criterion"] == "beyond-prior"
-    items: list[tuple[str, str | None]] = [(
-        "criterion",
-        "beyond-prior: a map passes when its margin d_high − d_low exceeds the prior map's margin on the same image "
-        "by more than δ" if beyond else
-        "absolute: a map passes when d_high > τ_high, d_low < τ_low and d_high − d_low ≥ ε"
-        if c["criterion"] == "absolute" else str(c["criterion"]),
-    )]
-    if beyond:
+    cls = criterion_class(c["criterion"])
+    described = None if cls is None else cls.describe()
+    items: list[tuple[str, str | None]] = [("criterion", described if described is not None else str(c["criterion"]))]
+    if cls is not None and "delta" in cls.thresholds:
         delta = None
         if c["delta"] is not None:
             cal = c["calibration"]
@@ -364,7 +332,8 @@ def _section_thresholds(summary: Mapping) -> str:
                 delta = f"{_num(c['delta'])} rad (given)"
         items.append(("δ", delta))
     for key, label in _THRESHOLDS:
-        items.append((label, _threshold_text(summary, key, unused=beyond)))
+        unused = cls is not None and key not in cls.verdict_thresholds
+        items.append((label, _threshold_text(summary, key, unused_by=cls.name if unused else None)))
     cal = _calibration_of(summary)
     if cal is not None and as_float(cal.get("threshold_cos")) is not None:
         cos, angle = as_float(cal.get("threshold_cos")), as_float(cal.get("threshold_angle"))

@@ -171,6 +171,28 @@ def criterion_of(summary: Mapping) -> dict:
     return out
 
 
+def criterion_class(name: Any):
+    """The criterion class registered as ``name`` (``falsify.falsification.criteria``), or None
+    (an unknown name, e.g. of a summary written by a falsify that had other criteria): what a
+    report asks about the run's criterion, never comparing its name. Imported when asked: it
+    loads torch, which a report of a run has loaded already."""
+    from ..falsification.criteria import CRITERION_CLASSES
+
+    return CRITERION_CLASSES.get(name) if isinstance(name, str) else None
+
+
+def criterion_explained(summary: Mapping) -> tuple[Any, dict]:
+    """``(criterion class or None, criterion_of(summary))`` with the calibration's numbers read
+    (``quantile``, ``excess_median`` floats, ``n`` an int, each None when not recorded), as
+    ``Criterion.explain_html`` and ``explain_tex`` take them."""
+    c = criterion_of(summary)
+    cal = c["calibration"]
+    if cal is not None:
+        c["calibration"] = {"quantile": as_float(cal.get("quantile")), "n": as_int(cal.get("n")),
+                            "excess_median": as_float(cal.get("excess_median"))}
+    return criterion_class(c["criterion"]), c
+
+
 def _config(summary: Mapping) -> Mapping:
     c = summary.get("config")
     return c if isinstance(c, Mapping) else {}
@@ -262,6 +284,18 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_open(path) as f:
         f.write(text.encode("utf-8"))
     return Path(path)
+
+
+def write_summary_json(out_dir: str | Path, summary: Mapping) -> str:
+    """Write ``out_dir/summary.json`` (created if need be) through :func:`atomic_open`: the
+    summary as indented JSON, strict (a NaN or infinity is an error, not a literal; anything
+    else JSON cannot hold is written as its ``str``). Returns the text written."""
+    import json
+
+    text = json.dumps(summary, indent=2, default=str, allow_nan=False)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(out_dir) / "summary.json", text)
+    return text
 
 
 def write_tables(sections: Iterable[Section], out_dir: str | Path) -> list[Path]:
