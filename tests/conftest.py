@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,28 @@ def _shared_data() -> Path:
 SHARED = _shared_data()
 LFW_SAMPLE = SHARED / "lfw-sample"
 DLIB_REFERENCE = SHARED / "dlib-reference"
+
+
+def stored_rows(out: Path) -> int:
+    """The rows in ``out/results.sqlite``, read-only, as a run writes them (-1 while the store
+    cannot be read yet)."""
+    try:
+        with sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True, timeout=1) as c:
+            return c.execute("SELECT count(*) FROM results").fetchone()[0]
+    except sqlite3.Error:
+        return -1
+
+
+def signal_when(proc, ready, sig, timeout: float = 300) -> bool:
+    """Send ``sig`` to the running ``proc`` as soon as ``ready()`` holds; False when the process
+    ended, or ``timeout`` seconds passed, first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            proc.send_signal(sig)
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.fixture

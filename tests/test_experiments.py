@@ -8,12 +8,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from falsify.experiments import ResultsStore, RunConfig, Runner
+from tests.conftest import signal_when, stored_rows
 
 # fixed thresholds skip calibration (tested separately), keeping these runs short
 FIXED = ["--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.05"]
@@ -64,20 +64,9 @@ def _cli(argv, **kw):
 def test_sigkill_then_resume_equals_uninterrupted(lfw_sample, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = _cli(_argv(lfw_sample, killed))
-    deadline = time.time() + 240
-    n = 0
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        try:
-            with sqlite3.connect(killed / "results.sqlite", timeout=1) as c:
-                n = c.execute("SELECT count(*) FROM results").fetchone()[0]
-        except sqlite3.Error:
-            continue
-        if n >= 6:
-            proc.send_signal(signal.SIGKILL)
-            break
+    signal_when(proc, lambda: stored_rows(killed) >= 6, signal.SIGKILL, timeout=240)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed ({n} rows)"
+    assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed ({stored_rows(killed)} rows)"
     partial = _rows(killed)
     assert 6 <= len(partial) < 30
     assert not (killed / "summary.json").exists()

@@ -18,6 +18,7 @@ from falsify.attribution import (AttributionError, Explainer, get_explainer, met
                                  register_method)
 from falsify.attribution.captum_methods import _ACTIVATIONS, check_rule_modules
 from falsify.models.base import FaceEmbedder
+from tests.conftest import signal_when, stored_rows
 
 
 def _refs(model, n=2, seed=1):
@@ -412,7 +413,6 @@ def test_options_of_an_import_path_method(tmp_path, monkeypatch, tiny_model):
 @pytest.mark.slow
 def test_changed_method_file_after_a_killed_run_is_refused(lfw_sample, tmp_path):
     import signal
-    import time
 
     lab = tmp_path / "lab"
     lab.mkdir()
@@ -423,19 +423,9 @@ def test_changed_method_file_after_a_killed_run_is_refused(lfw_sample, tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(lab), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "falsify.cli", *argv], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    n, deadline = 0, time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        try:
-            with sqlite3.connect(out / "results.sqlite", timeout=1) as c:
-                n = c.execute("SELECT count(*) FROM results").fetchone()[0]
-        except sqlite3.Error:
-            continue
-        if n >= 1:
-            proc.send_signal(signal.SIGKILL)
-            break
+    signal_when(proc, lambda: stored_rows(out) >= 1, signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed ({n} rows)"
+    assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed ({stored_rows(out)} rows)"
     with sqlite3.connect(out / "results.sqlite") as c:
         kept = c.execute("SELECT method, pair, verdict FROM results").fetchall()
     (lab / "door_lab_kill.py").write_text(LAB + "\n# changed\n")

@@ -8,10 +8,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
+
+from tests.conftest import signal_when, stored_rows
 
 FIXED = ["--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.05", "--preset", "plain"]
 SIGNALS = [signal.SIGTERM, signal.SIGHUP]
@@ -28,14 +28,6 @@ def _start(argv):
                             stderr=subprocess.PIPE, text=True)
 
 
-def _n_rows(out: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{out / 'results.sqlite'}?mode=ro", uri=True, timeout=1) as c:
-            return c.execute("SELECT count(*) FROM results").fetchone()[0]
-    except sqlite3.Error:
-        return -1
-
-
 def _stop_on_line(proc, text: str, sig) -> None:
     """Send ``sig`` as soon as the run prints a line holding ``text`` (its stage has begun)."""
     for line in proc.stdout:
@@ -46,13 +38,8 @@ def _stop_on_line(proc, text: str, sig) -> None:
 
 
 def _stop_when(proc, ready, sig, timeout=300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if ready():
-            proc.send_signal(sig)
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the run ended before the stage was reached: {proc.stderr.read()}")
+    if not signal_when(proc, ready, sig, timeout):
+        raise AssertionError(f"the run ended before the stage was reached: {proc.stderr.read()}")
 
 
 def _ended(proc, sig) -> str:
@@ -100,10 +87,10 @@ def test_stopped_during_the_rows_keeps_them_and_the_same_command_resumes(lfw_sam
     out = tmp_path / "run"
     argv = _argv(lfw_sample, out, extra=FIXED)
     proc = _start(argv)
-    _stop_when(proc, lambda: _n_rows(out) >= 1, sig)
+    _stop_when(proc, lambda: stored_rows(out) >= 1, sig)
     line = _ended(proc, sig)
     assert f"the rows already stored in {out} are kept: rerun the same command to resume" in line
-    partial = _n_rows(out)
+    partial = stored_rows(out)
     assert 1 <= partial < 12, partial  # stopped among the rows
     assert not (out / "summary.json").exists()
     resumed = _start(argv)
@@ -122,7 +109,7 @@ def test_stopped_during_the_report_keeps_the_rows_and_the_same_command_writes_it
     out = tmp_path / "run"
     argv = _argv(lfw_sample, out, n_pairs="2", extra=FIXED)
     proc = _start(argv)
-    _stop_when(proc, lambda: _n_rows(out) == 4, sig)  # every row stored: the summary and the report follow
+    _stop_when(proc, lambda: stored_rows(out) == 4, sig)  # every row stored: the summary and the report follow
     line = _ended(proc, sig)
     assert "rerun the same command to resume" in line
     assert not (out / "report.html").exists()
@@ -130,7 +117,7 @@ def test_stopped_during_the_report_keeps_the_rows_and_the_same_command_writes_it
     stdout, err = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, err
     assert "all rows are already in the store" in stdout, stdout  # nothing computed again
-    assert _n_rows(out) == 4 and (out / "report.html").is_file()
+    assert stored_rows(out) == 4 and (out / "report.html").is_file()
 
 
 @pytest.mark.slow
@@ -141,7 +128,7 @@ def test_sigterm_with_the_ray_executor_stops_as_in_process(lfw_sample, tmp_path)
     out = tmp_path / "run"
     argv = _argv(lfw_sample, out, extra=[*FIXED, "--executor", "ray", "--workers", "1"])
     proc = _start(argv)
-    _stop_when(proc, lambda: _n_rows(out) >= 1, signal.SIGTERM)
+    _stop_when(proc, lambda: stored_rows(out) >= 1, signal.SIGTERM)
     line = _ended(proc, signal.SIGTERM)
     assert f"the rows already stored in {out} are kept: rerun the same command to resume" in line
-    assert 1 <= _n_rows(out) < 12
+    assert 1 <= stored_rows(out) < 12
