@@ -99,11 +99,6 @@ def is_known_method(name: str) -> bool:
     return name in _CLASSES or name in _REGISTERED
 
 
-def is_builtin(name: str) -> bool:
-    """Whether ``name`` is one of falsify's own methods (``METHODS``)."""
-    return name in _CLASSES
-
-
 def method_source(name: str) -> str | None:
     """The file of a registered or imported method's code (None for built-ins, captum's, and code
     with no file): its sha256 is part of a run's settings (``method_fingerprints``)."""

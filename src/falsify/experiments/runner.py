@@ -191,14 +191,12 @@ class RunConfig:
             else:
                 self.methods = list(METHODS if self.methods else DEFAULT_METHODS)
         self.methods = list(dict.fromkeys(self.methods))
-        from ..attribution import is_known_method
+        from ..attribution import check_method, is_known_method
 
-        unknown = [m for m in self.methods if m not in METHODS and ":" not in m and not is_known_method(m)]
+        unknown = [m for m in self.methods if ":" not in m and not is_known_method(m)]  # built-in or registered
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}, captum:NAME "
                              "or module.path:callable (`falsify methods` lists them)")
-        from ..attribution import check_method
-
         for m in self.methods:  # captum:NAME, module.path:callable: resolved (imported) now, one line if not
             if m not in METHODS:
                 check_method(m)
