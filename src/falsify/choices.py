@@ -22,6 +22,10 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "gradient-x-input", "occlusion", "kernelshap", "lime", "random", "centre", "edge",
 )
 
+#: Methods that need the model's decision threshold (a model without one of its own gets the
+#: calibrated threshold, or the method's ``threshold`` option).
+THRESHOLD_METHODS: tuple[str, ...] = ("biometric-gradcam", "xssab")
+
 #: Control maps: they cannot be right about the model on this image (``random`` ignores both,
 #: ``centre`` ignores the image, ``edge`` ignores the model). Reports mark them as controls.
 CONTROLS: tuple[str, ...] = ("random", "centre", "edge")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .choices import (ALIGN_CHOICES, CRITERIA, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS, PRESET_NAMES,
-                      STRATIFY_CHOICES, TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
+from .choices import (ALIGN_CHOICES, CRITERIA, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS,
+                      PRESET_NAMES, STRATIFY_CHOICES, TARGETS, THRESHOLD_METHODS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
 from .paths import OutOfSpaceError, check_writable, is_out_of_space, space_guard
 
 #: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,
@@ -323,9 +323,6 @@ CAM_METHODS = ("gradcam", "gradcam++", "biometric-gradcam")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 EXPLAIN_METHODS = "gradcam,gradcam++,biometric-gradcam,ig,saliency"
 
-
-#: methods that need the model's decision threshold (a model without one: the calibrated one, or an option)
-THRESHOLD_METHODS = ("biometric-gradcam", "xssab")
 
 
 def _without_threshold(model, args: argparse.Namespace, methods: list[str], options: dict, default: bool) -> list[str]:

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..choices import (ALIGN_CHOICES, CONTROLS, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS,
-                       OTHER_REFERENCE, RANDOM_MODEL, RANDOM_SUFFIX, STRATIFY_CHOICES, TRUTH_METHODS)
+                       OTHER_REFERENCE, RANDOM_MODEL, RANDOM_SUFFIX, STRATIFY_CHOICES, THRESHOLD_METHODS,
+                       TRUTH_METHODS)
 from ..data import load_pairs
 from ..data.errors import DataError
 from ..data.pairs import Pair, PairSet
@@ -470,8 +471,8 @@ def data_changes(have: dict | None, want: dict) -> tuple[bool, list[str]]:
 
 def _changed_settings(have: dict, want: dict) -> list[str]:
     """The settings other than the data on which ``have`` and ``want`` differ."""
-    keys = (set({**RunConfig.LEGACY, **have}) | set(want)) - {"data", "pairs", FINGERPRINT, MODEL_FINGERPRINT}
     legacy = {**RunConfig.LEGACY, **have}
+    keys = (set(legacy) | set(want)) - {"data", "pairs", FINGERPRINT, MODEL_FINGERPRINT}
     return sorted(k for k in keys if legacy.get(k) != want.get(k)) + model_changes(have, want)
 
 
@@ -933,7 +934,7 @@ class Runner:
         placeholder = {"threshold": 0.0} if model.threshold is None and c.tau_high is None else {}
         for m in c.methods:
             if m != "centre":
-                get_explainer(m, model, **{**(placeholder if m in ("biometric-gradcam", "xssab") else {}),
+                get_explainer(m, model, **{**(placeholder if m in THRESHOLD_METHODS else {}),
                                            **c.method_options.get(m, {})})
         # the model by its file's content (hashed once per process; the load above read the same file)
         self.settings = {**c.result_settings(), FINGERPRINT: self.pairs.fingerprint(),
