@@ -27,7 +27,7 @@ from falsify.experiments import RunConfig  # noqa: E402
 from falsify.experiments.exp_6_3 import frame_points  # noqa: E402
 from falsify.experiments.known_truth import Construction, composite  # noqa: E402
 from falsify.experiments.rows import load_run_model  # noqa: E402
-from falsify.experiments.runner import load_run_pairs  # noqa: E402
+from falsify.experiments.session import load_run_pairs  # noqa: E402
 from falsify.falsification.stages import embed  # noqa: E402
 from falsify.geometry import geodesic_distance  # noqa: E402
 

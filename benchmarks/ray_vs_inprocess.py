@@ -64,7 +64,8 @@ def main() -> int:
     from falsify.data import load_images
     from falsify.experiments import RunConfig, Runner
     from falsify.experiments.ray_executor import RayExecutor
-    from falsify.experiments.runner import load_run_model, load_run_pairs
+    from falsify.experiments.rows import load_run_model
+    from falsify.experiments.session import load_run_pairs
 
     settings = dict(data=args.data, model=args.model, methods=args.methods, n_pairs=args.n_pairs,
                     batch_pairs=args.batch_pairs, tau_high=0.2, tau_low=0.1, epsilon=0.05, preset="plain")

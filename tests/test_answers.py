@@ -11,7 +11,7 @@ from PIL import Image
 from falsify.cli import main
 from falsify.data import load_pairs
 from falsify.experiments import RunConfig
-from falsify.experiments.runner import load_run_pairs
+from falsify.experiments.session import load_run_pairs
 
 FIXED = ["--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.05", "--preset", "plain"]
 

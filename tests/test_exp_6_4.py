@@ -141,7 +141,7 @@ def test_each_model_keeps_its_own_alignment_on_resume(lfw_sample, tmp_path):
     """6.4 stores --align as given (auto): each model's own run resolves it (SFace arcface-112,
     dlib dlib-150), also when the 6.4 run is resumed from its store."""
     from falsify.experiments.exp_6_4 import sub_config
-    from falsify.experiments.runner import RunConfig
+    from falsify.experiments.config import RunConfig
 
     c = RunConfig(experiment="6.4", models=["dlib-resnet", "sface"], data=str(lfw_sample), out=str(tmp_path / "o"))
     assert c.result_settings()["align"] == "auto"

@@ -117,7 +117,7 @@ def test_library_default_is_the_commands_default(monkeypatch):
 def test_a_stored_plain_run_resumes_plain(tmp_path):
     """Run folders record fill, q, criterion and delta explicitly: one made with the plain test
     resumes plain, whatever the library's default is."""
-    from falsify.experiments.runner import RunConfig
+    from falsify.experiments.config import RunConfig
     from falsify.experiments.store import ResultsStore
 
     out = tmp_path / "run"

@@ -134,7 +134,7 @@ def test_truth_settings_belong_to_the_benchmark(lfw_sample):
         RunConfig(experiment="known-truth", truth_parts="ears")
     c = RunConfig(experiment="known-truth", data=str(lfw_sample), n_pairs=6)
     assert c.truth == "average" and c.truth_parts == "inner" and "saliency" in c.methods and "ig" not in c.methods
-    from falsify.experiments.runner import load_run_pairs
+    from falsify.experiments.session import load_run_pairs
 
     pairs = load_run_pairs(c)
     assert len(pairs) == 6 and pairs.n_impostor == 6  # composites need a donor of another identity

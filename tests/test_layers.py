@@ -16,7 +16,7 @@ KNOWN_CIRCLE_IMPORTS: dict[tuple[str, str], str] = {
     # runner_for / write_outputs: the Runner finds the experiments (which build Runners) through the registry
     ("falsify.experiments.runner", "falsify.experiments.registry"): "Runner -> registry -> exp_6_x -> Runner",
     # RunConfig branches on 6.4 (its fan-out over models) and the experiment modules build the Runner
-    ("falsify.experiments.runner", "falsify.experiments.exp_6_4"): "RunConfig -> exp_6_4 -> Runner",
+    ("falsify.experiments.config", "falsify.experiments.exp_6_4"): "RunConfig -> exp_6_4 -> Runner",
 }
 
 

@@ -262,7 +262,7 @@ def test_a_second_run_on_one_folder_is_refused(lfw_sample, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_run(lfw_sample, out, *FIXED)) == 0
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from falsify.experiments.runner import RunLock; "
+        [sys.executable, "-c", "import sys, time; from falsify.experiments.lock import RunLock; "
          "lock = RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)", str(out)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -280,7 +280,7 @@ def test_a_second_run_on_one_folder_is_refused(lfw_sample, tmp_path, capsys):
 def test_a_locked_folder_is_refused_before_any_work(lfw_sample, tmp_path, capsys, monkeypatch, experiment):
     """The issue's case: a second run into an ``--out`` that a first run holds (the first one
     here: a lock held by this process) is refused at once, before it calibrates."""
-    from falsify.experiments.runner import RunLock
+    from falsify.experiments.lock import RunLock
 
     def calibrate(*_):
         raise AssertionError("calibrated before the lock was taken")
@@ -301,7 +301,7 @@ def test_a_locked_folder_is_refused_before_any_work(lfw_sample, tmp_path, capsys
 
 
 def test_the_lock_is_held_while_calibrating_and_a_failure_there_leaves_nothing(lfw_sample, tmp_path, monkeypatch):
-    from falsify.experiments.runner import RunLock
+    from falsify.experiments.lock import RunLock
 
     out = tmp_path / "run"
     seen = []
@@ -321,7 +321,7 @@ def test_the_lock_is_held_while_calibrating_and_a_failure_there_leaves_nothing(l
 
 
 def test_a_refused_run_removes_only_what_its_lock_made(tmp_path):
-    from falsify.experiments.runner import RunLock
+    from falsify.experiments.lock import RunLock
 
     deep = tmp_path / "a" / "b" / "run"
     RunLock(deep).acquire().release(clean=True)
@@ -346,7 +346,7 @@ def test_a_lock_file_removed_meanwhile_is_not_locked(tmp_path, monkeypatch):
     removed file (two runs would then hold "the" lock): it locks the file the path names."""
     import fcntl
 
-    from falsify.experiments.runner import RunLock
+    from falsify.experiments.lock import RunLock
 
     out = tmp_path / "run"
     first = RunLock(out).acquire()

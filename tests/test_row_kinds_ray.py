@@ -117,7 +117,7 @@ def _rows(out: Path, experiment: str) -> list[tuple]:
 def test_killed_worker_then_rows_equal_in_process(experiment, lfw_sample, tiny_model, tmp_path, ray_here,
                                                   monkeypatch):
     from falsify.experiments.ray_executor import RayExecutor
-    from falsify.experiments.runner import RunSession
+    from falsify.experiments.session import RunSession
 
     rows_of = experiment
     quiet = lambda *a: None  # noqa: E731

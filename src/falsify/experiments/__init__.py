@@ -2,7 +2,9 @@
 ``registry``), their runner, results store and analyses."""
 from .analysis import comparisons, method_summary, summarise
 from .exp_6_2 import margin_analysis
-from .runner import EXPERIMENTS, RunConfig, Runner, runner_for, write_outputs
+from ..choices import EXPERIMENTS
+from .config import RunConfig
+from .runner import Runner, runner_for, write_outputs
 from .store import ResultsStore
 
 __all__ = [

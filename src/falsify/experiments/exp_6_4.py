@@ -196,7 +196,7 @@ def across_models(verdicts: Mapping[str, Mapping[str, Mapping[str, str]]], pairs
 
 def sub_config(config, model: str):
     """The 6.1 settings of ``model``'s run inside a 6.4 run."""
-    from .runner import RunConfig
+    from .config import RunConfig
 
     values = {**config.to_dict(), "experiment": "6.1", "model": model, "models": None,
               "out": str(Path(config.out) / "models" / slug(model)),
@@ -221,15 +221,18 @@ class Runner64:
 
         from ..paths import check_writable, space_guard
         from .executor import executor_open, make_executor
-        from .runner import (FINGERPRINT, MODEL_FINGERPRINT, RESUMES, RunLock, _now, conflict_message, default_out,
-                             environment, model_fingerprints, settings_conflicts)
+        from .lock import RunLock
+        from .resume import (FINGERPRINT, MODEL_FINGERPRINT, conflict_message, default_out, environment,
+                             model_fingerprints, now, settings_conflicts)
+        from .runner import RESUMES
         from .store import ResultsStore, inspect_store
 
         c = self.config
-        t0, started = time.perf_counter(), _now()
+        t0, started = time.perf_counter(), now()
         if self.executor is None:
             self.executor = make_executor(c)  # no ray: one line naming the fix, before any work
-        from .runner import Runner, load_run_pairs
+        from .runner import Runner
+        from .session import load_run_pairs
 
         notes: list[str] = []  # --n-pairs above what the data holds: said here, not again by each model's run
         pairs = load_run_pairs(c, log=notes.append)
@@ -288,7 +291,7 @@ class Runner64:
         return summary
 
     def _summarise(self, runs, pairs, started: str) -> dict:
-        from .runner import _now
+        from .resume import now
         from .store import ResultsStore
 
         c = self.config
@@ -314,7 +317,7 @@ class Runner64:
         section["per_model"] = per_model
         section["random_seed_matches"] = c.seed == 0  # NAME:random is seed 0; @random-model rows use --seed
         return {
-            "experiment": "6.4", "created": _now(), "started": started, "model": ", ".join(c.models),
+            "experiment": "6.4", "created": now(), "started": started, "model": ", ".join(c.models),
             "data": pairs.data_record(),
             "methods": [], "n_rows": sum(len(vs) for v in verdicts.values() for vs in v.values()),
             "config": c.to_dict(), KEY: section,

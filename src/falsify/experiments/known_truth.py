@@ -52,7 +52,8 @@ from ..report.tables import fmt_num
 from .base import Experiment, load_raw_summary
 from .exp_6_3 import FramePoints
 from .rows import ChunkRows, RowKind
-from .runner import Runner, _now, write_outputs
+from .resume import now
+from .runner import Runner, write_outputs
 from .store import ResultsStore
 
 KEY = "known_truth"
@@ -592,7 +593,7 @@ class KnownTruthStudy(Runner):
         section.update(construction=c.truth, parts=c.truth_parts, feather_sigma=FEATHER_SIGMA,
                        align=model.aligner.template if model.aligner is not None else "none",
                        figure=figure_data(session, kind, pairs, kept))
-        summary = {"experiment": "known-truth", "created": _now(), "started": started, "model": model.name,
+        summary = {"experiment": "known-truth", "created": now(), "started": started, "model": model.name,
                    "elapsed_s": time.perf_counter() - t0,
                    "calibration": cal, "prior": self.prior.to_dict() if self.prior is not None else None,
                    "config": c.to_dict(), "falsification_config": fc,

@@ -29,7 +29,8 @@ from ..falsification import stats
 from ..report.tables import write_summary_json
 from .base import Experiment, load_raw_summary
 from .rows import ChunkRows, RowKind
-from .runner import Runner, _now
+from .resume import now
+from .runner import Runner
 from .store import ResultsStore
 from .study import study_config
 
@@ -228,7 +229,7 @@ class ValidityStudy(Runner):
         ids = {p.id for p in pairs}
         rows = store.rows(ROWS_OF, model.name, pairs=ids)
         summary = validity_summary(rows, pairs, self.calibration, self.config, deltas)
-        summary.update(created=_now(), started=started, model=model.name, elapsed_s=time.perf_counter() - t0,
+        summary.update(created=now(), started=started, model=model.name, elapsed_s=time.perf_counter() - t0,
                        experiment="validity", calibration=self.calibration.to_dict(), prior=self.prior.to_dict(),
                        data=pairs.data_record())
         return summary
