@@ -558,27 +558,25 @@ def _json_default(o):
 
 # --- run and report ------------------------------------------------------------------------------
 
+def _run_flags(args: argparse.Namespace) -> dict:
+    """The settings given on ``falsify run``'s command line, by key (None: not given): each
+    setting that declares a flag (``RunConfig.SETTINGS``) read from that flag's argument."""
+    from .experiments.config import SETTINGS
+
+    parsed = {
+        "methods": lambda: _methods(args.methods) if args.methods else None,
+        "method_options": lambda: _parse_options(args.option) or None,
+        "input_size": lambda: list(args.input_size) if args.input_size else None,
+        "mean": lambda: _one_or_three(args.mean), "std": lambda: _one_or_three(args.std),
+    }
+    return {k: parsed[k]() if k in parsed else getattr(args, k) for k, st in SETTINGS.items() if st.flag}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .experiments import RunConfig, runner_for
     from .experiments.executor import make_executor
 
-    overrides = {
-        "experiment": args.experiment, "data": args.data, "pairs": args.pairs, "model": args.model,
-        "input_size": list(args.input_size) if args.input_size else None,
-        "mean": _one_or_three(args.mean), "std": _one_or_three(args.std), "trust_pickle": args.trust_pickle,
-        "align": args.align, "methods": _methods(args.methods) if args.methods else None, "n_pairs": args.n_pairs,
-        "K": args.K, "seed": args.seed, "out": args.out, "fill": args.fill,
-        "granularity": args.granularity, "q": args.q, "tau_high": args.tau_high,
-        "tau_low": args.tau_low, "epsilon": args.epsilon, "batch_pairs": args.batch_pairs,
-        "device": args.device, "method_options": _parse_options(args.option) or None,
-        "preset": args.preset, "criterion": args.criterion, "delta": args.delta, "target": args.target, "sanity": args.sanity or None,
-        "other_reference": args.other_reference or None, "deletion": args.deletion or None,
-        "labels": args.labels, "stratify": args.stratify, "models": getattr(args, "models", None),
-        "executor": args.executor, "ray_address": args.ray_address, "workers": args.workers,
-        "calibrate_on": args.calibrate_on, "truth": args.truth, "truth_parts": args.truth_parts,
-        "truth_min_effect": args.truth_min_effect, "ceiling": False if args.no_ceiling else None,
-    }
-    config = RunConfig.resolve(config_file=args.config, **overrides)
+    config = RunConfig.resolve(config_file=args.config, flags=_run_flags(args))
     executor = make_executor(config, verbose=args.verbose)  # no ray: one line naming the fix, before any work
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors, executor=executor)
     try:
@@ -883,16 +881,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=TARGETS,
                    help="what the distances measure: embedding (how far f(A) moves; default) or pair (how far "
                    "the pair's angle to f(B) moves: a pair-aware test)")
-    p.add_argument("--sanity", action="store_true",
+    p.add_argument("--sanity", action="store_true", default=None,
                    help="add a row METHOD@random-model per method: its maps on a randomised copy of the model, "
                    "tested on the real model (a control every method must beat)")
-    p.add_argument("--other-reference", action="store_true",
+    p.add_argument("--other-reference", action="store_true", default=None,
                    help="add a row METHOD@other-reference per method: maps made against the face of another "
                    "pair, tested as the true ones (is the explanation about this pair?)")
-    p.add_argument("--deletion", action="store_true",
+    p.add_argument("--deletion", action="store_true", default=None,
                    help="also a deletion curve per (method, genuine pair the model accepts): cells blurred in the "
                    "map's order until the decision flips (threshold-free; docs/method.md)")
-    p.add_argument("--no-ceiling", action="store_true",
+    p.add_argument("--no-ceiling", dest="ceiling", action="store_false", default=None,
                    help="6.1: skip the test's ceiling, a greedy search per pair for the best map the test allows "
                    "(about 350 forward passes per pair; docs/method.md)")
     p.add_argument("--labels", metavar="DIR",
