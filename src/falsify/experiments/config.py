@@ -202,7 +202,7 @@ class RunConfig:
                 raise ValueError(f"models is a setting of experiment 6.4; drop it, or run 6.4 (got experiment "
                                  f"{self.experiment})")
             return
-        from ..models import MODELS, builtin_name
+        from ..models import MODELS, ModelSpec
         from .exp_6_4 import DEFAULT_MODELS
 
         if isinstance(self.models, str):
@@ -211,11 +211,11 @@ class RunConfig:
         from ..choices import unknown_architecture
 
         for m in self.models:
-            base = m[: -len(RANDOM_SUFFIX)] if m.endswith(RANDOM_SUFFIX) else m
-            typo = unknown_architecture(base)
+            spec = ModelSpec.parse(m)
+            typo = unknown_architecture(spec.base)
             if typo is not None:
                 raise ValueError(f"models: {typo}")
-            if builtin_name(base) is None and not Path(base).expanduser().is_file():
+            if spec.checkpoint is None and spec.builtin is None and not Path(spec.base).expanduser().is_file():
                 raise ValueError(f"unknown model {m!r} in models; use built-in names ({', '.join(sorted(MODELS))}), "
                                  f"NAME{RANDOM_SUFFIX} or a model file (see 'falsify models')")
         if len(self.models) < 2:
@@ -290,6 +290,13 @@ class RunConfig:
         return cls(**values)
 
     @property
+    def model_spec(self):
+        """``model`` and ``align``, parsed (``falsify.models.ModelSpec``)."""
+        from ..models import ModelSpec
+
+        return ModelSpec.parse(self.model, self.align)
+
+    @property
     def needs_prior(self) -> bool:
         """The model's prior map is needed: for the ``centre`` control or a criterion that needs it
         (``Criterion.needs_prior``: beyond-prior)."""
@@ -321,7 +328,7 @@ class RunConfig:
 
         out = {k: getattr(self, k) for k in RESULT_KEYS}
         # what auto meant for this model; 6.4 runs several models, whose own stores record theirs
-        out["align"] = self.align if self.experiment == "6.4" else resolve_align(self.model, self.align) or "none"
+        out["align"] = self.align if self.experiment == "6.4" else resolve_align(self.model_spec) or "none"
         if self.stratify is None:  # the labels decide which pairs are run only through --stratify
             out["labels"] = None
         out["path_rules"] = PATH_RULES
