@@ -15,8 +15,8 @@ from typing import Any
 from ..choices import (ALIGN_CHOICES, CONTROLS, CRITERIA, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, FILLS,
                        GRANULARITIES, METHOD_FAMILIES, METHODS, OTHER_REFERENCE, PRESET_NAMES, RANDOM_MODEL,
                        RANDOM_SUFFIX, STRATIFY_CHOICES, TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_METHODS, TRUTH_PARTS)
-from .settings import (NOT_GIVEN, Delta, Flag, Names, Number, PerChannel, Setting, Size, Tables, Text, Whole, check_experiment,
-                       check_values, schema, setting)
+from .settings import (NOT_GIVEN, Delta, Flag, Names, Number, PerChannel, Setting, Size, Tables, Text, Whole,
+                       check_experiment, check_values, schema, setting)
 from .store import inspect_store
 
 
@@ -30,8 +30,10 @@ PATH_RULES = "adaptive-trapezoid"
 class RunConfig:
     """Every setting of a run. TOML files use the same keys; command-line flags override them.
 
-    Every value is checked here, the one validation path for flags, TOML and library callers:
-    a bad value raises ``ValueError`` naming the key before anything is loaded or written.
+    Each field declares its setting (``settings.setting``: constraint, result/kept/legacy, the
+    experiments that use it, its flag); :data:`SETTINGS` is that schema. Every value is checked
+    by it, the one validation path for flags, TOML, the store and library callers: a bad value
+    raises ``ValueError`` naming the key and its source before anything is loaded or written.
     """
 
     experiment: str = setting("6.1", Text(choices=EXPERIMENTS, unknown=True), flag="EXPERIMENT")
@@ -351,6 +353,7 @@ KEPT_KEYS: tuple[str, ...] = tuple(k for k, st in SETTINGS.items() if st.kept)
 #: how ig and geodesic-ig integrated, stored with the settings, not a setting itself)
 LEGACY: dict[str, Any] = {**{k: st.legacy for k, st in SETTINGS.items() if st.legacy is not NOT_GIVEN},
                           "path_rules": "doubling"}
-RunConfig.SETTINGS, RunConfig.RESULT_KEYS, RunConfig.KEPT_KEYS, RunConfig.LEGACY = SETTINGS, RESULT_KEYS, KEPT_KEYS, LEGACY
+RunConfig.SETTINGS, RunConfig.RESULT_KEYS, RunConfig.KEPT_KEYS, RunConfig.LEGACY = (SETTINGS, RESULT_KEYS, KEPT_KEYS,
+                                                                                   LEGACY)
 #: how a refusal names an experiment whose settings are given to another ("experiment NAME" otherwise)
 EXPERIMENT_LABELS = {"known-truth": "the known-truth benchmark"}

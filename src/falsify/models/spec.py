@@ -90,5 +90,5 @@ class ModelSpec:
             raise ValueError(f"{self.name}: {self.base} is an architecture without weights; give its checkpoint: "
                              f"{self.base}:/path/to/checkpoint{RANDOM_SUFFIX}")
         if self.builtin is None and self.path is None:
-            raise ValueError(f"unknown model {self.base!r} in {self.name!r}: use one of {', '.join(sorted(MODEL_NAMES))} "
-                             f"or a model file, followed by {RANDOM_SUFFIX}")
+            raise ValueError(f"unknown model {self.base!r} in {self.name!r}: use one of "
+                             f"{', '.join(sorted(MODEL_NAMES))} or a model file, followed by {RANDOM_SUFFIX}")
