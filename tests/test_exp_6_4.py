@@ -93,7 +93,7 @@ def test_bad_models_one_line_error_writes_nothing(tmp_path, capsys, models, need
 
 
 def test_models_only_for_6_4():
-    with pytest.raises(ValueError, match="models is a setting of experiment 6.4"):
+    with pytest.raises(ValueError, match=r"models \(--models\) is a setting of experiment 6.4"):
         RunConfig(experiment="6.1", models=["dlib-resnet", "sface"])
     assert RunConfig(experiment="6.4").models == ["dlib-resnet", "sface", "dlib-resnet:random"]
 

@@ -36,6 +36,10 @@ RANDOM_MODEL = "@random-model"
 #: ``--model NAME:random``: the model with every weight redrawn (``falsify.models``), a control
 #: (experiment 6.4 compares it with the real models).
 RANDOM_SUFFIX = ":random"
+#: Built-in face models (``falsify.models.MODELS`` holds what each is, and checks that it matches
+#: this tuple), and the other names they answer to.
+MODEL_NAMES: tuple[str, ...] = ("dlib-resnet", "sface")
+MODEL_ALIASES: dict[str, str] = {"dlib": "dlib-resnet"}
 OTHER_REFERENCE = "@other-reference"
 
 

@@ -7,20 +7,20 @@ status 2 (``FALSIFY_DEBUG=1`` shows the traceback); see ``main``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
 from .choices import (ALIGN_CHOICES, CRITERIA, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS,
-                      PRESET_NAMES, STRATIFY_CHOICES, TARGETS, THRESHOLD_METHODS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
+                      PRESET_NAMES, STRATIFY_CHOICES, TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
+from .commands import calibrate_test, print_run, print_test, say_no_face, without_threshold
 from .paths import OutOfSpaceError, check_writable, is_out_of_space, space_guard
+from .stopping import say as _say, signal_name as _signal_name, stop_signals_as_interrupts, stopped_line, \
+    stopped_status as _stopped_status
 
 #: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,
 #: no traceback. OSError covers unwritable or read-only outputs, folders given as files, ...
@@ -200,120 +200,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 # --- models --------------------------------------------------------------------------------------
 
-def models_table() -> str:
-    """The built-in models, as ``falsify models`` prints them."""
-    from .choices import RANDOM_SUFFIX
-    from .models import MODELS
-
-    lines = []
-    for info in MODELS.values():
-        h, w = info.input_size
-        lines += [
-            f"{info.name}",
-            f"  {info.description}",
-            f"  input        {h}x{w} RGB; alignment {info.align} (--align auto)",
-            f"  embedding    {info.embedding_dim}-d, L2-normalised",
-            f"  source       {info.source}",
-            f"  licence      {info.licence}",
-            "  measured on the shared LFW sample (falsify verify, 3 folds; docs/results.md):",
-        ]
-        for align in sorted(set(info.thresholds) | set(info.accuracy), key=lambda a: a != info.align):
-            acc = info.accuracy.get(align)
-            th = info.thresholds.get(align)
-            lines.append(f"    --align {align:<12} accuracy {'n/a' if acc is None else f'{acc:.2%}'}, "
-                         f"threshold cos >= {'n/a' if th is None else f'{th:.4f}'}"
-                         + ("  (default)" if align == info.align else ""))
-        lines.append(f"  {info.name}{RANDOM_SUFFIX}: the same network with every weight redrawn (seed 0), a control")
-        lines.append("")
-    lines += architectures_table()
-    lines.append("Any other model: a path to an .onnx, a dlib .dat, or a .pt/.pth (--trust-pickle); see --help.")
-    return "\n".join(lines)
-
-
-def architectures_table() -> list[str]:
-    """The architectures of ``--model ARCH:CHECKPOINT``, one block per family."""
-    from .models.checkpoints import ARCHITECTURES, FAMILIES
-
-    import textwrap
-
-    lines = [
-        "Your own checkpoints: --model ARCH:CHECKPOINT (e.g. iresnet50:/path/backbone.pth). The file is read with",
-        "torch.load(weights_only=True): tensors and plain values only, nothing unpickled as code, every key and shape",
-        "checked. There is no published threshold for your weights: falsify run and falsify test calibrate one on",
-        "the data, falsify verify prints the best one on its pairs. ARCH:CHECKPOINT:random is the randomised control.",
-        "",
-    ]
-
-    def field(label: str, text: str) -> list[str]:
-        return textwrap.wrap(text, 112, initial_indent=f"  {label:<13}", subsequent_indent=" " * 15,
-                             break_on_hyphens=False, break_long_words=False)
-
-    for family, title in FAMILIES.items():
-        archs = [a for a in ARCHITECTURES.values() if a.family == family]
-        a = archs[0]
-        h, w = a.input_size
-        cams = " / ".join(dict.fromkeys(x.cam_layer for x in archs))
-        lines += [", ".join(x.name for x in archs), f"  {title}"]
-        if a.blocks:
-            lines += field("blocks", "; ".join(f"{x.name} {'-'.join(map(str, x.blocks))}" for x in archs))
-        lines += [
-            *field("input", f"{h}x{w}; alignment {a.align} (--align auto): {a.alignment_note}"),
-            *field("normalised", a.normalisation),
-            *field("embedding", f"{a.embedding_dim}-d, L2-normalised"),
-            *field("checkpoint", a.checkpoint),
-            *field("CAM layer", f"{cams}: {a.cam_note}"),
-            *field("key names", a.source),
-            "",
-        ]
-    return lines
-
-
-def methods_table() -> str:
-    """What ``--methods`` takes, as ``falsify methods`` prints it."""
-    import textwrap
-
-    from .attribution import available_methods, method_options
-    from .choices import CONTROLS
-
-    avail = available_methods()
-    wrap = lambda text: textwrap.wrap(text, 110, initial_indent="  ", subsequent_indent="  ",  # noqa: E731
-                                      break_on_hyphens=False)
-    lines = ["Built-in methods (--methods NAME; options as --option NAME.KEY=VALUE):"]
-    for m in avail["builtin"]:
-        opts = ", ".join(method_options(m))
-        lines.append(f"  {m:<18} {'control; ' if m in CONTROLS else ''}options: {opts or '-'}")
-    lines += ["", "Registered in this process (falsify.attribution.register_method):"]
-    lines += [f"  {m}" for m in avail["registered"]] or ["  (none)"]
-    lines += ["", "captum's attributions by name (--methods captum:NAME; the same similarity target; layer methods "
-              "take --layer or --option captum:NAME.layer=..., default the model's CAM layer):"]
-    lines += wrap(", ".join(avail["captum"]))
-    lines += ["", "Your own method: --methods module.path:callable, a function method(model, images, references) -> "
-              "maps", "  ((N,3,H,W) in [0,1], (N,D) -> (N,H,W)) or an Explainer class; the module is imported "
-              "because you named it", "  (put its folder on PYTHONPATH). See README.md, 'Your own method'."]
-    return "\n".join(lines)
-
-
 def cmd_methods(args: argparse.Namespace) -> int:
-    if args.json:
-        from .attribution import available_methods
+    from .attribution.listing import methods_json, methods_table
 
-        print(json.dumps(available_methods(), indent=2))
-    else:
-        print(methods_table())
+    print(methods_json() if args.json else methods_table())
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    if args.json:
-        import dataclasses
+    from .models.listing import models_json, models_table
 
-        from .models import ARCHITECTURES, MODELS
-
-        print(json.dumps([{"kind": "model", **dataclasses.asdict(i)} for i in MODELS.values()]
-                         + [{"kind": "architecture", **dataclasses.asdict(a)} for a in ARCHITECTURES.values()],
-                         indent=2))
-    else:
-        print(models_table())
+    print(models_json() if args.json else models_table())
     return 0
 
 
@@ -322,42 +219,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 CAM_METHODS = ("gradcam", "gradcam++", "biometric-gradcam")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 EXPLAIN_METHODS = "gradcam,gradcam++,biometric-gradcam,ig,saliency"
-
-
-
-def _without_threshold(model, args: argparse.Namespace, methods: list[str], options: dict, default: bool) -> list[str]:
-    """``methods`` for a model without a decision threshold (a user's checkpoint, ``NAME:random``):
-    biometric-gradcam and xssab need one. Left out of the default methods with a note; asked for by
-    name, each needs ``--option METHOD.threshold=T`` (or biometric-gradcam's ``confidence=false``)."""
-    for m in THRESHOLD_METHODS:
-        opts = options.get(m, {})
-        if m not in methods or getattr(model, "threshold", None) is not None or "threshold" in opts \
-                or opts.get("confidence") is False:
-            continue
-        how = (f"--option {m}.threshold=T (falsify verify --model {args.model} prints the best one on your pairs)")
-        if default:
-            print(f"falsify {args.command}: note: {m} left out: {model.name} has no decision threshold of its own; "
-                  f"give one with {how}", file=sys.stderr)
-            methods = [x for x in methods if x != m]
-            continue
-        raise ValueError(f"{m} needs {model.name}'s decision threshold, and the model has none of its own: give one "
-                         f"with {how}")
-    return methods
-
-
-def _say_no_face(args: argparse.Namespace, model, paths: Sequence[str]) -> None:
-    """``falsify verify``'s line, on stderr, when the model's aligner found no face in some of
-    ``paths`` (just loaded with ``load_image``); nothing for a model without alignment."""
-    from .models.alignment import no_face_line
-
-    aligner = getattr(model, "aligner", None)
-    if aligner is None:
-        return
-    names = list(dict.fromkeys(str(Path(p)) for p in paths))
-    missed = [n for n in names if n in aligner.stats.not_found]
-    line = no_face_line(len(missed), len(names), missed)
-    if line:
-        print(f"falsify {args.command}: warning: {line}", file=sys.stderr)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -386,13 +247,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.save_maps:
         check_writable(args.save_maps, "--save-maps", folder=False)
     model = _load_model(args)
-    methods = _without_threshold(model, args, methods, options, default=args.methods == EXPLAIN_METHODS)
+    methods = without_threshold(args.command, args.model, model, methods, options,
+                                default=args.methods == EXPLAIN_METHODS)
     from .attribution import get_explainer
 
     for m in methods:  # bad options fail here, before any map is computed
         get_explainer(m, model, **options.get(m, {}))
     a, b = (load_image(p, model.input_size, model.aligner) for p in (args.image_a, args.image_b))
-    _say_no_face(args, model, (args.image_a, args.image_b))
+    say_no_face(args.command, model, (args.image_a, args.image_b))
     with tqdm(total=len(methods), desc="explaining", unit="method", disable=args.quiet) as bar:
         expl = explain_pair(model, a, b, methods, options, progress=bar)
     print(f"cosine similarity {expl.cosine:.4f}, angle {expl.angle:.4f} rad")
@@ -439,16 +301,8 @@ def _test_config(args: argparse.Namespace):
     )
 
 
-def cmd_test(args: argparse.Namespace) -> int:
-    import torch
-
-    from .data import load_image
-    from .falsification import falsification_test
-    from .falsification.calibration import calibrate, calibration_pairs, spread_warning
-    from .falsification.criteria import CRITERION_CLASSES
-    from .models.base import model_device
-
-    config = _test_config(args)  # bad options fail before anything is loaded
+def _test_options(args: argparse.Namespace) -> dict:
+    """``falsify test``'s options of ``--method`` (``--option``, ``--layer``)."""
     options = _parse_options(args.option, default_method=args.method)
     others = sorted(set(options) - {args.method})
     if others:
@@ -456,47 +310,44 @@ def cmd_test(args: argparse.Namespace) -> int:
     options = options.get(args.method, {})
     if args.layer:
         options.setdefault("layer", args.layer)
+    return options
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_image
+    from .falsification import falsification_test
+    from .falsification.calibration import threshold_placeholder
+    from .falsification.criteria import CRITERION_CLASSES
+    from .models.base import model_device
+
+    config = _test_config(args)  # bad options fail before anything is loaded
+    options = _test_options(args)
     if args.figure:
         check_writable(args.figure, "--figure", folder=False)
     model = _load_model(args)
-    criterion = CRITERION_CLASSES[config.criterion]  # what the test needs, asked of the criterion
-    needs_prior = criterion.needs_prior or args.method == "centre"
+    needs_prior = CRITERION_CLASSES[config.criterion].needs_prior or args.method == "centre"  # asked of the criterion
     # biometric-gradcam or xssab on a model without a threshold of its own takes the one calibrated below
-    calibrated_threshold = (args.method in THRESHOLD_METHODS and getattr(model, "threshold", None) is None
-                            and "threshold" not in options and options.get("confidence") is not False)
+    placeholder = threshold_placeholder(model, args.method, calibrating=True)
+    calibrated_threshold = bool(placeholder) and "threshold" not in options and options.get("confidence") is not False
     if calibrated_threshold and config.tau_high is not None:
         raise ValueError(f"{args.method} needs {model.name}'s decision threshold, and the model has none of its "
                          "own: give one with --option threshold=T (falsify verify prints the best one on your pairs), "
                          "or leave --tau-high/--tau-low/--epsilon out so that the test calibrates it")
     if args.method != "centre":  # bad options fail here, before the calibration
-        placeholder = {"threshold": 0.0} if calibrated_threshold else {}  # replaced once calibrated
-        explainer = _get_explainer(args.method, model, **options, **placeholder)
+        explainer = _get_explainer(args.method, model, **{**placeholder, **options})
     a = load_image(args.image_a, model.input_size, model.aligner)
     b = load_image(args.image_b, model.input_size, model.aligner)
-    _say_no_face(args, model, (args.image_a, args.image_b))
-    calibration = prior_map = None
-    pool = None
-    if config.tau_high is None or needs_prior:
-        data, pairs = (args.calibrate_on, None) if args.calibrate_on else (args.data, args.pairs)
-        pool = calibration_pairs(data, pairs, n_pairs=args.calibration_pairs, seed=args.seed)
-    if config.tau_high is None:
-        calibration = calibrate(model, pool, batch_size=args.batch_size, progress=not (args.quiet or args.json))
-        config = calibration.apply(config)
-        if spread_warning(calibration):
-            print(f"falsify test: warning: {spread_warning(calibration)}", file=sys.stderr)
-    if calibrated_threshold:
-        explainer = _get_explainer(args.method, model, **options, threshold=calibration.threshold_cos)
-    if needs_prior:
-        from .falsification.prior import calibrate_delta, occlusion_prior, prior_image_batch
-
-        prior_imgs, prior_refs = prior_image_batch(model, pool, {Path(args.image_a), Path(args.image_b)},
-                                                   args.prior_images, batch_size=args.batch_size)
-        prior_map = occlusion_prior(model, prior_imgs, batch_size=args.batch_size).map()
-        if criterion.prior_calibrated and args.calibrate_delta:
-            delta = calibrate_delta(model, prior_imgs, prior_map, config, seed=args.seed, references=prior_refs)
-            config = config.replace(**{criterion.prior_calibrated: delta["delta"]})
-        if args.method == "centre":
-            explainer = _get_explainer("centre", model, prior=prior_map, **options)
+    say_no_face(args.command, model, (args.image_a, args.image_b))
+    config, calibration, prior = calibrate_test(
+        model, config, data=args.data, pairs=args.pairs, calibrate_on=args.calibrate_on,
+        calibration_pairs=args.calibration_pairs, seed=args.seed, batch_size=args.batch_size,
+        tested=(args.image_a, args.image_b), prior_images=args.prior_images, calibrate_delta=args.calibrate_delta,
+        needs_prior=needs_prior, progress=not (args.quiet or args.json))
+    prior_map = prior.map() if prior is not None else None
+    if calibrated_threshold or args.method == "centre":  # now with the calibrated threshold, or the prior
+        explainer = _get_explainer(args.method, model, **options, **({"prior": prior_map} if prior else {}))
 
     images = torch.stack([a, b]) if args.both else a.unsqueeze(0)
     device = model_device(model)
@@ -509,76 +360,32 @@ def cmd_test(args: argparse.Namespace) -> int:
         model, images, references, maps, config, keep_examples=bool(args.figure), progress=not (args.quiet or args.json),
         prior=prior_map,
     )
-    names = [(args.image_a, args.image_b), (args.image_b, args.image_a)][: len(results)]
-    model_name = getattr(model, "name", args.model)
-    if args.json:
-        out = {
-            "method": args.method,
-            "model": model_name,
-            "config": config.to_dict(),
-            "calibration": calibration.to_dict() if calibration else None,
-            "results": [{"image": x, "reference": y, **r.to_dict()} for (x, y), r in zip(names, results)],
-        }
-        print(json.dumps(out, indent=2, allow_nan=False, default=_json_default))
-    else:
-        if calibration is not None:
-            print(
-                f"thresholds calibrated on {calibration.n_genuine + calibration.n_impostor} pairs: theta* = "
-                f"{calibration.threshold_angle:.4f} rad; tau_high {config.tau_high:.4f}, tau_low "
-                f"{config.tau_low:.4f}, epsilon {config.epsilon:.4f}"
-            )
-        if calibrated_threshold:
-            print(f"{args.method}'s decision threshold: cos >= {calibration.threshold_cos:.4f}, the calibrated "
-                  f"one ({model_name} has none of its own)")
-        for (x, y), r in zip(names, results):
-            print(f"\n{Path(x).name} explained against {Path(y).name} ({args.method}, {model_name})")
-            if r.pair_angle is not None:
-                print(f"pair      angle {r.pair_angle:.4f} rad (cos {math.cos(r.pair_angle):.4f})")
-            print(r.format())
-    if args.figure:
-        from .report.falsification_figure import falsification_figure
-        from .report.labels import quiet
-
-        fig = falsification_figure(images, results, [Path(x).stem for x, _ in names], method=args.method)
-        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
-        with quiet():  # matplotlib's warnings are logged, not printed
-            fig.savefig(args.figure, dpi=110)
-        if not args.json:
-            print(f"\nfigure: {args.figure}")
+    print_test(results, images, model, config, calibration, method=args.method, pair=(args.image_a, args.image_b),
+               calibrated_threshold=calibrated_threshold, as_json=args.json, figure=args.figure)
     return 0
 
 
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 # --- run and report ------------------------------------------------------------------------------
+
+def _run_flags(args: argparse.Namespace) -> dict:
+    """The settings given on ``falsify run``'s command line, by key (None: not given): each
+    setting that declares a flag (``RunConfig.SETTINGS``) read from that flag's argument."""
+    from .experiments.config import SETTINGS
+
+    parsed = {
+        "methods": lambda: _methods(args.methods) if args.methods else None,
+        "method_options": lambda: _parse_options(args.option) or None,
+        "input_size": lambda: list(args.input_size) if args.input_size else None,
+        "mean": lambda: _one_or_three(args.mean), "std": lambda: _one_or_three(args.std),
+    }
+    return {k: parsed[k]() if k in parsed else getattr(args, k) for k, st in SETTINGS.items() if st.flag}
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .experiments import RunConfig, runner_for
     from .experiments.executor import make_executor
 
-    overrides = {
-        "experiment": args.experiment, "data": args.data, "pairs": args.pairs, "model": args.model,
-        "input_size": list(args.input_size) if args.input_size else None,
-        "mean": _one_or_three(args.mean), "std": _one_or_three(args.std), "trust_pickle": args.trust_pickle,
-        "align": args.align, "methods": _methods(args.methods) if args.methods else None, "n_pairs": args.n_pairs,
-        "K": args.K, "seed": args.seed, "out": args.out, "fill": args.fill,
-        "granularity": args.granularity, "q": args.q, "tau_high": args.tau_high,
-        "tau_low": args.tau_low, "epsilon": args.epsilon, "batch_pairs": args.batch_pairs,
-        "device": args.device, "method_options": _parse_options(args.option) or None,
-        "preset": args.preset, "criterion": args.criterion, "delta": args.delta, "target": args.target, "sanity": args.sanity or None,
-        "other_reference": args.other_reference or None, "deletion": args.deletion or None,
-        "labels": args.labels, "stratify": args.stratify, "models": getattr(args, "models", None),
-        "executor": args.executor, "ray_address": args.ray_address, "workers": args.workers,
-        "calibrate_on": args.calibrate_on, "truth": args.truth, "truth_parts": args.truth_parts,
-        "truth_min_effect": args.truth_min_effect, "ceiling": False if args.no_ceiling else None,
-    }
-    config = RunConfig.resolve(config_file=args.config, **overrides)
+    config = RunConfig.resolve(config_file=args.config, flags=_run_flags(args))
     executor = make_executor(config, verbose=args.verbose)  # no ray: one line naming the fix, before any work
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors, executor=executor)
     try:
@@ -586,86 +393,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the runner has cleaned up; say what is left
         _say(f"falsify run: {stopped_line(exc, runner.out)}")
         return _stopped_status(exc)
-    from .experiments.registry import experiments_in, get
-
-    texts = [e.text(summary) for e in experiments_in(summary)]
-    print("\n\n".join(t for t in texts if t))
-    print(get(config.experiment).outputs(runner.out))
-    if summary.get("n_rows") and summary.get("n_errors") == summary["n_rows"]:
-        first = summary["errors"][0]["error"] if summary["errors"] else "?"
-        print(f"falsify run: every one of the {summary['n_rows']} rows is an error (e.g. {first}); fix the "
-              "cause and rerun with --retry-errors", file=sys.stderr)
-        return 1
-    return 0
-
-
-def stopped_line(exc: BaseException, out: Path | None) -> str:
-    """What ``falsify run`` says when it is stopped (Ctrl-C, SIGTERM, SIGHUP): what is kept of
-    ``out`` and how to go on. The runner has already cleaned up: a run stopped before its store
-    existed removed its lock and the folder the lock made; the rows of one stopped later stay."""
-    how = f"stopped by {_signal_name(exc)}"
-    if out is None:
-        return f"{how} before anything was written; rerun the same command to start it"
-    out = Path(out)
-    if (out / "results.sqlite").is_file():
-        return f"{how}; the rows already stored in {out} are kept: rerun the same command to resume"
-    return (f"{how} before any row was stored; {out} is left as it was before the run: rerun the same command to "
-            "start again")
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the program is, so that the clean-up Ctrl-C runs runs
-    (``timeout``, ``docker stop`` and batch schedulers send SIGTERM; a closed terminal SIGHUP)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _signal_name(exc: BaseException) -> str:
-    return signal.Signals(exc.signum).name if isinstance(exc, Stopped) else "SIGINT (Ctrl-C)"
-
-
-def _stopped_status(exc: BaseException) -> int:
-    """128 + the signal's number, as a shell reports a process ended by it (130 for Ctrl-C)."""
-    return 128 + (exc.signum if isinstance(exc, Stopped) else signal.SIGINT)
-
-
-#: The signals handled as Ctrl-C is (SIGHUP does not exist on Windows).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-@contextlib.contextmanager
-def stop_signals_as_interrupts():
-    """While the block runs, SIGTERM and SIGHUP raise :class:`Stopped` (a ``KeyboardInterrupt``)
-    in the main thread, so every clean-up that Ctrl-C runs (a run's lock and folder, its store,
-    the Ray executor) runs for them too; the handlers in place before are restored after. A
-    second one (the first one's clean-up hangs) ends the process at once, as it would have."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    seen: list[int] = []
-
-    def handler(signum, _frame):
-        if seen:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        seen.append(signum)
-        raise Stopped(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
-
-
-def _say(line: str) -> None:
-    """A line on stderr; a terminal already closed (SIGHUP) is not an error."""
-    with contextlib.suppress(OSError):
-        print(line, file=sys.stderr)
+    return print_run(summary, config.experiment, runner.out)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -883,16 +611,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=TARGETS,
                    help="what the distances measure: embedding (how far f(A) moves; default) or pair (how far "
                    "the pair's angle to f(B) moves: a pair-aware test)")
-    p.add_argument("--sanity", action="store_true",
+    p.add_argument("--sanity", action="store_true", default=None,
                    help="add a row METHOD@random-model per method: its maps on a randomised copy of the model, "
                    "tested on the real model (a control every method must beat)")
-    p.add_argument("--other-reference", action="store_true",
+    p.add_argument("--other-reference", action="store_true", default=None,
                    help="add a row METHOD@other-reference per method: maps made against the face of another "
                    "pair, tested as the true ones (is the explanation about this pair?)")
-    p.add_argument("--deletion", action="store_true",
+    p.add_argument("--deletion", action="store_true", default=None,
                    help="also a deletion curve per (method, genuine pair the model accepts): cells blurred in the "
                    "map's order until the decision flips (threshold-free; docs/method.md)")
-    p.add_argument("--no-ceiling", action="store_true",
+    p.add_argument("--no-ceiling", dest="ceiling", action="store_false", default=None,
                    help="6.1: skip the test's ceiling, a greedy search per pair for the best map the test allows "
                    "(about 350 forward passes per pair; docs/method.md)")
     p.add_argument("--labels", metavar="DIR",

@@ -1,17 +1,22 @@
-"""The settings of a run (:class:`RunConfig`): every key, its type, its default, and the one
-validation path that flags, TOML files and library callers go through."""
+"""The settings of a run (:class:`RunConfig`): each one declared once, on its field (its type or
+constraint, default, the experiments that use it, whether it must match on resume, whether a
+resumed run keeps it, its legacy value, its flag: ``settings.setting``), and the one validation
+path that flags, TOML files, the store of ``--out`` and library callers go through."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..choices import (ALIGN_CHOICES, CONTROLS, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS,
-                       OTHER_REFERENCE, RANDOM_MODEL, RANDOM_SUFFIX, STRATIFY_CHOICES, TRUTH_METHODS)
+from ..choices import (ALIGN_CHOICES, CONTROLS, CRITERIA, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, FILLS,
+                       GRANULARITIES, METHOD_FAMILIES, METHODS, OTHER_REFERENCE, PRESET_NAMES, RANDOM_MODEL,
+                       RANDOM_SUFFIX, STRATIFY_CHOICES, TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_METHODS, TRUTH_PARTS)
+from .settings import (NOT_GIVEN, Delta, Flag, Names, Number, PerChannel, Setting, Size, Tables, Text, Whole,
+                       check_experiment, check_values, schema, setting)
 from .store import inspect_store
 
 
@@ -19,138 +24,96 @@ from .store import inspect_store
 #: ("doubling": Gauss-Legendre ig and midpoint geodesic-ig, refined by doubling the steps) are
 #: not mixed with today's (the trapezoid rule with adaptive bisection) by resuming a store.
 PATH_RULES = "adaptive-trapezoid"
-_INT, _NUM, _STR, _BOOL = "a whole number", "a number", "a string", "true or false"
-#: The type of every setting (TOML values and flags go through the same check).
-_TYPES = {
-    "experiment": _STR, "data": _STR, "pairs": _STR, "model": _STR, "n_pairs": _INT, "K": _INT,
-    "seed": _INT, "out": _STR, "fill": _STR, "granularity": _STR, "grid": _INT, "q": _NUM,
-    "tau_high": _NUM, "tau_low": _NUM, "epsilon": _NUM, "calibration_pairs": _INT,
-    "batch_pairs": _INT, "batch_size": _INT, "grid_pairs": _INT, "device": _STR, "trust_pickle": _BOOL,
-    "criterion": _STR, "prior_images": _INT, "preset": _STR, "prior_grid": _INT, "sanity": _BOOL,
-    "other_reference": _BOOL, "target": _STR, "deletion": _BOOL, "align": _STR, "labels": _STR, "stratify": _STR,
-    "executor": _STR, "ray_address": _STR, "workers": _INT, "calibrate_on": _STR, "ceiling": _BOOL,
-}
-
-
-def _type_error(key: str, value: Any) -> str | None:
-    """Why ``value`` is not a valid ``key`` (None when it is)."""
-    if value is None:
-        return None
-    want = _TYPES.get(key)
-    if want == _INT:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif want == _NUM:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    elif want == _STR:
-        ok = isinstance(value, str)
-    elif want == _BOOL:
-        ok = isinstance(value, bool)
-    elif key in ("methods", "models"):
-        ok, want = isinstance(value, str) or (isinstance(value, list) and all(isinstance(m, str) for m in value)), \
-            f"a list of {key[:-1]} names"
-    elif key == "delta":
-        ok, want = (value == "calibrated" or isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value)), 'a number of radians or "calibrated"'
-    elif key == "input_size":
-        ok, want = (isinstance(value, (list, tuple)) and len(value) == 2
-                    and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)), \
-            "two whole numbers >= 1 [height, width]"
-    elif key in ("mean", "std"):
-        vals = value if isinstance(value, (list, tuple)) else [value]
-        ok, want = (len(vals) in (1, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                 for v in vals)), "a number or a list of three"
-    elif key == "method_options":
-        ok, want = isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()), \
-            "a table of method tables, e.g. [method_options.ig] steps = 128"
-    else:
-        return None
-    return None if ok else f"{key} must be {want}, got {value!r}"
 
 
 @dataclass
 class RunConfig:
     """Every setting of a run. TOML files use the same keys; command-line flags override them.
 
-    Every value is checked here, the one validation path for flags, TOML and library callers:
-    a bad value raises ``ValueError`` naming the key before anything is loaded or written.
+    Each field declares its setting (``settings.setting``: constraint, result/kept/legacy, the
+    experiments that use it, its flag); :data:`SETTINGS` is that schema. Every value is checked
+    by it, the one validation path for flags, TOML, the store and library callers: a bad value
+    raises ``ValueError`` naming the key and its source before anything is loaded or written.
     """
 
-    experiment: str = "6.1"
-    data: str | None = None
-    pairs: str | None = None
-    model: str = "dlib-resnet"
-    input_size: list[int] | None = None  # .onnx with a dynamic size, .pt
-    mean: float | list[float] | None = None
-    std: float | list[float] | None = None
-    trust_pickle: bool = False  # allow a .pt model to be unpickled (runs the file's code)
-    align: str = "auto"  # face alignment: auto (the model's own), none, or a template; stored resolved
-    methods: list[str] = field(default_factory=list)  # empty: every method
-    n_pairs: int = 200
-    K: int = 16
-    seed: int = 0
-    out: str | None = None
-    preset: str = "beyond-prior"  # fill, q, criterion and delta not given come from it (PRESETS)
-    fill: str | None = None
-    granularity: str = "grid"
-    grid: int = 14
-    q: float | None = None
-    tau_high: float | None = None
-    tau_low: float | None = None
-    epsilon: float | None = None
-    calibration_pairs: int = 600
-    calibrate_on: str | None = None  # data whose pairs calibrate the thresholds, the prior and delta (default: data)
-    batch_pairs: int = 8
-    batch_size: int = 64
-    method_options: dict[str, dict] = field(default_factory=dict)
-    grid_pairs: int = 4  # pairs in the saliency-grid figure
-    criterion: str | None = None  # absolute, or beyond-prior: the margin must beat the model's prior map's
-    delta: float | str | None = None  # beyond-prior margin (radians), or "calibrated"
-    target: str = "embedding"  # or "pair": distances are the change of the pair's angle
-    prior_images: int = 40  # images (not tested) whose mean occlusion map is the model's prior
-    prior_grid: int = 10  # cells per side of those occlusion maps
-    sanity: bool = False  # add METHOD@random-model rows: maps of a randomised model, tested on the real one
-    other_reference: bool = False  # add METHOD@other-reference rows: maps made against another pair's face
-    deletion: bool = False  # a deletion curve per (method, genuine pair the model accepts), in the row's detail
-    ceiling: bool = True  # 6.1: search the test's ceiling on each pair (falsify.falsification.ceiling)
-    labels: str | None = None  # demographic labels folder (falsify.data.labels): 6.6's fairness, --stratify
-    stratify: str | None = None  # "gender": sample pairs balanced by the gender of image A (needs labels)
-    models: list[str] | None = None  # experiment 6.4: the models compared (default exp_6_4.DEFAULT_MODELS)
-    device: str | None = None
-    executor: str = "in-process"  # who computes the rows: in-process, or ray (falsify.experiments.executor)
-    ray_address: str | None = None  # --executor ray: the cluster to join (ADDRESS or auto; default: start one here)
-    workers: int | None = None  # --executor ray: Ray workers (default: one per CPU Ray has)
-    truth: str | None = None  # known-truth: the composites' construction (swap, average; default average)
-    truth_parts: str | None = None  # known-truth: the donor's parts (eyes, eyes+nose, inner; default inner)
-    truth_min_effect: float = 0.0  # known-truth: composites moving the pair less than this (rad) are left out
-
-    #: settings that change results: a store made with other values is not resumed
-    RESULT_KEYS = (
-        "data", "pairs", "model", "input_size", "mean", "std", "n_pairs", "K", "seed", "fill",
-        "granularity", "grid", "q", "tau_high", "tau_low", "epsilon", "calibration_pairs", "method_options",
-        "criterion", "delta", "prior_images", "prior_grid", "target", "deletion", "align", "stratify", "labels",
-        "models", "calibrate_on", "truth", "truth_parts",
-    )
-    #: the value a setting had before it existed, for stores made by an older falsify
-    LEGACY = {"align": "none", "models": None, "path_rules": "doubling", "calibrate_on": None, "truth": None,
-              "truth_parts": None}
-    #: settings of the last invocation that a resumed run keeps unless they are given again
-    KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference", "labels")
+    experiment: str = setting("6.1", Text(choices=EXPERIMENTS, unknown=True), flag="EXPERIMENT")
+    data: str | None = setting(None, result=True)
+    pairs: str | None = setting(None, result=True)
+    model: str = setting("dlib-resnet", result=True)
+    input_size: list[int] | None = setting(None, Size(), result=True)  # .onnx with a dynamic size, .pt
+    mean: float | list[float] | None = setting(None, PerChannel(), result=True)
+    std: float | list[float] | None = setting(None, PerChannel(), result=True)
+    trust_pickle: bool = setting(False, Flag())  # allow a .pt model to be unpickled (runs the file's code)
+    # face alignment: auto (the model's own), none, or a template; stored resolved
+    align: str = setting("auto", Text(choices=ALIGN_CHOICES), result=True, legacy="none")
+    # empty: the experiment's default methods ('all': every one)
+    methods: list[str] = setting(factory=list, check=Names("a list of method names"), kept=True)
+    n_pairs: int = setting(200, Whole(minimum=1), result=True)
+    K: int = setting(16, Whole(minimum=1), result=True, flag="--counterfactuals", aliases=("counterfactuals",))
+    seed: int = setting(0, Whole(), result=True)
+    out: str | None = setting(None)
+    # fill, q, criterion and delta not given come from it (PRESETS)
+    preset: str = setting("beyond-prior", Text(choices=PRESET_NAMES, unknown=True))
+    fill: str | None = setting(None, Text(choices=FILLS, unknown=True), result=True)
+    granularity: str = setting("grid", Text(choices=GRANULARITIES, unknown=True), result=True)
+    grid: int = setting(14, Whole(minimum=1), result=True, flag=None)
+    q: float | None = setting(None, Number(), result=True)
+    tau_high: float | None = setting(None, Number(minimum=0, unit="radians"), result=True)
+    tau_low: float | None = setting(None, Number(minimum=0, unit="radians"), result=True)
+    epsilon: float | None = setting(None, Number(minimum=0, unit="radians"), result=True)
+    calibration_pairs: int = setting(600, Whole(minimum=4), result=True, flag=None)
+    # data whose pairs calibrate the thresholds, the prior and delta (default: data)
+    calibrate_on: str | None = setting(None, result=True, legacy=None)
+    batch_pairs: int = setting(8, Whole(minimum=1), kept=True)
+    batch_size: int = setting(64, Whole(minimum=1), kept=True, flag=None)
+    method_options: dict[str, dict] = setting(factory=dict, check=Tables(), result=True, flag="--option")
+    grid_pairs: int = setting(4, Whole(minimum=0), kept=True, flag=None)  # pairs in the saliency-grid figure
+    # absolute, or beyond-prior: the margin must beat the model's prior map's
+    criterion: str | None = setting(None, Text(choices=CRITERIA, unknown=True), result=True)
+    delta: float | str | None = setting(None, Delta(), result=True)  # beyond-prior margin (radians), or "calibrated"
+    # or "pair": distances are the change of the pair's angle
+    target: str = setting("embedding", Text(choices=TARGETS, unknown=True), result=True)
+    # images (not tested) whose mean occlusion map is the model's prior, and the cells per side of their maps
+    prior_images: int = setting(40, Whole(minimum=1), result=True, flag=None)
+    prior_grid: int = setting(10, Whole(minimum=2), result=True, flag=None)
+    # add METHOD@random-model rows: maps of a randomised model, tested on the real one
+    sanity: bool = setting(False, Flag(), kept=True)
+    # add METHOD@other-reference rows: maps made against another pair's face
+    other_reference: bool = setting(False, Flag(), kept=True)
+    # a deletion curve per (method, genuine pair the model accepts), in the row's detail
+    deletion: bool = setting(False, Flag(), result=True)
+    # 6.1: search the test's ceiling on each pair (falsify.falsification.ceiling)
+    ceiling: bool = setting(True, Flag(), flag="--no-ceiling")
+    # demographic labels folder (falsify.data.labels): 6.3's and 6.6's groups, --stratify
+    labels: str | None = setting(None, result=True, kept=True)
+    # "gender": sample pairs balanced by the gender of image A (needs labels)
+    stratify: str | None = setting(None, Text(choices=STRATIFY_CHOICES), result=True)
+    # experiment 6.4: the models compared (default exp_6_4.DEFAULT_MODELS)
+    models: list[str] | None = setting(None, Names("a list of model names"), result=True, legacy=None,
+                                       experiments=("6.4",))
+    device: str | None = setting(None)
+    # who computes the rows: in-process, or ray (falsify.experiments.executor)
+    executor: str = setting("in-process", Text(choices=EXECUTORS))
+    # --executor ray: the cluster to join (ADDRESS or auto; default: start one here), and its workers
+    ray_address: str | None = setting(None)
+    workers: int | None = setting(None, Whole(minimum=1))
+    # known-truth: the composites' construction (swap, average; default average), the donor's parts
+    # (eyes, eyes+nose, inner; default inner), and the least effect of a composite kept (rad)
+    truth: str | None = setting(None, Text(choices=TRUTH_CONSTRUCTIONS), result=True, legacy=None,
+                                experiments=("known-truth",))
+    truth_parts: str | None = setting(None, Text(choices=TRUTH_PARTS), result=True, legacy=None,
+                                      experiments=("known-truth",))
+    truth_min_effect: float = setting(0.0, Number(), experiments=("known-truth",))
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            problem = _type_error(f.name, getattr(self, f.name))
-            if problem:
-                raise ValueError(problem)
-        if self.experiment not in EXPERIMENTS:
-            raise ValueError(f"unknown experiment {self.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
-        if self.align not in ALIGN_CHOICES:
-            raise ValueError(f"align must be one of {', '.join(ALIGN_CHOICES)}, got {self.align!r}")
+        # each value against its setting's constraint; values from a TOML file, a flag or a store were
+        # checked (naming their source) by resolve, so a refusal here is of a library call
+        check_values(SETTINGS, self.to_dict(), "RunConfig")
+        check_experiment(SETTINGS.values(), self.to_dict(), self.experiment, EXPERIMENT_LABELS)
         from ..falsification.core import apply_preset
 
         for key, value in apply_preset(self.preset, self.fill, self.q, self.criterion, self.delta).items():
             setattr(self, key, value)
-        if isinstance(self.delta, (int, float)) and self.delta < 0:
-            raise ValueError(f"delta must be >= 0 radians (or \"calibrated\"), got {self.delta}")
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         if not self.methods or self.methods == ["all"]:
@@ -171,18 +134,11 @@ class RunConfig:
         for m in self.methods:  # captum:NAME, module.path:callable: resolved (imported) now, one line if not
             if m not in METHODS:
                 check_method(m)
-        for name, minimum in (("n_pairs", 1), ("K", 1), ("grid", 1), ("calibration_pairs", 4), ("batch_pairs", 1),
-                              ("batch_size", 1), ("grid_pairs", 0), ("prior_images", 1), ("prior_grid", 2)):
-            if getattr(self, name) < minimum:
-                raise ValueError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
         given = [v is not None for v in (self.tau_high, self.tau_low, self.epsilon)]
         if any(given) and not all(given):
             raise ValueError("give all of tau_high, tau_low and epsilon, or none (then they are calibrated)")
         if any(given) and self.experiment == "validity":
             raise ValueError("the validity study calibrates its thresholds on the data: drop tau_high, tau_low, epsilon")
-        for name in ("tau_high", "tau_low", "epsilon"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 radians, got {getattr(self, name)}")
         unknown_opts = [m for m in self.method_options if m not in METHODS and m not in self.methods]
         if unknown_opts:
             raise ValueError(f"method_options names unknown method(s) {', '.join(unknown_opts)}")
@@ -190,8 +146,6 @@ class RunConfig:
         if unused:
             raise ValueError(f"options are given for {', '.join(unused)}, which is not among the methods run "
                              f"({', '.join(self.methods)}); add it to methods or drop its options")
-        if self.stratify is not None and self.stratify not in STRATIFY_CHOICES:
-            raise ValueError(f"stratify must be one of {', '.join(STRATIFY_CHOICES)}, got {self.stratify!r}")
         if self.stratify is not None and self.labels is None:
             raise ValueError(f"stratify {self.stratify} samples pairs by the {self.stratify} of image A: give the "
                              "labels folder too (--labels DIR, e.g. ../shared/data/lfw-labels)")
@@ -209,17 +163,12 @@ class RunConfig:
     def _check_executor(self) -> None:
         """``executor`` and its settings (they never change results, so a run can be resumed with
         another executor)."""
-        if self.executor not in EXECUTORS:
-            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if self.executor != "ray":
             for key in ("ray_address", "workers"):
                 if getattr(self, key) is not None:
-                    flag = "--" + key.replace("_", "-")
+                    flag = SETTINGS[key].flag
                     raise ValueError(f"{key} ({flag}) is a setting of the Ray executor: add --executor ray, or drop "
                                      f"{flag}")
-            return
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
 
     def _check_truth(self) -> None:
         """``truth``, ``truth_parts``, ``truth_min_effect``: settings of ``known-truth`` only."""
@@ -255,7 +204,7 @@ class RunConfig:
                 raise ValueError(f"models is a setting of experiment 6.4; drop it, or run 6.4 (got experiment "
                                  f"{self.experiment})")
             return
-        from ..models import MODELS, builtin_name
+        from ..models import MODELS, ModelSpec
         from .exp_6_4 import DEFAULT_MODELS
 
         if isinstance(self.models, str):
@@ -264,11 +213,11 @@ class RunConfig:
         from ..choices import unknown_architecture
 
         for m in self.models:
-            base = m[: -len(RANDOM_SUFFIX)] if m.endswith(RANDOM_SUFFIX) else m
-            typo = unknown_architecture(base)
+            spec = ModelSpec.parse(m)
+            typo = unknown_architecture(spec.base)
             if typo is not None:
                 raise ValueError(f"models: {typo}")
-            if builtin_name(base) is None and not Path(base).expanduser().is_file():
+            if spec.checkpoint is None and spec.builtin is None and not Path(spec.base).expanduser().is_file():
                 raise ValueError(f"unknown model {m!r} in models; use built-in names ({', '.join(sorted(MODELS))}), "
                                  f"NAME{RANDOM_SUFFIX} or a model file (see 'falsify models')")
         if len(self.models) < 2:
@@ -297,23 +246,19 @@ class RunConfig:
             raise ValueError(f"{path} is not valid TOML: {exc}") from None
         except UnicodeDecodeError:
             raise ValueError(f"{path} is not a UTF-8 text file (TOML)") from None
-        known = {f.name for f in dataclasses.fields(RunConfig)}
+        names = {alias: name for name, st in SETTINGS.items() for alias in (name, *st.aliases)}
         canonical: dict[str, Any] = {}
         spelled: dict[str, str] = {}
         for key, value in values.items():
-            name = key.replace("-", "_")
-            name = "K" if name == "counterfactuals" else name
+            name = names.get(key.replace("-", "_"), key.replace("-", "_"))
             if name in canonical:
                 raise ValueError(f"{path}: {spelled[name]} and {key} are the same setting; keep one")
             canonical[name], spelled[name] = value, key
         values = canonical
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(SETTINGS))
         if unknown:
-            raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        for key, value in values.items():
-            problem = _type_error(key, value)
-            if problem:
-                raise ValueError(f"{path}: {problem}")
+            raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(SETTINGS))}")
+        check_values(SETTINGS, values, str(path))
         return values
 
     @classmethod
@@ -323,20 +268,35 @@ class RunConfig:
         return cls(**values)
 
     @classmethod
-    def resolve(cls, config_file: str | Path | None = None, **overrides: Any) -> "RunConfig":
+    def resolve(cls, config_file: str | Path | None = None, *, flags: dict | None = None,
+                **overrides: Any) -> "RunConfig":
         """Settings from, in increasing precedence: the defaults, the store of an existing ``out``
-        (its result settings and its last run's methods), ``config_file``, ``overrides`` (None
-        meaning "not given"). So ``falsify run 6.2 --out DIR`` continues DIR's run as it was made."""
+        (its result settings and its last run's kept settings), ``config_file``, ``flags`` (the
+        command line's, by key), ``overrides`` (None meaning "not given" in both). So ``falsify run
+        6.2 --out DIR`` continues DIR's run as it was made. Each source's values are checked on
+        their own, and a refusal names the source: the file, the flag, the store."""
         values = cls.read_toml(config_file) if config_file else {}
+        flags = {k: v for k, v in (flags or {}).items() if v is not None}
+        check_values(SETTINGS, flags, lambda st: st.flag or st.name)
+        values.update(flags)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values.get("out"):
-            stored = inspect_store(Path(values["out"]) / "results.sqlite")
+            store = Path(values["out"]) / "results.sqlite"
+            stored = inspect_store(store)
             if stored and stored["meta"].get("settings"):
-                base = {k: v for k, v in {**cls.LEGACY, **stored["meta"]["settings"]}.items() if k in cls.RESULT_KEYS}
+                base = {k: v for k, v in {**LEGACY, **stored["meta"]["settings"]}.items() if k in RESULT_KEYS}
                 if stored["runs"]:
-                    base.update({k: stored["runs"][-1][k] for k in cls.KEPT_KEYS if k in stored["runs"][-1]})
+                    base.update({k: stored["runs"][-1][k] for k in KEPT_KEYS if k in stored["runs"][-1]})
+                check_values(SETTINGS, base, str(store))
                 values = {**base, **values}
         return cls(**values)
+
+    @property
+    def model_spec(self):
+        """``model`` and ``align``, parsed (``falsify.models.ModelSpec``)."""
+        from ..models import ModelSpec
+
+        return ModelSpec.parse(self.model, self.align)
 
     @property
     def needs_prior(self) -> bool:
@@ -368,9 +328,9 @@ class RunConfig:
         """The settings that decide results, with data paths resolved (``DIR`` and ``DIR/`` are one)."""
         from ..models import resolve_align
 
-        out = {k: getattr(self, k) for k in self.RESULT_KEYS}
+        out = {k: getattr(self, k) for k in RESULT_KEYS}
         # what auto meant for this model; 6.4 runs several models, whose own stores record theirs
-        out["align"] = self.align if self.experiment == "6.4" else resolve_align(self.model, self.align) or "none"
+        out["align"] = self.align if self.experiment == "6.4" else resolve_align(self.model_spec) or "none"
         if self.stratify is None:  # the labels decide which pairs are run only through --stratify
             out["labels"] = None
         out["path_rules"] = PATH_RULES
@@ -381,3 +341,19 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: Every setting of a run, by name (``settings.Setting``: its constraint, default, experiments, ...).
+SETTINGS: dict[str, Setting] = schema(RunConfig)
+#: settings that change results: a store made with other values is not resumed
+RESULT_KEYS: tuple[str, ...] = tuple(k for k, st in SETTINGS.items() if st.result)
+#: settings of the last invocation that a resumed run keeps unless they are given again
+KEPT_KEYS: tuple[str, ...] = tuple(k for k, st in SETTINGS.items() if st.kept)
+#: the value a setting had before it existed, for stores made by an older falsify (``path_rules``:
+#: how ig and geodesic-ig integrated, stored with the settings, not a setting itself)
+LEGACY: dict[str, Any] = {**{k: st.legacy for k, st in SETTINGS.items() if st.legacy is not NOT_GIVEN},
+                          "path_rules": "doubling"}
+RunConfig.SETTINGS, RunConfig.RESULT_KEYS, RunConfig.KEPT_KEYS, RunConfig.LEGACY = (SETTINGS, RESULT_KEYS, KEPT_KEYS,
+                                                                                   LEGACY)
+#: how a refusal names an experiment whose settings are given to another ("experiment NAME" otherwise)
+EXPERIMENT_LABELS = {"known-truth": "the known-truth benchmark"}

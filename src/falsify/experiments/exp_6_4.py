@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..choices import RANDOM_MODEL, RANDOM_SUFFIX, split_checkpoint
+from ..choices import RANDOM_MODEL, RANDOM_SUFFIX
 from ..report.tables import fmt_num, fmt_p, fmt_pct
 from .base import Experiment, load_raw_summary
 
@@ -49,13 +49,21 @@ def _f(x) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
+def _spec(model: str):
+    """``model`` parsed (``falsify.models.ModelSpec``; imported here: the report reads 6.4's
+    summaries without torch)."""
+    from ..models.spec import ModelSpec
+
+    return ModelSpec.parse(model)
+
+
 def is_random(model: str) -> bool:
-    return str(model).endswith(RANDOM_SUFFIX)
+    return _spec(model).random
 
 
 def base_of(model: str) -> str:
     """The real model a ``NAME:random`` model was derived from."""
-    return model[: -len(RANDOM_SUFFIX)] if is_random(model) else model
+    return _spec(model).base
 
 
 def slug(model: str) -> str:
@@ -63,10 +71,10 @@ def slug(model: str) -> str:
     ``ARCH:PATH``, is named by its architecture, file name and a digest of PATH
     (``iresnet50_backbone.pth_1a2b3c4d``): arcface_torch names every checkpoint backbone.pth."""
     text = str(model)
-    base, suffix = (base_of(text), "_random") if is_random(text) else (text, "")
-    spec = split_checkpoint(base)
-    if spec is not None:
-        arch, path = spec
+    parsed = _spec(text)
+    suffix = "_random" if parsed.random else ""
+    if parsed.checkpoint is not None:
+        arch, path = parsed.checkpoint
         digest = hashlib.sha1(path.encode("utf-8")).hexdigest()[:8]
         return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{arch}_{Path(path).name}_{digest}") + suffix
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(text).name if "/" in text else text)
@@ -239,11 +247,11 @@ class Runner64:
         for note in notes:
             self.log(note)
         for m in c.models:  # a user's checkpoint is read and checked against its architecture, too
-            spec = split_checkpoint(base_of(m))
-            if spec is not None:
+            spec = _spec(m)
+            if spec.checkpoint is not None:
                 from ..models.checkpoints import check_checkpoint
 
-                check_checkpoint(*spec, label=base_of(m))
+                check_checkpoint(*spec.checkpoint, label=spec.base)
         # every model by its file's content: a file replaced at the same path is refused before any
         # model's rows are computed (each model's own store records its file's sha256 too)
         settings = {**c.result_settings(), FINGERPRINT: pairs.fingerprint(),

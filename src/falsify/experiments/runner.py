@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..choices import THRESHOLD_METHODS
 from ..data.pairs import Pair, PairSet
+from ..falsification.calibration import adopt_threshold, threshold_placeholder
 from ..models.base import model_device
 from ..paths import check_writable, space_guard
 from .analysis import summarise
@@ -136,19 +136,19 @@ class Runner:
         return {**have, **now}
 
     def _calibration_pool(self) -> PairSet:
-        """The pairs the thresholds, the prior and delta are calibrated on: a seeded sample of
-        ``calibrate_on``'s pairs when it is given, else of the run's own data."""
-        from ..falsification.calibration import calibration_pairs
+        """The pairs the thresholds, the prior and delta are calibrated on
+        (``falsification.calibration.calibration_pool``, as ``falsify test``'s)."""
+        from ..falsification.calibration import calibration_pool
 
         c = self.config
         if getattr(self, "_pool", None) is None:
-            data, pairs = (c.calibrate_on, None) if c.calibrate_on else (c.data, c.pairs)
-            self._pool = calibration_pairs(data, pairs, n_pairs=c.calibration_pairs, seed=c.seed)
+            self._pool = calibration_pool(c.data, c.pairs, calibrate_on=c.calibrate_on, n_pairs=c.calibration_pairs,
+                                          seed=c.seed)
         return self._pool
 
     def _calibration(self, model, stored: dict | None):
-        from ..falsification import Calibration, calibrate
-        from ..falsification.calibration import spread_warning
+        from ..falsification import Calibration
+        from ..falsification.calibration import calibrate_thresholds
 
         c = self.config
         if c.tau_high is not None:
@@ -158,53 +158,37 @@ class Runner:
             return Calibration(**cached)
         pairs = self._calibration_pool()
         self.log(f"calibrating tau_high, tau_low, epsilon on {len(pairs)} pairs ...")
-        cal = calibrate(model, pairs, batch_size=c.batch_size, progress=self.progress)
-        warning = spread_warning(cal)
-        if warning:
-            self.log(f"warning: {warning}")
-        return cal
+        return calibrate_thresholds(model, pairs, batch_size=c.batch_size, progress=self.progress,
+                                    warn=lambda line: self.log(f"warning: {line}"))
 
     def falsification_config(self, calibration):
         return self.config.falsification_config(calibration)
 
     def _prior_image_batch(self, model, pairs: PairSet) -> tuple[torch.Tensor, torch.Tensor]:
         """The images of the prior and of delta's calibration, and their partners' embeddings
-        (``falsify.falsification.prior.prior_image_batch`` on the calibration pairs)."""
-        from ..falsification.prior import prior_image_batch
+        (``falsify.falsification.prior.prior_batch`` on the calibration pairs)."""
+        from ..falsification.prior import prior_batch
 
         c = self.config
-        tested = {q for p in pairs for q in (p.a, p.b)}
-        images, refs = prior_image_batch(model, self._calibration_pool(), tested, c.prior_images,
-                                         batch_size=c.batch_size)
-        if images.shape[0] < c.prior_images:
-            self.log(f"warning: the model's prior rests on {images.shape[0]} of the {c.prior_images} untested images "
-                     "it is meant to average (--prior-images); add pairs of other photos, or --calibrate-on "
-                     "another data set")
-        return images, refs
+        return prior_batch(model, self._calibration_pool(), {q for p in pairs for q in (p.a, p.b)}, c.prior_images,
+                           batch_size=c.batch_size, warn=lambda line: self.log(f"warning: {line}"))
 
     def _prior(self, model, stored: dict | None, pairs: PairSet, fconfig):
         """The model's prior map, and for the beyond-prior criterion without a given delta its
-        calibrated delta: from the store, or computed on ``prior_images`` calibration images that
-        no tested pair uses (the mean of their occlusion maps; the excess that maps knowing only
-        the prior reach on them). Returns ``(Prior, delta_info | None)``."""
-        from ..falsification.prior import Prior, calibrate_delta, occlusion_prior
+        calibrated delta: from the store, or computed (``falsification.prior.model_prior``, as
+        ``falsify test``'s) on ``prior_images`` calibration images that no tested pair uses.
+        Returns ``(Prior, delta_info | None)``."""
+        from ..falsification.prior import Prior, model_prior
 
         c = self.config
         want_delta = c.criterion_class.prior_calibrated == "delta" and c.delta == "calibrated"
         cached = stored["meta"].get("prior") if stored else None
         if cached and (cached.get("delta") or not want_delta):
             return Prior.from_dict(cached), cached.get("delta") if want_delta else None
-        images, refs = self._prior_image_batch(model, pairs)
-        if cached:
-            prior = Prior.from_dict(cached)
-        else:
-            self.log(f"the model's prior map: mean occlusion map of {images.shape[0]} untested images ...")
-            prior = occlusion_prior(model, images, grid=c.prior_grid, fill="blur", batch_size=c.batch_size)
-        delta = None
-        if want_delta:
-            self.log("calibrating delta: the excess over the prior of maps that know only the prior ...")
-            delta = calibrate_delta(model, images, prior.map(), fconfig, seed=c.seed, references=refs)
-        return prior, delta
+        return model_prior(model, self._calibration_pool(), {q for p in pairs for q in (p.a, p.b)}, fconfig,
+                           n_images=c.prior_images, grid=c.prior_grid, batch_size=c.batch_size, delta=want_delta,
+                           seed=c.seed, cached=Prior.from_dict(cached) if cached else None, log=self.log,
+                           warn=lambda line: self.log(f"warning: {line}"))
 
     # -- the loop ---------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -224,10 +208,9 @@ class Runner:
         self.device = model_device(model)
         # every method's options checked now, before any work; a model without a decision threshold
         # of its own (a user's checkpoint, NAME:random) gets the calibrated one below
-        placeholder = {"threshold": 0.0} if model.threshold is None and c.tau_high is None else {}
         for m in c.methods:
             if m != "centre":
-                get_explainer(m, model, **{**(placeholder if m in THRESHOLD_METHODS else {}),
+                get_explainer(m, model, **{**threshold_placeholder(model, m, calibrating=c.tau_high is None),
                                            **c.method_options.get(m, {})})
         # the model by its file's content (hashed once per process; the load above read the same file)
         self.settings = {**c.result_settings(), FINGERPRINT: self.pairs.fingerprint(),
@@ -239,10 +222,9 @@ class Runner:
         self.method_fingerprints = self._method_fingerprints(self.stored)
         self._claim()  # the executor connected, OUT locked: from here on the run computes
         self.calibration = self._calibration(model, self.stored)
-        #: the model's decision threshold (cosine): calibrated on the data, else the model's own
-        self.threshold = self.calibration.threshold_cos if self.calibration is not None else model.threshold
-        if model.threshold is None:
-            model.threshold = self.threshold  # biometric-gradcam's and xssab's, here and on every Ray worker (RowContext)
+        #: the model's decision threshold (cosine): calibrated on the data, else the model's own; a
+        #: model without one takes it (biometric-gradcam's and xssab's, here and on every Ray worker)
+        self.threshold = adopt_threshold(model, self.calibration)
         explainers = {m: get_explainer(m, model, **c.method_options.get(m, {})) for m in c.methods if m != "centre"}
         self.fconfig = self.falsification_config(self.calibration)
         self.prior, self.delta = self._prior(model, self.stored, self.pairs, self.fconfig) if c.needs_prior else (None, None)

@@ -255,6 +255,45 @@ def calibrate(
     )
 
 
+def calibration_pool(data=None, pairs=None, *, calibrate_on=None, n_pairs: int = 600, seed: int = 0):
+    """The pairs that the thresholds, the model's prior and delta are calibrated on, for ``falsify
+    run`` and ``falsify test`` alike: :func:`calibration_pairs` of ``calibrate_on`` when it is given
+    (another data set), else of the tested ``data`` (and its ``pairs`` file)."""
+    data, pairs = (calibrate_on, None) if calibrate_on else (data, pairs)
+    return calibration_pairs(data, pairs, n_pairs=n_pairs, seed=seed)
+
+
+def calibrate_thresholds(model, pool, *, batch_size: int = 64, progress: bool = False, warn=None) -> Calibration:
+    """:func:`calibrate` on ``pool``, and ``warn(line)`` (when given) with :func:`spread_warning`'s
+    line when the thresholds rest on too few pairs."""
+    cal = calibrate(model, pool, batch_size=batch_size, progress=progress)
+    warning = spread_warning(cal)
+    if warning and warn is not None:
+        warn(warning)
+    return cal
+
+
+def threshold_placeholder(model, method: str, calibrating: bool) -> dict:
+    """The options that let ``method`` be built (its options checked) before the calibration: a
+    method that needs the model's decision threshold (``THRESHOLD_METHODS``) on a model without
+    one of its own (a user's checkpoint, ``NAME:random``) gets ``threshold=0.0``, replaced by the
+    calibrated one (:func:`adopt_threshold`); the method's own options override it."""
+    from ..choices import THRESHOLD_METHODS
+
+    needs = method in THRESHOLD_METHODS and getattr(model, "threshold", None) is None and calibrating
+    return {"threshold": 0.0} if needs else {}
+
+
+def adopt_threshold(model, calibration: "Calibration | None") -> float | None:
+    """The decision threshold (cosine) of a run or test: the calibrated one when there is a
+    calibration, else the model's own. A model without one of its own takes it, so the methods
+    that need it (biometric-gradcam, xssab) read it from the model."""
+    threshold = calibration.threshold_cos if calibration is not None else getattr(model, "threshold", None)
+    if getattr(model, "threshold", None) is None:
+        model.threshold = threshold
+    return threshold
+
+
 # --- the measurements behind the defaults --------------------------------------------------------
 
 def occlusion_sensitivity(

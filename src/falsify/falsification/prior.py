@@ -102,6 +102,36 @@ def prior_image_batch(model, pool, exclude: set, n: int, batch_size: int = 64) -
     return images, refs
 
 
+def prior_batch(model, pool, tested: set, n: int, *, batch_size: int = 64, warn=None):
+    """:func:`prior_image_batch` for ``falsify run`` and ``falsify test``: ``warn(line)`` (when
+    given) says when fewer than ``n`` untested images were found."""
+    images, refs = prior_image_batch(model, pool, tested, n, batch_size=batch_size)
+    if images.shape[0] < n and warn is not None:
+        warn(f"the model's prior rests on {images.shape[0]} of the {n} untested images it is meant to average "
+             "(--prior-images); add pairs of other photos, or --calibrate-on another data set")
+    return images, refs
+
+
+def model_prior(model, pool, tested: set, config, *, n_images: int, grid: int = 10, batch_size: int = 64,
+                delta: bool = False, seed: int = 0, cached: "Prior | None" = None, log=None, warn=None):
+    """The model's prior map, and with ``delta`` its calibrated delta, for ``falsify run`` and
+    ``falsify test`` alike: the mean occlusion map (blur fill, ``grid`` cells a side) of ``n_images``
+    images of the calibration pairs ``pool`` that are not ``tested`` (or ``cached``), and the excess
+    over it that maps knowing only the prior reach on them (:func:`calibrate_delta` with the test's
+    ``config``). ``log(line)`` says what is computed. Returns ``(Prior, delta_info | None)``."""
+    say = log or (lambda line: None)
+    images, refs = prior_batch(model, pool, tested, n_images, batch_size=batch_size, warn=warn)
+    prior = cached
+    if prior is None:
+        say(f"the model's prior map: mean occlusion map of {images.shape[0]} untested images ...")
+        prior = occlusion_prior(model, images, grid=grid, fill="blur", batch_size=batch_size)
+    info = None
+    if delta:
+        say("calibrating delta: the excess over the prior of maps that know only the prior ...")
+        info = calibrate_delta(model, images, prior.map(), config, seed=seed, references=refs)
+    return prior, info
+
+
 def prior_images(paths: Sequence, exclude: set, n: int) -> list:
     """The first ``n`` distinct images of ``paths`` that are not in ``exclude`` (the tested images)."""
     out = []

@@ -20,10 +20,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..choices import CHECKPOINT_ARCHS, RANDOM_SUFFIX, split_checkpoint, unknown_architecture
+from ..choices import MODEL_ALIASES, MODEL_NAMES, RANDOM_SUFFIX
 from .alignment import ALIGN_CHOICES, TEMPLATES
 from .base import FaceEmbedder, NotAFaceEmbedder, check_face_embedder, randomised_copy, wrap_model
 from .checkpoints import ARCHITECTURES
+from .spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,11 @@ class ModelInfo:
 
 #: Built-in models: ``load_model`` accepts these names (and ``NAME:random``) besides file paths.
 MODELS: dict[str, ModelInfo] = {}
-_ALIASES = {"dlib": "dlib-resnet"}
 DEFAULT_MODEL = "dlib-resnet"
 
 
 def load_model(
-    name: str | Path | nn.Module = DEFAULT_MODEL,
+    name: str | Path | ModelSpec | nn.Module = DEFAULT_MODEL,
     *,
     input_size: tuple[int, int] | None = None,
     mean: float | Sequence[float] | None = None,
@@ -100,16 +100,18 @@ def load_model(
     _check_preprocessing(input_size, mean, std)
     if align not in ALIGN_CHOICES:
         raise ValueError(f"unknown alignment {align!r}; choose from {', '.join(ALIGN_CHOICES)}")
-    typo = unknown_architecture(name)
-    if typo is not None:  # iresnet51:PATH: the architectures, never "model file not found"
-        raise ValueError(typo)
-    base, randomised = _split_random(name)
-    model = _load(base, input_size=input_size, mean=mean, std=std, channel_order=channel_order,
+    # the name parsed once (a module is wrapped as it is); its spec is what every step below reads
+    spec = name if isinstance(name, nn.Module) else ModelSpec.parse(name, None if align == "auto" else align)
+    randomised = False
+    if isinstance(spec, ModelSpec):
+        spec.check()
+        randomised = spec.random
+    model = _load(spec, input_size=input_size, mean=mean, std=std, channel_order=channel_order,
                   trust_pickle=trust_pickle)
-    template = resolve_align(base, align)
-    info = _info_for(base)
+    template = resolve_align(spec) if isinstance(spec, ModelSpec) else (None if align in ("auto", "none") else align)
+    info = _info_for(spec)
     if info is None:  # a model file or module of the user's: refused (one line) unless it is a face embedder
-        check_face_embedder(model, _model_label(base))
+        check_face_embedder(model, _model_label(spec))
     else:
         model.threshold = info.thresholds.get(template or "none")
     model.align = template
@@ -124,44 +126,28 @@ def load_model(
     return model.to(device).eval()
 
 
-def _model_label(name) -> str:
+def _model_label(spec) -> str:
     """How the messages of ``check_face_embedder`` name the model the user gave."""
-    if isinstance(name, nn.Module):
-        return f"model {getattr(name, 'name', None) or type(name).__name__}"
-    return f"model {Path(str(name)).name if Path(str(name)).suffix else name}"
+    if isinstance(spec, nn.Module):
+        return f"model {getattr(spec, 'name', None) or type(spec).__name__}"
+    return f"model {Path(spec.base).name if Path(spec.base).suffix else spec.base}"
 
 
-def _split_random(name):
-    if isinstance(name, str) and name.endswith(RANDOM_SUFFIX):
-        base = name[: -len(RANDOM_SUFFIX)]
-        if base in CHECKPOINT_ARCHS:
-            raise ValueError(f"{name}: {base} is an architecture without weights; give its checkpoint: "
-                             f"{base}:/path/to/checkpoint{RANDOM_SUFFIX}")
-        if builtin_name(base) is None and not Path(base).suffix:
-            raise ValueError(f"unknown model {base!r} in {name!r}: use one of {', '.join(sorted(MODELS))} or a model "
-                             f"file, followed by {RANDOM_SUFFIX}")
-        return base, True
-    return name, False
-
-
-def _info_for(name) -> ModelInfo | None:
-    """The ModelInfo of a built-in name, or dlib-resnet's for a dlib ``.dat`` file."""
-    if isinstance(name, (str, Path)) and Path(str(name)).suffix.lower() == ".dat":
-        return MODELS["dlib-resnet"]
-    return MODELS.get(builtin_name(name) or "")
+def _info_for(spec) -> ModelInfo | None:
+    """The ModelInfo of a built-in model, or dlib-resnet's for a dlib ``.dat`` file."""
+    if not isinstance(spec, ModelSpec):
+        return None
+    return MODELS["dlib-resnet"] if spec.is_dlib_file else MODELS.get(spec.builtin or "")
 
 
 def builtin_name(name) -> str | None:
     """The built-in model ``name`` stands for (aliases resolved), or None. For a checkpoint,
     ``ARCH:PATH``, the built-in architecture ``ARCH`` (whether the file exists is checked when
     it is loaded)."""
-    if not isinstance(name, str):
+    if not isinstance(name, (str, ModelSpec)):
         return None
-    spec = split_checkpoint(name)
-    if spec is not None:
-        return spec[0]
-    key = _ALIASES.get(name, name)
-    return key if key in MODELS else None
+    spec = ModelSpec.parse(name)
+    return spec.arch if spec.checkpoint is not None else spec.builtin
 
 
 def model_file(name) -> Path | None:
@@ -169,26 +155,18 @@ def model_file(name) -> Path | None:
     ``ARCH:PATH``, a model file given by path (``.dat``, ``.onnx``, ``.pt``, ``.pth``), the file a
     built-in model is converted from (dlib's ``.dat``, SFace's ``.onnx``), that of the real model
     for ``NAME:random``; None for a name that is none of these (it does not load either)."""
-    if not isinstance(name, (str, Path)):
+    if not isinstance(name, (str, Path, ModelSpec)):
         return None
-    base = str(name)
-    base = base[: -len(RANDOM_SUFFIX)] if base.endswith(RANDOM_SUFFIX) else base
-    spec = split_checkpoint(base)
-    if spec is not None:
-        return Path(spec[1]).expanduser() if spec[1].strip() else None
-    key = _ALIASES.get(base, base)
-    if key == "dlib-resnet":
+    spec = ModelSpec.parse(name)
+    if spec.builtin == "dlib-resnet":
         from .dlib_resnet import default_dat_path
 
         return default_dat_path()
-    if key == "sface":
+    if spec.builtin == "sface":
         from .sface import default_onnx_path
 
         return default_onnx_path()
-    if key in MODELS or key in CHECKPOINT_ARCHS:
-        return None
-    path = Path(base).expanduser()
-    return path if path.suffix.lower() in (".dat", ".onnx", ".pt", ".pth") else None
+    return spec.file
 
 
 def model_sha256(name) -> str | None:
@@ -201,16 +179,17 @@ def model_sha256(name) -> str | None:
     return None if path is None else file_fingerprint(path)
 
 
-def resolve_align(name, align: str = "auto") -> str | None:
-    """The template a model named ``name`` is aligned with under ``align`` (None: a plain resize).
-    ``auto`` is the model's own choice for built-in models (a dlib ``.dat`` counts as dlib-resnet)
-    and architectures (``ARCH:PATH``), and no alignment for other model files."""
+def resolve_align(name, align: str | None = None) -> str | None:
+    """The template a model named ``name`` (a name or a ``ModelSpec``) is aligned with under
+    ``align`` (default: the spec's own, ``auto`` for a name; None: a plain resize). ``auto`` is the
+    model's own choice for built-in models (a dlib ``.dat`` counts as dlib-resnet) and
+    architectures (``ARCH:PATH``), and no alignment for other model files."""
+    spec = ModelSpec.parse(name, align)
+    align = spec.align
     if align not in ALIGN_CHOICES:
         raise ValueError(f"unknown alignment {align!r}; choose from {', '.join(ALIGN_CHOICES)}")
     if align == "auto":
-        base = name[: -len(RANDOM_SUFFIX)] if isinstance(name, str) and name.endswith(RANDOM_SUFFIX) else name
-        spec = split_checkpoint(base)
-        info = ARCHITECTURES[spec[0]] if spec is not None else _info_for(base)
+        info = ARCHITECTURES[spec.arch] if spec.checkpoint is not None else _info_for(spec)
         align = info.align if info is not None else "none"
     return None if align == "none" else align
 
@@ -259,8 +238,9 @@ def _refuse_preprocessing(name: str, input_size, mean, std, size: str = "150x150
                          "(they apply to .onnx and .pt models)")
 
 
-def _load(name, *, input_size, mean, std, channel_order, trust_pickle=False) -> FaceEmbedder:
-    if isinstance(name, nn.Module):
+def _load(spec, *, input_size, mean, std, channel_order, trust_pickle=False) -> FaceEmbedder:
+    if isinstance(spec, nn.Module):
+        name = spec
         if input_size is None and not isinstance(name, FaceEmbedder):
             raise ValueError("wrapping an nn.Module needs input_size=(H, W)")
         return wrap_model(
@@ -270,24 +250,24 @@ def _load(name, *, input_size, mean, std, channel_order, trust_pickle=False) -> 
             std=1.0 if std is None else std,
             channel_order=channel_order,
         )
-    spec = split_checkpoint(name)
-    if spec is not None:
+    name = spec.base
+    if spec.checkpoint is not None:
         from .checkpoints import load_checkpoint
 
-        arch = ARCHITECTURES[spec[0]]
-        _refuse_preprocessing(spec[0], input_size, mean, std, size="x".join(map(str, arch.input_size)))
-        return load_checkpoint(*spec, label=str(name))
-    key = _ALIASES.get(str(name), str(name))
-    if key in CHECKPOINT_ARCHS:
+        arch = ARCHITECTURES[spec.arch]
+        _refuse_preprocessing(spec.arch, input_size, mean, std, size="x".join(map(str, arch.input_size)))
+        return load_checkpoint(*spec.checkpoint, label=name)
+    key = spec.arch or spec.builtin
+    if spec.bare_arch:
         raise ValueError(f"{key} is an architecture without weights: give its checkpoint, --model {key}:PATH "
                          f"(e.g. {key}:/path/to/{'backbone.pth' if key.startswith('iresnet') else 'weights.pt'}); "
                          "`falsify models` lists what each architecture expects")
-    if key == "dlib-resnet":
+    if spec.builtin == "dlib-resnet":
         from .dlib_resnet import load_dlib_resnet
 
         _refuse_preprocessing("dlib-resnet", input_size, mean, std)
         return _with_dlib_defaults(load_dlib_resnet())
-    if key == "sface":
+    if spec.builtin == "sface":
         from .sface import load_sface
 
         _refuse_preprocessing("sface", input_size, mean, std, size="112x112")
@@ -409,6 +389,10 @@ MODELS["sface"] = ModelInfo(
 )
 
 
+if set(MODELS) != set(MODEL_NAMES) or not set(MODEL_ALIASES.values()) <= set(MODELS):
+    raise RuntimeError("falsify.models.MODELS and falsify.choices.MODEL_NAMES disagree")
+
+
 def _with_dlib_defaults(model: FaceEmbedder) -> FaceEmbedder:
     model.threshold = DLIB_THRESHOLD
     model.cam_layer = DLIB_CAM_LAYER
@@ -427,6 +411,7 @@ __all__ = [
     "FaceEmbedder",
     "MODELS",
     "ModelInfo",
+    "ModelSpec",
     "NotAFaceEmbedder",
     "TEMPLATES",
     "builtin_name",
