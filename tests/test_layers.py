@@ -9,17 +9,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "falsify"
 
-#: Imports known to close circles, left out of :func:`test_no_import_cycles` by name. All are the
-#: ``Runner``'s, which issue 20 (items 1-2: row kinds, a typed run session instead of the Runner) is
-#: redesigning; remove an entry when its import goes. Nothing of ``report/`` or ``data/`` is here.
-KNOWN_CIRCLE_IMPORTS: dict[tuple[str, str], str] = {
-    # runner_for / write_outputs: the Runner finds the experiments (which build Runners) through the registry
-    ("falsify.experiments.runner", "falsify.experiments.registry"): "Runner -> registry -> exp_6_x -> Runner",
-    # RunConfig branches on 6.4 (its fan-out over models) and the experiment modules build the Runner
-    ("falsify.experiments.config", "falsify.experiments.exp_6_4"): "RunConfig -> exp_6_4 -> Runner",
-}
-
-
 def _modules() -> dict[str, tuple[Path, bool]]:
     """Dotted module name -> (file, is a package's ``__init__``), for every module under src/falsify."""
     out = {}
@@ -151,11 +140,8 @@ def test_report_never_imports_experiments():
 
 
 def test_no_import_cycles():
-    """No module imports another that imports it back (through any others), but for the imports of
-    :data:`KNOWN_CIRCLE_IMPORTS`."""
+    """No module imports another that imports it back (through any others); none is excepted."""
     graph = _graph()
-    for (a, b) in KNOWN_CIRCLE_IMPORTS:
-        graph.get(a, {}).pop(b, None)
     found = _circles_and_components(graph)
     assert not found, "import circles:\n" + "\n".join(
         f"  {len(comp)} modules import each other ({', '.join(comp)}), e.g.\n    " + _describe(c, graph).replace("\n", "\n  ")

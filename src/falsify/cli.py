@@ -559,8 +559,8 @@ def _json_default(o):
 # --- run and report ------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .experiments import RunConfig, runner_for
     from .experiments.executor import make_executor
+    from .experiments.registry import configure, runner_for
 
     overrides = {
         "experiment": args.experiment, "data": args.data, "pairs": args.pairs, "model": args.model,
@@ -578,7 +578,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "calibrate_on": args.calibrate_on, "truth": args.truth, "truth_parts": args.truth_parts,
         "truth_min_effect": args.truth_min_effect, "ceiling": False if args.no_ceiling else None,
     }
-    config = RunConfig.resolve(config_file=args.config, **overrides)
+    config = configure(config_file=args.config, **overrides)  # the experiment's defaults and checks too
     executor = make_executor(config, verbose=args.verbose)  # no ray: one line naming the fix, before any work
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors, executor=executor)
     try:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..choices import (ALIGN_CHOICES, CONTROLS, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, METHOD_FAMILIES, METHODS,
-                       OTHER_REFERENCE, RANDOM_MODEL, RANDOM_SUFFIX, STRATIFY_CHOICES, TRUTH_METHODS)
+from ..choices import (ALIGN_CHOICES, CONTROLS, DEFAULT_METHODS, EXECUTORS, METHODS, OTHER_REFERENCE, RANDOM_MODEL,
+                       STRATIFY_CHOICES)
 from .store import inspect_store
 
 
@@ -72,7 +72,10 @@ class RunConfig:
     """Every setting of a run. TOML files use the same keys; command-line flags override them.
 
     Every value is checked here, the one validation path for flags, TOML and library callers:
-    a bad value raises ``ValueError`` naming the key before anything is loaded or written.
+    a bad value raises ``ValueError`` naming the key before anything is loaded or written. What
+    one experiment asks of its settings (its default methods, its own settings and refusals) is
+    the experiment's (``Experiment.configure``, ``Experiment.check``), applied by whoever composes
+    the run (``registry.configure``); nothing here names an experiment.
     """
 
     experiment: str = "6.1"
@@ -141,8 +144,6 @@ class RunConfig:
             problem = _type_error(f.name, getattr(self, f.name))
             if problem:
                 raise ValueError(problem)
-        if self.experiment not in EXPERIMENTS:
-            raise ValueError(f"unknown experiment {self.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
         if self.align not in ALIGN_CHOICES:
             raise ValueError(f"align must be one of {', '.join(ALIGN_CHOICES)}, got {self.align!r}")
         from ..falsification.core import apply_preset
@@ -154,13 +155,9 @@ class RunConfig:
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         if not self.methods or self.methods == ["all"]:
-            # 6.6 compares the paired families; other experiments run the default methods ('all': every one)
-            if self.experiment == "6.6" and not self.methods:
-                self.methods = [m for f in METHOD_FAMILIES for m in f]
-            elif self.experiment == "known-truth" and not self.methods:
-                self.methods = list(TRUTH_METHODS)
-            else:
-                self.methods = list(METHODS if self.methods else DEFAULT_METHODS)
+            # the default methods ('all': every one); an experiment's own defaults are given to it as
+            # its methods (Experiment.default_methods, registry.configure)
+            self.methods = list(METHODS if self.methods else DEFAULT_METHODS)
         self.methods = list(dict.fromkeys(self.methods))
         from ..attribution import check_method, is_known_method
 
@@ -178,8 +175,6 @@ class RunConfig:
         given = [v is not None for v in (self.tau_high, self.tau_low, self.epsilon)]
         if any(given) and not all(given):
             raise ValueError("give all of tau_high, tau_low and epsilon, or none (then they are calibrated)")
-        if any(given) and self.experiment == "validity":
-            raise ValueError("the validity study calibrates its thresholds on the data: drop tau_high, tau_low, epsilon")
         for name in ("tau_high", "tau_low", "epsilon"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 radians, got {getattr(self, name)}")
@@ -199,8 +194,6 @@ class RunConfig:
             from ..data.labels import check_folder
 
             check_folder(self.labels)
-        self._check_models()
-        self._check_truth()
         self._check_executor()
         self.falsification_config()  # fill, granularity, q, ... checked by the test's own config
         if isinstance(self.input_size, tuple):
@@ -220,59 +213,6 @@ class RunConfig:
             return
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-
-    def _check_truth(self) -> None:
-        """``truth``, ``truth_parts``, ``truth_min_effect``: settings of ``known-truth`` only."""
-        from ..choices import TRUTH_CONSTRUCTIONS, TRUTH_PARTS
-
-        if self.experiment != "known-truth":
-            for key, default in (("truth", None), ("truth_parts", None), ("truth_min_effect", 0.0)):
-                if getattr(self, key) != default:
-                    flag = "--" + key.replace("_", "-")
-                    raise ValueError(f"{key} ({flag}) is a setting of the known-truth benchmark; drop it, or run "
-                                     f"known-truth (got experiment {self.experiment})")
-            return
-        self.truth = self.truth or "average"
-        self.truth_parts = self.truth_parts or "inner"
-        if self.truth not in TRUTH_CONSTRUCTIONS:
-            raise ValueError(f"truth must be one of {', '.join(TRUTH_CONSTRUCTIONS)}, got {self.truth!r}")
-        if self.truth_parts not in TRUTH_PARTS:
-            raise ValueError(f"truth_parts must be one of {', '.join(TRUTH_PARTS)}, got {self.truth_parts!r}")
-        if not math.isfinite(self.truth_min_effect):
-            raise ValueError(f"truth_min_effect must be a number of radians, got {self.truth_min_effect}")
-        if self.truth_min_effect < 0:  # it would keep composites that moved the pair away from B: no evidence of B
-            raise ValueError(f"truth_min_effect (--truth-min-effect) must be >= 0 radians, got {self.truth_min_effect}: "
-                             "a composite that moves the pair away from B holds no evidence of B (0 keeps every "
-                             "composite that moved it closer)")
-        if self.criterion not in ("beyond-prior", "absolute"):
-            raise ValueError(f"the known-truth benchmark judges the criteria absolute and beyond-prior, not {self.criterion}")
-
-    def _check_models(self) -> None:
-        """``models``: only for 6.4 (default: two real models and a randomised control); each a
-        built-in name, ``NAME:random`` or an existing model file."""
-        if self.experiment != "6.4":
-            if self.models is not None:
-                raise ValueError(f"models is a setting of experiment 6.4; drop it, or run 6.4 (got experiment "
-                                 f"{self.experiment})")
-            return
-        from ..models import MODELS, builtin_name
-        from .exp_6_4 import DEFAULT_MODELS
-
-        if isinstance(self.models, str):
-            self.models = [m.strip() for m in self.models.split(",") if m.strip()]
-        self.models = list(dict.fromkeys(self.models or DEFAULT_MODELS))
-        from ..choices import unknown_architecture
-
-        for m in self.models:
-            base = m[: -len(RANDOM_SUFFIX)] if m.endswith(RANDOM_SUFFIX) else m
-            typo = unknown_architecture(base)
-            if typo is not None:
-                raise ValueError(f"models: {typo}")
-            if builtin_name(base) is None and not Path(base).expanduser().is_file():
-                raise ValueError(f"unknown model {m!r} in models; use built-in names ({', '.join(sorted(MODELS))}), "
-                                 f"NAME{RANDOM_SUFFIX} or a model file (see 'falsify models')")
-        if len(self.models) < 2:
-            raise ValueError(f"experiment 6.4 compares models: give at least two in models, got {self.models}")
 
     def falsification_config(self, calibration=None):
         """The ``FalsificationConfig`` of this run (thresholds from ``calibration`` when given)."""
@@ -326,7 +266,13 @@ class RunConfig:
     def resolve(cls, config_file: str | Path | None = None, **overrides: Any) -> "RunConfig":
         """Settings from, in increasing precedence: the defaults, the store of an existing ``out``
         (its result settings and its last run's methods), ``config_file``, ``overrides`` (None
-        meaning "not given"). So ``falsify run 6.2 --out DIR`` continues DIR's run as it was made."""
+        meaning "not given"). So ``falsify run 6.2 --out DIR`` continues DIR's run as it was made.
+        ``registry.configure`` adds the experiment's own defaults and checks."""
+        return cls(**cls.resolve_values(config_file, **overrides))
+
+    @classmethod
+    def resolve_values(cls, config_file: str | Path | None = None, **overrides: Any) -> dict:
+        """The values :meth:`resolve` builds its config of (each checked by type)."""
         values = cls.read_toml(config_file) if config_file else {}
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values.get("out"):
@@ -336,13 +282,14 @@ class RunConfig:
                 if stored["runs"]:
                     base.update({k: stored["runs"][-1][k] for k in cls.KEPT_KEYS if k in stored["runs"][-1]})
                 values = {**base, **values}
-        return cls(**values)
+        return values
 
     @property
     def needs_prior(self) -> bool:
         """The model's prior map is needed: for the ``centre`` control or a criterion that needs it
-        (``Criterion.needs_prior``: beyond-prior)."""
-        return "centre" in self.methods or self.criterion_class.needs_prior or self.experiment == "validity"
+        (``Criterion.needs_prior``: beyond-prior); an experiment may need it whatever its settings
+        (``Experiment.needs_prior``: the validity study)."""
+        return "centre" in self.methods or self.criterion_class.needs_prior
 
     @property
     def criterion_class(self):
@@ -369,8 +316,9 @@ class RunConfig:
         from ..models import resolve_align
 
         out = {k: getattr(self, k) for k in self.RESULT_KEYS}
-        # what auto meant for this model; 6.4 runs several models, whose own stores record theirs
-        out["align"] = self.align if self.experiment == "6.4" else resolve_align(self.model, self.align) or "none"
+        # what auto meant for this model (Experiment.result_settings: 6.4 runs several models, whose
+        # own stores record theirs)
+        out["align"] = resolve_align(self.model, self.align) or "none"
         if self.stratify is None:  # the labels decide which pairs are run only through --stratify
             out["labels"] = None
         out["path_rules"] = PATH_RULES

@@ -425,6 +425,10 @@ class Experiment66(Experiment):
                              "in the run."),
     }
 
+    def default_methods(self) -> list[str]:
+        """The paired families (:data:`METHOD_FAMILIES`), both methods of each."""
+        return [m for f in METHOD_FAMILIES for m in f]
+
     def check(self, config) -> None:
         if not families_in(config.methods):
             raise ValueError("experiment 6.6 compares " + " and ".join(f"{a} with {b}" for a, b in METHOD_FAMILIES)
