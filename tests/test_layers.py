@@ -154,3 +154,44 @@ def test_verification_imports_nothing_of_falsification():
     through the package's ``__init__``."""
     graph = _graph()
     assert not [m for m in graph["falsify.verification"] if m.startswith("falsify.falsification")]
+
+
+#: Where an experiment may be named: its own module, the registry, the CLI and ``choices``.
+NAMING_ALLOWED = ("experiments/exp_6_", "experiments/validity.py", "experiments/known_truth.py",
+                  "experiments/registry.py", "cli.py", "choices.py")
+
+
+def _name_comparisons(tree: ast.AST, names: set[str]) -> list[int]:
+    """The lines of ``tree`` that compare something with an experiment's name (``==``, ``!=``,
+    ``in``, ``not in``, a ``match`` case), the name written as a string or in a tuple, list or set of them."""
+    def named(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(named(e) for e in node.elts)
+        return False
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(named(x) for x in [node.left, *node.comparators]):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.MatchValue) and named(node.value):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_run_machinery_never_compares_an_experiment_name():
+    """The runner receives its experiment: outside the experiment modules, the registry, the CLI and
+    ``choices``, no module compares a name of an experiment ("6.4", "validity", ...); what a run
+    does differently is what its ``Experiment`` declares."""
+    from falsify.choices import EXPERIMENTS
+
+    names = set(EXPERIMENTS)
+    assert _name_comparisons(ast.parse('if c.experiment == "6.4" or x in ("a", "validity"): pass'), names) == [1, 1]
+    bad = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        rel = path.relative_to(SRC / PACKAGE).as_posix()
+        if rel.startswith(NAMING_ALLOWED):
+            continue
+        bad += [f"{rel}:{line}" for line in _name_comparisons(ast.parse(path.read_text(encoding="utf-8")), names)]
+    assert not bad, "experiment names compared outside the experiments: " + ", ".join(bad)
