@@ -60,8 +60,8 @@ class Runner:
     input is checked.
     """
 
-    def __init__(self, config: RunConfig, experiment, write_outputs: Callable | None = None, progress: bool = True,
-                 log=print, retry_errors: bool = False, executor=None) -> None:
+    def __init__(self, config: RunConfig, experiment, write_outputs: Callable, progress: bool = True, log=print,
+                 retry_errors: bool = False, executor=None) -> None:
         if experiment.name and experiment.name != config.experiment:
             raise ValueError(f"the runner was given experiment {experiment.name} for settings of experiment "
                              f"{config.experiment}; please report this")

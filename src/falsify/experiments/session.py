@@ -80,7 +80,7 @@ class RunSession:
     pairs: PairSet
     #: ``write_outputs(out, summary, explanations=None)``: summary.json and the report
     #: (``registry.write_outputs``, given by whoever composed the run)
-    write_outputs: Callable | None = None
+    write_outputs: Callable | None = None  # None: a session made to compute rows only (tests)
     executor: Any = None
     log: Any = print
     progress: bool = True
