@@ -23,11 +23,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from falsify.choices import TRUTH_CONSTRUCTIONS, TRUTH_PARTS  # noqa: E402
 from falsify.data import load_images, load_pairs  # noqa: E402
-from falsify.experiments import RunConfig  # noqa: E402
+from falsify.experiments import configure  # noqa: E402
 from falsify.experiments.exp_6_3 import frame_points  # noqa: E402
-from falsify.experiments.known_truth import Construction, composite  # noqa: E402
+from falsify.experiments.known_truth import EXPERIMENT, Construction, composite  # noqa: E402
 from falsify.experiments.rows import load_run_model  # noqa: E402
-from falsify.experiments.session import load_run_pairs  # noqa: E402
 from falsify.falsification.stages import embed  # noqa: E402
 from falsify.geometry import geodesic_distance  # noqa: E402
 
@@ -39,9 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--n-pairs", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    c = RunConfig(experiment="known-truth", data=args.data, model=args.model, n_pairs=args.n_pairs, seed=args.seed)
+    c = configure(experiment="known-truth", data=args.data, model=args.model, n_pairs=args.n_pairs, seed=args.seed)
     model = load_run_model(c)
-    pairs = load_run_pairs(c)
+    pairs = EXPERIMENT.pairs(c)  # impostor pairs, as the benchmark runs on
     size = tuple(model.input_size)
     used = {q for pr in pairs for q in (pr.a, pr.b)}
     others = [q for q in dict.fromkeys(x for pr in load_pairs(args.data) for x in (pr.a, pr.b)) if q not in used][:40]

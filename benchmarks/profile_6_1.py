@@ -97,14 +97,20 @@ def main(argv=None) -> int:
             counter.bucket = "rest"
 
     executor_module.RowComputer.test = test
-    orig_setup = runner_module.Runner._setup
+    def timed(name):  # the run's set-up: its checks (pairs, model, store) and its preparation (calibration, prior)
+        orig = getattr(runner_module.Runner, name)
 
-    def setup(self):
-        t = time.perf_counter()
-        orig_setup(self)
-        seconds["set-up"] += time.perf_counter() - t
+        def step(self, *a, **k):
+            t = time.perf_counter()
+            try:
+                return orig(self, *a, **k)
+            finally:
+                seconds["set-up"] += time.perf_counter() - t
 
-    runner_module.Runner._setup = setup
+        setattr(runner_module.Runner, name, step)
+
+    timed("_check")
+    timed("_prepare")
 
     out = args.out or tempfile.mkdtemp(prefix="falsify-profile-")
     config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=out, model=args.model,

@@ -62,7 +62,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from falsify.data import load_images
-    from falsify.experiments import RunConfig, Runner
+    from falsify.experiments import RunConfig, runner_for
     from falsify.experiments.ray_executor import RayExecutor
     from falsify.experiments.rows import load_run_model
     from falsify.experiments.session import load_run_pairs
@@ -78,14 +78,14 @@ def main() -> int:
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         warm_up = {**settings, "methods": "random", "n_pairs": 1, "out": str(Path(tmp) / "warm-up")}
-        Runner(RunConfig(**warm_up), progress=False, log=quiet).run()
+        runner_for(RunConfig(**warm_up), progress=False, log=quiet).run()
         outs = {"in-process": Path(tmp) / "in-process", "ray": Path(tmp) / "ray"}
         t = time.perf_counter()
-        Runner(RunConfig(**settings, out=str(outs["in-process"])), progress=False, log=quiet).run()
+        runner_for(RunConfig(**settings, out=str(outs["in-process"])), progress=False, log=quiet).run()
         times["in-process"] = time.perf_counter() - t
         t = time.perf_counter()
         config = RunConfig(**settings, out=str(outs["ray"]), executor="ray", workers=args.workers)
-        Runner(config, progress=False, log=quiet, executor=RayExecutor(workers=args.workers)).run()
+        runner_for(config, progress=False, log=quiet, executor=RayExecutor(workers=args.workers)).run()
         times["ray"] = time.perf_counter() - t
         a, b = rows(outs["in-process"]), rows(outs["ray"])
     equal = same_rows(a, b)

@@ -10,7 +10,8 @@ from PIL import Image
 
 from falsify.cli import main
 from falsify.data import load_pairs
-from falsify.experiments import RunConfig
+from falsify.experiments import RunConfig, configure, runner_for
+from falsify.experiments.known_truth import EXPERIMENT as KNOWN_TRUTH
 from falsify.experiments.session import load_run_pairs
 
 FIXED = ["--tau-high", "0.2", "--tau-low", "0.1", "--epsilon", "0.05", "--preset", "plain"]
@@ -67,12 +68,12 @@ def test_run_says_when_it_has_fewer_pairs_than_asked(small_csv, tmp_path, capsys
 
 def test_known_truth_counts_its_impostor_pairs(small_csv):
     lines: list[str] = []
-    pairs = load_run_pairs(RunConfig(experiment="known-truth", data=str(small_csv), n_pairs=500), log=lines.append)
+    pairs = KNOWN_TRUTH.pairs(configure(experiment="known-truth", data=str(small_csv), n_pairs=500), log=lines.append)
     assert len(pairs) == 6 and not any(p.same for p in pairs)
     assert lines == [f"--n-pairs 500 asks for more impostor pairs than there are: 6 available in {small_csv} "
                      "(known-truth uses impostor pairs only), so all 6 are used"]
     lines.clear()
-    load_run_pairs(RunConfig(experiment="known-truth", data=str(small_csv), n_pairs=6), log=lines.append)
+    KNOWN_TRUTH.pairs(configure(experiment="known-truth", data=str(small_csv), n_pairs=6), log=lines.append)
     assert lines == []
 
 
@@ -99,8 +100,8 @@ def test_a_negative_truth_min_effect_is_refused_and_writes_nothing(small_csv, tm
     toml = tmp_path / "kt.toml"
     toml.write_text('experiment = "known-truth"\ntruth_min_effect = -0.01\n')
     with pytest.raises(ValueError, match="truth_min_effect .* must be >= 0 radians, got -0.01"):
-        RunConfig.from_toml(toml, data=str(small_csv))
-    assert RunConfig(experiment="known-truth", truth_min_effect=0.0).truth_min_effect == 0.0
+        configure(config_file=toml, data=str(small_csv))
+    assert configure(experiment="known-truth", truth_min_effect=0.0).truth_min_effect == 0.0
 
 
 # --- falsify report on a run that has not finished ----------------------------------------------------
@@ -134,24 +135,28 @@ def test_report_on_a_folder_without_a_run_still_says_so(tmp_path, capsys):
 def test_6_4_says_it_once_not_once_per_model(small_csv, tmp_path, monkeypatch):
     """6.4 loads the pairs, then each model's 6.1 run loads them again: the line comes once."""
     from falsify.experiments import runner as R
-    from falsify.experiments.exp_6_4 import Runner64
 
     class Stop(Exception):
         pass
 
-    def run(self):  # each model's run: its pairs (as its _setup loads them), then stop before any model
-        load_run_pairs(self.config, log=self.log)
+    real = R.Runner.run
+
+    def run(self):  # each model's run: its pairs (as it loads them first), then stop before any model
+        if self.experiment.name == "6.4":
+            return real(self)
+        self.experiment.pairs(self.config, log=self.log)
         self.log(f"model {self.config.model}")
         if self.config.model == "dlib-resnet:random":
             raise Stop
+        return {}
 
-    monkeypatch.setattr(R.Runner, "run", run)
     lines: list[str] = []
-    config = RunConfig(experiment="6.4", data=str(small_csv), n_pairs=999, methods=["random"], out=str(tmp_path / "r"),
+    config = configure(experiment="6.4", data=str(small_csv), n_pairs=999, methods=["random"], out=str(tmp_path / "r"),
                        models=["dlib-resnet", "dlib-resnet:random"], tau_high=0.2, tau_low=0.1, epsilon=0.05,
                        preset="plain")
+    monkeypatch.setattr(R.Runner, "run", run)
     with pytest.raises(Stop):
-        Runner64(config, progress=False, log=lines.append).run()
+        runner_for(config, progress=False, log=lines.append).run()
     notes = [x for x in lines if "asks for more pairs" in x]
     assert notes == [f"--n-pairs 999 asks for more pairs than there are: 12 available in {small_csv}, so all 12 "
                      "are used"]

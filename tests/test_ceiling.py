@@ -169,14 +169,14 @@ def test_refinement_never_lowers_the_screening_start():
 def test_a_6_1_run_has_the_ceiling_and_the_table_its_column(lfw_sample, tmp_path):
     """A small 6.1 run (2 pairs, a 7 x 7 grid, fixed thresholds): the ceiling's rows under their
     own key, never among the methods; the summary's section; table 6.1's column; a rerun resumes."""
-    from falsify.experiments import ResultsStore, RunConfig, Runner
+    from falsify.experiments import ResultsStore, RunConfig, runner_for
     from falsify.experiments import exp_6_1 as E61
     from falsify.experiments.ceiling import CEILING_OF
 
     base = dict(data=str(lfw_sample), methods=["saliency", "random"], n_pairs=2, grid=7, out=str(tmp_path / "run"),
                 tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=0, preset="plain")
     logs = []
-    runner = Runner(RunConfig(**base), progress=False, log=logs.append)
+    runner = runner_for(RunConfig(**base), progress=False, log=logs.append)
     summary = runner.run()
     c = summary["ceiling"]
     assert [m["method"] for m in summary["methods"]] == ["saliency", "random"]  # not a method

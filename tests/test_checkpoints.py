@@ -314,11 +314,11 @@ def test_arch_path_names(tmp_path, ckpts):
 
 
 def test_experiment_6_4_takes_checkpoints(ckpts):
-    from falsify.experiments import RunConfig
+    from falsify.experiments import configure
     from falsify.experiments.exp_6_4 import slug
 
     a, b = f"iresnet18:{ckpts['iresnet18']}", f"iresnet50:{ckpts['iresnet50']}"
-    c = RunConfig(experiment="6.4", models=f"dlib-resnet,{a},{a}:random,{b}")
+    c = configure(experiment="6.4", models=f"dlib-resnet,{a},{a}:random,{b}")
     assert c.models == ["dlib-resnet", a, f"{a}:random", b]
     slugs = [slug(m) for m in c.models]
     assert len(set(slugs)) == 4  # both files are called backbone.pth

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from falsify.choices import DEFAULT_METHODS, METHODS
 from falsify.cli import _parse_options
-from falsify.experiments import RunConfig, Runner
+from falsify.experiments import RunConfig, runner_for
 from falsify.experiments.store import ResultsStore
 
 # --- --option ------------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def _rows(out: Path) -> list[tuple]:
 @pytest.fixture(scope="module")
 def uninterrupted(lfw_sample, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean") / "run"
-    Runner(_config(lfw_sample, out), progress=False, log=lambda *a: None).run()
+    runner_for(_config(lfw_sample, out), progress=False, log=lambda *a: None).run()
     return _rows(out)
 
 
@@ -158,11 +158,11 @@ def test_stopped_and_resumed_runs_equal_an_uninterrupted_one(lfw_sample, uninter
 
             monkeypatch.setattr(ResultsStore, "add_rows", add_rows)
             try:
-                Runner(_config(lfw_sample, out), progress=False, log=lambda *a: None).run()
+                runner_for(_config(lfw_sample, out), progress=False, log=lambda *a: None).run()
             except _Stop:
                 pass
             monkeypatch.setattr(ResultsStore, "add_rows", real_add)
             partial = _rows(out) if (out / "results.sqlite").exists() else []
             assert set(partial) <= set(uninterrupted)  # what is stored is never wrong
-        Runner(_config(lfw_sample, out), progress=False, log=lambda *a: None).run()
+        runner_for(_config(lfw_sample, out), progress=False, log=lambda *a: None).run()
         assert _rows(out) == uninterrupted

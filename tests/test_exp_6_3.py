@@ -122,7 +122,7 @@ def test_run_6_3_small_and_resumes(lfw_sample, tmp_path):
     cfg = dict(experiment="6.3", data=str(lfw_sample), model=str(model), input_size=[32, 32], trust_pickle=True,
                methods=["gradcam", "random"], n_pairs=3, out=str(out), preset="plain", tau_high=0.2, tau_low=0.1,
                epsilon=0.05, grid_pairs=0, device="cpu", labels=str(LABELS))
-    summary = E.EXPERIMENT.runner(RunConfig(**cfg), progress=False, log=lambda *a: None).run()
+    summary = runner_for(RunConfig(**cfg), progress=False, log=lambda *a: None).run()
     s = summary["experiment_6_3"]
     assert s["frame"].startswith("resized") and s["epsilon"] == 0.05 and s["n_errors"] == 0
     with sqlite3.connect(out / "results.sqlite") as c:

@@ -93,9 +93,11 @@ def test_bad_models_one_line_error_writes_nothing(tmp_path, capsys, models, need
 
 
 def test_models_only_for_6_4():
+    from falsify.experiments.registry import configure
+
     with pytest.raises(ValueError, match=r"models \(--models\) is a setting of experiment 6.4"):
         RunConfig(experiment="6.1", models=["dlib-resnet", "sface"])
-    assert RunConfig(experiment="6.4").models == ["dlib-resnet", "sface", "dlib-resnet:random"]
+    assert configure(experiment="6.4").models == ["dlib-resnet", "sface", "dlib-resnet:random"]
 
 
 def _rows(path, experiment="6.1"):
@@ -140,13 +142,13 @@ def test_real_run_resumes(lfw_sample, tmp_path, capsys):
 def test_each_model_keeps_its_own_alignment_on_resume(lfw_sample, tmp_path):
     """6.4 stores --align as given (auto): each model's own run resolves it (SFace arcface-112,
     dlib dlib-150), also when the 6.4 run is resumed from its store."""
-    from falsify.experiments.exp_6_4 import sub_config
-    from falsify.experiments.config import RunConfig
+    from falsify.experiments.exp_6_4 import EXPERIMENT, sub_config
+    from falsify.experiments.registry import configure
 
-    c = RunConfig(experiment="6.4", models=["dlib-resnet", "sface"], data=str(lfw_sample), out=str(tmp_path / "o"))
-    assert c.result_settings()["align"] == "auto"
+    c = configure(experiment="6.4", models=["dlib-resnet", "sface"], data=str(lfw_sample), out=str(tmp_path / "o"))
+    assert EXPERIMENT.result_settings(c)["align"] == "auto"
     assert sub_config(c, "sface").result_settings()["align"] == "arcface-112"
     assert sub_config(c, "dlib-resnet").result_settings()["align"] == "dlib-150"
-    pinned = RunConfig(experiment="6.4", models=["dlib-resnet", "sface"], data=str(lfw_sample), align="none",
+    pinned = configure(experiment="6.4", models=["dlib-resnet", "sface"], data=str(lfw_sample), align="none",
                        out=str(tmp_path / "p"))
     assert {sub_config(pinned, m).result_settings()["align"] for m in pinned.models} == {"none"}

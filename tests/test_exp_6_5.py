@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from falsify.experiments import exp_6_5 as E
-from falsify.experiments import RunConfig, Runner
+from falsify.experiments import RunConfig, runner_for
 
 from .test_experiments import _assert_close
 
@@ -85,7 +85,7 @@ def test_run_6_5_small_and_resumes(lfw_sample, tmp_path):
     cfg = dict(experiment="6.5", data=str(lfw_sample), model=str(model), input_size=[32, 32], trust_pickle=True,
                methods=["gradcam", "saliency", "random"], n_pairs=4, K=2, out=str(out), preset="plain",
                tau_high=0.05, tau_low=0.03, epsilon=0.01, grid_pairs=0, device="cpu")
-    summary = Runner(RunConfig(**cfg), progress=False, log=lambda *a: None).run()
+    summary = runner_for(RunConfig(**cfg), progress=False, log=lambda *a: None).run()
     conv = summary["experiment_6_5"]["convergence"]
     assert conv["method"] == "gradcam" and conv["starts"] == 2 and conv["steps"] == 100
     assert conv["all"]["n"] + conv["n_untestable"] == 4 * 2 * 2 and conv["all"]["n"] > 0
@@ -94,7 +94,7 @@ def test_run_6_5_small_and_resumes(lfw_sample, tmp_path):
                            "ORDER BY method, pair").fetchall()
         assert len(before) == 16 and len({(m, p) for m, p, *_ in before}) == 16
         c.execute("DELETE FROM results WHERE experiment = '6.5' AND method LIKE 'low/%'")
-    summary2 = Runner(RunConfig(**cfg), progress=False, log=lambda *a: None).run()
+    summary2 = runner_for(RunConfig(**cfg), progress=False, log=lambda *a: None).run()
     with sqlite3.connect(out / "results.sqlite") as c:
         after = c.execute("SELECT method, pair, verdict, detail FROM results WHERE experiment = '6.5' "
                           "ORDER BY method, pair").fetchall()
@@ -108,4 +108,4 @@ def test_run_6_5_small_and_resumes(lfw_sample, tmp_path):
     assert 'id="exp-6-5"' in page and 'id="table-6-5"' in page and 'id="fig_6_5_convergence"' in page
     assert (out / "tables" / "table_6_5.tex").is_file() and (out / "figures" / "fig_6_5_sample_size.pdf").is_file()
     with pytest.raises(ValueError, match="not a control"):
-        E.EXPERIMENT.runner(RunConfig(**{**cfg, "methods": ["random"]}))
+        runner_for(RunConfig(**{**cfg, "methods": ["random"]}))

@@ -13,7 +13,7 @@ import torch
 
 from falsify.data.labels import Labels, load_labels, person_of, stratified_sample
 from falsify.data.pairs import DataError, Pair, PairSet
-from falsify.experiments import RunConfig
+from falsify.experiments import RunConfig, configure, runner_for
 from falsify.experiments import exp_6_6 as E
 
 from .conftest import SHARED
@@ -139,12 +139,12 @@ def test_bad_labels_or_stratify_fail_in_the_config(tmp_path):
         RunConfig(stratify="gender")
     with pytest.raises(ValueError, match="stratify must be"):
         RunConfig(stratify="race", labels=str(LABELS))
-    assert RunConfig(experiment="6.6").methods == ["gradcam", "biometric-gradcam", "ig", "geodesic-ig"]
+    assert configure(experiment="6.6").methods == ["gradcam", "biometric-gradcam", "ig", "geodesic-ig"]
     # without --stratify the labels do not change results: a 6.1 store is resumed by 6.6 with labels
     assert RunConfig(labels=str(LABELS)).result_settings()["labels"] is None
     assert RunConfig(labels=str(LABELS), stratify="gender").result_settings()["labels"] == str(LABELS.resolve())
     with pytest.raises(ValueError, match="at least one"):
-        E.EXPERIMENT.runner(RunConfig(experiment="6.6", methods=["gradcam", "ig"]))
+        runner_for(RunConfig(experiment="6.6", methods=["gradcam", "ig"]))
 
 
 def test_cli_bad_labels_writes_nothing(tmp_path, capsys, lfw_sample):
@@ -174,7 +174,7 @@ def test_run_6_6_small_and_resumes(lfw_sample, tmp_path):
                stratify="gender",
                method_options={"biometric-gradcam": {"threshold": 0.5}, "ig": {"steps": 8, "tolerance": None},
                                "geodesic-ig": {"steps": 8, "tolerance": None}})
-    summary = E.EXPERIMENT.runner(RunConfig(**cfg), progress=False, log=lambda *a: None).run()
+    summary = runner_for(RunConfig(**cfg), progress=False, log=lambda *a: None).run()
     s = summary["experiment_6_6"]
     assert [(f["standard"], f["biometric"]) for f in s["families"]] == [("gradcam", "biometric-gradcam"),
                                                                          ("ig", "geodesic-ig")]
@@ -204,6 +204,6 @@ def test_run_6_6_small_and_resumes(lfw_sample, tmp_path):
     cfg2 = {**cfg, "labels": None, "stratify": None, "out": str(tmp_path / "nolabels"), "n_pairs": 2,
             "methods": ["gradcam", "biometric-gradcam"],
             "method_options": {"biometric-gradcam": {"threshold": 0.5}}}
-    s2 = E.EXPERIMENT.runner(RunConfig(**cfg2), progress=False, log=lambda *a: None).run()["experiment_6_6"]
+    s2 = runner_for(RunConfig(**cfg2), progress=False, log=lambda *a: None).run()["experiment_6_6"]
     assert s2["fairness"] is None and "needs labels" in s2["fairness_note"]
     assert "needs labels" in (tmp_path / "nolabels" / "report.html").read_text()

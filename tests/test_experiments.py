@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from falsify.experiments import ResultsStore, RunConfig, Runner
+from falsify.experiments import ResultsStore, RunConfig, runner_for
 from tests.conftest import signal_when, stored_rows
 
 # fixed thresholds skip calibration (tested separately), keeping these runs short
@@ -103,7 +103,7 @@ def test_error_rows_and_the_run_goes_on(lfw_sample, tmp_path):
     csv.write_text("a,b,same\n" + "".join(f"{a},{b},{s}\n" for a, b, s in rows))
     config = RunConfig(data=str(csv), methods=["gradcam", "random"], n_pairs=4, out=str(tmp_path / "run"),
                        tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=2, preset="plain")
-    summary = Runner(config, progress=False, log=lambda *a: None).run()
+    summary = runner_for(config, progress=False, log=lambda *a: None).run()
     assert summary["n_errors"] == 2 and summary["n_rows"] == 8
     assert all("cannot read image" in e["error"] for e in summary["errors"])
     for m in summary["methods"]:
@@ -115,10 +115,10 @@ def test_other_settings_are_refused_and_nothing_is_lost(lfw_sample, tmp_path):
     out = tmp_path / "run"
     base = dict(data=str(lfw_sample), methods=["random"], n_pairs=4, out=str(out),
                 tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=0, preset="plain")
-    Runner(RunConfig(**base), progress=False, log=lambda *a: None).run()
+    runner_for(RunConfig(**base), progress=False, log=lambda *a: None).run()
     before = _rows(out)
     with pytest.raises(ValueError, match="other settings.*seed"):
-        Runner(RunConfig(**{**base, "seed": 9}), progress=False, log=lambda *a: None).run()
+        runner_for(RunConfig(**{**base, "seed": 9}), progress=False, log=lambda *a: None).run()
     assert _rows(out) == before
     # a store made before ig and geodesic-ig integrated by the adaptive trapezoid rule (no
     # path_rules in its settings) is not resumed: its path-method rows would mix two rules
@@ -127,7 +127,7 @@ def test_other_settings_are_refused_and_nothing_is_lost(lfw_sample, tmp_path):
         del settings["path_rules"]
         store.set_meta("settings", settings)
     with pytest.raises(ValueError, match="older falsify whose ig and geodesic-ig integrate differently"):
-        Runner(RunConfig(**base), progress=False, log=lambda *a: None).run()
+        runner_for(RunConfig(**base), progress=False, log=lambda *a: None).run()
     assert _rows(out) == before
 
 
@@ -153,7 +153,7 @@ def test_experiment_6_2_counts_pairs_not_counterfactuals(lfw_sample, tmp_path):
     """K = 4 noise counterfactuals per region: every statistic still has one unit per pair."""
     config = RunConfig(experiment="6.2", data=str(lfw_sample), methods=["gradcam", "random"], n_pairs=12,
                        K=4, fill="noise", out=str(tmp_path / "run"), calibration_pairs=60, grid_pairs=0, preset="plain")
-    summary = Runner(config, progress=False, log=lambda *a: None).run()
+    summary = runner_for(config, progress=False, log=lambda *a: None).run()
     e = summary["experiment_6_2"]
     assert e["unit"] == "pair"
     for method in ("gradcam", "random"):

@@ -128,15 +128,16 @@ def test_sensitivity_and_specificity_from_rows():
 
 
 def test_truth_settings_belong_to_the_benchmark(lfw_sample):
-    with pytest.raises(ValueError, match="setting of the known-truth benchmark"):
-        RunConfig(experiment="6.1", truth="swap")
-    with pytest.raises(ValueError, match="truth_parts must be one of"):
-        RunConfig(experiment="known-truth", truth_parts="ears")
-    c = RunConfig(experiment="known-truth", data=str(lfw_sample), n_pairs=6)
-    assert c.truth == "average" and c.truth_parts == "inner" and "saliency" in c.methods and "ig" not in c.methods
-    from falsify.experiments.session import load_run_pairs
+    from falsify.experiments.known_truth import EXPERIMENT
+    from falsify.experiments.registry import configure
 
-    pairs = load_run_pairs(c)
+    with pytest.raises(ValueError, match="setting of the known-truth benchmark"):
+        configure(experiment="6.1", truth="swap")
+    with pytest.raises(ValueError, match="truth_parts must be one of"):
+        configure(experiment="known-truth", truth_parts="ears")
+    c = configure(experiment="known-truth", data=str(lfw_sample), n_pairs=6)
+    assert c.truth == "average" and c.truth_parts == "inner" and "saliency" in c.methods and "ig" not in c.methods
+    pairs = EXPERIMENT.pairs(c)
     assert len(pairs) == 6 and pairs.n_impostor == 6  # composites need a donor of another identity
 
 

@@ -9,17 +9,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "falsify"
 
-#: Imports known to close circles, left out of :func:`test_no_import_cycles` by name. All are the
-#: ``Runner``'s, which issue 20 (items 1-2: row kinds, a typed run session instead of the Runner) is
-#: redesigning; remove an entry when its import goes. Nothing of ``report/`` or ``data/`` is here.
-KNOWN_CIRCLE_IMPORTS: dict[tuple[str, str], str] = {
-    # runner_for / write_outputs: the Runner finds the experiments (which build Runners) through the registry
-    ("falsify.experiments.runner", "falsify.experiments.registry"): "Runner -> registry -> exp_6_x -> Runner",
-    # RunConfig branches on 6.4 (its fan-out over models) and the experiment modules build the Runner
-    ("falsify.experiments.config", "falsify.experiments.exp_6_4"): "RunConfig -> exp_6_4 -> Runner",
-}
-
-
 def _modules() -> dict[str, tuple[Path, bool]]:
     """Dotted module name -> (file, is a package's ``__init__``), for every module under src/falsify."""
     out = {}
@@ -151,11 +140,8 @@ def test_report_never_imports_experiments():
 
 
 def test_no_import_cycles():
-    """No module imports another that imports it back (through any others), but for the imports of
-    :data:`KNOWN_CIRCLE_IMPORTS`."""
+    """No module imports another that imports it back (through any others); none is excepted."""
     graph = _graph()
-    for (a, b) in KNOWN_CIRCLE_IMPORTS:
-        graph.get(a, {}).pop(b, None)
     found = _circles_and_components(graph)
     assert not found, "import circles:\n" + "\n".join(
         f"  {len(comp)} modules import each other ({', '.join(comp)}), e.g.\n    " + _describe(c, graph).replace("\n", "\n  ")
@@ -168,3 +154,44 @@ def test_verification_imports_nothing_of_falsification():
     through the package's ``__init__``."""
     graph = _graph()
     assert not [m for m in graph["falsify.verification"] if m.startswith("falsify.falsification")]
+
+
+#: Where an experiment may be named: its own module, the registry, the CLI and ``choices``.
+NAMING_ALLOWED = ("experiments/exp_6_", "experiments/validity.py", "experiments/known_truth.py",
+                  "experiments/registry.py", "cli.py", "choices.py")
+
+
+def _name_comparisons(tree: ast.AST, names: set[str]) -> list[int]:
+    """The lines of ``tree`` that compare something with an experiment's name (``==``, ``!=``,
+    ``in``, ``not in``, a ``match`` case), the name written as a string or in a tuple, list or set of them."""
+    def named(node) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(named(e) for e in node.elts)
+        return False
+
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(named(x) for x in [node.left, *node.comparators]):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.MatchValue) and named(node.value):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_run_machinery_never_compares_an_experiment_name():
+    """The runner receives its experiment: outside the experiment modules, the registry, the CLI and
+    ``choices``, no module compares a name of an experiment ("6.4", "validity", ...); what a run
+    does differently is what its ``Experiment`` declares."""
+    from falsify.choices import EXPERIMENTS
+
+    names = set(EXPERIMENTS)
+    assert _name_comparisons(ast.parse('if c.experiment == "6.4" or x in ("a", "validity"): pass'), names) == [1, 1]
+    bad = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        rel = path.relative_to(SRC / PACKAGE).as_posix()
+        if rel.startswith(NAMING_ALLOWED):
+            continue
+        bad += [f"{rel}:{line}" for line in _name_comparisons(ast.parse(path.read_text(encoding="utf-8")), names)]
+    assert not bad, "experiment names compared outside the experiments: " + ", ".join(bad)

@@ -371,7 +371,7 @@ def centre_square(model, images, references):
 @pytest.mark.slow
 def test_ray_workers_run_registered_and_imported_methods(lfw_sample, tmp_path, monkeypatch):
     pytest.importorskip("ray")
-    from falsify.experiments import RunConfig, Runner
+    from falsify.experiments import RunConfig, runner_for
 
     _module(tmp_path, monkeypatch, "door_lab_ray", LAB)
     register_method("door-centre-square", centre_square)
@@ -382,7 +382,7 @@ def test_ray_workers_run_registered_and_imported_methods(lfw_sample, tmp_path, m
     for executor in ("in-process", "ray"):
         out = tmp_path / executor
         extra = {"workers": 1} if executor == "ray" else {}
-        Runner(RunConfig(out=str(out), executor=executor, **settings, **extra), progress=False,
+        runner_for(RunConfig(out=str(out), executor=executor, **settings, **extra), progress=False,
                log=lambda *a: None).run()
         with sqlite3.connect(out / "results.sqlite") as c:
             rows[executor] = sorted(c.execute("SELECT method, pair, verdict, d_high, d_low, error FROM results"))

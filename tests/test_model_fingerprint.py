@@ -186,12 +186,12 @@ def test_6_4_refuses_a_replaced_checkpoint_before_any_model_runs(lfw_sample, tmp
 def test_a_store_without_the_model_sha256_is_not_resumed(lfw_sample, tmp_path):
     """A store made by a falsify that did not record the model file's sha256 is refused, as one
     without the data fingerprint is: its rows could be of other weights."""
-    from falsify.experiments import ResultsStore, RunConfig, Runner
+    from falsify.experiments import ResultsStore, RunConfig, Runner, runner_for
 
     out = tmp_path / "run"
     base = dict(data=str(lfw_sample), methods=["random"], n_pairs=2, out=str(out), tau_high=0.2, tau_low=0.1,
                 epsilon=0.05, grid_pairs=0, preset="plain", ceiling=False)
-    Runner(RunConfig(**base), progress=False, log=lambda *a: None).run()
+    runner_for(RunConfig(**base), progress=False, log=lambda *a: None).run()
     before = _rows(out)
     with ResultsStore(out / "results.sqlite") as store:
         settings = store.get_meta("settings")
@@ -199,7 +199,7 @@ def test_a_store_without_the_model_sha256_is_not_resumed(lfw_sample, tmp_path):
         store.set_meta("settings", settings)
     with pytest.raises(ValueError, match=r"older falsify that did not record the sha256 of the model's file.*"
                                          r"Use another --out"):
-        Runner(RunConfig(**base), progress=False, log=lambda *a: None).run()
+        runner_for(RunConfig(**base), progress=False, log=lambda *a: None).run()
     assert _rows(out) == before
 
 
@@ -285,7 +285,7 @@ def test_a_ray_worker_that_loads_other_weights_is_refused(lfw_sample, tmp_path, 
     pytest.importorskip("onnx")
     import hashlib
 
-    from falsify.experiments import RunConfig, Runner
+    from falsify.experiments import RunConfig, Runner, runner_for
 
     path = _tiny_onnx(tmp_path / "model.onnx", seed=0)
     first = path.read_bytes()
@@ -302,7 +302,7 @@ def test_a_ray_worker_that_loads_other_weights_is_refused(lfw_sample, tmp_path, 
     ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR")
     try:
         with pytest.raises(ValueError) as exc:
-            Runner(RunConfig(**settings, executor="ray", workers=1), progress=False, log=lambda *a: None).run()
+            runner_for(RunConfig(**settings, executor="ray", workers=1), progress=False, log=lambda *a: None).run()
     finally:
         ray.shutdown()
     message = str(exc.value)
@@ -312,5 +312,5 @@ def test_a_ray_worker_that_loads_other_weights_is_refused(lfw_sample, tmp_path, 
     assert _rows(out) == []
     monkeypatch.setattr(Runner, "_open", opened)
     path.write_bytes(first)
-    summary = Runner(RunConfig(**settings), progress=False, log=lambda *a: None).run()
+    summary = runner_for(RunConfig(**settings), progress=False, log=lambda *a: None).run()
     assert summary["n_rows"] == 2 and len(_rows(out)) == 2

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from falsify.cli import main
-from falsify.experiments import RunConfig, Runner
+from falsify.experiments import RunConfig, runner_for
 
 from .test_experiments import _assert_close
 
@@ -51,7 +51,7 @@ def ray_local():
 def in_process(lfw_sample, tmp_path_factory):
     """The store of an in-process run of :data:`SETTINGS` (the reference rows)."""
     out = tmp_path_factory.mktemp("in-process") / "run"
-    Runner(RunConfig(data=str(lfw_sample), out=str(out), **SETTINGS), progress=False, log=_quiet).run()
+    runner_for(RunConfig(data=str(lfw_sample), out=str(out), **SETTINGS), progress=False, log=_quiet).run()
     return out
 
 
@@ -72,7 +72,7 @@ def test_killed_worker_then_rows_equal_in_process(lfw_sample, tmp_path, ray_loca
     out = tmp_path / "ray"
     log: list[str] = []
     config = RunConfig(data=str(lfw_sample), out=str(out), executor="ray", workers=2, **SETTINGS)
-    summary = Runner(config, progress=False, log=log.append, executor=ex).run()
+    summary = runner_for(config, progress=False, log=log.append, executor=ex).run()
 
     assert killed and ex.retried >= 1, (killed, ex.retried)
     assert any("a Ray worker died" in line for line in log), log
@@ -99,7 +99,7 @@ def test_ray_resumes_an_in_process_store(lfw_sample, tmp_path, ray_local, in_pro
     assert n_deleted == 2
     log: list[str] = []
     config = RunConfig(data=str(lfw_sample), out=str(out), executor="ray", workers=2, **SETTINGS)
-    Runner(config, progress=False, log=log.append).run()
+    runner_for(config, progress=False, log=log.append).run()
     assert f"{n_deleted} of {N_ROWS} (method, pair) rows to compute" in log
     assert any(line.startswith(f"Ray: {n_deleted} units") for line in log), log
     with sqlite3.connect(out / "results.sqlite") as c:

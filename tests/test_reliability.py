@@ -19,7 +19,7 @@ import torch.nn as nn
 from PIL import Image
 
 from falsify.cli import main
-from falsify.experiments import ResultsStore, RunConfig, Runner
+from falsify.experiments import ResultsStore, RunConfig, Runner, runner_for
 from falsify.experiments.executor import RowComputer
 from tests.conftest import TinyNet
 
@@ -214,7 +214,7 @@ def test_error_rows_stay_without_a_change(lfw_sample, tmp_path, capsys, monkeypa
     out = tmp_path / "run"
     config = RunConfig(data=str(data), methods=["random"], n_pairs=4, out=str(out), tau_high=0.2, tau_low=0.1,
                        epsilon=0.05, grid_pairs=0, batch_pairs=2, preset="plain")
-    runner = Runner(config, progress=False, log=lambda *a: None)
+    runner = runner_for(config, progress=False, log=lambda *a: None)
     real = RowComputer.test
     calls = {"n": 0}
 
@@ -253,7 +253,7 @@ def test_decompression_bomb_is_an_error_row(lfw_sample, tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # 9 Mpx is then a bomb (> 2x the limit)
     config = RunConfig(data=str(data), methods=["random"], n_pairs=4, out=str(tmp_path / "run"),
                        tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=0, preset="plain")
-    summary = Runner(config, progress=False, log=lambda *a: None).run()
+    summary = runner_for(config, progress=False, log=lambda *a: None).run()
     assert summary["n_rows"] == 4 and summary["n_errors"] == 1
     assert "pixel" in summary["errors"][0]["error"]
 
@@ -315,7 +315,7 @@ def test_the_lock_is_held_while_calibrating_and_a_failure_there_leaves_nothing(l
     monkeypatch.setattr(Runner, "_calibration", calibrate)
     config = RunConfig(data=str(lfw_sample), methods=["random"], n_pairs=2, out=str(out), preset="plain")
     with pytest.raises(RuntimeError, match="calibration failed"):
-        Runner(config, progress=False, log=lambda *a: None).run()
+        runner_for(config, progress=False, log=lambda *a: None).run()
     assert seen == [["run.lock"]]  # locked while calibrating, and nothing else there yet
     assert not out.exists()  # the run stopped before its store: the lock's folder and file are gone
 
@@ -494,7 +494,7 @@ def test_verify_n_pairs_0_and_one_class_json(lfw_sample, tmp_path, capsys):
 def test_test_and_run_calibrate_on_the_same_pairs(lfw_sample, two_faces, tmp_path, capsys):
     config = RunConfig(data=str(lfw_sample), methods=["random"], n_pairs=4, calibration_pairs=24, seed=2,
                        out=str(tmp_path / "run"), grid_pairs=0, preset="plain")
-    Runner(config, progress=False, log=lambda *a: None).run()
+    runner_for(config, progress=False, log=lambda *a: None).run()
     with ResultsStore(tmp_path / "run" / "results.sqlite") as s:
         run_cal = s.get_meta("calibration")
     assert main(["test", *two_faces, "--method", "random", "--data", str(lfw_sample), "--calibration-pairs", "24",
@@ -654,7 +654,8 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_rerun_resumes(lfw_sam
     in the summary files (ENOSPC): one line naming --out; the rerun with space loses nothing."""
     import errno
 
-    from falsify.experiments import runner as runner_mod
+    from falsify.experiments import registry
+    from falsify.experiments.session import RunSession
 
     fresh = tmp_path / "fresh"
     assert main(_run(lfw_sample, fresh, *FIXED, methods="random,edge")) == 0
@@ -669,8 +670,8 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_rerun_resumes(lfw_sam
                    "outputs": OSError(errno.ENOSPC, "No space left on device")}[where]
         return real(*_a, **_k)
 
-    target = {"store": (ResultsStore, "add_rows"), "map": (runner_mod.Runner, "_save_map"),
-              "outputs": (runner_mod, "write_outputs")}[where]
+    target = {"store": (ResultsStore, "add_rows"), "map": (RunSession, "save_map"),
+              "outputs": (registry, "write_outputs")}[where]
     real = getattr(*target)
     monkeypatch.setattr(*target, full)
     out = tmp_path / "run"
@@ -715,7 +716,7 @@ def test_a_few_pairs_of_ones_own_say_what_the_prior_needs_then_calibrate_elsewhe
     logs: list[str] = []
     config = RunConfig(data=str(data), methods=["random"], out=str(out), calibrate_on=str(lfw_sample),
                        calibration_pairs=40, prior_images=6, grid_pairs=0)
-    summary = Runner(config, progress=False, log=lambda *m: logs.append(" ".join(map(str, m)))).run()
+    summary = runner_for(config, progress=False, log=lambda *m: logs.append(" ".join(map(str, m)))).run()
     assert summary["n_rows"] == 4 and summary["n_errors"] == 0
     assert any("calibrating tau_high, tau_low, epsilon on 40 pairs" in line for line in logs)
     assert any("warning: the thresholds rest on 40 pairs" in line for line in logs)  # 40 pairs are too few

@@ -162,12 +162,12 @@ def test_run_6_1_with_sface_end_to_end_and_resume(lfw_sample, tmp_path, capsys):
 def test_stores_made_before_alignment_resume_unaligned(lfw_sample, tmp_path):
     """A store without an ``align`` setting was made with a plain resize: resuming it takes that,
     and asking for alignment is refused."""
-    from falsify.experiments import ResultsStore, RunConfig, Runner
+    from falsify.experiments import ResultsStore, RunConfig, runner_for
 
     out = tmp_path / "old"
     base = dict(data=str(lfw_sample), methods=["random"], n_pairs=2, out=str(out), tau_high=0.2, tau_low=0.1,
                 epsilon=0.05, grid_pairs=0, preset="plain")
-    Runner(RunConfig(**base, align="none"), progress=False, log=lambda *a: None).run()
+    runner_for(RunConfig(**base, align="none"), progress=False, log=lambda *a: None).run()
     store = ResultsStore(out / "results.sqlite")
     settings = store.get_meta("settings")
     assert settings["align"] == "none"
@@ -176,9 +176,9 @@ def test_stores_made_before_alignment_resume_unaligned(lfw_sample, tmp_path):
     store.close()
     resumed = RunConfig.resolve(out=str(out))
     assert resumed.align == "none"
-    Runner(resumed, progress=False, log=lambda *a: None).run()
+    runner_for(resumed, progress=False, log=lambda *a: None).run()
     with pytest.raises(ValueError, match="align"):
-        Runner(RunConfig(**base, align="dlib-150"), progress=False, log=lambda *a: None).run()
+        runner_for(RunConfig(**base, align="dlib-150"), progress=False, log=lambda *a: None).run()
 
 
 @pytest.mark.slow

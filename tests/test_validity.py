@@ -10,7 +10,7 @@ import torch
 from falsify.attribution import get_explainer
 from falsify.models.base import randomised_copy
 from falsify.data import load_images, load_pairs
-from falsify.experiments import RunConfig, Runner
+from falsify.experiments import RunConfig, runner_for
 from falsify.experiments.analysis import comparisons, control_verdicts
 from falsify.experiments.store import ResultsStore
 from falsify.falsification import FalsificationConfig, falsification_test
@@ -109,7 +109,7 @@ def test_prior_cache_gives_the_same_verdicts(dlib_model, faces, prior):
 def test_random_model_rows_are_made_on_the_random_model_and_tested_on_the_real_one(lfw_sample, tmp_path, dlib_model):
     config = RunConfig(data=str(lfw_sample), methods=["saliency", "random"], n_pairs=4, seed=2, out=str(tmp_path / "r"),
                        sanity=True, grid_pairs=0, preset="plain", **FIXED)
-    summary = Runner(config, progress=False, log=lambda *a: None).run()
+    summary = runner_for(config, progress=False, log=lambda *a: None).run()
     names = [m["method"] for m in summary["methods"]]
     assert names == ["saliency", "random", "saliency@random-model"]  # controls get no random-model row
     assert next(m for m in summary["methods"] if m["method"] == "saliency@random-model")["control"]
@@ -135,7 +135,7 @@ def test_random_model_rows_are_made_on_the_random_model_and_tested_on_the_real_o
 def test_other_reference_rows_use_the_next_pairs_face(lfw_sample, tmp_path):
     config = RunConfig(data=str(lfw_sample), methods=["saliency"], n_pairs=4, seed=2, out=str(tmp_path / "r"),
                        other_reference=True, grid_pairs=0, preset="plain", **FIXED)
-    summary = Runner(config, progress=False, log=lambda *a: None).run()
+    summary = runner_for(config, progress=False, log=lambda *a: None).run()
     by = {m["method"]: m for m in summary["methods"]}
     assert set(by) == {"saliency", "saliency@other-reference"} and by["saliency@other-reference"]["control"]
     assert by["saliency@other-reference"]["n"] == 4
@@ -155,7 +155,7 @@ def test_6_1_runs_centre_edge_and_random_by_default():
 def test_default_run_judges_beyond_the_prior(lfw_sample, tmp_path):
     config = RunConfig(data=str(lfw_sample), methods=["saliency", "centre"], n_pairs=4, seed=2, out=str(tmp_path / "r"),
                        prior_images=4, prior_grid=5, grid_pairs=0, **FIXED)
-    summary = Runner(config, progress=False, log=lambda *a: None).run()
+    summary = runner_for(config, progress=False, log=lambda *a: None).run()
     assert summary["falsification"]["criterion"] == "beyond-prior" and summary["falsification"]["fill"] == "mean"
     assert summary["prior"]["n_images"] == 4 and summary["prior"]["delta"] is None
     centre = next(m for m in summary["methods"] if m["method"] == "centre")
@@ -166,7 +166,7 @@ def test_default_run_judges_beyond_the_prior(lfw_sample, tmp_path):
     assert detail["criterion"] == "beyond-prior" and detail["excess"] is not None
     calibrated = RunConfig(data=str(lfw_sample), methods=["saliency"], n_pairs=4, seed=2, out=str(tmp_path / "c"),
                            prior_images=4, prior_grid=5, grid_pairs=0, delta="calibrated", **FIXED)
-    summary = Runner(calibrated, progress=False, log=lambda *a: None).run()
+    summary = runner_for(calibrated, progress=False, log=lambda *a: None).run()
     assert summary["prior"]["delta"]["n"] == 16 and summary["falsification"]["delta"] == summary["prior"]["delta"]["delta"]
 
 

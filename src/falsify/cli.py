@@ -382,10 +382,10 @@ def _run_flags(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .experiments import RunConfig, runner_for
     from .experiments.executor import make_executor
+    from .experiments.registry import configure, runner_for
 
-    config = RunConfig.resolve(config_file=args.config, flags=_run_flags(args))
+    config = configure(config_file=args.config, flags=_run_flags(args))  # the experiment's defaults and checks too
     executor = make_executor(config, verbose=args.verbose)  # no ray: one line naming the fix, before any work
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors, executor=executor)
     try:

@@ -4,7 +4,8 @@ from .analysis import comparisons, method_summary, summarise
 from .exp_6_2 import margin_analysis
 from ..choices import EXPERIMENTS
 from .config import RunConfig
-from .runner import Runner, runner_for, write_outputs
+from .registry import configure, runner_for, write_outputs
+from .runner import Runner
 from .store import ResultsStore
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Runner",
     "runner_for",
     "comparisons",
+    "configure",
     "margin_analysis",
     "method_summary",
     "summarise",

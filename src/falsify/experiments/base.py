@@ -1,17 +1,27 @@
 """What an experiment declares, so that ``falsify run``, ``falsify report`` and the report page
 iterate over experiments instead of naming them (``falsify.experiments.registry``).
 
-An experiment is one module under ``falsify/experiments`` holding one :class:`Experiment`:
+An experiment is one module under ``falsify/experiments`` holding one :class:`Experiment`, and
+one registration (its line in ``registry.EXPERIMENTS``, or ``registry.register``). Whoever
+composes a run (``registry.configure`` then ``registry.runner_for``: ``falsify run NAME``) hands
+the one ``runner.Runner`` its experiment; the runner names none. The experiment declares:
 
-- ``runner(config)``: what ``falsify run NAME`` computes, as a resumable runner whose rows go to
-  the run folder's store (``rows_of``: the experiment key of those rows; 6.2 reads 6.1's); by
-  default the ``Runner`` of 6.1's rows and ``extend``, once ``check(config)`` (the experiment's
-  own refusals, one line each) accepts the configuration;
+- its settings: :meth:`default_methods`, :meth:`check` (its own refusals, one line each, and its
+  own settings' defaults; a setting that only some experiments take declares them in the schema,
+  ``config.RunConfig``'s ``setting(..., experiments=...)``, which refuses it for the others);
+  :meth:`result_settings` and :meth:`models`, what its store records and a resumed run must match;
+- its run: :meth:`pairs` (the pairs it runs on), whether the run loads a model
+  (:attr:`needs_model`; 6.4 composes one run per model instead), needs the model's prior
+  (:attr:`needs_prior`) or its randomised copy (:attr:`needs_random_model`) whatever the settings;
+- :meth:`compute` ``(session, store) -> summary``: by default 6.1's rows, 6.1's summary, then
+  :meth:`extend`; ``session`` (``session.RunSession``) is all it sees of the run;
 - its rows, declared as a row kind (``falsify.experiments.rows.RowKind``: the keys each pair
   needs, how they are cut into units, a computer that never writes), computed by the one driver
   ``RunSession.compute_rows`` on the run's executor (in-process or Ray);
-- its analysis (rows -> the summary's section ``key``): ``extend(session, store, summary)`` for
-  experiments that run on 6.1's rows (called by ``Runner`` once those rows are in the store);
+- its analysis (rows -> the summary's section ``key``): in :meth:`compute`, or for experiments
+  that run on 6.1's rows in ``extend(session, store, summary)``;
+- :meth:`write`: what the run writes (by default summary.json and the report, through
+  ``session.write_outputs``);
 - what it hands the report, :meth:`Experiment.report_section`: a
   :class:`falsify.report.section.Section` made from the summary in memory, of
   - ``tables(summary)``: :class:`falsify.report.render.Table` objects (data frames; LaTeX through
@@ -30,7 +40,7 @@ passes them (``registry.write_report``). Nothing here imports torch: the registr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from ..report.section import FigureSpec, Section
 
@@ -52,25 +62,88 @@ class Experiment:
     #: figure file stem -> caption, in the order the report shows them
     figures: dict[str, str] = {}
 
+    #: the experiment key of the rows whose errors ``--retry-errors`` computes again (6.1's, which
+    #: most experiments build on; an experiment with rows of its own names them)
+    rows_of: str = "6.1"
+    #: the run loads the model, calibrates the test and computes rows (6.4: False, its runs do)
+    needs_model: bool = True
+    #: the run needs the model's prior map whatever its methods and criterion (the validity study)
+    needs_prior: bool = False
+    #: the run's driver makes the randomised copy of the model whatever ``--sanity`` says (validity)
+    needs_random_model: bool = False
+
+    def default_methods(self) -> Sequence[str] | None:
+        """The methods run when none are given (None: ``choices.DEFAULT_METHODS``)."""
+        return None
+
+    def configure(self, values: dict):
+        """The ``RunConfig`` of ``values`` (a dict of settings) for this experiment: its default
+        methods when none are given, then the config's own checks; :meth:`check` follows
+        (``registry.configure``)."""
+        from .config import RunConfig
+
+        defaults = self.default_methods()
+        if defaults is not None and not values.get("methods"):
+            values = {**values, "methods": list(defaults)}
+        return RunConfig(**values)
+
     def check(self, config) -> None:
         """Refuse (``ValueError``, one line naming the fix) a run configuration this experiment
-        cannot run, before anything is loaded or written; by default every one is accepted."""
+        cannot run, before anything is loaded or written, and fill in the defaults of its own
+        settings; by default every one is accepted. Called again on a checked config, it
+        changes nothing."""
 
-    def runner(self, config, **kw):
-        """The runner ``falsify run NAME`` uses (it computes the rows and calls the analysis): by
-        default, once :meth:`check` accepts ``config``, ``Runner``, which computes 6.1's rows and
-        then calls :meth:`extend`."""
-        self.check(config)
-        from .runner import Runner
+    def result_settings(self, config) -> dict:
+        """The settings that decide this experiment's results (``RunConfig.result_settings``)."""
+        return config.result_settings()
 
-        return Runner(config, **kw)
+    def models(self, config) -> list[str]:
+        """The models the run uses, as the settings name them (each file's sha256 goes in the
+        store's settings)."""
+        return [config.model]
+
+    def pairs(self, config, log=None):
+        """The pairs of a run (``session.load_run_pairs``; ``log`` gets the line saying when
+        ``n_pairs`` asks for more than there are)."""
+        from .session import load_run_pairs
+
+        return load_run_pairs(config, log=log)
+
+    def compute(self, session, store) -> dict:
+        """The summary of the run, its rows computed into ``store`` (``session``:
+        ``session.RunSession``, fixed before the first row). By default 6.1's rows (one test per
+        (method, pair), ``executor.Rows61``), 6.1's summary, then :meth:`extend`."""
+        import time
+
+        from .analysis import summarise
+        from .executor import Rows61
+        from .truth_table import for_summary
+
+        c = session.config
+        session.compute_rows(store, Rows61(session.context(self.rows_of), self.rows_of))
+        summary = summarise(store, c, session.pairs, session.model.name, session.threshold, elapsed_s=None,
+                            started=session.started)
+        summary["alignment"] = session.alignment()
+        summary["test_validity"] = for_summary(summary)  # the known-truth benchmark's rates for this test
+        self.extend(session, store, summary)  # 6.2, 6.5, ...: their analysis (and rows) on 6.1's
+        summary["elapsed_s"] = time.perf_counter() - session.t0
+        n_err = summary["n_errors"]
+        if n_err:
+            session.log(f"{n_err} error row{'s' * (n_err != 1)} (see the summary); after fixing the cause, rerun "
+                        "with --retry-errors to compute them again")
+        return summary
 
     def extend(self, session, store, summary: dict) -> None:
         """For experiments that run on 6.1's rows: compute what else they need (their own rows,
         declared as a row kind, ``rows.RowKind``, and computed by ``session.compute_rows``) and
-        add their section to ``summary``. Called by ``Runner`` once 6.1's rows are all in the
-        store; ``session`` (``runner.RunSession``) holds the run's pairs, model, calibrated test,
-        prior, explainers and labels."""
+        add their section to ``summary``. Called by :meth:`compute` once 6.1's rows are all in
+        the store; ``session`` (``session.RunSession``) holds the run's pairs, model, calibrated
+        test, prior, explainers and labels."""
+
+    def write(self, session, summary: dict) -> None:
+        """What the run writes once ``summary`` is computed: summary.json and the report
+        (``session.write_outputs``), with the example maps of 6.1's saliency grid."""
+        session.write_outputs(session.out, summary, session.grid_explanations())
 
     def present(self, summary: Mapping) -> bool:
         """Whether ``summary`` holds this experiment's section."""

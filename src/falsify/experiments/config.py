@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..choices import (ALIGN_CHOICES, CONTROLS, CRITERIA, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, FILLS,
-                       GRANULARITIES, METHOD_FAMILIES, METHODS, OTHER_REFERENCE, PRESET_NAMES, RANDOM_MODEL,
-                       RANDOM_SUFFIX, STRATIFY_CHOICES, TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_METHODS, TRUTH_PARTS)
+                       GRANULARITIES, METHODS, OTHER_REFERENCE, PRESET_NAMES, RANDOM_MODEL, STRATIFY_CHOICES,
+                       TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
 from .settings import (NOT_GIVEN, Delta, Flag, Names, Number, PerChannel, Setting, Size, Tables, Text, Whole,
                        check_experiment, check_values, schema, setting)
 from .store import inspect_store
@@ -34,6 +33,9 @@ class RunConfig:
     experiments that use it, its flag); :data:`SETTINGS` is that schema. Every value is checked
     by it, the one validation path for flags, TOML, the store and library callers: a bad value
     raises ``ValueError`` naming the key and its source before anything is loaded or written.
+    What one experiment asks of its settings beyond the schema (its default methods, its own
+    refusals) is the experiment's (``Experiment.configure``, ``Experiment.check``), applied by
+    whoever composes the run (``registry.configure``); nothing here compares an experiment's name.
     """
 
     experiment: str = setting("6.1", Text(choices=EXPERIMENTS, unknown=True), flag="EXPERIMENT")
@@ -117,13 +119,9 @@ class RunConfig:
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         if not self.methods or self.methods == ["all"]:
-            # 6.6 compares the paired families; other experiments run the default methods ('all': every one)
-            if self.experiment == "6.6" and not self.methods:
-                self.methods = [m for f in METHOD_FAMILIES for m in f]
-            elif self.experiment == "known-truth" and not self.methods:
-                self.methods = list(TRUTH_METHODS)
-            else:
-                self.methods = list(METHODS if self.methods else DEFAULT_METHODS)
+            # the default methods ('all': every one); an experiment's own defaults are given to it as
+            # its methods (Experiment.default_methods, registry.configure)
+            self.methods = list(METHODS if self.methods else DEFAULT_METHODS)
         self.methods = list(dict.fromkeys(self.methods))
         from ..attribution import check_method, is_known_method
 
@@ -137,8 +135,6 @@ class RunConfig:
         given = [v is not None for v in (self.tau_high, self.tau_low, self.epsilon)]
         if any(given) and not all(given):
             raise ValueError("give all of tau_high, tau_low and epsilon, or none (then they are calibrated)")
-        if any(given) and self.experiment == "validity":
-            raise ValueError("the validity study calibrates its thresholds on the data: drop tau_high, tau_low, epsilon")
         unknown_opts = [m for m in self.method_options if m not in METHODS and m not in self.methods]
         if unknown_opts:
             raise ValueError(f"method_options names unknown method(s) {', '.join(unknown_opts)}")
@@ -153,8 +149,6 @@ class RunConfig:
             from ..data.labels import check_folder
 
             check_folder(self.labels)
-        self._check_models()
-        self._check_truth()
         self._check_executor()
         self.falsification_config()  # fill, granularity, q, ... checked by the test's own config
         if isinstance(self.input_size, tuple):
@@ -169,59 +163,6 @@ class RunConfig:
                     flag = SETTINGS[key].flag
                     raise ValueError(f"{key} ({flag}) is a setting of the Ray executor: add --executor ray, or drop "
                                      f"{flag}")
-
-    def _check_truth(self) -> None:
-        """``truth``, ``truth_parts``, ``truth_min_effect``: settings of ``known-truth`` only."""
-        from ..choices import TRUTH_CONSTRUCTIONS, TRUTH_PARTS
-
-        if self.experiment != "known-truth":
-            for key, default in (("truth", None), ("truth_parts", None), ("truth_min_effect", 0.0)):
-                if getattr(self, key) != default:
-                    flag = "--" + key.replace("_", "-")
-                    raise ValueError(f"{key} ({flag}) is a setting of the known-truth benchmark; drop it, or run "
-                                     f"known-truth (got experiment {self.experiment})")
-            return
-        self.truth = self.truth or "average"
-        self.truth_parts = self.truth_parts or "inner"
-        if self.truth not in TRUTH_CONSTRUCTIONS:
-            raise ValueError(f"truth must be one of {', '.join(TRUTH_CONSTRUCTIONS)}, got {self.truth!r}")
-        if self.truth_parts not in TRUTH_PARTS:
-            raise ValueError(f"truth_parts must be one of {', '.join(TRUTH_PARTS)}, got {self.truth_parts!r}")
-        if not math.isfinite(self.truth_min_effect):
-            raise ValueError(f"truth_min_effect must be a number of radians, got {self.truth_min_effect}")
-        if self.truth_min_effect < 0:  # it would keep composites that moved the pair away from B: no evidence of B
-            raise ValueError(f"truth_min_effect (--truth-min-effect) must be >= 0 radians, got {self.truth_min_effect}: "
-                             "a composite that moves the pair away from B holds no evidence of B (0 keeps every "
-                             "composite that moved it closer)")
-        if self.criterion not in ("beyond-prior", "absolute"):
-            raise ValueError(f"the known-truth benchmark judges the criteria absolute and beyond-prior, not {self.criterion}")
-
-    def _check_models(self) -> None:
-        """``models``: only for 6.4 (default: two real models and a randomised control); each a
-        built-in name, ``NAME:random`` or an existing model file."""
-        if self.experiment != "6.4":
-            if self.models is not None:
-                raise ValueError(f"models is a setting of experiment 6.4; drop it, or run 6.4 (got experiment "
-                                 f"{self.experiment})")
-            return
-        from ..models import MODELS, ModelSpec
-        from .exp_6_4 import DEFAULT_MODELS
-
-        if isinstance(self.models, str):
-            self.models = [m.strip() for m in self.models.split(",") if m.strip()]
-        self.models = list(dict.fromkeys(self.models or DEFAULT_MODELS))
-        from ..choices import unknown_architecture
-
-        for m in self.models:
-            spec = ModelSpec.parse(m)
-            typo = unknown_architecture(spec.base)
-            if typo is not None:
-                raise ValueError(f"models: {typo}")
-            if spec.checkpoint is None and spec.builtin is None and not Path(spec.base).expanduser().is_file():
-                raise ValueError(f"unknown model {m!r} in models; use built-in names ({', '.join(sorted(MODELS))}), "
-                                 f"NAME{RANDOM_SUFFIX} or a model file (see 'falsify models')")
-        if len(self.models) < 2:
-            raise ValueError(f"experiment 6.4 compares models: give at least two in models, got {self.models}")
 
     def falsification_config(self, calibration=None):
         """The ``FalsificationConfig`` of this run (thresholds from ``calibration`` when given)."""
@@ -274,7 +215,14 @@ class RunConfig:
         (its result settings and its last run's kept settings), ``config_file``, ``flags`` (the
         command line's, by key), ``overrides`` (None meaning "not given" in both). So ``falsify run
         6.2 --out DIR`` continues DIR's run as it was made. Each source's values are checked on
-        their own, and a refusal names the source: the file, the flag, the store."""
+        their own, and a refusal names the source: the file, the flag, the store.
+        ``registry.configure`` adds the experiment's own defaults and checks."""
+        return cls(**cls.resolve_values(config_file, flags=flags, **overrides))
+
+    @classmethod
+    def resolve_values(cls, config_file: str | Path | None = None, *, flags: dict | None = None,
+                       **overrides: Any) -> dict:
+        """The values :meth:`resolve` builds its config of (each checked, naming its source)."""
         values = cls.read_toml(config_file) if config_file else {}
         flags = {k: v for k, v in (flags or {}).items() if v is not None}
         check_values(SETTINGS, flags, lambda st: st.flag or st.name)
@@ -289,7 +237,7 @@ class RunConfig:
                     base.update({k: stored["runs"][-1][k] for k in KEPT_KEYS if k in stored["runs"][-1]})
                 check_values(SETTINGS, base, str(store))
                 values = {**base, **values}
-        return cls(**values)
+        return values
 
     @property
     def model_spec(self):
@@ -301,8 +249,9 @@ class RunConfig:
     @property
     def needs_prior(self) -> bool:
         """The model's prior map is needed: for the ``centre`` control or a criterion that needs it
-        (``Criterion.needs_prior``: beyond-prior)."""
-        return "centre" in self.methods or self.criterion_class.needs_prior or self.experiment == "validity"
+        (``Criterion.needs_prior``: beyond-prior); an experiment may need it whatever its settings
+        (``Experiment.needs_prior``: the validity study)."""
+        return "centre" in self.methods or self.criterion_class.needs_prior
 
     @property
     def criterion_class(self):
@@ -329,8 +278,9 @@ class RunConfig:
         from ..models import resolve_align
 
         out = {k: getattr(self, k) for k in RESULT_KEYS}
-        # what auto meant for this model; 6.4 runs several models, whose own stores record theirs
-        out["align"] = self.align if self.experiment == "6.4" else resolve_align(self.model_spec) or "none"
+        # what auto meant for this model (Experiment.result_settings: 6.4 runs several models, whose
+        # own stores record theirs)
+        out["align"] = resolve_align(self.model_spec) or "none"
         if self.stratify is None:  # the labels decide which pairs are run only through --stratify
             out["labels"] = None
         out["path_rules"] = PATH_RULES

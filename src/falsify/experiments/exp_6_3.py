@@ -375,7 +375,7 @@ class PartRows(FramePoints, ChunkRows):
 
 
 def row_kind(session) -> Rows63:
-    """6.3's row kind for a run (``runner.RunSession``)."""
+    """6.3's row kind for a run (``session.RunSession``)."""
     return Rows63(session.context(ROWS_OF))
 
 

@@ -199,142 +199,103 @@ def across_models(verdicts: Mapping[str, Mapping[str, Mapping[str, str]]], pairs
 
 
 # ---------------------------------------------------------------------------------------------
-# the runner: one 6.1 run per model
+# the run: one 6.1 run per model
 
 
-def sub_config(config, model: str):
-    """The 6.1 settings of ``model``'s run inside a 6.4 run."""
+def sub_config(config, model: str, out=None):
+    """The 6.1 settings of ``model``'s run inside a 6.4 run (in ``out``, by default ``config.out``)."""
     from .config import RunConfig
 
     values = {**config.to_dict(), "experiment": "6.1", "model": model, "models": None,
-              "out": str(Path(config.out) / "models" / slug(model)),
+              "out": str(Path(out if out is not None else config.out) / "models" / slug(model)),
               "sanity": not is_random(model) and model + RANDOM_SUFFIX in config.models,
               "other_reference": False}
     return RunConfig(**values)
 
 
-class Runner64:
-    """``falsify run 6.4``: a 6.1 run per model (each resumable), then :func:`across_models`."""
+def check_models(config) -> None:
+    """``models`` (default :data:`DEFAULT_MODELS`), each a built-in name, ``NAME:random`` or an
+    existing model file, at least two; and every model's 6.1 settings checked."""
+    from ..choices import unknown_architecture
+    from ..models import MODELS
 
-    def __init__(self, config, progress: bool = True, log=print, retry_errors: bool = False, executor=None) -> None:
-        self.config = config
-        self.progress = progress
-        self.log = log
-        self.retry_errors = retry_errors
-        self.out = Path(config.out) if config.out else None
-        self.executor = executor  # of every model's 6.1 rows (default: config.executor's)
+    if isinstance(config.models, str):
+        config.models = [m.strip() for m in config.models.split(",") if m.strip()]
+    config.models = list(dict.fromkeys(config.models or DEFAULT_MODELS))
+    for m in config.models:
+        spec = _spec(m)
+        typo = unknown_architecture(spec.base)
+        if typo is not None:
+            raise ValueError(f"models: {typo}")
+        if spec.checkpoint is None and spec.builtin is None and not Path(spec.base).expanduser().is_file():
+            raise ValueError(f"unknown model {m!r} in models; use built-in names ({', '.join(sorted(MODELS))}), "
+                             f"NAME{RANDOM_SUFFIX} or a model file (see 'falsify models')")
+    if len(config.models) < 2:
+        raise ValueError(f"experiment 6.4 compares models: give at least two in models, got {config.models}")
+    for m in config.models:  # each model's run's settings, checked before anything is written
+        sub_config(config, m, out=config.out or ".")
 
-    def run(self) -> dict:
-        import time
 
-        from ..paths import check_writable, space_guard
-        from .executor import executor_open, make_executor
-        from .lock import RunLock
-        from .resume import (FINGERPRINT, MODEL_FINGERPRINT, conflict_message, default_out, environment,
-                             model_fingerprints, now, settings_conflicts)
-        from .runner import RESUMES
-        from .store import ResultsStore, inspect_store
+def compute(session, store) -> dict:
+    """``falsify run 6.4`` on its session: a 6.1 run per model (each resumable, in
+    ``OUT/models/<model>``, on the run's executor), then :func:`across_models`."""
+    import time
 
-        c = self.config
-        t0, started = time.perf_counter(), now()
-        if self.executor is None:
-            self.executor = make_executor(c)  # no ray: one line naming the fix, before any work
-        from .runner import Runner
-        from .session import load_run_pairs
+    from ..models.base import model_device
+    from .exp_6_1 import EXPERIMENT as EXPERIMENT_6_1
+    from .resume import environment
+    from .runner import Runner
+    from .session import load_run_pairs
 
-        notes: list[str] = []  # --n-pairs above what the data holds: said here, not again by each model's run
-        pairs = load_run_pairs(c, log=notes.append)
-        for note in notes:
-            self.log(note)
-        for m in c.models:  # a user's checkpoint is read and checked against its architecture, too
-            spec = _spec(m)
-            if spec.checkpoint is not None:
-                from ..models.checkpoints import check_checkpoint
+    c = session.config
+    c.out = str(session.out)
+    notes: list[str] = []  # --n-pairs above what the data holds: said by this run, not again by each model's
+    load_run_pairs(c, log=notes.append)
+    runs = []
+    for sc in [sub_config(c, m) for m in c.models]:
+        session.log(f"experiment 6.4: model {sc.model} -> {sc.out}")
+        r = Runner(sc, EXPERIMENT_6_1, session.write_outputs, progress=session.progress,
+                   retry_errors=session.retry_errors, executor=session.executor,
+                   log=lambda *a: None if a and a[0] in notes else session.log(*a))
+        s = r.run()
+        runs.append((sc, r.session, s))
+    summary = _summarise(c, runs, session.pairs, session.started)
+    summary["elapsed_s"] = time.perf_counter() - session.t0
+    summary["environment"] = environment(model_device(runs[0][1].model))
+    return summary
 
-                check_checkpoint(*spec.checkpoint, label=spec.base)
-        # every model by its file's content: a file replaced at the same path is refused before any
-        # model's rows are computed (each model's own store records its file's sha256 too)
-        settings = {**c.result_settings(), FINGERPRINT: pairs.fingerprint(),
-                    MODEL_FINGERPRINT: model_fingerprints(c.models)}
-        if self.out is None:
-            self.out = default_out(c, settings)
-        check_writable(self.out, "--out", folder=True)
-        stored = inspect_store(self.out / "results.sqlite")
-        have = stored["meta"].get("settings") if stored else None
-        if have is not None:
-            diff = settings_conflicts(have, settings)
-            if diff:
-                raise ValueError(conflict_message(self.out, diff))
-        c.out = str(self.out)
-        subs = [sub_config(c, m) for m in c.models]  # checked before anything is written
-        # before any work: the executor connected (Ray: reached and checked, OUT untouched), then
-        # OUT locked; each model's run then locks its own folder before it calibrates
-        opened = executor_open(self.executor, self.log)
-        try:
-            lock = RunLock(self.out).acquire()
-        except BaseException:
-            if opened:
-                self.executor.close()
-            raise
-        try:
-            with space_guard(self.out, RESUMES):  # each model's run names its own folder
-                with ResultsStore(self.out / "results.sqlite") as store:
-                    store.set_meta("settings", settings)
-                    store.add_run(started, "6.4", c.to_dict(), {})
-                runs = []
-                for sc in subs:
-                    self.log(f"experiment 6.4: model {sc.model} -> {sc.out}")
-                    r = Runner(sc, progress=self.progress, retry_errors=self.retry_errors, executor=self.executor,
-                               log=lambda *a: None if a and a[0] in notes else self.log(*a))
-                    s = r.run()
-                    runs.append((sc, r, s))
-                summary = self._summarise(runs, pairs, started)
-                summary["elapsed_s"] = time.perf_counter() - t0
-                summary["environment"] = environment(runs[0][1].device)
-                self._write(summary)
-        finally:
-            lock.release()
-            if opened:
-                self.executor.close()
-        return summary
 
-    def _summarise(self, runs, pairs, started: str) -> dict:
-        from .resume import now
-        from .store import ResultsStore
+def _summarise(c, runs, pairs, started: str) -> dict:
+    from .resume import now
+    from .store import ResultsStore
 
-        c = self.config
-        ids = [p.id for p in pairs]
-        verdicts, controls, per_model = {}, {}, []
-        for sc, r, s in runs:
-            if [p.id for p in r.pairs] != ids:  # the same data, n_pairs and seed give the same sample
-                raise RuntimeError(f"model {sc.model} was run on other pairs than the others; please report this")
-            with ResultsStore(Path(sc.out) / "results.sqlite") as store:
-                rows = [x for x in store.rows("6.1", r.model_name, sc.row_methods()) if x["pair"] in set(ids)]
-            verdicts[sc.model] = {m: {x["pair"]: x["verdict"] for x in rows if x["method"] == m} for m in c.methods}
-            ctrl = {m[: -len(RANDOM_MODEL)]: {x["pair"]: x["verdict"] for x in rows if x["method"] == m}
-                    for m in sc.row_methods() if m.endswith(RANDOM_MODEL)}
-            if ctrl:
-                controls[sc.model] = ctrl
-            fals = s.get("falsification") or {}
-            per_model.append({"model": sc.model, "name": r.model_name, "out": str(sc.out),
-                              "align": (s.get("alignment") or {}).get("template"),
-                              "threshold": r.threshold, "tau_high": fals.get("tau_high"),
-                              "tau_low": fals.get("tau_low"), "epsilon": fals.get("epsilon"),
-                              "calibrated": r.calibration is not None, "n_errors": s.get("n_errors")})
-        section = across_models(verdicts, ids, c.methods, controls)
-        section["per_model"] = per_model
-        section["random_seed_matches"] = c.seed == 0  # NAME:random is seed 0; @random-model rows use --seed
-        return {
-            "experiment": "6.4", "created": now(), "started": started, "model": ", ".join(c.models),
-            "data": pairs.data_record(),
-            "methods": [], "n_rows": sum(len(vs) for v in verdicts.values() for vs in v.values()),
-            "config": c.to_dict(), KEY: section,
-        }
-
-    def _write(self, summary: dict) -> None:
-        from .runner import write_outputs
-
-        write_outputs(self.out, summary)
+    ids = [p.id for p in pairs]
+    verdicts, controls, per_model = {}, {}, []
+    for sc, r, s in runs:
+        if [p.id for p in r.pairs] != ids:  # the same data, n_pairs and seed give the same sample
+            raise RuntimeError(f"model {sc.model} was run on other pairs than the others; please report this")
+        with ResultsStore(Path(sc.out) / "results.sqlite") as store:
+            rows = [x for x in store.rows("6.1", r.model.name, sc.row_methods()) if x["pair"] in set(ids)]
+        verdicts[sc.model] = {m: {x["pair"]: x["verdict"] for x in rows if x["method"] == m} for m in c.methods}
+        ctrl = {m[: -len(RANDOM_MODEL)]: {x["pair"]: x["verdict"] for x in rows if x["method"] == m}
+                for m in sc.row_methods() if m.endswith(RANDOM_MODEL)}
+        if ctrl:
+            controls[sc.model] = ctrl
+        fals = s.get("falsification") or {}
+        per_model.append({"model": sc.model, "name": r.model.name, "out": str(sc.out),
+                          "align": (s.get("alignment") or {}).get("template"),
+                          "threshold": r.threshold, "tau_high": fals.get("tau_high"),
+                          "tau_low": fals.get("tau_low"), "epsilon": fals.get("epsilon"),
+                          "calibrated": r.calibration is not None, "n_errors": s.get("n_errors")})
+    section = across_models(verdicts, ids, c.methods, controls)
+    section["per_model"] = per_model
+    section["random_seed_matches"] = c.seed == 0  # NAME:random is seed 0; @random-model rows use --seed
+    return {
+        "experiment": "6.4", "created": now(), "started": started, "model": ", ".join(c.models),
+        "data": pairs.data_record(),
+        "methods": [], "n_rows": sum(len(vs) for v in verdicts.values() for vs in v.values()),
+        "config": c.to_dict(), KEY: section,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,8 +409,30 @@ class Experiment64(Experiment):
                             "on the real model."),
     }
 
-    def runner(self, config, **kw):
-        return Runner64(config, **kw)
+    needs_model = False  # each model's 6.1 run loads its own
+
+    def check(self, config) -> None:
+        check_models(config)
+
+    def result_settings(self, config) -> dict:
+        """As 6.1's, but ``align`` as given: each model's own store records what auto meant for it."""
+        return {**config.result_settings(), "align": config.align}
+
+    def models(self, config) -> list[str]:
+        """Every model compared (a user's checkpoint read and checked against its architecture)."""
+        for m in config.models:
+            spec = _spec(m)
+            if spec.checkpoint is not None:
+                from ..models.checkpoints import check_checkpoint
+
+                check_checkpoint(*spec.checkpoint, label=spec.base)
+        return list(config.models)
+
+    def compute(self, session, store) -> dict:
+        return compute(session, store)
+
+    def write(self, session, summary: dict) -> None:
+        session.write_outputs(session.out, summary)
 
     def tables(self, summary: Mapping) -> list:
         if _section(summary) is None:

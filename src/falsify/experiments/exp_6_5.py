@@ -154,7 +154,7 @@ class ConvergenceRows(ChunkRows):
 
 
 def row_kind(session) -> Rows65:
-    """6.5's row kind for a run (``runner.RunSession``): Algorithm 1 on the regions of the run's
+    """6.5's row kind for a run (``session.RunSession``): Algorithm 1 on the regions of the run's
     first method that is not a control."""
     method = convergence_method(session.config.methods)
     if method is None:

@@ -301,7 +301,7 @@ class IdentityRows(ChunkRows):
 
 
 def row_kind(session, store) -> Rows66:
-    """6.6's row kind for a run (``runner.RunSession``), with 6.1's tests of its maps from ``store``."""
+    """6.6's row kind for a run (``session.RunSession``), with 6.1's tests of its maps from ``store``."""
     methods = list(session.config.methods)
     tested = {(r["method"], r["pair"]): {"verdict": r["verdict"], "d_high": r["d_high"], "d_low": r["d_low"]}
               for r in store.rows("6.1", session.model.name, methods)}
@@ -424,6 +424,10 @@ class Experiment66(Experiment):
                              "person where labelled), per method, with Wilson 95% whiskers; n: pairs of the group "
                              "in the run."),
     }
+
+    def default_methods(self) -> list[str]:
+        """The paired families (:data:`METHOD_FAMILIES`), both methods of each."""
+        return [m for f in METHOD_FAMILIES for m in f]
 
     def check(self, config) -> None:
         if not families_in(config.methods):

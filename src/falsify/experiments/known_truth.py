@@ -53,8 +53,6 @@ from .base import Experiment, load_raw_summary
 from .exp_6_3 import FramePoints
 from .rows import ChunkRows, RowKind
 from .resume import now
-from .runner import Runner, write_outputs
-from .store import ResultsStore
 
 KEY = "known_truth"
 ROWS_OF = "known-truth"
@@ -569,42 +567,34 @@ def _kind(name: str) -> str:
 # the run
 
 
-class KnownTruthStudy(Runner):
-    """The benchmark as a resumable run (rows :class:`TruthRows`); its summary's ``known_truth``
-    section is :func:`truth_summary`."""
-
-    rows_of = ROWS_OF
-
-    def _compute(self, store: ResultsStore, started: str, t0: float) -> dict:
-        c, pairs, model, session = self.config, self.pairs, self.model, self.session
-        average = None
-        if c.truth == "average":
-            images, _ = self._prior_image_batch(model, pairs)
-            average = images.mean(dim=0)
-        kind = TruthRows(session.context(ROWS_OF), average)
-        session.compute_rows(store, kind)
-        ids = {p.id for p in pairs}
-        rows = store.rows(ROWS_OF, model.name, pairs=ids)
-        cal = self.calibration.to_dict() if self.calibration is not None else {
-            "tau_high": c.tau_high, "tau_low": c.tau_low, "epsilon": c.epsilon}
-        fc = self.fconfig.to_dict()
-        section = truth_summary(rows, pairs, cal, fc, kind.maps(), c.truth_min_effect)
-        _, kept = kept_composites(rows, pairs, c.truth_min_effect)
-        section.update(construction=c.truth, parts=c.truth_parts, feather_sigma=FEATHER_SIGMA,
-                       align=model.aligner.template if model.aligner is not None else "none",
-                       figure=figure_data(session, kind, pairs, kept))
-        summary = {"experiment": "known-truth", "created": now(), "started": started, "model": model.name,
-                   "elapsed_s": time.perf_counter() - t0,
-                   "calibration": cal, "prior": self.prior.to_dict() if self.prior is not None else None,
-                   "config": c.to_dict(), "falsification_config": fc,
-                   "data": {"source": pairs.source, "n_pairs": len(pairs), "n_impostor": pairs.n_impostor,
-                            "n_skipped": len(pairs.skipped)},
-                   KEY: section}
-        return summary
-
-    def _write(self, summary: dict) -> None:
-        write_outputs(self.out, summary)
-        (self.out / "known_truth.md").write_text(format_truth(summary) + "\n", encoding="utf-8")
+def study(session, store) -> dict:
+    """The benchmark on a run (``Experiment.compute``): rows :class:`TruthRows`; its summary's
+    ``known_truth`` section is :func:`truth_summary`."""
+    c, pairs, model = session.config, session.pairs, session.model
+    average = None
+    if c.truth == "average":
+        images, _ = session.prior_image_batch()
+        average = images.mean(dim=0)
+    kind = TruthRows(session.context(ROWS_OF), average)
+    session.compute_rows(store, kind)
+    ids = {p.id for p in pairs}
+    rows = store.rows(ROWS_OF, model.name, pairs=ids)
+    cal = session.calibration.to_dict() if session.calibration is not None else {
+        "tau_high": c.tau_high, "tau_low": c.tau_low, "epsilon": c.epsilon}
+    fc = session.fconfig.to_dict()
+    section = truth_summary(rows, pairs, cal, fc, kind.maps(), c.truth_min_effect)
+    _, kept = kept_composites(rows, pairs, c.truth_min_effect)
+    section.update(construction=c.truth, parts=c.truth_parts, feather_sigma=FEATHER_SIGMA,
+                   align=model.aligner.template if model.aligner is not None else "none",
+                   figure=figure_data(session, kind, pairs, kept))
+    summary = {"experiment": "known-truth", "created": now(), "started": session.started, "model": model.name,
+               "elapsed_s": time.perf_counter() - session.t0,
+               "calibration": cal, "prior": session.prior.to_dict() if session.prior is not None else None,
+               "config": c.to_dict(), "falsification_config": fc,
+               "data": {"source": pairs.source, "n_pairs": len(pairs), "n_impostor": pairs.n_impostor,
+                        "n_skipped": len(pairs.skipped)},
+               KEY: section}
+    return summary
 
 
 def figure_data(session, kind, pairs, kept: Sequence[str]) -> dict | None:
@@ -789,8 +779,46 @@ class KnownTruthExperiment(Experiment):
                                    "construction changed; outlined in cyan on every map) and maps of the composite "
                                    "against the donor's embedding, each scaled to [0, 1].")}
 
-    def runner(self, config, **kw):
-        return KnownTruthStudy(config, **kw)
+    rows_of = ROWS_OF
+
+    def default_methods(self) -> Sequence[str]:
+        return DEFAULT_METHODS
+
+    def check(self, config) -> None:
+        """``truth``, ``truth_parts`` (their defaults filled in), ``truth_min_effect``, and the criteria judged."""
+        config.truth = config.truth or DEFAULT_CONSTRUCTION
+        config.truth_parts = config.truth_parts or DEFAULT_PARTS
+        if not math.isfinite(config.truth_min_effect):
+            raise ValueError(f"truth_min_effect must be a number of radians, got {config.truth_min_effect}")
+        if config.truth_min_effect < 0:  # it would keep composites that moved the pair away from B: no evidence of B
+            raise ValueError(f"truth_min_effect (--truth-min-effect) must be >= 0 radians, got "
+                             f"{config.truth_min_effect}: a composite that moves the pair away from B holds no "
+                             "evidence of B (0 keeps every composite that moved it closer)")
+        if config.criterion not in ("beyond-prior", "absolute"):
+            raise ValueError(f"the known-truth benchmark judges the criteria absolute and beyond-prior, not "
+                             f"{config.criterion}")
+
+    def pairs(self, config, log=None):
+        """Impostor pairs only: a composite needs a donor of another identity."""
+        from ..data import load_pairs
+        from ..data.errors import DataError
+        from ..data.pairs import PairSet
+        from .session import said_shortfall
+
+        every = load_pairs(config.data, config.pairs)
+        impostors = PairSet([p for p in every if not p.same], list(every.skipped), every.source, every.n_folds)
+        if not impostors.pairs:
+            raise DataError(f"no impostor pairs in {every.source}: the known-truth benchmark blends a part of B "
+                            "into a face, so B must be another person")
+        return said_shortfall(impostors.sample(config.n_pairs, config.seed), log, "impostor pairs",
+                              "known-truth uses impostor pairs only")
+
+    def compute(self, session, store) -> dict:
+        return study(session, store)
+
+    def write(self, session, summary: dict) -> None:
+        session.write_outputs(session.out, summary)
+        (session.out / "known_truth.md").write_text(format_truth(summary) + "\n", encoding="utf-8")
 
     def tables(self, summary: Mapping) -> list:
         return truth_tables(summary)

@@ -127,7 +127,7 @@ class RowWorker:
             for name, method in door["registered"].items():
                 register_method(name, method)
         model = load_run_model(kind.ctx.config)
-        if model.threshold is None:  # as the driver: the calibrated threshold (Runner._setup)
+        if model.threshold is None:  # as the driver: the calibrated threshold (Runner._prepare)
             model.threshold = kind.ctx.threshold
         self.computer = kind.computer(model)
         #: the sha256 of the model file this worker loaded (the driver checks it against the run's)

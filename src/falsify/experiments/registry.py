@@ -1,10 +1,13 @@
 """The experiments ``falsify run`` knows, in the order the report shows them.
 
-``falsify run NAME`` takes its runner from here; the report is wired here: each experiment whose
-results a summary holds hands over its section (:meth:`Experiment.report_section`), and
-:func:`write_report` passes them to the report's toolkit (``falsify.report``, which imports no
-experiment). Adding an experiment is one module under ``falsify/experiments`` (and its template
-under ``falsify/report/templates``) plus its line below and its name in ``falsify.choices``.
+A run is composed here: :func:`configure` builds its settings (the experiment's defaults, then
+its checks), :func:`runner_for` hands the one ``runner.Runner`` its experiment and the writer of
+its outputs. The report is wired here too: each experiment whose results a summary holds hands
+over its section (:meth:`Experiment.report_section`), and :func:`write_report` passes them to the
+report's toolkit (``falsify.report``, which imports no experiment). Adding an experiment is one
+module under ``falsify/experiments`` (and its template under ``falsify/report/templates``) plus
+its line below and its name in ``falsify.choices`` (for ``falsify run NAME``); or, from outside
+the package, :func:`register` (docs/method.md, "Architecture").
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from ..choices import EXPERIMENTS as NAMES
 from ..report.tables import write_summary_json
 from . import exp_6_1, exp_6_2, exp_6_3, exp_6_4, exp_6_5, exp_6_6, known_truth, validity
 from .base import Experiment
+from .config import RunConfig
+from .runner import Runner
 
 #: name -> experiment, in report order
 EXPERIMENTS: dict[str, Experiment] = {
@@ -33,6 +38,47 @@ def get(name: str) -> Experiment:
         return EXPERIMENTS[name]
     except KeyError:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}") from None
+
+
+def register(experiment: Experiment) -> Experiment:
+    """Add ``experiment`` to the experiments runs and reports know (after the built-in ones), so
+    that :func:`configure`, :func:`runner_for` and the report take it like theirs; returns it. A
+    name already taken is refused. :func:`unregister` takes it away again."""
+    if not experiment.name or experiment.name in EXPERIMENTS:
+        raise ValueError(f"an experiment needs a name of its own, got {experiment.name!r} "
+                         f"(taken: {', '.join(EXPERIMENTS)})")
+    EXPERIMENTS[experiment.name] = experiment
+    return experiment
+
+
+def unregister(name: str) -> None:
+    """Take away an experiment added by :func:`register` (the built-in ones stay)."""
+    if name in NAMES:
+        raise ValueError(f"experiment {name} is built in; only registered experiments can be taken away")
+    EXPERIMENTS.pop(name, None)
+
+
+def configure(config_file=None, *, flags: dict | None = None, **overrides) -> RunConfig:
+    """The settings of a run (``RunConfig.resolve_values``: the defaults, an existing ``out``'s
+    store, ``config_file``, ``flags``, ``overrides``), made by its experiment (its default methods,
+    ``Experiment.configure``) and checked by it (:func:`check`)."""
+    values = RunConfig.resolve_values(config_file, flags=flags, **overrides)
+    experiment = get(values.get("experiment") or RunConfig.experiment)
+    return check(experiment.configure(values))
+
+
+def check(config: RunConfig) -> RunConfig:
+    """``config``, once its experiment accepts it (``Experiment.check``, which fills in its own
+    defaults; a setting given to an experiment that does not take it was refused by the schema)."""
+    get(config.experiment).check(config)
+    return config
+
+
+def runner_for(config: RunConfig, **kw) -> Runner:
+    """The runner of ``config`` (checked, :func:`check`): the one ``Runner``, handed the experiment
+    ``config.experiment`` names and :func:`write_outputs`; ``kw``: progress, log, retry_errors,
+    executor."""
+    return Runner(check(config), get(config.experiment), write_outputs, **kw)
 
 
 def of_summary(summary: Mapping) -> Experiment:

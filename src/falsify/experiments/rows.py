@@ -1,5 +1,5 @@
 """Row kinds: how an experiment declares the rows it adds to the store, so that one driver
-(``runner.RunSession.compute_rows``) and one executor layer (``executor``: in-process or Ray)
+(``session.RunSession.compute_rows``) and one executor layer (``executor``: in-process or Ray)
 compute, resume and write every experiment's rows.
 
 Nothing here imports torch at module level: experiment modules subclass these classes and are
@@ -178,11 +178,12 @@ class ChunkRows:
         return self.explainers[method][0]
 
 
-def row_explainers(config, model, prior_map=None, explainers: dict | None = None):
+def row_explainers(config, model, prior_map=None, explainers: dict | None = None, with_random: bool = False):
     """``(rows, random_model)``: row method -> (explainer, kind) for ``config.row_methods()``
     (kind: real, random-model or other-reference), and the randomised model of the controls
-    (None unless ``--sanity`` or the validity study). ``explainers``: those of ``config.methods``
-    but ``centre``, when already made."""
+    (None unless ``--sanity`` or ``with_random``: an experiment that needs it,
+    ``Experiment.needs_random_model``). ``explainers``: those of ``config.methods`` but ``centre``,
+    when already made."""
     from ..attribution import get_explainer
     from ..choices import OTHER_REFERENCE, RANDOM_MODEL
 
@@ -193,7 +194,7 @@ def row_explainers(config, model, prior_map=None, explainers: dict | None = None
     if "centre" in c.methods:
         explainers["centre"] = get_explainer("centre", model, prior=prior_map, **c.method_options.get("centre", {}))
     random_model = None
-    if c.sanity or c.experiment == "validity":
+    if c.sanity or with_random:
         from ..models.base import randomised_copy
 
         random_model = randomised_copy(model, seed=c.seed)

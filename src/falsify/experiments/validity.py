@@ -30,8 +30,6 @@ from ..report.tables import write_summary_json
 from .base import Experiment, load_raw_summary
 from .rows import ChunkRows, RowKind
 from .resume import now
-from .runner import Runner
-from .store import ResultsStore
 from .study import study_config
 
 #: Fills, region sizes and beyond-prior margins (in units of the model's threshold angle theta*)
@@ -204,39 +202,31 @@ class StudyRows(ChunkRows):
         yield rows, []
 
 
-class ValidityStudy(Runner):
-    """The validity study as a resumable run: rows ``(validity, model, "<fill>/q<q>|<map>", pair)``
-    hold the distances (:class:`ValidityRows`); the verdicts of every criterion are computed from
-    them in the summary."""
+def study(session, store) -> dict:
+    """The validity study on a run (``Experiment.compute``): rows ``(validity, model,
+    "<fill>/q<q>|<map>", pair)`` hold the distances (:class:`ValidityRows`); the verdicts of every
+    criterion are computed from them in the summary."""
+    from ..falsification.prior import calibrate_delta
 
-    rows_of = ROWS_OF
-
-    def _compute(self, store: ResultsStore, started: str, t0: float) -> dict:
-        from ..falsification.prior import calibrate_delta
-
-        c, pairs, model, session = self.config, self.pairs, self.model, self.session
-        session.compute_rows(store, ValidityRows(session.context(ROWS_OF)))
-        deltas = store.get_meta("validity_deltas")
-        if deltas is None:
-            self.log("calibrating delta for each fill and q on the prior's images ...")
-            images, prior_refs = self._prior_image_batch(model, pairs)
-            deltas = {}
-            for fill, q, target in _configs():
-                cfg = study_config(c, fill, q, target)
-                deltas[config_key(fill, q, target)] = calibrate_delta(model, images, self.prior_map, cfg, seed=c.seed,
-                                                                      references=prior_refs)
-            store.set_meta("validity_deltas", deltas)
-        ids = {p.id for p in pairs}
-        rows = store.rows(ROWS_OF, model.name, pairs=ids)
-        summary = validity_summary(rows, pairs, self.calibration, self.config, deltas)
-        summary.update(created=now(), started=started, model=model.name, elapsed_s=time.perf_counter() - t0,
-                       experiment="validity", calibration=self.calibration.to_dict(), prior=self.prior.to_dict(),
-                       data=pairs.data_record())
-        return summary
-
-    def _write(self, summary: dict) -> None:
-        write_summary_json(self.out, summary)
-        (self.out / "validity.md").write_text(format_validity(summary) + "\n", encoding="utf-8")
+    c, pairs, model = session.config, session.pairs, session.model
+    session.compute_rows(store, ValidityRows(session.context(ROWS_OF)))
+    deltas = store.get_meta("validity_deltas")
+    if deltas is None:
+        session.log("calibrating delta for each fill and q on the prior's images ...")
+        images, prior_refs = session.prior_image_batch()
+        deltas = {}
+        for fill, q, target in _configs():
+            cfg = study_config(c, fill, q, target)
+            deltas[config_key(fill, q, target)] = calibrate_delta(model, images, session.prior_map, cfg, seed=c.seed,
+                                                                  references=prior_refs)
+        store.set_meta("validity_deltas", deltas)
+    ids = {p.id for p in pairs}
+    rows = store.rows(ROWS_OF, model.name, pairs=ids)
+    summary = validity_summary(rows, pairs, session.calibration, c, deltas)
+    summary.update(created=now(), started=session.started, model=model.name,
+                   elapsed_s=time.perf_counter() - session.t0, experiment="validity",
+                   calibration=session.calibration.to_dict(), prior=session.prior.to_dict(), data=pairs.data_record())
+    return summary
 
 
 def _criteria(theta: float, calibrated: float) -> list[tuple[str, float | None]]:
@@ -377,17 +367,28 @@ def format_validity(summary: dict) -> str:
 
 
 class ValidityExperiment(Experiment):
-    """``falsify run validity``: its runner is :class:`ValidityStudy`; its output is
-    ``OUT/validity.md`` (:func:`format_validity`), which ``falsify report`` rewrites."""
+    """``falsify run validity``: its summary is :func:`study`'s; its output is ``OUT/validity.md``
+    (:func:`format_validity`), which ``falsify report`` rewrites."""
 
     name = "validity"
     title = "The validity study"
     anchor = "validity"
     nav = "Validity"
     key = "configurations"
+    rows_of = ROWS_OF
+    needs_prior = True  # the centre map, and delta's calibration
+    needs_random_model = True  # the @random-model maps
 
-    def runner(self, config, **kw):
-        return ValidityStudy(config, **kw)
+    def check(self, config) -> None:
+        if config.tau_high is not None:
+            raise ValueError("the validity study calibrates its thresholds on the data: drop tau_high, tau_low, epsilon")
+
+    def compute(self, session, store) -> dict:
+        return study(session, store)
+
+    def write(self, session, summary: dict) -> None:
+        write_summary_json(session.out, summary)
+        (session.out / "validity.md").write_text(format_validity(summary) + "\n", encoding="utf-8")
 
     def present(self, summary) -> bool:
         return summary.get("experiment") == "validity" and isinstance(summary.get("configurations"), list)
