@@ -44,10 +44,12 @@ from .stages import (  # noqa: F401 - pair_generator, regions_for, build_counter
     STREAM_FILL,
     STREAM_REGIONS,
     BatchedEmbedder,
+    EmbeddingCache,
     as_tensor,
     build_counterfactuals,
     distances,
     embed,
+    embedder_for,
     fill_for,
     pair_generator,
     regions_for,
@@ -404,6 +406,7 @@ def falsification_test(
     progress: bool = False,
     prior: torch.Tensor | None = None,
     prior_cache: dict | None = None,
+    embedding_cache: EmbeddingCache | None = None,
 ) -> list[FalsificationResult]:
     """Test one attribution map per image; returns one :class:`FalsificationResult` per image.
 
@@ -436,6 +439,10 @@ def falsification_test(
     prior_cache:
         A dict reused across calls on the same images (keyed by pair id): the prior's distances
         on an image are then computed once, however many methods are tested on it.
+    embedding_cache:
+        An :class:`EmbeddingCache` reused across calls with the same model: f(x), and the
+        counterfactuals of a region another map of the image picked too, are then embedded once
+        (the distances are those of a fresh test, up to float32 rounding of the batch).
 
     The stages (``falsify.falsification.stages``, ``falsify.falsification.criteria``): the
     regions of each map (:func:`regions_for`), the counterfactuals of the testable ones from the
@@ -458,7 +465,7 @@ def falsification_test(
 
     # 1. regions; f(x) once per image
     regions_list = [regions_for(images[i], maps[i], config, pair_ids[i]) for i in range(b)]
-    f_x = embed(model, images, config.batch_size, device)
+    f_x = embed(model, images, config.batch_size, device, embedding_cache)
     if references is not None and references.shape[1] != f_x.shape[1]:
         raise ValueError(
             f"references have {references.shape[1]} dimensions but the model's embeddings have "
@@ -467,7 +474,7 @@ def falsification_test(
 
     # 2. the fill's counterfactuals of every testable image, 3. embedded in batches of batch_size
     embedded = _embed_counterfactuals(model, images, regions_list, f_x, pair_ids, config, device,
-                                      keep_examples=keep_examples, progress=progress)
+                                      keep_examples=keep_examples, progress=progress, cache=embedding_cache)
 
     pair_angles = None
     if references is not None:
@@ -540,13 +547,14 @@ class _Embedded:
 
 
 def _embed_counterfactuals(model, images, regions_list, f_x, pair_ids, config, device, *,
-                           keep_examples: bool, progress: bool) -> _Embedded:
-    """The fill's counterfactuals of every testable image, embedded in batches of ``config.batch_size``."""
+                           keep_examples: bool, progress: bool, cache: EmbeddingCache | None = None) -> _Embedded:
+    """The fill's counterfactuals of every testable image, embedded in batches of
+    ``config.batch_size`` (those ``cache`` holds read from it)."""
     k = config.k_effective
     testable = [i for i, r in enumerate(regions_list) if r.testable]
     cf_keep: dict[int, torch.Tensor] = {}
     opt_info: dict[int, OptimisationInfo] = {}
-    embedder = BatchedEmbedder(model, config.batch_size, 2 * k * len(testable), device)
+    embedder = embedder_for(model, config.batch_size, 2 * k * len(testable), device, cache)
     made = fill_for(config).counterfactuals(model, [images[i] for i in testable], [regions_list[i] for i in testable],
                                             f_x[testable], [pair_ids[i] for i in testable], progress=progress)
     for i, cf in zip(testable, made):
