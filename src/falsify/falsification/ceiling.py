@@ -31,11 +31,21 @@ The search (:func:`ceiling_search`), per image:
    against the prior map's margin on the same image), so the ceiling is judged like any map and
    running the test on that map reproduces its verdict.
 
+**Early stop** (``CeilingSearch.stop_margin``): for a criterion whose verdict cannot turn from
+passed to falsified as d_high grows and d_low shrinks (``Criterion.monotone``), the search stops
+as soon as its sets pass with ``stop_margin`` to spare: on the starts of a *coarse screening*
+first (blocks of about 2 x 2 features hidden together, each feature ranked by its block's
+effect), then on the screening's starts, then after every round of S_low. The ceiling's verdict
+is the full search's whenever it passes early (refinement could only widen the margin); its
+distances are then those of the first passing sets. A ceiling that does not pass early is the
+full search's, sets and distances.
+
 The greedy search is a lower bound on the true optimum (the best of C(F, k) sets is not
 searched): "the ceiling is falsified" means the search found no passing map, not that none
 exists. With the defaults, on a 14 x 14 grid at q = 0.1 (about 20 cells per region) and a
-deterministic fill, it embeds at most about 196 + 2 x (1 + 2 x 40) = 358 counterfactuals per image
-(docs/method.md, "The test's ceiling").
+deterministic fill, the full search embeds at most about 196 + 2 x (1 + 2 x 40) = 358
+counterfactuals per image (49 + 4 more with the coarse screening tried first), and a ceiling
+that passes on the coarse starts about 49 + 4 (docs/method.md, "The test's ceiling").
 
 Only quantile regions at grid or superpixel granularity and the fills that need no model
 (blur, mean, zero, noise) are searched: at pixel granularity the screening alone would embed
