@@ -76,6 +76,7 @@ class RowComputer:
         self.prior_cache: dict = {}
         #: the embeddings the tests of one chunk's pairs share (f(x), counterfactuals of regions two maps pick)
         self.embedding_cache = EmbeddingCache()
+        self._cached_ids: tuple = ()  # the pairs whose images the cache holds
         #: the maps and tests of one batch (default :meth:`test`)
         self.test_batch = test or self.test
         self._saved: list = []  # (method, pair, map) of the grid pairs, since the last batch
@@ -102,7 +103,9 @@ class RowComputer:
         good = [p for p in chunk if not (failed.get(p.a) or failed.get(p.b))]
         if not good:
             return
-        self.embedding_cache = EmbeddingCache()  # one chunk's images at a time
+        ids = tuple(p.id for p in good)
+        if ids != self._cached_ids:  # one chunk's images at a time, shared by all its methods
+            self.embedding_cache, self._cached_ids = EmbeddingCache(), ids
         from ..geometry import cosine_similarity, geodesic_distance
 
         images = self._images.get("a", [p.id for p in good], lambda: load_images(

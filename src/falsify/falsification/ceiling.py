@@ -389,14 +389,27 @@ def _search_image(img: _Image, segments: torch.Tensor, config, pid: int, prior, 
     prior_reg = None if prior is None else _regions(torch.as_tensor(prior).float(), segments, config, pid)
     prior_reg = prior_reg if prior_reg is not None and prior_reg.testable else None
     if decided is not None:
+        # 0. coarse: blocks hidden alone, each feature ranked by its block; then the features of the
+        # strongest blocks (twice the area S_high takes) each hidden alone, ranked above the others
         blocks = _blocks(segments, n)
         block_effect = img.d(blocks, "high", samples=1)
         effect = [0.0] * n
         for g, e in zip(blocks, block_effect):
             for c in g:
                 effect[c] = e
-        found = _greedy(img, segments, config, pid, sorted(perm, key=lambda c: -effect[c]), prior_reg, search,
-                        decided, rounds=0)
+        order = sorted(perm, key=lambda c: -effect[c])
+        found = _greedy(img, segments, config, pid, order, prior_reg, search, decided, rounds=0)
+        if decided(pid, found[2], found[3]):
+            return found
+        sizes, area, top = img.sizes.tolist(), 0, []
+        for c in order:
+            if area >= 2 * sum(sizes[f] for f in found[0]):
+                break
+            top.append(c)
+            area += sizes[c]
+        own = dict(zip(top, img.d([frozenset([c]) for c in top], "high", samples=1)))
+        order = sorted(top, key=lambda c: -own[c]) + order[len(top):]
+        found = _greedy(img, segments, config, pid, order, prior_reg, search, decided, rounds=0)
         if decided(pid, found[2], found[3]):
             return found
     # 1. screening: each feature hidden alone
