@@ -121,8 +121,8 @@ def test_other_settings_are_refused_and_nothing_is_lost(lfw_sample, tmp_path):
         Runner(RunConfig(**{**base, "seed": 9}), progress=False, log=lambda *a: None).run()
     assert _rows(out) == before
     # a store made before ig and geodesic-ig integrated by the adaptive trapezoid rule (no
-    # path_rules in its settings), or before 16 starting steps, tiled occlusion and the ceiling's
-    # early stop ("adaptive-trapezoid"), is not resumed: its rows would mix two rules
+    # path_rules in its settings), or before 16 starting steps, tiled occlusion, 128 coalitions and
+    # the ceiling's early stop ("adaptive-trapezoid"), is not resumed: its rows would mix two rules
     for old in (None, "adaptive-trapezoid"):
         with ResultsStore(out / "results.sqlite") as store:
             settings = store.get_meta("settings")
@@ -130,7 +130,7 @@ def test_other_settings_are_refused_and_nothing_is_lost(lfw_sample, tmp_path):
             if old is not None:
                 settings["path_rules"] = old
             store.set_meta("settings", settings)
-        with pytest.raises(ValueError, match="older falsify whose ig, geodesic-ig, occlusion or ceiling search"):
+        with pytest.raises(ValueError, match="older falsify whose ig, geodesic-ig, occlusion, kernelshap, lime"):
             Runner(RunConfig(**base), progress=False, log=lambda *a: None).run()
         assert _rows(out) == before
 

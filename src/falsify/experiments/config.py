@@ -18,7 +18,7 @@ from .store import inspect_store
 #: How ig and geodesic-ig integrate, stored with the settings: their rows from an older falsify
 #: ("doubling": Gauss-Legendre ig and midpoint geodesic-ig, refined by doubling the steps) are
 #: not mixed with today's (the trapezoid rule with adaptive bisection) by resuming a store.
-PATH_RULES = "adaptive-trapezoid-16; occlusion-tiled; ceiling-early-stop"
+PATH_RULES = "adaptive-trapezoid-16; occlusion-tiled; superpixel-128; ceiling-early-stop"
 _INT, _NUM, _STR, _BOOL = "a whole number", "a number", "a string", "true or false"
 #: The type of every setting (TOML values and flags go through the same check).
 _TYPES = {
