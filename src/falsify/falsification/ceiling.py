@@ -35,7 +35,8 @@ The search (:func:`ceiling_search`), per image:
 passed to falsified as d_high grows and d_low shrinks (``Criterion.monotone``), the search stops
 as soon as its sets pass with ``stop_margin`` to spare: on the starts of a *coarse screening*
 first (blocks of about 2 x 2 features hidden together, each feature ranked by its block's
-effect), then on the screening's starts, then after every round of S_low. The ceiling's verdict
+effect), then with the strongest blocks' features screened alone, then on the screening's
+starts, then after every round of S_low. The ceiling's verdict
 is the full search's whenever it passes early (refinement could only widen the margin); its
 distances are then those of the first passing sets. A ceiling that does not pass early is the
 full search's, sets and distances.
@@ -44,8 +45,8 @@ The greedy search is a lower bound on the true optimum (the best of C(F, k) sets
 searched): "the ceiling is falsified" means the search found no passing map, not that none
 exists. With the defaults, on a 14 x 14 grid at q = 0.1 (about 20 cells per region) and a
 deterministic fill, the full search embeds at most about 196 + 2 x (1 + 2 x 40) = 358
-counterfactuals per image (49 + 4 more with the coarse screening tried first), and a ceiling
-that passes on the coarse starts about 49 + 4 (docs/method.md, "The test's ceiling").
+counterfactuals per image (about 49 + 8 more with the coarse stages tried first), and a
+ceiling that passes on the coarse starts about 49 + 4 (docs/method.md, "The test's ceiling").
 
 Only quantile regions at grid or superpixel granularity and the fills that need no model
 (blur, mean, zero, noise) are searched: at pixel granularity the screening alone would embed
@@ -382,7 +383,8 @@ def _search_image(img: _Image, segments: torch.Tensor, config, pid: int, prior, 
     """The screening, the starts and the refinement on one image (module docstring): S_high,
     S_low and the search's d_high, d_low. With ``decided`` (:func:`_decider`) the search stops as
     soon as its sets decide the verdict: on the starts of a coarse screening (blocks of about
-    2 x 2 features hidden alone), then on those of the screening, then after every round of S_low."""
+    2 x 2 features hidden alone), then with the strongest blocks' features screened alone, then
+    on the screening's starts, then after every round of S_low."""
     n = img.n
     perm = torch.randperm(n, generator=pair_generator(config.seed, pid, STREAM_REGIONS)).tolist()
     # under beyond-prior the prior map's own regions start too: the ceiling is then never below the prior
