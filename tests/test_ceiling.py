@@ -158,10 +158,38 @@ def test_bad_search_settings_and_missing_thresholds():
 def test_refinement_never_lowers_the_screening_start():
     """rounds=0 is the screening's ranking alone; the refinement only keeps swaps that improve."""
     model, x = OneCell(), _images(1)
-    (r0,) = ceiling_search(model, x, None, _config(), search=CeilingSearch(rounds=0))
-    (r2,) = ceiling_search(model, x, None, _config())
+    (r0,) = ceiling_search(model, x, None, _config(), search=CeilingSearch(rounds=0, stop_margin=None))
+    (r2,) = ceiling_search(model, x, None, _config(), search=CeilingSearch(stop_margin=None))
     assert r2.d_high_search >= r0.d_high_search and r2.d_low_search <= r0.d_low_search
     assert math.isfinite(r2.d_high_search)
+
+
+def test_the_search_stops_once_the_verdict_is_decided():
+    """By default the search ends as soon as its sets pass with stop_margin to spare: the verdict of
+    the full search at a fraction of the counterfactuals. A ceiling that does not pass early is
+    the full search's, sets and distances."""
+    model, x = OneCell(), _images()
+    full = CeilingSearch(stop_margin=None)
+    prior = torch.zeros(SIZE, SIZE)
+    prior[10:18, 10:18] = 1.0
+    for cfg in (_config(), _config(criterion="beyond-prior", delta=0.0)):
+        fast = ceiling_search(model, x, None, cfg, prior=prior)
+        slow = ceiling_search(model, x, None, cfg, prior=prior, search=full)
+        for a, b in zip(fast, slow):
+            assert a.verdict == b.verdict == "passed"
+            # the coarse screening (about 2 x 2 cells: 16 blocks of the 7 x 7 grid), two starts per region
+            assert a.n_embedded <= 16 + 4 < GRID * GRID < b.n_embedded
+            assert _planted() in a.high_features
+    cfg = _config(tau_high=3.0)  # no set moves the embedding 3 rad: falsified, never decided early
+    fast = ceiling_search(model, x, None, cfg)
+    slow = ceiling_search(model, x, None, cfg, search=full)
+    for a, b in zip(fast, slow):
+        assert a.verdict == b.verdict == "falsified"
+        assert (a.high_features, a.low_features) == (b.high_features, b.low_features)
+        assert a.d_high_search == pytest.approx(b.d_high_search, abs=1e-6)
+        assert a.n_embedded > b.n_embedded  # the coarse screening and the starts, tried first
+    with pytest.raises(ValueError, match="stop_margin"):
+        CeilingSearch(stop_margin=-0.1)
 
 
 # --- experiment 6.1 ------------------------------------------------------------------------------

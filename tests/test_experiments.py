@@ -121,14 +121,18 @@ def test_other_settings_are_refused_and_nothing_is_lost(lfw_sample, tmp_path):
         runner_for(RunConfig(**{**base, "seed": 9}), progress=False, log=lambda *a: None).run()
     assert _rows(out) == before
     # a store made before ig and geodesic-ig integrated by the adaptive trapezoid rule (no
-    # path_rules in its settings) is not resumed: its path-method rows would mix two rules
-    with ResultsStore(out / "results.sqlite") as store:
-        settings = store.get_meta("settings")
-        del settings["path_rules"]
-        store.set_meta("settings", settings)
-    with pytest.raises(ValueError, match="older falsify whose ig and geodesic-ig integrate differently"):
-        runner_for(RunConfig(**base), progress=False, log=lambda *a: None).run()
-    assert _rows(out) == before
+    # path_rules in its settings), or before 16 starting steps, tiled occlusion, 128 coalitions and
+    # the ceiling's early stop ("adaptive-trapezoid"), is not resumed: its rows would mix two rules
+    for old in (None, "adaptive-trapezoid"):
+        with ResultsStore(out / "results.sqlite") as store:
+            settings = store.get_meta("settings")
+            settings.pop("path_rules", None)
+            if old is not None:
+                settings["path_rules"] = old
+            store.set_meta("settings", settings)
+        with pytest.raises(ValueError, match="older falsify whose ig, geodesic-ig, occlusion, kernelshap, lime"):
+            runner_for(RunConfig(**base), progress=False, log=lambda *a: None).run()
+        assert _rows(out) == before
 
 
 def test_toml_config_and_flags(tmp_path):

@@ -13,6 +13,7 @@ import torch
 from falsify.falsification import (
     BatchedEmbedder,
     Criterion,
+    EmbeddingCache,
     FalsificationConfig,
     Judgement,
     build_counterfactuals,
@@ -129,6 +130,52 @@ def test_batched_embedder_equals_embed(tiny_model):
     for part in (images[:2], images[2:3], images[3:]):
         e.add(part)
     assert torch.allclose(e.finish(), embed(tiny_model, images, 3, "cpu"), atol=1e-6)
+
+
+def test_a_cached_counterfactual_gives_the_distances_of_a_fresh_one(tiny_model):
+    """With an EmbeddingCache, a second test of the same images embeds only what it has not seen:
+    nothing for the same maps; for other maps, only the counterfactuals of regions no earlier map
+    picked (the reversed map's S_high is often the first map's S_low). The distances are a fresh test's
+    (up to float32 rounding of other batches: far below 1e-6 rad)."""
+    images, ids = cases._images(3), [5, 6, 7]
+    maps = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(4))
+    seen = []
+    hook = tiny_model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        cfg = FalsificationConfig(fill="noise", K=3, criterion="absolute", **cases.THRESHOLDS)
+        cache = EmbeddingCache()
+        fresh = falsification_test(tiny_model, images, None, maps, cfg, pair_ids=ids)
+        n_fresh = sum(seen)
+        first = falsification_test(tiny_model, images, None, maps, cfg, pair_ids=ids, embedding_cache=cache)
+        assert sum(seen) - n_fresh == n_fresh == 3 + 3 * 2 * 3  # f(x), then K high and K low per image
+        seen.clear()
+        again = falsification_test(tiny_model, images, None, maps, cfg, pair_ids=ids, embedding_cache=cache)
+        assert sum(seen) == 0 and cache.hits == 3 + 18
+        for results in (first, again):
+            for r, f in zip(results, fresh):
+                assert r.verdict == f.verdict
+                assert r.distances_high == pytest.approx(f.distances_high, abs=1e-6)
+                assert r.distances_low == pytest.approx(f.distances_low, abs=1e-6)
+
+        cfg = FalsificationConfig(fill="mean", criterion="absolute", **cases.THRESHOLDS)  # one sample per region
+        cache = EmbeddingCache()
+        falsification_test(tiny_model, images, None, maps, cfg, pair_ids=ids, embedding_cache=cache)
+        regions = [regions_for(images[i], maps[i], cfg, p) for i, p in enumerate(ids)]
+        other = -maps  # the reversed ranking: its S_high is maps' S_low where the rule picks the same cells
+        new = 0
+        for i, p in enumerate(ids):
+            r = regions_for(images[i], other[i], cfg, p)
+            known = (regions[i].high, regions[i].low)
+            new += sum(not any(torch.equal(m, k) for k in known) for m in (r.high, r.low))
+        seen.clear()
+        cached = falsification_test(tiny_model, images, None, other, cfg, pair_ids=ids, embedding_cache=cache)
+        assert 0 < sum(seen) == new < 6
+        plain = falsification_test(tiny_model, images, None, other, cfg, pair_ids=ids)
+    finally:
+        hook.remove()
+    for c, p in zip(cached, plain):
+        assert c.verdict == p.verdict
+        assert c.d_high == pytest.approx(p.d_high, abs=1e-6) and c.d_low == pytest.approx(p.d_low, abs=1e-6)
 
 
 def test_optimised_starts_are_the_fills_starts(tiny_model, monkeypatch):

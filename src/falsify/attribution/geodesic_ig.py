@@ -39,7 +39,7 @@ def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
 class GeodesicIntegratedGradients(PathExplainer):
     name = "geodesic-ig"
 
-    def __init__(self, model, steps: int = 64, baseline="black", batch_size: int = 64,
+    def __init__(self, model, steps: int = 16, baseline="black", batch_size: int = 64,
                  tolerance: float | None = 0.02, max_steps: int = 512, fine_factor: int = 4,
                  normalise: str | None = None) -> None:
         super().__init__(model, steps, baseline, batch_size, tolerance, max_steps, normalise)

@@ -38,7 +38,7 @@ class PathExplainer(Explainer):
 
     default_normalise = "abs"
 
-    def __init__(self, model, steps: int = 64, baseline: str | float = "black", batch_size: int = 64,
+    def __init__(self, model, steps: int = 16, baseline: str | float = "black", batch_size: int = 64,
                  tolerance: float | None = 0.02, max_steps: int = 512, normalise: str | None = None) -> None:
         super().__init__(model, normalise)
         if steps < 2:
@@ -229,7 +229,7 @@ RULES = ("trapezoid", "gausslegendre")
 class IntegratedGradientsExplainer(PathExplainer):
     name = "ig"
 
-    def __init__(self, model, steps: int = 64, baseline: str | float = "black", batch_size: int = 64,
+    def __init__(self, model, steps: int = 16, baseline: str | float = "black", batch_size: int = 64,
                  tolerance: float | None = 0.02, max_steps: int = 512, rule: str = "trapezoid",
                  normalise: str | None = None) -> None:
         super().__init__(model, steps, baseline, batch_size, tolerance, max_steps, normalise)

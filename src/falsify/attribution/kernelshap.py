@@ -1,7 +1,7 @@
 """KernelSHAP (Lundberg & Lee, 2017) over superpixels, computed as captum's ``KernelShap`` does.
 
 Shapley values of the similarity target with superpixels as players: efficiency says
-sum_k phi_k = s(x) - s(baseline). Defaults: 50 SLIC segments, 256 coalitions, mean-colour
+sum_k phi_k = s(x) - s(baseline). Defaults: 50 SLIC segments, 128 coalitions, mean-colour
 baseline (see ``superpixel_base``).
 
 Coalitions (captum's sampler): the full and the empty coalition first, then coalitions whose

@@ -4,7 +4,7 @@ A ridge-regression surrogate (alpha 1, the original LIME package's default; capt
 Lasso with alpha 0.01 zeroes every coefficient when the similarity moves by less than ~0.01)
 of the similarity target, fitted on ``n_samples`` random superpixel coalitions (each superpixel
 kept with probability 1/2) weighted by an exponential kernel of their cosine distance to the
-full image, exp(-d^2 / 2) (captum's default kernel, width 1). Defaults: 50 SLIC segments, 256
+full image, exp(-d^2 / 2) (captum's default kernel, width 1). Defaults: 50 SLIC segments, 128
 coalitions, mean-colour baseline (see ``superpixel_base``).
 """
 from __future__ import annotations

@@ -4,7 +4,8 @@ A ``window`` x ``window`` patch (all colour channels) slides with ``stride``; ea
 replaced by the baseline and the drop s(x) - s(x_occluded) is credited to the pixels it
 covers, averaged over the windows that cover each pixel (captum's rule). Positions per side:
 ceil((H - window) / stride) + 1, the last one cut at the border, as captum places them.
-Defaults: window = round(H / 10) (15 px at 150x150), stride = window // 2, baseline black.
+Defaults: window = round(H / 10) (15 px at 150x150), stride = window (the windows tile the image:
+100 positions at 150x150, where stride window // 2 took 441), baseline black.
 
 What differs from captum is the cost: the occluded images of every image of the batch are
 built by one broadcast ``torch.where`` per chunk and evaluated together, ``batch_size`` per
@@ -32,7 +33,7 @@ class OcclusionExplainer(Explainer):
         super().__init__(model, normalise)
         h = model.input_size[0]
         self.window = int(window) if window else max(2, round(h / 10))
-        self.stride = int(stride) if stride else max(1, self.window // 2)
+        self.stride = int(stride) if stride else self.window
         if not 1 <= self.window <= min(model.input_size):
             raise AttributionError(f"window must be between 1 and {min(model.input_size)}, got {self.window}")
         if self.stride < 1:

@@ -51,7 +51,7 @@ class SuperpixelExplainer(Explainer):
     #: whether ``sample_weights`` needs the cosine similarity of each perturbed image to the image
     needs_input_cosine: bool = False
 
-    def __init__(self, model, n_samples: int = 256, n_segments: int = 50, segmentation: str = "slic",
+    def __init__(self, model, n_samples: int = 128, n_segments: int = 50, segmentation: str = "slic",
                  baseline: str | float = "mean", batch_size: int = 64, seed: int = 0,
                  normalise: str | None = None) -> None:
         super().__init__(model, normalise)

@@ -19,10 +19,12 @@ from .settings import (NOT_GIVEN, Delta, Flag, Names, Number, PerChannel, Settin
 from .store import inspect_store
 
 
-#: How ig and geodesic-ig integrate, stored with the settings: their rows from an older falsify
-#: ("doubling": Gauss-Legendre ig and midpoint geodesic-ig, refined by doubling the steps) are
-#: not mixed with today's (the trapezoid rule with adaptive bisection) by resuming a store.
-PATH_RULES = "adaptive-trapezoid"
+#: How results are computed where an older falsify computed them otherwise, stored with the
+#: settings so a store's rows are never mixed with rows computed another way by resuming it:
+#: ig and geodesic-ig integrate by the trapezoid rule with adaptive bisection from 16 intervals
+#: (an older falsify: "doubling", Gauss-Legendre / midpoint rules refined by doubling), occlusion's
+#: windows tile the image, kernelshap and lime fit 128 coalitions, the ceiling stops early.
+PATH_RULES = "adaptive-trapezoid-16; occlusion-tiled; superpixel-128; ceiling-early-stop"
 
 
 @dataclass

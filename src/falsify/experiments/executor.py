@@ -29,6 +29,7 @@ import torch
 from ..choices import OTHER_REFERENCE, RANDOM_MODEL
 from ..data import load_images
 from ..data.pairs import Pair
+from ..falsification.stages import EmbeddingCache
 from ..models.base import model_device
 from .reach import CONNECT_TIMEOUT_S, RAY_JOIN_ENV, check_reachable  # noqa: F401 - re-exported
 from .rows import (ChunkImages, ChunkRows, RowKind, Unit, Writer, base_row,  # noqa: F401 - the seam, re-exported
@@ -73,6 +74,9 @@ class RowComputer:
     def __init__(self, ctx: RowContext, model, explainers: dict, random_model=None, test=None) -> None:
         self.ctx, self.model, self.explainers, self.random_model = ctx, model, explainers, random_model
         self.prior_cache: dict = {}
+        #: the embeddings the tests of one chunk's pairs share (f(x), counterfactuals of regions two maps pick)
+        self.embedding_cache = EmbeddingCache()
+        self._cached_ids: tuple = ()  # the pairs whose images the cache holds
         #: the maps and tests of one batch (default :meth:`test`)
         self.test_batch = test or self.test
         self._saved: list = []  # (method, pair, map) of the grid pairs, since the last batch
@@ -99,6 +103,9 @@ class RowComputer:
         good = [p for p in chunk if not (failed.get(p.a) or failed.get(p.b))]
         if not good:
             return
+        ids = tuple(p.id for p in good)
+        if ids != self._cached_ids:  # one chunk's images at a time, shared by all its methods
+            self.embedding_cache, self._cached_ids = EmbeddingCache(), ids
         from ..geometry import cosine_similarity, geodesic_distance
 
         images = self._images.get("a", [p.id for p in good], lambda: load_images(
@@ -145,7 +152,8 @@ class RowComputer:
         try:
             maps = explainer(images, map_refs)
             results = falsification_test(model, images, refs, maps, fconfig, pair_ids=[p.index for p in pairs],
-                                         prior=ctx.prior_map, prior_cache=self.prior_cache)
+                                         prior=ctx.prior_map, prior_cache=self.prior_cache,
+                                         embedding_cache=self.embedding_cache)
         except Exception as exc:  # noqa: BLE001 - recorded per pair below, the run goes on
             if len(pairs) == 1:
                 return [self.error_row(method, pairs[0], f"{type(exc).__name__}: {exc}")]

@@ -111,8 +111,8 @@ class Runner:
                 )
         diff = settings_conflicts(have, settings)
         if diff == ["path_rules"]:
-            raise ValueError(f"{self.out} was made by an older falsify whose ig and geodesic-ig integrate "
-                             "differently (before the adaptive trapezoid rule), so resuming it could mix rows; "
+            raise ValueError(f"{self.out} was made by an older falsify whose ig, geodesic-ig, occlusion, kernelshap, "
+                             "lime or ceiling search compute differently (path_rules), so resuming it could mix rows; "
                              "nothing was changed there. Use another --out ('falsify report' still reads it)")
         if diff:
             raise ValueError(conflict_message(self.out, diff))

@@ -353,8 +353,7 @@ def study(
     increasing cell-wise noise shows how the falsification rate grows as the map degrades.
     """
     from ..data import load_images
-    from .core import COND_HIGH, COND_LOW, COND_MARGIN, FalsificationConfig, falsification_test
-    from .regions import feature_segments
+    from .core import FalsificationConfig, falsification_test
 
     def say(*a):
         print(*a, file=out, flush=True)
@@ -371,6 +370,20 @@ def study(
     maps = {"occlusion": occ, "inverted": 1.0 - occ, "random": rand}
     loose = dict(tau_high=0.0, tau_low=math.pi, epsilon=0.0)  # criterion irrelevant: distances only
     record: dict = {"n_images": n, "fills": {}, "blur_sigma": {}, "rules": {}, "degraded": {}}
+
+    _study_distances(model, xa, maps, seed, loose, record, say)
+    base = FalsificationConfig.preset("plain", **loose)
+    dist = {name: falsification_test(model, xa, None, mp, base) for name, mp in maps.items()}
+    if calibration is not None:
+        _study_rules(model, xa, occ, dist, calibration, seed, record, say)
+    if optimised:
+        _study_optimised(model, xa, occ, optimised, optimised_steps, loose, record, say)
+    return record
+
+
+def _study_distances(model, xa, maps, seed, loose, record, say) -> None:
+    """The study's distance tables: by fill, by granularity and by blur width."""
+    from .core import FalsificationConfig, falsification_test
 
     say("\n# distances by fill (grid 14, q 0.2): median [p10, p90] in rad")
     for fill, k in (("blur", 1), ("mean", 1), ("zero", 1), ("noise", 4)):
@@ -408,52 +421,60 @@ def study(
             row.append(f"{name} {dh:.3f}/{dl:.3f}")
         say(f"blur_sigma={bs:<5} " + "  ".join(row))
 
-    base = FalsificationConfig.preset("plain", **loose)
-    dist = {name: falsification_test(model, xa, None, mp, base) for name, mp in maps.items()}
-    if calibration is not None:
-        th, gap = calibration.threshold_angle, calibration.epsilon
-        rules = {
-            "tau_high=theta*, tau_low=theta*/4, eps=theta*/4": (th, th / 4, th / 4),
-            "tau_high=theta*/2, tau_low=theta*/4, eps=theta*/4": (th / 2, th / 4, th / 4),
-            "tau_high=theta*/2, tau_low=theta*/4, eps=median gap (default)": (th / 2, th / 4, gap),
-            "tau_high=median genuine, tau_low=theta*/4, eps=median gap": (calibration.genuine_median, th / 4, gap),
-        }
-        say(f"\n# falsification rate by calibration rule (theta* = {th:.4f}, median gap = {gap:.4f})")
-        from .core import verdict_of
 
-        for rule, (a, b, c) in rules.items():
-            rates = {}
-            for name, rs in dist.items():
-                rates[name] = float(np.mean([verdict_of(r.d_high, r.d_low, a, b, c)[0] == "falsified" for r in rs]))
-            record["rules"][rule] = rates
-            say(f"{rule:<62} " + "  ".join(f"{k} {v:.2f}" for k, v in rates.items()))
+def _study_rules(model, xa, occ, dist, calibration, seed, record, say) -> None:
+    """The falsification rate of each candidate calibration rule on the maps' distances
+    (``dist``), then of the occlusion map degraded by increasing cell-wise noise."""
+    from .core import COND_HIGH, COND_LOW, COND_MARGIN, FalsificationConfig, falsification_test, verdict_of
+    from .regions import feature_segments
 
-        say("\n# degraded occlusion maps: map + s * std(map) * N(0,1) per 14x14 cell, calibrated defaults")
-        cfg = calibration.apply(FalsificationConfig.preset("plain"))
-        seg = feature_segments(h, w, "grid", grid=14)
-        for s in (0.0, 0.5, 1.0, 2.0, 4.0):
-            gn = torch.Generator().manual_seed(seed + 7)
-            noise = torch.randn(n, 14 * 14, generator=gn)[:, seg]
-            mp = occ + s * occ.flatten(1).std(dim=1).view(n, 1, 1) * noise
-            rs = falsification_test(model, xa, None, mp, cfg)
-            rate = float(np.mean([r.falsified for r in rs]))
-            record["degraded"][s] = rate
-            conds = {c: sum(c in r.failed for r in rs) for c in (COND_HIGH, COND_LOW, COND_MARGIN)}
-            say(
-                f"noise s={s:<4} falsified {rate:.2f}  median d_high {np.median([r.d_high for r in rs]):.3f} "
-                f"d_low {np.median([r.d_low for r in rs]):.3f} margin {np.median([r.margin for r in rs]):.3f}  "
-                "failed: " + ", ".join(f"{c} x{k}" for c, k in conds.items())
-            )
-    if optimised:
-        cfg = FalsificationConfig.preset("plain", fill="optimised", K=2, opt_steps=optimised_steps, **loose)
-        say(f"\n# optimised fill (Algorithm 1, K=2, {optimised_steps} steps) on {optimised} images, occlusion map")
-        t0 = time.time()
-        rs = falsification_test(model, xa[:optimised], None, occ[:optimised], cfg)
-        for r in rs:
-            say(
-                f"d_high {r.d_high:.3f}  d_low {r.d_low:.3f}  converged {r.converged_high:.0%}/{r.converged_low:.0%}  "
-                f"steps {r.iterations_high:.0f}/{r.iterations_low:.0f}"
-            )
-        say(f"({time.time() - t0:.0f} s)")
-        record["optimised"] = [(r.d_high, r.d_low) for r in rs]
-    return record
+    n = xa.shape[0]
+    h, w = model.input_size
+    th, gap = calibration.threshold_angle, calibration.epsilon
+    rules = {
+        "tau_high=theta*, tau_low=theta*/4, eps=theta*/4": (th, th / 4, th / 4),
+        "tau_high=theta*/2, tau_low=theta*/4, eps=theta*/4": (th / 2, th / 4, th / 4),
+        "tau_high=theta*/2, tau_low=theta*/4, eps=median gap (default)": (th / 2, th / 4, gap),
+        "tau_high=median genuine, tau_low=theta*/4, eps=median gap": (calibration.genuine_median, th / 4, gap),
+    }
+    say(f"\n# falsification rate by calibration rule (theta* = {th:.4f}, median gap = {gap:.4f})")
+    for rule, (a, b, c) in rules.items():
+        rates = {}
+        for name, rs in dist.items():
+            rates[name] = float(np.mean([verdict_of(r.d_high, r.d_low, a, b, c)[0] == "falsified" for r in rs]))
+        record["rules"][rule] = rates
+        say(f"{rule:<62} " + "  ".join(f"{k} {v:.2f}" for k, v in rates.items()))
+
+    say("\n# degraded occlusion maps: map + s * std(map) * N(0,1) per 14x14 cell, calibrated defaults")
+    cfg = calibration.apply(FalsificationConfig.preset("plain"))
+    seg = feature_segments(h, w, "grid", grid=14)
+    for s in (0.0, 0.5, 1.0, 2.0, 4.0):
+        gn = torch.Generator().manual_seed(seed + 7)
+        noise = torch.randn(n, 14 * 14, generator=gn)[:, seg]
+        mp = occ + s * occ.flatten(1).std(dim=1).view(n, 1, 1) * noise
+        rs = falsification_test(model, xa, None, mp, cfg)
+        rate = float(np.mean([r.falsified for r in rs]))
+        record["degraded"][s] = rate
+        conds = {c: sum(c in r.failed for r in rs) for c in (COND_HIGH, COND_LOW, COND_MARGIN)}
+        say(
+            f"noise s={s:<4} falsified {rate:.2f}  median d_high {np.median([r.d_high for r in rs]):.3f} "
+            f"d_low {np.median([r.d_low for r in rs]):.3f} margin {np.median([r.margin for r in rs]):.3f}  "
+            "failed: " + ", ".join(f"{c} x{k}" for c, k in conds.items())
+        )
+
+
+def _study_optimised(model, xa, occ, optimised, optimised_steps, loose, record, say) -> None:
+    """The optimised fill on the first ``optimised`` images' occlusion maps."""
+    from .core import FalsificationConfig, falsification_test
+
+    cfg = FalsificationConfig.preset("plain", fill="optimised", K=2, opt_steps=optimised_steps, **loose)
+    say(f"\n# optimised fill (Algorithm 1, K=2, {optimised_steps} steps) on {optimised} images, occlusion map")
+    t0 = time.time()
+    rs = falsification_test(model, xa[:optimised], None, occ[:optimised], cfg)
+    for r in rs:
+        say(
+            f"d_high {r.d_high:.3f}  d_low {r.d_low:.3f}  converged {r.converged_high:.0%}/{r.converged_low:.0%}  "
+            f"steps {r.iterations_high:.0f}/{r.iterations_low:.0f}"
+        )
+    say(f"({time.time() - t0:.0f} s)")
+    record["optimised"] = [(r.d_high, r.d_low) for r in rs]

@@ -31,11 +31,22 @@ The search (:func:`ceiling_search`), per image:
    against the prior map's margin on the same image), so the ceiling is judged like any map and
    running the test on that map reproduces its verdict.
 
+**Early stop** (``CeilingSearch.stop_margin``): for a criterion whose verdict cannot turn from
+passed to falsified as d_high grows and d_low shrinks (``Criterion.monotone``), the search stops
+as soon as its sets pass with ``stop_margin`` to spare: on the starts of a *coarse screening*
+first (blocks of about 2 x 2 features hidden together, each feature ranked by its block's
+effect), then with the strongest blocks' features screened alone, then on the screening's
+starts, then after every round of S_low. The ceiling's verdict
+is the full search's whenever it passes early (refinement could only widen the margin); its
+distances are then those of the first passing sets. A ceiling that does not pass early is the
+full search's, sets and distances.
+
 The greedy search is a lower bound on the true optimum (the best of C(F, k) sets is not
 searched): "the ceiling is falsified" means the search found no passing map, not that none
 exists. With the defaults, on a 14 x 14 grid at q = 0.1 (about 20 cells per region) and a
-deterministic fill, it embeds at most about 196 + 2 x (1 + 2 x 40) = 358 counterfactuals per image
-(docs/method.md, "The test's ceiling").
+deterministic fill, the full search embeds at most about 196 + 2 x (1 + 2 x 40) = 358
+counterfactuals per image (about 49 + 8 more with the coarse stages tried first), and a
+ceiling that passes on the coarse starts about 49 + 4 (docs/method.md, "The test's ceiling").
 
 Only quantile regions at grid or superpixel granularity and the fills that need no model
 (blur, mean, zero, noise) are searched: at pixel granularity the screening alone would embed
@@ -53,6 +64,7 @@ import torch
 
 from ..models.base import model_device
 from .core import FalsificationConfig, FalsificationResult, check_inputs, falsification_test
+from .criteria import criterion_for
 from .regions import Regions, feature_segments, make_regions
 from .stages import STREAM_REGIONS, BatchedEmbedder, as_tensor, distances, embed, fill_for, pair_generator
 
@@ -61,20 +73,27 @@ from .stages import STREAM_REGIONS, BatchedEmbedder, as_tensor, distances, embed
 class CeilingSearch:
     """The greedy search's settings: refinement ``rounds`` per region (0: the screening's
     ranking only), the ``pool`` of outside candidates tried per round, and up to ``swaps``
-    members exchanged at once."""
+    members exchanged at once. ``stop_margin`` (radians; None: never stop early): the search
+    stops as soon as its sets pass the criterion with ``d_high`` lowered and ``d_low`` raised by
+    this much (the verdict is then decided: refinement only raises d_high and lowers d_low), for
+    criteria whose verdict is monotone in them (``Criterion.monotone``)."""
 
     rounds: int = 2
     pool: int = 12
     swaps: int = 4
+    stop_margin: float | None = 1e-3
 
     def __post_init__(self) -> None:
         for name, minimum in (("rounds", 0), ("pool", 1), ("swaps", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
                 raise ValueError(f"ceiling search {name} must be an integer >= {minimum}, got {v!r}")
+        m = self.stop_margin
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < math.pi):
+            raise ValueError(f"ceiling search stop_margin must be an angle in [0, pi) radians or None, got {m!r}")
 
     def to_dict(self) -> dict:
-        return {"rounds": self.rounds, "pool": self.pool, "swaps": self.swaps}
+        return {"rounds": self.rounds, "pool": self.pool, "swaps": self.swaps, "stop_margin": self.stop_margin}
 
 
 @dataclass
@@ -165,10 +184,17 @@ class _Image:
         self.n = int(segments.max()) + 1
         self.sizes = torch.bincount(segments.reshape(-1), minlength=self.n)
         self.n_embedded = 0
+        self._known: dict = {}  # (set, stream, samples) -> its distance, measured once
 
     def d(self, sets: Sequence[frozenset], stream: str, samples: int | None = None) -> list[float]:
         """The mean distance of hiding each feature set (the counterfactuals of ``stream``, its
-        first ``samples`` draws; default all K)."""
+        first ``samples`` draws; default all K); a set measured before is not embedded again."""
+        new = [s for s in dict.fromkeys(sets) if (s, stream, samples) not in self._known]
+        for s, v in zip(new, self._measure(new, stream, samples)):
+            self._known[(s, stream, samples)] = v
+        return [self._known[(s, stream, samples)] for s in sets]
+
+    def _measure(self, sets: Sequence[frozenset], stream: str, samples: int | None) -> list[float]:
         if not sets:
             return []
         values = self.values[stream][: samples or None]
@@ -200,18 +226,21 @@ def _regions(m: torch.Tensor, segments: torch.Tensor, config, pair_id: int) -> R
 
 
 def _refine(img: _Image, starts: Sequence[frozenset], stream: str, sign: float, order: Sequence[int], allowed,
-            valid, search: CeilingSearch) -> tuple[frozenset, float]:
+            valid, search: CeilingSearch, rounds: int | None = None, stop=None) -> tuple[frozenset, float]:
     """Local search maximising ``sign`` x distance from the best of ``starts`` (the first always
     counts; the others only when ``valid``): measure each member's removal and each of the
     ``pool`` best allowed outside candidates' addition (``order``: best first), try swapping the
     weakest members for the strongest candidates, keep the best swap that ``valid`` allows if it
-    improves."""
+    improves. ``rounds`` (default ``search.rounds``); ``stop(distance)``: True ends the search
+    with the set of that distance (checked on the best start and after every round)."""
     starts = [starts[0]] + [s for s in dict.fromkeys(starts[1:]) if s != starts[0] and valid(s)]
     v = [sign * x for x in img.d(starts, stream)]
     i = max(range(len(v)), key=lambda i: v[i])
     best_set, best = starts[i], v[i]
     sizes = img.sizes.tolist()
-    for _ in range(search.rounds):
+    for _ in range(search.rounds if rounds is None else rounds):
+        if stop is not None and stop(sign * best):
+            break
         members = sorted(best_set)
         pool = [c for c in order if c not in best_set and allowed(c)][: search.pool]
         if not pool:
@@ -269,6 +298,7 @@ def ceiling_search(
     if not config.has_criterion:
         raise ValueError("the ceiling is judged by the run's criterion: set tau_high, tau_low and epsilon (and delta "
                          "for 'beyond-prior') or calibrate them, as for falsification_test")
+    criterion_for(config).check_inputs(prior=prior)  # refused now, not after the search
     images = as_tensor(images, "images")
     if images.dim() == 3:
         images = images.unsqueeze(0)
@@ -282,6 +312,7 @@ def ceiling_search(
     # f(x) of each image alone, so the search of an image never depends on the images beside it
     f_x = torch.cat([embed(model, images[i : i + 1], config.batch_size, device) for i in range(b)])
     fill = fill_for(config)
+    decided = _decider(model, images, f_x, references, config, pair_ids, device, prior, prior_cache, search)
     maps, found = [], []
     for i in range(b):
         t0 = time.perf_counter()
@@ -299,41 +330,7 @@ def ceiling_search(
             maps.append(torch.zeros(h, w))  # one feature: no map can rank two; the test says untestable
             found.append(((), (), nan, nan, img.n_embedded, time.perf_counter() - t0))
             continue
-        # 1. screening: each feature hidden alone
-        effect = img.d([frozenset([c]) for c in range(n)], "high", samples=1)
-        perm = torch.randperm(n, generator=pair_generator(config.seed, pid, STREAM_REGIONS)).tolist()
-        order = sorted(perm, key=lambda c: -effect[c])  # stable: ties keep the random order
-        rank_map = torch.zeros(n, dtype=torch.float64)
-        for pos, c in enumerate(order):
-            rank_map[c] = n - pos
-        # 2. the start: the rule's regions of the screening's ranking
-        start = _regions(rank_map.float()[segments], segments, config, pid)
-
-        def valid_high(s: frozenset) -> bool:
-            r = _regions(ceiling_map(segments, sorted(s), []), segments, config, pid)
-            return r.testable and _features(r.high, segments) == s
-
-        # 3. refinement: S_high up, then S_low down among the features not in S_high
-        # under beyond-prior the prior map's own regions start too: the ceiling is then never below the prior
-        prior_reg = None if prior is None else _regions(torch.as_tensor(prior).float(), segments, config, pid)
-        prior_reg = prior_reg if prior_reg is not None and prior_reg.testable else None
-        high_starts = [_features(start.high, segments)] + ([_features(prior_reg.high, segments)] if prior_reg else [])
-        high, d_high = _refine(img, high_starts, "high", 1.0, order, lambda c: True, valid_high, search)
-        rest_order = [c for c in reversed(order) if c not in high]  # the low candidates, least effect first
-        # the S_low start: the rule's S_low of a map with S_high on top (the largest other feature next to
-        # it, as in the ceiling map) and the others ranked by their effect, least first
-        largest = max(rest_order, key=lambda c: (int(img.sizes[c]), c))
-        start_map = _ranking(segments, sorted(high), [], [c for c in rest_order if c != largest] + [largest])
-        low0 = _features(_regions(start_map.float()[segments], segments, config, pid).low, segments)
-
-        def valid_low(s: frozenset) -> bool:
-            if s & high:
-                return False
-            r = _regions(ceiling_map(segments, sorted(high), sorted(s)), segments, config, pid)
-            return r.testable and _features(r.high, segments) == high and _features(r.low, segments) == s
-
-        low_starts = [low0] + ([_features(prior_reg.low, segments)] if prior_reg else [])
-        low, d_low = _refine(img, low_starts, "low", -1.0, rest_order, lambda c: c not in high, valid_low, search)
+        high, low, d_high, d_low = _search_image(img, segments, config, pid, prior, search, decided)
         m = ceiling_map(segments, sorted(high), sorted(low))
         check = _regions(m, segments, config, pid)
         if _features(check.high, segments) != high or _features(check.low, segments) != low:
@@ -348,3 +345,117 @@ def ceiling_search(
                                  prior=prior, prior_cache=prior_cache)
     return [CeilingResult(pid, m, hi, lo, dh, dl, ne, s, r)
             for pid, m, (hi, lo, dh, dl, ne, s), r in zip(pair_ids, maps, found, results)]
+
+
+def _decider(model, images, f_x, references, config, pair_ids, device, prior, prior_cache, search: CeilingSearch):
+    """``decided(pair_id, d_high, d_low)``: True when sets with those distances pass the
+    criterion with ``search.stop_margin`` to spare, so no refinement can change the verdict;
+    None when the search never stops early (no margin, or a criterion not monotone in d_high
+    and d_low)."""
+    criterion = criterion_for(config)
+    if search.stop_margin is None or not criterion.monotone:
+        return None
+    criterion.prepare(model, images, f_x, references, pair_ids, device, prior=prior, prior_cache=prior_cache)
+    m = float(search.stop_margin)
+    return lambda pid, d_high, d_low: criterion.judge(pid, d_high - m, d_low + m).verdict == "passed"
+
+
+def _blocks(segments: torch.Tensor, n: int) -> list[frozenset]:
+    """The features in blocks of about 2 x 2: by the cell of a ``c x c`` grid, c = ceil(sqrt(n) / 2),
+    that holds each feature's centroid (grid 14: the 7 x 7 blocks of 2 x 2 cells); no block is empty."""
+    h, w = segments.shape
+    c = max(1, math.ceil(math.sqrt(n) / 2))
+    ys = torch.arange(h, dtype=torch.float64)[:, None].expand(h, w).reshape(-1)
+    xs = torch.arange(w, dtype=torch.float64)[None, :].expand(h, w).reshape(-1)
+    seg = segments.reshape(-1)
+    count = torch.bincount(seg, minlength=n).double().clamp_min(1)
+    cy = torch.bincount(seg, weights=ys, minlength=n) / count
+    cx = torch.bincount(seg, weights=xs, minlength=n) / count
+    block = ((cy + 0.5) * c / h).long().clamp(0, c - 1) * c + ((cx + 0.5) * c / w).long().clamp(0, c - 1)
+    groups: dict[int, set] = {}
+    for f, b in enumerate(block.tolist()):
+        groups.setdefault(b, set()).add(f)
+    return [frozenset(g) for _, g in sorted(groups.items())]
+
+
+def _search_image(img: _Image, segments: torch.Tensor, config, pid: int, prior, search: CeilingSearch, decided
+                  ) -> tuple[frozenset, frozenset, float, float]:
+    """The screening, the starts and the refinement on one image (module docstring): S_high,
+    S_low and the search's d_high, d_low. With ``decided`` (:func:`_decider`) the search stops as
+    soon as its sets decide the verdict: on the starts of a coarse screening (blocks of about
+    2 x 2 features hidden alone), then with the strongest blocks' features screened alone, then
+    on the screening's starts, then after every round of S_low."""
+    n = img.n
+    perm = torch.randperm(n, generator=pair_generator(config.seed, pid, STREAM_REGIONS)).tolist()
+    # under beyond-prior the prior map's own regions start too: the ceiling is then never below the prior
+    prior_reg = None if prior is None else _regions(torch.as_tensor(prior).float(), segments, config, pid)
+    prior_reg = prior_reg if prior_reg is not None and prior_reg.testable else None
+    if decided is not None:
+        # 0. coarse: blocks hidden alone, each feature ranked by its block; then the features of the
+        # strongest blocks (twice the area S_high takes) each hidden alone, ranked above the others
+        blocks = _blocks(segments, n)
+        block_effect = img.d(blocks, "high", samples=1)
+        effect = [0.0] * n
+        for g, e in zip(blocks, block_effect):
+            for c in g:
+                effect[c] = e
+        order = sorted(perm, key=lambda c: -effect[c])
+        found = _greedy(img, segments, config, pid, order, prior_reg, search, decided, rounds=0)
+        if decided(pid, found[2], found[3]):
+            return found
+        sizes, area, top = img.sizes.tolist(), 0, []
+        for c in order:
+            if area >= 2 * sum(sizes[f] for f in found[0]):
+                break
+            top.append(c)
+            area += sizes[c]
+        own = dict(zip(top, img.d([frozenset([c]) for c in top], "high", samples=1)))
+        order = sorted(top, key=lambda c: -own[c]) + order[len(top):]
+        found = _greedy(img, segments, config, pid, order, prior_reg, search, decided, rounds=0)
+        if decided(pid, found[2], found[3]):
+            return found
+    # 1. screening: each feature hidden alone
+    effect = img.d([frozenset([c]) for c in range(n)], "high", samples=1)
+    order = sorted(perm, key=lambda c: -effect[c])  # stable: ties keep the random order
+    if decided is not None:
+        found = _greedy(img, segments, config, pid, order, prior_reg, search, decided, rounds=0)
+        if decided(pid, found[2], found[3]):
+            return found
+    return _greedy(img, segments, config, pid, order, prior_reg, search, decided, rounds=None)
+
+
+def _greedy(img: _Image, segments: torch.Tensor, config, pid: int, order: Sequence[int], prior_reg, search,
+            decided, rounds: int | None) -> tuple[frozenset, frozenset, float, float]:
+    """From the features ranked by ``order`` (strongest first): 2. the starts (the rule's regions
+    of that ranking, and the prior's), 3. ``rounds`` of refinement (default ``search.rounds``) of
+    S_high up, then of S_low down among the features not in S_high, stopping once ``decided``."""
+    n = img.n
+    rank_map = torch.zeros(n, dtype=torch.float64)
+    for pos, c in enumerate(order):
+        rank_map[c] = n - pos
+    start = _regions(rank_map.float()[segments], segments, config, pid)
+
+    def valid_high(s: frozenset) -> bool:
+        r = _regions(ceiling_map(segments, sorted(s), []), segments, config, pid)
+        return r.testable and _features(r.high, segments) == s
+
+    high_starts = [_features(start.high, segments)] + ([_features(prior_reg.high, segments)] if prior_reg else [])
+    high, d_high = _refine(img, high_starts, "high", 1.0, order, lambda c: True, valid_high, search, rounds=rounds)
+    rest_order = [c for c in reversed(order) if c not in high]  # the low candidates, least effect first
+    # the S_low start: the rule's S_low of a map with S_high on top (the largest other feature next to
+    # it, as in the ceiling map) and the others ranked by their effect, least first
+    largest = max(rest_order, key=lambda c: (int(img.sizes[c]), c))
+    start_map = _ranking(segments, sorted(high), [], [c for c in rest_order if c != largest] + [largest])
+    low0 = _features(_regions(start_map.float()[segments], segments, config, pid).low, segments)
+
+    def valid_low(s: frozenset) -> bool:
+        if s & high:
+            return False
+        r = _regions(ceiling_map(segments, sorted(high), sorted(s)), segments, config, pid)
+        return r.testable and _features(r.high, segments) == high and _features(r.low, segments) == s
+
+    stop = None if decided is None else (lambda d_low: decided(pid, d_high, d_low))
+    low_starts = [low0] + ([_features(prior_reg.low, segments)] if prior_reg else [])
+    low, d_low = _refine(img, low_starts, "low", -1.0, rest_order, lambda c: c not in high, valid_low, search,
+                         rounds=rounds, stop=stop)
+    return high, low, d_high, d_low

@@ -44,10 +44,12 @@ from .stages import (  # noqa: F401 - pair_generator, regions_for, build_counter
     STREAM_FILL,
     STREAM_REGIONS,
     BatchedEmbedder,
+    EmbeddingCache,
     as_tensor,
     build_counterfactuals,
     distances,
     embed,
+    embedder_for,
     fill_for,
     pair_generator,
     regions_for,
@@ -404,6 +406,7 @@ def falsification_test(
     progress: bool = False,
     prior: torch.Tensor | None = None,
     prior_cache: dict | None = None,
+    embedding_cache: EmbeddingCache | None = None,
 ) -> list[FalsificationResult]:
     """Test one attribution map per image; returns one :class:`FalsificationResult` per image.
 
@@ -436,6 +439,10 @@ def falsification_test(
     prior_cache:
         A dict reused across calls on the same images (keyed by pair id): the prior's distances
         on an image are then computed once, however many methods are tested on it.
+    embedding_cache:
+        An :class:`EmbeddingCache` reused across calls with the same model: f(x), and the
+        counterfactuals of a region another map of the image picked too, are then embedded once
+        (the distances are those of a fresh test, up to float32 rounding of the batch).
 
     The stages (``falsify.falsification.stages``, ``falsify.falsification.criteria``): the
     regions of each map (:func:`regions_for`), the counterfactuals of the testable ones from the
@@ -446,16 +453,7 @@ def falsification_test(
     """
     config = config or FalsificationConfig()
     criterion = criterion_for(config)
-    if not config.has_criterion:
-        raise ValueError(
-            "the criterion needs tau_high, tau_low and epsilon (and delta for 'beyond-prior'; radians): set "
-            "them in FalsificationConfig(...) or calibrate them for this model with "
-            "config = calibrate(model, pairs).apply(config)"
-        )
-    if config.target == "pair" and references is None:
-        raise ValueError("target='pair' measures how far each counterfactual moves the pair's angle: pass the "
-                         "references (the other face's embedding of each pair)")
-    criterion.check_inputs(prior=prior)
+    _check_test_call(config, criterion, references, prior)
     images, references, maps = check_inputs(model, images, references, maps)
     b = images.shape[0]
     if pair_ids is None:
@@ -464,32 +462,19 @@ def falsification_test(
     if len(pair_ids) != b:
         raise ValueError(f"pair_ids needs one id per image ({b}), got {len(pair_ids)}")
     device = model_device(model)
-    k = config.k_effective
 
     # 1. regions; f(x) once per image
     regions_list = [regions_for(images[i], maps[i], config, pair_ids[i]) for i in range(b)]
-    f_x = embed(model, images, config.batch_size, device)
+    f_x = embed(model, images, config.batch_size, device, embedding_cache)
     if references is not None and references.shape[1] != f_x.shape[1]:
         raise ValueError(
             f"references have {references.shape[1]} dimensions but the model's embeddings have "
             f"{f_x.shape[1]}: pass model(other_images) of the same model"
         )
-    testable = [i for i, r in enumerate(regions_list) if r.testable]
 
     # 2. the fill's counterfactuals of every testable image, 3. embedded in batches of batch_size
-    cf_keep: dict[int, torch.Tensor] = {}
-    opt_info: dict[int, OptimisationInfo] = {}
-    embedder = BatchedEmbedder(model, config.batch_size, 2 * k * len(testable), device)
-    made = fill_for(config).counterfactuals(model, [images[i] for i in testable], [regions_list[i] for i in testable],
-                                            f_x[testable], [pair_ids[i] for i in testable], progress=progress)
-    for i, cf in zip(testable, made):
-        embedder.add(cf.high)
-        embedder.add(cf.low)
-        if cf.info is not None:
-            opt_info[i] = cf.info
-        if keep_examples:
-            cf_keep[i] = torch.stack([cf.high[0], cf.low[0]])
-    emb = embedder.finish()
+    embedded = _embed_counterfactuals(model, images, regions_list, f_x, pair_ids, config, device,
+                                      keep_examples=keep_examples, progress=progress, cache=embedding_cache)
 
     pair_angles = None
     if references is not None:
@@ -497,22 +482,12 @@ def falsification_test(
     criterion.prepare(model, images, f_x, references, pair_ids, device, prior=prior, prior_cache=prior_cache)
 
     # 4. distances, 5. the criterion's verdict (untestable when no counterfactual moved f(x))
-    rounding = angle_rounding(f_x.shape[1])
     results = []
     row = 0
+    k = config.k_effective
     for i in range(b):
         reg = regions_list[i]
-        common = dict(
-            pair_id=pair_ids[i],
-            tau_high=float(config.tau_high),
-            tau_low=float(config.tau_low),
-            epsilon=float(config.epsilon),
-            fill=config.fill,
-            granularity=config.granularity,
-            pair_angle=None if pair_angles is None else float(pair_angles[i]),
-            criterion=config.criterion,
-            delta=None if config.delta is None else float(config.delta),
-        )
+        common = _common_fields(config, pair_ids[i], None if pair_angles is None else float(pair_angles[i]))
         masks = dict(high_mask=reg.high, low_mask=reg.low) if keep_examples else {}
         if not reg.testable:
             nan = float("nan")
@@ -524,56 +499,125 @@ def falsification_test(
                 )
             )
             continue
-        e = emb[row : row + 2 * k].double()
+        e = embedded.emb[row : row + 2 * k].double()
         row += 2 * k
-        d = distances(f_x[i].double(), e, None if references is None else references[i], config.target)
-        dh, dl = d[:k], d[k:]
-        d_high, d_low = float(dh.mean()), float(dl.mean())
-        sd_high = float(dh.std(unbiased=True)) if k > 1 else 0.0
-        sd_low = float(dl.std(unbiased=True)) if k > 1 else 0.0
-        margin = d_high - d_low
-        moved = d if config.target == "embedding" else distances(f_x[i].double(), e, None, "embedding")
-        if float(moved.max()) <= rounding:  # no counterfactual moved f(x): nothing for the map to predict
-            verdict, failed, extra = "untestable", (
-                f"hiding S_high or S_low moves the embedding by at most {float(moved.max()):.1e} rad, within "
-                f"float32 rounding ({rounding:.1e} rad for {f_x.shape[1]}-d embeddings): the image gives the map "
-                "nothing to test",), {}
-        else:
-            judged = criterion.judge(pair_ids[i], d_high, d_low)
-            verdict, failed = judged.verdict, judged.failed
-            # the criterion's fields: the result's own attributes (beyond-prior's), else criterion_fields
-            extra = {k: v for k, v in judged.fields.items() if k in RESULT_FIELDS}
-            if len(extra) < len(judged.fields):
-                extra["criterion_fields"] = {k: v for k, v in judged.fields.items() if k not in RESULT_FIELDS}
-        if i in opt_info:
-            info = opt_info[i]
-            extra.update(
-                converged_high=float(info.converged[:k].float().mean()),
-                converged_low=float(info.converged[k:].float().mean()),
-                iterations_high=float(info.iterations[:k].float().mean()),
-                iterations_low=float(info.iterations[k:].float().mean()),
-            )
-        if keep_examples:
-            extra.update(example_high=cf_keep[i][0], example_low=cf_keep[i][1])
-        results.append(
-            FalsificationResult(
-                verdict=verdict,
-                failed=failed,
-                d_high=d_high,
-                d_low=d_low,
-                sd_high=sd_high,
-                sd_low=sd_low,
-                margin=margin,
-                d_prime=d_prime_of(margin, sd_high, sd_low),
-                n_high=reg.n_high,
-                n_low=reg.n_low,
-                K=k,
-                separated=reg.separated,
-                distances_high=tuple(float(v) for v in dh),
-                distances_low=tuple(float(v) for v in dl),
-                **common,
-                **masks,
-                **extra,
-            )
-        )
+        ref = None if references is None else references[i]
+        results.append(_judged_result(i, reg, f_x[i], e, ref, config, criterion, embedded, common, masks))
     return results
+
+
+def _check_test_call(config: FalsificationConfig, criterion, references, prior) -> None:
+    """Refuse a test that cannot be judged: thresholds unset, ``target="pair"`` without
+    references, or a criterion's missing input (beyond-prior's prior)."""
+    if not config.has_criterion:
+        raise ValueError(
+            "the criterion needs tau_high, tau_low and epsilon (and delta for 'beyond-prior'; radians): set "
+            "them in FalsificationConfig(...) or calibrate them for this model with "
+            "config = calibrate(model, pairs).apply(config)"
+        )
+    if config.target == "pair" and references is None:
+        raise ValueError("target='pair' measures how far each counterfactual moves the pair's angle: pass the "
+                         "references (the other face's embedding of each pair)")
+    criterion.check_inputs(prior=prior)
+
+
+def _common_fields(config: FalsificationConfig, pair_id: int, pair_angle: float | None) -> dict:
+    """The fields every result of one image carries, whatever its verdict."""
+    return dict(
+        pair_id=pair_id,
+        tau_high=float(config.tau_high),
+        tau_low=float(config.tau_low),
+        epsilon=float(config.epsilon),
+        fill=config.fill,
+        granularity=config.granularity,
+        pair_angle=pair_angle,
+        criterion=config.criterion,
+        delta=None if config.delta is None else float(config.delta),
+    )
+
+
+@dataclass
+class _Embedded:
+    """The counterfactuals' embeddings of the testable images, 2K rows each (high then low) in
+    image order, with the optimised fill's convergence and the kept examples by image index."""
+
+    emb: torch.Tensor
+    opt_info: dict[int, OptimisationInfo]
+    cf_keep: dict[int, torch.Tensor]
+
+
+def _embed_counterfactuals(model, images, regions_list, f_x, pair_ids, config, device, *,
+                           keep_examples: bool, progress: bool, cache: EmbeddingCache | None = None) -> _Embedded:
+    """The fill's counterfactuals of every testable image, embedded in batches of
+    ``config.batch_size`` (those ``cache`` holds read from it)."""
+    k = config.k_effective
+    testable = [i for i, r in enumerate(regions_list) if r.testable]
+    cf_keep: dict[int, torch.Tensor] = {}
+    opt_info: dict[int, OptimisationInfo] = {}
+    embedder = embedder_for(model, config.batch_size, 2 * k * len(testable), device, cache)
+    made = fill_for(config).counterfactuals(model, [images[i] for i in testable], [regions_list[i] for i in testable],
+                                            f_x[testable], [pair_ids[i] for i in testable], progress=progress)
+    for i, cf in zip(testable, made):
+        embedder.add(cf.high)
+        embedder.add(cf.low)
+        if cf.info is not None:
+            opt_info[i] = cf.info
+        if keep_examples:
+            cf_keep[i] = torch.stack([cf.high[0], cf.low[0]])
+    return _Embedded(embedder.finish(), opt_info, cf_keep)
+
+
+def _judged_result(i: int, reg, f_xi: torch.Tensor, e: torch.Tensor, ref, config: FalsificationConfig, criterion,
+                   embedded: _Embedded, common: dict, masks: dict) -> FalsificationResult:
+    """The result of testable image ``i``: its distances from ``e`` (its 2K counterfactual
+    embeddings, float64) and the criterion's verdict, untestable when none moved f(x)."""
+    k = config.k_effective
+    d = distances(f_xi.double(), e, ref, config.target)
+    dh, dl = d[:k], d[k:]
+    d_high, d_low = float(dh.mean()), float(dl.mean())
+    sd_high = float(dh.std(unbiased=True)) if k > 1 else 0.0
+    sd_low = float(dl.std(unbiased=True)) if k > 1 else 0.0
+    margin = d_high - d_low
+    moved = d if config.target == "embedding" else distances(f_xi.double(), e, None, "embedding")
+    rounding = angle_rounding(f_xi.shape[0])
+    if float(moved.max()) <= rounding:  # no counterfactual moved f(x): nothing for the map to predict
+        verdict, failed, extra = "untestable", (
+            f"hiding S_high or S_low moves the embedding by at most {float(moved.max()):.1e} rad, within "
+            f"float32 rounding ({rounding:.1e} rad for {f_xi.shape[0]}-d embeddings): the image gives the map "
+            "nothing to test",), {}
+    else:
+        judged = criterion.judge(common["pair_id"], d_high, d_low)
+        verdict, failed = judged.verdict, judged.failed
+        # the criterion's fields: the result's own attributes (beyond-prior's), else criterion_fields
+        extra = {k: v for k, v in judged.fields.items() if k in RESULT_FIELDS}
+        if len(extra) < len(judged.fields):
+            extra["criterion_fields"] = {k: v for k, v in judged.fields.items() if k not in RESULT_FIELDS}
+    if i in embedded.opt_info:
+        info = embedded.opt_info[i]
+        extra.update(
+            converged_high=float(info.converged[:k].float().mean()),
+            converged_low=float(info.converged[k:].float().mean()),
+            iterations_high=float(info.iterations[:k].float().mean()),
+            iterations_low=float(info.iterations[k:].float().mean()),
+        )
+    if i in embedded.cf_keep:
+        extra.update(example_high=embedded.cf_keep[i][0], example_low=embedded.cf_keep[i][1])
+    return FalsificationResult(
+        verdict=verdict,
+        failed=failed,
+        d_high=d_high,
+        d_low=d_low,
+        sd_high=sd_high,
+        sd_low=sd_low,
+        margin=margin,
+        d_prime=d_prime_of(margin, sd_high, sd_low),
+        n_high=reg.n_high,
+        n_low=reg.n_low,
+        K=k,
+        separated=reg.separated,
+        distances_high=tuple(float(v) for v in dh),
+        distances_low=tuple(float(v) for v in dl),
+        **common,
+        **masks,
+        **extra,
+    )

@@ -11,6 +11,8 @@ A criterion is a :class:`Criterion` subclass registered under its name with
   images (:func:`falsify.falsification.prior.calibrate_delta`: ``--delta calibrated``);
 - ``fields``: the fields it adds to each result (``FalsificationResult``: its own attributes,
   or for a new criterion ``criterion_fields``, flattened into ``to_dict()``);
+- ``monotone``: whether a passing verdict stays passing when d_high grows and d_low shrinks
+  (the test's ceiling then stops its search once its sets pass, ``falsify.falsification.ceiling``);
 - :meth:`Criterion.check_inputs`: refuse a call that lacks an input it needs (e.g. the prior);
 - :meth:`Criterion.prepare`: work done once per call before judging (e.g. the prior's distances);
 - :meth:`Criterion.judge`: the verdict of one image, the conditions that failed, and the
@@ -86,6 +88,8 @@ class Criterion:
     prior_calibrated: ClassVar[str | None] = None
     #: the fields :meth:`judge` adds to each result
     fields: ClassVar[tuple[str, ...]] = ()
+    #: a passing verdict stays passing when d_high grows and d_low shrinks (False: not promised)
+    monotone: ClassVar[bool] = False
     #: its rule in one plain line, for reports (:meth:`describe`)
     rule: ClassVar[str] = ""
 
@@ -161,6 +165,7 @@ class Absolute(Criterion):
     """The map passes when d_high > tau_high, d_low < tau_low and d_high - d_low >= epsilon."""
 
     name = "absolute"
+    monotone = True
     rule = "a map passes when d_high > τ_high, d_low < τ_low and d_high − d_low ≥ ε"
 
     def judge(self, pair_id, d_high, d_low):
@@ -208,6 +213,7 @@ class BeyondPrior(Criterion):
     needs_prior = True
     prior_calibrated = "delta"
     fields = ("prior_d_high", "prior_d_low", "excess")
+    monotone = True
     rule = "a map passes when its margin d_high − d_low exceeds the prior map's margin on the same image by more than δ"
 
     def check_inputs(self, *, prior=None):

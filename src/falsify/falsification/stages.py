@@ -18,6 +18,7 @@ whether it is tested alone or in a batch.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import ClassVar, Iterator, Sequence
 
@@ -283,8 +284,13 @@ def build_counterfactuals(image: torch.Tensor, regions: Regions, config, pair_id
 
 # --- 3. embedding ------------------------------------------------------------------------------
 
-def embed(model, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    """``model(images)`` as float on the CPU, ``batch_size`` images per forward pass on ``device``."""
+def embed(model, images: torch.Tensor, batch_size: int, device, cache: "EmbeddingCache | None" = None) -> torch.Tensor:
+    """``model(images)`` as float on the CPU, ``batch_size`` images per forward pass on ``device``
+    (with ``cache``: only the images it lacks, :class:`EmbeddingCache`)."""
+    if cache is not None:
+        embedder = cache.embedder(model, batch_size, images.shape[0], device)
+        embedder.add(images)
+        return embedder.finish()
     outs = []
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
@@ -342,6 +348,69 @@ class BatchedEmbedder:
             self.out = torch.empty(self.total, emb.shape[1])
         self.out[self.done : self.done + n] = emb
         self.done += n
+
+
+class EmbeddingCache:
+    """Embeddings of images by their content (a hash of their float32 pixels and shape), for
+    one model: a test that meets an image the cache holds (the same f(x), or a counterfactual
+    of a region another map of the same image also picked) reads its embedding instead of
+    embedding it again. Valid for one model only; a run keeps one per chunk of pairs."""
+
+    def __init__(self) -> None:
+        self.embeddings: dict[bytes, torch.Tensor] = {}
+        #: images read from the cache instead of embedded
+        self.hits = 0
+
+    @staticmethod
+    def key(image: torch.Tensor) -> bytes:
+        t = image.detach().to("cpu", torch.float32).contiguous()
+        h = hashlib.blake2b(t.numpy().tobytes(), digest_size=20)
+        h.update(repr(tuple(t.shape)).encode())
+        return h.digest()
+
+    def embedder(self, model, batch_size: int, total: int, device) -> "CachedEmbedder":
+        return CachedEmbedder(model, batch_size, total, device, self)
+
+
+class CachedEmbedder:
+    """:class:`BatchedEmbedder` that embeds only the images its :class:`EmbeddingCache` lacks
+    (each once) and adds them to it; :meth:`finish` returns every embedding in the order added."""
+
+    def __init__(self, model, batch_size: int, total: int, device, cache: EmbeddingCache) -> None:
+        self.inner = BatchedEmbedder(model, batch_size, total, device)
+        self.cache = cache
+        self.keys: list[bytes] = []
+        self.queued: dict[bytes, int] = {}  # key -> its row among the images embedded here
+
+    def add(self, images: torch.Tensor) -> None:
+        new = []
+        for j in range(images.shape[0]):
+            k = self.cache.key(images[j])
+            self.keys.append(k)
+            if k in self.cache.embeddings:
+                self.cache.hits += 1
+            elif k not in self.queued:
+                self.queued[k] = len(self.queued)
+                new.append(j)
+        if len(new) == images.shape[0]:
+            self.inner.add(images)
+        elif new:
+            self.inner.add(images[new])
+
+    def finish(self) -> torch.Tensor:
+        emb = self.inner.finish()
+        for k, row in self.queued.items():
+            self.cache.embeddings[k] = emb[row].clone()
+        if not self.keys:
+            return torch.empty(0, 0)
+        return torch.stack([self.cache.embeddings[k] for k in self.keys])
+
+
+def embedder_for(model, batch_size: int, total: int, device, cache: EmbeddingCache | None = None):
+    """A :class:`BatchedEmbedder`, or with ``cache`` a :class:`CachedEmbedder` reading and filling it."""
+    if cache is None:
+        return BatchedEmbedder(model, batch_size, total, device)
+    return cache.embedder(model, batch_size, total, device)
 
 
 # --- 4. distances ------------------------------------------------------------------------------
