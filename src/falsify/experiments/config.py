@@ -119,7 +119,7 @@ class RunConfig:
     executor: str = "in-process"  # who computes the rows: in-process, or ray (falsify.experiments.executor)
     ray_address: str | None = None  # --executor ray: the cluster to join (ADDRESS or auto; default: start one here)
     workers: int | None = None  # --executor ray: Ray workers (default: one per CPU Ray has)
-    truth: str | None = None  # known-truth: the composites' construction (swap, average; default average)
+    truth: str | None = None  # known-truth: the composites' construction (lateral, parts, swap, average; default lateral)
     truth_parts: str | None = None  # known-truth: the donor's parts (eyes, eyes+nose, inner; default inner)
     truth_min_effect: float = 0.0  # known-truth: composites moving the pair less than this (rad) are left out
 
@@ -232,7 +232,7 @@ class RunConfig:
                     raise ValueError(f"{key} ({flag}) is a setting of the known-truth benchmark; drop it, or run "
                                      f"known-truth (got experiment {self.experiment})")
             return
-        self.truth = self.truth or "average"
+        self.truth = self.truth or "lateral"
         self.truth_parts = self.truth_parts or "inner"
         if self.truth not in TRUTH_CONSTRUCTIONS:
             raise ValueError(f"truth must be one of {', '.join(TRUTH_CONSTRUCTIONS)}, got {self.truth!r}")

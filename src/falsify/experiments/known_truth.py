@@ -87,7 +87,7 @@ class KnownTruthStudy(Runner):
         cal = self.calibration.to_dict() if self.calibration is not None else {
             "tau_high": c.tau_high, "tau_low": c.tau_low, "epsilon": c.epsilon}
         fc = self.fconfig.to_dict()
-        section = truth_summary(rows, pairs, cal, fc, kind.maps(), c.truth_min_effect)
+        section = truth_summary(rows, pairs, cal, fc, kind.maps(), c.truth_min_effect, ctx_prior(session))
         _, kept = kept_composites(rows, pairs, c.truth_min_effect)
         section.update(construction=c.truth, parts=c.truth_parts, feather_sigma=FEATHER_SIGMA,
                        align=model.aligner.template if model.aligner is not None else "none",
@@ -104,6 +104,12 @@ class KnownTruthStudy(Runner):
     def _write(self, summary: dict) -> None:
         write_outputs(self.out, summary)
         (self.out / "known_truth.md").write_text(format_truth(summary) + "\n", encoding="utf-8")
+
+
+def ctx_prior(session):
+    """The run's prior map as numpy (None without one)."""
+    prior = getattr(session, "prior_map", None)
+    return None if prior is None else prior.double().numpy()
 
 
 def figure_data(session, kind, pairs, kept: Sequence[str]) -> dict | None:
@@ -130,7 +136,9 @@ def figure_data(session, kind, pairs, kept: Sequence[str]) -> dict | None:
     if not good:
         return None
     xs = torch.stack([built[i][1] for i in good])
-    names = ["truth", "wrong-part"] + [m for m in ctx.config.methods if m not in CONTROLS][:4]
+    names = ["truth", "mirror", "wrong-part"] + [m for m in ctx.config.methods if m not in CONTROLS][:4]
+    known = comp.known_maps(["truth", "mirror", "wrong-part"], built, good, chosen)
+    ref = torch.stack([built[i][3] for i in good]).float()
 
     def thumb(t):  # (H, W) or (3, H, W) -> THUMB x THUMB, rounded
         t = t.float().unsqueeze(0) if t.dim() == 3 else t.float()[None, None]
@@ -138,11 +146,11 @@ def figure_data(session, kind, pairs, kept: Sequence[str]) -> dict | None:
 
     maps = {}
     for name in names:
-        if name in ("truth", "wrong-part"):
-            maps[name] = torch.stack([truth_maps(built[i][0].alpha, built[i][0].core, built[i][0].wrong,
-                                                 ctx.prior_map)[name] for i in good])
+        if name in known:
+            if isinstance(known[name], torch.Tensor):  # a map some composites lack is left out
+                maps[name] = known[name]
         else:
-            m, _ = comp.maps(name, [chosen[i] for i in good], xs, refs[good], list(range(len(good))))
+            m, _ = comp.maps(name, [chosen[i] for i in good], xs, ref, list(range(len(good))))
             if m is not None:
                 maps[name] = m
     out = []
