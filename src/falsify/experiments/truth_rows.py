@@ -61,6 +61,44 @@ def mate_of(path, exclude=()) -> Path | None:
     return None
 
 
+_MATED: dict = {}
+
+
+def mated_identities(root) -> list[Path]:
+    """The identity folders under ``root`` (LFW layout) holding at least two photos, in name order
+    (listed once per process)."""
+    from ..data.pairs import IMAGE_SUFFIXES
+
+    root = Path(root)
+    if root not in _MATED:
+        _MATED[root] = [d for d in sorted(root.iterdir()) if d.is_dir() and sum(
+            1 for q in d.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) >= 2]
+    return _MATED[root]
+
+
+def donor_of(p, seed: int):
+    """``(donor, base, mate)`` of an impostor pair ``p``: the donor is the face of the pair with a
+    genuine mate in the data (B first, else A) and the base the other face; when neither has one,
+    the base is A and the donor the first photo of an identity with two or more, drawn from (seed,
+    pair index) among those of neither face, its mate the second. None when there is none."""
+    for donor, base in ((p.b, p.a), (p.a, p.b)):
+        mate = mate_of(donor, (base,))
+        if mate is not None:
+            return donor, base, mate
+    from ..data.pairs import IMAGE_SUFFIXES
+
+    if p.root is None or not Path(p.root).is_dir():
+        return None
+    skip = {Path(p.a).parent.resolve(), Path(p.b).parent.resolve()}
+    folders = [d for d in mated_identities(p.root) if d.resolve() not in skip]
+    if not folders:
+        return None
+    rng = np.random.default_rng([int(seed), int(p.index), STREAM_TRUTH, 2])
+    d = folders[int(rng.integers(len(folders)))]
+    donor = next(q for q in sorted(d.iterdir()) if q.suffix.lower() in IMAGE_SUFFIXES)
+    return donor, p.a, mate_of(donor)
+
+
 def test_distances(model, images, f_x, refs, maps: Mapping, todo: Sequence[tuple[str, int]], config,
                    pair_ids: Sequence[int], qs: Sequence[float] | None = None) -> dict:
     """The falsification test's distances for each (map name, image position) of ``todo``, under
@@ -183,12 +221,12 @@ class CompositeRows(FramePoints, ChunkRows):
         prior = ctx.prior_map.double().numpy()
         plan, out = {}, []
         for i, p in enumerate(pairs):
-            roles = [(p.b, p.a, mate_of(p.b, (p.a,))), (p.a, p.b, mate_of(p.a, (p.b,)))]
-            donor, base, mate = next((r for r in roles if r[2] is not None), (None, None, None))
-            if donor is None:
-                out.append("no composite: neither face of the pair has another photo of its identity in the data "
-                           "(a genuine mate, the reference of the test)")
+            got = donor_of(p, c.seed)
+            if got is None:
+                out.append("no composite: no identity in the data has two photos (a donor and its genuine mate, "
+                           "the reference of the test)")
                 continue
+            donor, base, mate = got
             pts, why = self.points_of(donor)
             if why:
                 out.append(f"no composite: the donor's landmarks: {why}")
@@ -232,7 +270,8 @@ class CompositeRows(FramePoints, ChunkRows):
                         "effect": float(before[j] - after[j]), "cos_before": float(torch.cos(before[j])),
                         "cos_after": float(torch.cos(after[j])), "truth_area": con.q, "core_area": float(con.core.mean()),
                         "wrong_area": float(con.wrong.mean()), "region": con.region,
-                        "donor": "B" if donor == pairs[i].b else "A", "mate": Path(mate).name,
+                        "donor": "B" if donor == pairs[i].b else "A" if donor == pairs[i].a else "third",
+                        "mate": Path(mate).name,
                         "prior_share_in_truth": shares["run"], "prior_share_matched": shares["matched"],
                         "truth_mass": con.truth_mass, "mirror_mass": con.mirror_mass,
                         "matched_mass": con.matched_mass, "dim": int(e_x.shape[1]),
