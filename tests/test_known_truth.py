@@ -163,7 +163,11 @@ def test_known_truth_end_to_end(lfw_sample, tmp_path, capsys):
     for key in ("sensitivity", "specificity"):
         assert kt[key] is not None and 0.0 <= kt[key] <= 1.0
     assert kt["strength"]["n"] == 2 and kt["strength"]["effect_median"] is not None
-    assert len(kt["configurations"]) == len(configs()) * 2
+    assert len(kt["configurations"]) == len(configs()) * 3  # absolute, beyond-prior at the run's delta and calibrated
+    conf = kt["confirmation"]
+    assert set(conf) >= {"sensitivity", "specificity", "sensitivity_ci", "specificity_ci", "n"}
+    assert "centre" not in kt["specificity_by_negative"] and {"mirror", "matched", "null"} <= set(kt["specificity_by_negative"])
+    assert 0.0 <= kt["prior_share_in_truth"] <= 1.0
     assert {e["map"] for e in kt["localisation"]} >= {"truth", "wrong-part", "centre", "saliency"}
     truth = next(e for e in kt["localisation"] if e["map"] == "truth")
     assert truth["rank_share"] == pytest.approx(1.0, abs=0.05) and truth["pointing"] == 1.0
