@@ -154,8 +154,8 @@ def judge_config(dist, cfg, crit, delta, cal, maps, comps, half, seed) -> dict:
         spec["n_composites"] = len(per_comp)
         j = None if sens["rate"] is None or spec["rate"] is None else sens["rate"] + spec["rate"] - 1
         by_neg = {}
-        for m in NEGATIVE:
-            if m in per_map:
+        for m in NEGATIVE:  # the negatives this construction has (no mirror of a nose)
+            if m in per_map and per_map[m]["passed"]["n"]:
                 r = per_map[m]["passed"]
                 by_neg[m] = {"rate": None if r["rate"] is None else 1 - r["rate"], "n": r["n"], "k": r["n"] - r["k"],
                              "ci": None if r["ci"] is None else [1 - r["ci"][1], 1 - r["ci"][0]]}
@@ -341,7 +341,8 @@ def format_truth(summary: Mapping) -> str:
     s = summary[KEY]
     pct = lambda r: "n/a" if r is None or r.get("rate") is None else f"{100 * r['rate']:.0f}"  # noqa: E731
     st = s["strength"]
-    lines = [f"known truth on {summary['model']}: {s['construction']} composites, parts {s['parts']}; "
+    what = "" if s["construction"] in ("lateral", "parts") else f", parts {s['parts']}"
+    lines = [f"known truth on {summary['model']}: {s['construction']} composites{what}; "
              f"{st['n']} composites, {st['n_kept']} kept (effect >= {st['min_effect']:g} rad)"]
     if st.get("effect_median") is not None:
         lines.append(f"strength of the truth: the composite moves the pair closer by a median "
@@ -358,6 +359,17 @@ def format_truth(summary: Mapping) -> str:
         lines.append(f"highest Youden's J on the selection half: fill {b['fill']}, q {b['q_label']}, target "
                      f"{b['target']}, {b['criterion']}; on the confirmation half sensitivity "
                      f"{pct(conf['sensitivity'])}%, specificity {pct(conf['specificity'])}%")
+    c = s.get("confirmation")
+    if c:
+        ci = lambda x: "" if not x else f" [{100 * x[0]:.0f}, {100 * x[1]:.0f}]"  # noqa: E731
+        neg = ", ".join(f"{m} {pct(v)}%" for m, v in c["specificity_by_negative"].items())
+        lines.append(f"confirmation half ({c['n']} composites): sensitivity {pct({'rate': c['sensitivity']})}%"
+                     f"{ci(c['sensitivity_ci'])}, specificity {pct({'rate': c['specificity']})}%"
+                     f"{ci(c['specificity_ci'])} (bootstrap by composite); falsified: {neg}; ties {c['ties']}")
+    if s.get("prior_share_in_truth") is not None:
+        asym = (s.get("prior_asymmetry") or {}).get("index")
+        lines.append(f"the prior's top-q share inside the truth: {s['prior_share_in_truth']:.2f}"
+                     + ("" if asym is None else f"; its left-right asymmetry (L - R) / (L + R): {asym:+.3f}"))
     lines += ["", "| map | kind | n | rank share | top-q share | pointing | AUC | passed % | top holds % | "
               "bottom holds % |", "|---|---|---|---|---|---|---|---|---|---|"]
     for e in s["localisation"]:
