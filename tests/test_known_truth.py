@@ -11,6 +11,8 @@ import torch
 from falsify.experiments import RunConfig
 from falsify.experiments.known_truth import (COMPOSITE, Construction, composite, config_key, configs, truth_maps,
                                              truth_summary, wrong_region)
+from falsify.experiments.truth_construction import CELL_REGIONS, CellTruth
+from falsify.experiments.truth_summary import _verdict, split_halves
 from falsify.falsification.localisation import localisation, pointing_hit, rank_share, top_share, truth_auc
 
 SIZE = (112, 112)
@@ -110,9 +112,14 @@ def test_sensitivity_and_specificity_from_rows():
     fc = {"fill": "mean", "q": 0.1, "target": "embedding", "criterion": "beyond-prior", "delta": 0.0}
     s = truth_summary(rows, [_P(p) for p in pids], cal, fc, ["truth", "wrong-part", "centre"], 0.0)
     assert s["sensitivity"] == 0.75  # three of four truth maps beat the prior
-    assert s["specificity"] == 1.0  # wrong parts and the prior itself are falsified
+    assert s["specificity"] == 1.0  # wrong parts are falsified
     default = s["default_rates"]
-    assert default["sensitivity"]["n"] == 4 and default["specificity"]["n"] == 8
+    # centre (the prior itself) is a tautology under beyond-prior: reported apart, never counted
+    assert default["sensitivity"]["n"] == 4 and default["specificity"]["n"] == 4
+    assert "centre" not in default["specificity_by_negative"] and default["apart"]["centre"]["rate"] == 0.0
+    for e in s["configurations"]:
+        for part in ("selection", "confirmation", "all"):
+            assert "centre" not in e[part]["specificity_by_negative"]
     truth_row = next(e for e in s["localisation"] if e["map"] == "truth")
     assert truth_row["top"]["rate"] == 0.75 and truth_row["bottom"]["rate"] == 1.0  # d_low no larger than the prior's
     assert truth_row["rank_share"] == 1.0
@@ -136,7 +143,7 @@ def test_truth_settings_belong_to_the_benchmark(lfw_sample):
     with pytest.raises(ValueError, match="truth_parts must be one of"):
         configure(experiment="known-truth", truth_parts="ears")
     c = configure(experiment="known-truth", data=str(lfw_sample), n_pairs=6)
-    assert c.truth == "average" and c.truth_parts == "inner" and "saliency" in c.methods and "ig" not in c.methods
+    assert c.truth == "lateral" and c.truth_parts == "inner" and "saliency" in c.methods and "ig" not in c.methods
     pairs = EXPERIMENT.pairs(c)
     assert len(pairs) == 6 and pairs.n_impostor == 6  # composites need a donor of another identity
 
@@ -157,7 +164,11 @@ def test_known_truth_end_to_end(lfw_sample, tmp_path, capsys):
     for key in ("sensitivity", "specificity"):
         assert kt[key] is not None and 0.0 <= kt[key] <= 1.0
     assert kt["strength"]["n"] == 2 and kt["strength"]["effect_median"] is not None
-    assert len(kt["configurations"]) == len(configs()) * 2
+    assert len(kt["configurations"]) == len(configs()) * 3  # absolute, beyond-prior at the run's delta and calibrated
+    conf = kt["confirmation"]
+    assert set(conf) >= {"sensitivity", "specificity", "sensitivity_ci", "specificity_ci", "n"}
+    assert "centre" not in kt["specificity_by_negative"] and {"mirror", "matched", "null"} <= set(kt["specificity_by_negative"])
+    assert 0.0 <= kt["prior_share_in_truth"] <= 1.0
     assert {e["map"] for e in kt["localisation"]} >= {"truth", "wrong-part", "centre", "saliency"}
     truth = next(e for e in kt["localisation"] if e["map"] == "truth")
     assert truth["rank_share"] == pytest.approx(1.0, abs=0.05) and truth["pointing"] == 1.0
@@ -208,7 +219,7 @@ def test_a_failing_method_gets_an_error_row_per_key(tiny_model):
     comp = kt.CompositeRows(kind, tiny_model)
     x = torch.rand(3, *size)
     pairs = [SimpleNamespace(id=f"p{i}", index=i, same=False, fold=1, a=None, b=None) for i in range(2)]
-    comp.composites = lambda *a: [(con, x, {}), "no composite: a test"]
+    comp.composites = lambda *a: [(con, x, {}, torch.rand(16)), "no composite: a test"]
     comp.maps = lambda name, *a: (None, [{"error": "RuntimeError: boom"}])
     keys = [f"{kt.config_key(*cfg)}|{m}" for cfg in kt.configs() for m in ("saliency", "truth")]
     rows = [r for batch, _ in comp.compute(pairs, None, torch.rand(2, 16), keys, set()) for r in batch]
@@ -218,3 +229,77 @@ def test_a_failing_method_gets_an_error_row_per_key(tiny_model):
     sal = [got[k, "p0"] for k in keys if k.endswith("|saliency")]
     assert {r["verdict"] for r in sal} == {"error"} and sal[0]["error"] == "RuntimeError: boom"
     assert {got[k, "p0"]["verdict"] for k in keys if k.endswith("|truth")} == {"tested"}
+
+
+def _prior(size=SIZE):
+    from falsify.experiments.validity import gaussian_map
+
+    return gaussian_map(size).numpy() * (1 + 0.2 * np.linspace(0, 1, size[1])[None, :])  # a little asymmetric
+
+
+@pytest.mark.parametrize("region", CELL_REGIONS["lateral"] + CELL_REGIONS["parts"])
+def test_a_lateral_composites_truth_is_the_changed_pixels_and_its_mirror_the_reported_mass(region):
+    prior = _prior()
+    con = CellTruth(POINTS, SIZE, 14, region, prior)
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(3, *SIZE, generator=g) * 0.4
+    x = composite(base, base + 0.5, con.alpha)
+    changed = (x != base).any(dim=0).numpy()
+    assert np.array_equal(changed, con.truth) and np.array_equal(con.truth, con.cells[con.seg])
+    assert con.truth_mass == pytest.approx(prior[con.truth].sum() / prior.sum(), abs=1e-12)
+    assert con.matched_mass == pytest.approx(prior[con.matched].sum() / prior.sum(), abs=1e-12)
+    assert int(con.matched_cells.sum()) == int(con.cells.sum()) and not (con.matched & con.truth).any()
+    if region in CELL_REGIONS["lateral"]:
+        assert con.mirror_mass == pytest.approx(prior[con.mirror].sum() / prior.sum(), abs=1e-12)
+        assert not (con.mirror & con.truth).any() and not (con.mirror & con.matched).any()
+        # the mirror lies on the other side of the face's middle
+        xs_t, xs_m = np.nonzero(con.truth)[1].mean(), np.nonzero(con.mirror)[1].mean()
+        assert (xs_t - 56) * (xs_m - 56) < 0
+    else:
+        assert con.mirror is None
+
+
+@pytest.mark.parametrize("region", ["left half", "right eye", "nose"])
+def test_a_truth_maps_s_high_is_the_truth(region):
+    from falsify.falsification.regions import make_regions
+
+    prior = _prior()
+    con = CellTruth(POINTS, SIZE, 14, region, prior)
+    order = np.random.default_rng(0).random(con.cells.size)
+    maps = con.maps(torch.from_numpy(prior), order)
+    reg = make_regions(maps["truth"], granularity="grid", grid=14, q=con.q, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(reg.high, torch.from_numpy(con.truth))
+    # its bottom is the prior's bottom: the prior never picks cells inside the truth, nor outside it at the top
+    prior_reg = make_regions(torch.from_numpy(prior).float(), granularity="grid", grid=14, q=con.q,
+                             generator=torch.Generator().manual_seed(0))
+    assert torch.equal(reg.low, prior_reg.low)
+    reg = make_regions(maps["mirror" if con.mirror is not None else "matched"], granularity="grid", grid=14, q=con.q,
+                       generator=torch.Generator().manual_seed(0))
+    assert not (reg.high & torch.from_numpy(con.truth)).any()
+
+
+def test_a_tie_gets_the_same_verdict_after_float_noise():
+    cal = {"tau_high": 0.1, "tau_low": 0.2, "epsilon": 0.0}
+    from falsify.geometry import excess_rounding
+
+    tol = excess_rounding(128)
+    prior = (0.3, 0.1)
+    for noise in (0.0, 1e-7, -1e-7, 3e-7, -3e-7):
+        got = _verdict(0.3 + noise, 0.1, prior, "beyond-prior", 0.0, cal, tol)
+        assert got[0] is False and got[3] is True  # equal distances: a tie, falsified on every machine
+    assert _verdict(0.3 + 2 * tol, 0.1, prior, "beyond-prior", 0.0, cal, tol)[0] is True
+    # the library's criterion decides it the same way
+    from falsify.falsification.criteria import verdict_beyond_prior
+
+    assert verdict_beyond_prior(1e-7, 0.0, tol)[0] == verdict_beyond_prior(-1e-7, 0.0, tol)[0] == "falsified"
+
+
+def test_the_split_is_a_seeded_permutation():
+    kept = [f"p{i}" for i in range(21)]
+    a, b = split_halves(kept, 0), split_halves(kept, 0)
+    assert a == b and set(a) == set(kept)
+    sel = [p for p in kept if a[p] == "selection"]
+    assert len(sel) == 11 and sel != kept[:11]  # not the first half of the file
+    perm = np.random.default_rng([0, 28]).permutation(len(kept))
+    assert sel == sorted((kept[i] for i in perm[:11]), key=kept.index)
+    assert split_halves(kept, 1) != a

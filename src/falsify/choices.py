@@ -65,8 +65,9 @@ CRITERIA: tuple[str, ...] = ("absolute", "beyond-prior")
 PRESET_NAMES: tuple[str, ...] = ("beyond-prior", "plain")
 
 #: What the test's distances measure: how far f(x) moves (``embedding``), or how far the pair's
-#: angle to the reference moves (``pair``).
-TARGETS: tuple[str, ...] = ("embedding", "pair")
+#: angle to the reference moves (``pair``), or only how far it moves away from the reference
+#: (``signed-pair``: hiding evidence must lower the similarity).
+TARGETS: tuple[str, ...] = ("embedding", "pair", "signed-pair")
 
 #: Experiments ``falsify run`` knows.
 EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "validity", "known-truth")
@@ -131,7 +132,7 @@ def unknown_architecture(name) -> str | None:
 
 #: ``falsify run known-truth``: how a composite is made (a part of the donor on image A, or on the
 #: average face), and which parts it takes (falsify.experiments.known_truth)
-TRUTH_CONSTRUCTIONS: tuple[str, ...] = ("swap", "average")
+TRUTH_CONSTRUCTIONS: tuple[str, ...] = ("lateral", "parts", "swap", "average")
 TRUTH_PARTS: tuple[str, ...] = ("eyes", "eyes+nose", "inner")
 #: the methods the known-truth benchmark runs when none are given: the gradient and CAM methods
 #: that cost little, and the controls

@@ -219,6 +219,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 CAM_METHODS = ("gradcam", "gradcam++", "biometric-gradcam")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 EXPLAIN_METHODS = "gradcam,gradcam++,biometric-gradcam,ig,saliency"
+TARGET_HELP = ("what the distances measure: embedding (how far f(A) moves), pair (how far the pair's angle to f(B) "
+               "moves) or signed-pair (only how far that angle grows: hiding evidence of B must lower the similarity)")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -505,8 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "margin on this image by more than --delta; default: the preset's)")
     p.add_argument("--delta", type=_delta, help="radians, or 'calibrated' (the 95th percentile of the excess of maps "
                    "that know only the prior); default 0")
-    p.add_argument("--target", choices=TARGETS, default="embedding",
-                   help="embedding (how far f(A) moves) or pair (how far the pair's angle moves; default %(default)s)")
+    p.add_argument("--target", choices=TARGETS, default="embedding", help=TARGET_HELP + "; default %(default)s")
     p.add_argument("--prior-images", type=_whole(1), default=40, metavar="N",
                    help="calibration images whose mean occlusion map is the model's prior (beyond-prior, centre; "
                    "default %(default)s)")
@@ -608,9 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "margin must beat the model's prior map's margin on the same image by more than delta (default: "
                    "the preset's; see docs/method.md)")
     p.add_argument("--delta", type=_delta, help="radians, >= 0, or 'calibrated': the beyond-prior excess (default 0)")
-    p.add_argument("--target", choices=TARGETS,
-                   help="what the distances measure: embedding (how far f(A) moves; default) or pair (how far "
-                   "the pair's angle to f(B) moves: a pair-aware test)")
+    p.add_argument("--target", choices=TARGETS, help=TARGET_HELP + " (default embedding)")
     p.add_argument("--sanity", action="store_true", default=None,
                    help="add a row METHOD@random-model per method: its maps on a randomised copy of the model, "
                    "tested on the real model (a control every method must beat)")
@@ -631,10 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample the pairs balanced by this attribute of image A (half female, half male; needs "
                    "--labels; pairs whose A is unlabelled are not sampled)")
     p.add_argument("--truth", choices=TRUTH_CONSTRUCTIONS,
-                   help="known-truth: how a composite is made from an impostor pair (A, B): B's parts blended into "
-                   "the average face of untested images (average, default) or into A (swap)")
+                   help="known-truth: how a composite is made from an impostor pair (A, B): lateral (default: B's left or "
+                   "right half of the inner face, or one eye, drawn per composite, pasted on a sharp photo of the "
+                   "other identity), parts (B's eyes, nose or mouth alone), average (B's parts on the average face "
+                   "of untested images) or swap (B's parts into A)")
     p.add_argument("--truth-parts", choices=TRUTH_PARTS,
-                   help="known-truth: the parts of B blended in (inner: eyes, nose and mouth, default; eyes+nose; eyes)")
+                   help="known-truth, average and swap: the parts of B blended in (inner: eyes, nose and mouth, default; "
+                   "eyes+nose; eyes)")
     p.add_argument("--truth-min-effect", type=_number, metavar="RAD",
                    help="known-truth: leave out composites that move the pair's angle to B by less than this "
                    "(radians, >= 0; default 0: every composite that moved the pair closer to B is kept)")

@@ -34,3 +34,13 @@ def geodesic_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def cosine_similarity(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Cosine similarity along the last dimension (inputs need not be normalised)."""
     return torch.nn.functional.cosine_similarity(u, v, dim=-1)
+
+
+def excess_rounding(dim: int) -> float:
+    """The rounding of a beyond-prior excess, (d_high - d_low) - (prior_high - prior_low), of
+    float32 unit embeddings of ``dim`` components: each of its four distances is an angle between
+    two embeddings, each within :func:`angle_rounding` of its exact value, so each distance is
+    within 2 x that and the excess within 8 x that (4.3e-5 rad for 128-d, 8.7e-5 for 512-d). An
+    excess this close to the margin it must beat is a tie: another thread count or batch could
+    put it on either side."""
+    return 8 * angle_rounding(dim)

@@ -102,7 +102,7 @@ class RunConfig:
     # --executor ray: the cluster to join (ADDRESS or auto; default: start one here), and its workers
     ray_address: str | None = setting(None)
     workers: int | None = setting(None, Whole(minimum=1))
-    # known-truth: the composites' construction (swap, average; default average), the donor's parts
+    # known-truth: the composites' construction (lateral, parts, swap, average; default lateral), the donor's parts
     # (eyes, eyes+nose, inner; default inner), and the least effect of a composite kept (rad)
     truth: str | None = setting(None, Text(choices=TRUTH_CONSTRUCTIONS), result=True, legacy=None,
                                 experiments=("known-truth",))

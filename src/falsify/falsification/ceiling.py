@@ -62,6 +62,7 @@ from typing import Sequence
 
 import torch
 
+from ..geometry import angle_rounding
 from ..models.base import model_device
 from .core import FalsificationConfig, FalsificationResult, check_inputs, falsification_test
 from .criteria import criterion_for
@@ -185,6 +186,9 @@ class _Image:
         self.sizes = torch.bincount(segments.reshape(-1), minlength=self.n)
         self.n_embedded = 0
         self._known: dict = {}  # (set, stream, samples) -> its distance, measured once
+        #: two of its distances closer than this are a tie (each within 2 x float32 angle rounding):
+        #: a step of the search must gain more, so rounding noise (another thread count) never takes one
+        self.tie = 4 * angle_rounding(int(f_x.shape[-1]))
 
     def d(self, sets: Sequence[frozenset], stream: str, samples: int | None = None) -> list[float]:
         """The mean distance of hiding each feature set (the counterfactuals of ``stream``, its
@@ -268,7 +272,7 @@ def _refine(img: _Image, starts: Sequence[frozenset], stream: str, sign: float, 
             break
         v = [sign * x for x in img.d(proposals, stream)]
         i = max(range(len(v)), key=lambda i: v[i])
-        if not v[i] > best:
+        if not v[i] > best + img.tie:
             break
         best_set, best = proposals[i], v[i]
     return best_set, sign * best

@@ -515,7 +515,7 @@ def _check_test_call(config: FalsificationConfig, criterion, references, prior) 
             "them in FalsificationConfig(...) or calibrate them for this model with "
             "config = calibrate(model, pairs).apply(config)"
         )
-    if config.target == "pair" and references is None:
+    if config.target in ("pair", "signed-pair") and references is None:
         raise ValueError("target='pair' measures how far each counterfactual moves the pair's angle: pass the "
                          "references (the other face's embedding of each pair)")
     criterion.check_inputs(prior=prior)

@@ -55,11 +55,13 @@ def verdict_of(d_high: float, d_low: float, tau_high: float, tau_low: float, eps
     return ("falsified" if failed else "passed"), tuple(failed)
 
 
-def verdict_beyond_prior(excess: float, delta: float) -> tuple[str, tuple[str, ...]]:
+def verdict_beyond_prior(excess: float, delta: float, tie: float = 0.0) -> tuple[str, tuple[str, ...]]:
     """The ``beyond-prior`` criterion: the map's margin must exceed the prior's margin on the same
     image by more than ``delta``: excess = (d_high - d_low) - (prior_high - prior_low) > delta.
-    Strict, so the prior itself (excess 0) is falsified at delta = 0."""
-    if excess > delta:
+    Strict, so the prior itself (excess 0) is falsified at delta = 0. ``tie``: the excess's float32
+    rounding (:func:`falsify.geometry.excess_rounding`); an excess within it of delta is a tie and
+    falsified, so rounding noise (another thread count, another batch) cannot decide the verdict."""
+    if excess > delta + tie:
         return "passed", ()
     return "falsified", (COND_PRIOR,)
 
@@ -224,11 +226,14 @@ class BeyondPrior(Criterion):
     def prepare(self, model, images, f_x, references, pair_ids, device, *, prior=None, prior_cache=None):
         self.prior_d = prior_distances(model, images, f_x, prior, self.config, pair_ids, device,
                                        prior_cache if prior_cache is not None else {}, references)
+        from ..geometry import excess_rounding
+
+        self.tie = excess_rounding(int(f_x.shape[1]))
 
     def judge(self, pair_id, d_high, d_low):
         p_high, p_low = self.prior_d[pair_id]
         excess = (d_high - d_low) - (p_high - p_low)
-        verdict, failed = verdict_beyond_prior(excess, self.config.delta)
+        verdict, failed = verdict_beyond_prior(excess, self.config.delta, getattr(self, "tie", 0.0))
         return Judgement(verdict, failed, dict(prior_d_high=p_high, prior_d_low=p_low, excess=excess))
 
     @classmethod

@@ -418,7 +418,12 @@ def embedder_for(model, batch_size: int, total: int, device, cache: EmbeddingCac
 def distances(f_x: torch.Tensor, emb: torch.Tensor, reference: torch.Tensor | None, target: str) -> torch.Tensor:
     """How far each counterfactual embedding in ``emb`` (N, D) moved, in radians: from f(x) itself
     (``embedding``), or along the pair's own question (``pair``: the change of its angle to the
-    reference, |d_g(f(x'), r) - d_g(f(x), r)|)."""
+    reference, |d_g(f(x'), r) - d_g(f(x), r)|; ``signed-pair``: only how far it moved *away* from
+    the reference, max(0, d_g(f(x'), r) - d_g(f(x), r)): hiding evidence of the reference must
+    lower the similarity to it, and a move towards it counts as no move)."""
+    if target == "signed-pair":
+        r = reference.double().unsqueeze(0)
+        return (geodesic_distance(emb, r) - geodesic_distance(f_x.unsqueeze(0), r)).clamp_min(0.0)
     if target == "pair":
         r = reference.double().unsqueeze(0)
         return (geodesic_distance(emb, r) - geodesic_distance(f_x.unsqueeze(0), r)).abs()
