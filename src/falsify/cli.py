@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .choices import (ALIGN_CHOICES, CRITERIA, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS,
-                      PRESET_NAMES, STRATIFY_CHOICES, TARGETS, THRESHOLD_METHODS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
+                      PRECISIONS, PRESET_NAMES, STRATIFY_CHOICES, TARGETS, THRESHOLD_METHODS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
 from .paths import OutOfSpaceError, check_writable, is_out_of_space, space_guard
 
 #: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,
@@ -92,6 +92,10 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None = "dlib-resn
                    help="allow a .pt/.pth model file to be unpickled: unpickling runs any code the file "
                    "holds, so only for files you made or trust (default: refused)")
     p.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="what the network runs in: fp32 (default), bf16 (CUDA, or a CPU with bfloat16 units: AMX or "
+                   "AVX512-BF16), fp16 (CUDA); refused in one line where the machine cannot run it. Only the network: "
+                   "embeddings, distances and statistics stay float32/float64")
 
 
 def _one_or_three(v):
@@ -109,6 +113,7 @@ def _load_model(args: argparse.Namespace):
         device=args.device,
         trust_pickle=bool(args.trust_pickle),
         align=args.align or "auto",
+        precision=args.precision or "fp32",
     )
 
 
@@ -570,7 +575,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "K": args.K, "seed": args.seed, "out": args.out, "fill": args.fill,
         "granularity": args.granularity, "q": args.q, "tau_high": args.tau_high,
         "tau_low": args.tau_low, "epsilon": args.epsilon, "batch_pairs": args.batch_pairs,
-        "device": args.device, "method_options": _parse_options(args.option) or None,
+        "device": args.device, "precision": args.precision, "method_options": _parse_options(args.option) or None,
         "preset": args.preset, "criterion": args.criterion, "delta": args.delta, "target": args.target, "sanity": args.sanity or None,
         "other_reference": args.other_reference or None, "deletion": args.deletion or None,
         "labels": args.labels, "stratify": args.stratify, "models": getattr(args, "models", None),

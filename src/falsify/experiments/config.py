@@ -25,7 +25,7 @@ _TYPES = {
     "experiment": _STR, "data": _STR, "pairs": _STR, "model": _STR, "n_pairs": _INT, "K": _INT,
     "seed": _INT, "out": _STR, "fill": _STR, "granularity": _STR, "grid": _INT, "q": _NUM,
     "tau_high": _NUM, "tau_low": _NUM, "epsilon": _NUM, "calibration_pairs": _INT,
-    "batch_pairs": _INT, "batch_size": _INT, "grid_pairs": _INT, "device": _STR, "trust_pickle": _BOOL,
+    "batch_pairs": _INT, "batch_size": _INT, "grid_pairs": _INT, "device": _STR, "precision": _STR, "trust_pickle": _BOOL,
     "criterion": _STR, "prior_images": _INT, "preset": _STR, "prior_grid": _INT, "sanity": _BOOL,
     "other_reference": _BOOL, "target": _STR, "deletion": _BOOL, "align": _STR, "labels": _STR, "stratify": _STR,
     "executor": _STR, "ray_address": _STR, "workers": _INT, "calibrate_on": _STR, "ceiling": _BOOL,
@@ -116,6 +116,7 @@ class RunConfig:
     stratify: str | None = None  # "gender": sample pairs balanced by the gender of image A (needs labels)
     models: list[str] | None = None  # experiment 6.4: the models compared (default exp_6_4.DEFAULT_MODELS)
     device: str | None = None
+    precision: str = "fp32"  # what the network runs in (falsify.models.precision): fp32, bf16, fp16
     executor: str = "in-process"  # who computes the rows: in-process, or ray (falsify.experiments.executor)
     ray_address: str | None = None  # --executor ray: the cluster to join (ADDRESS or auto; default: start one here)
     workers: int | None = None  # --executor ray: Ray workers (default: one per CPU Ray has)
@@ -128,11 +129,11 @@ class RunConfig:
         "data", "pairs", "model", "input_size", "mean", "std", "n_pairs", "K", "seed", "fill",
         "granularity", "grid", "q", "tau_high", "tau_low", "epsilon", "calibration_pairs", "method_options",
         "criterion", "delta", "prior_images", "prior_grid", "target", "deletion", "align", "stratify", "labels",
-        "models", "calibrate_on", "truth", "truth_parts",
+        "models", "calibrate_on", "truth", "truth_parts", "precision",
     )
     #: the value a setting had before it existed, for stores made by an older falsify
     LEGACY = {"align": "none", "models": None, "path_rules": "doubling", "calibrate_on": None, "truth": None,
-              "truth_parts": None}
+              "truth_parts": None, "precision": "fp32"}
     #: settings of the last invocation that a resumed run keeps unless they are given again
     KEPT_KEYS = ("methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference", "labels")
 
@@ -145,6 +146,11 @@ class RunConfig:
             raise ValueError(f"unknown experiment {self.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
         if self.align not in ALIGN_CHOICES:
             raise ValueError(f"align must be one of {', '.join(ALIGN_CHOICES)}, got {self.align!r}")
+        if self.precision != "fp32":  # one this machine cannot run: refused before anything is written
+            from ..models import resolve_device
+            from ..models.precision import check_precision
+
+            check_precision(self.precision, resolve_device(self.device))
         from ..falsification.core import apply_preset
 
         for key, value in apply_preset(self.preset, self.fill, self.q, self.criterion, self.delta).items():
