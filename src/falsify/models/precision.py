@@ -97,9 +97,8 @@ def autocast(precision: str, device: str | torch.device):
 def set_precision(model, precision: str):
     """Make ``model`` (a ``FaceEmbedder``) run its network in ``precision`` from now on; refused
     (``ValueError``, one line) where it cannot run on the model's device. Returns the model."""
-    from .base import model_device
-
-    check_precision(precision, model_device(model))
+    weight = next(model.parameters(), None)
+    check_precision(precision, weight.device if weight is not None else "cpu")
     model.precision = precision
     return model
 
