@@ -13,7 +13,8 @@ With ``--run OUT``, the done-when of issue 30: ``falsify run 6.1`` on ``--n-pair
 into ``OUT/MODEL-PRECISION[-2]``, in this process; it prints the rows' seconds (the store's
 ``seconds``: maps and tests, without the set-up) per precision, their ratio, and the verdicts
 compared row by row (``benchmarks/compare_verdicts.py``: the rows that moved, with their margins
-and their excess over the prior's margin).
+and their excess over the prior's margin). A folder that exists is resumed (its rows are kept).
+``--recheck`` adds a run whose maps are made in low precision and whose test runs in float32.
 
     python benchmarks/precision.py                                  # ~3 min on 2 cores
     python benchmarks/precision.py --models dlib-resnet --run runs/precision   # + two 12-pair runs
@@ -108,9 +109,42 @@ def runs(args, model_name: str) -> None:
     import compare_verdicts
 
     compare_verdicts.main([str(folders["fp32"][0]), str(folders[args.precision][0])])
+    if args.recheck:
+        out = recheck_run(args, model_name)
+        print(f"\nThe maps in {args.precision}, the test (calibration, prior, the two distances) in fp32 "
+              f"(`{out}`, rows' seconds {row_seconds(out):.1f}):\n")
+        compare_verdicts.main([str(folders["fp32"][0]), str(out)])
     if args.repeat:
         print("\nfp32 against itself (run again, the same settings):\n")
         compare_verdicts.main([str(folders["fp32"][0]), str(folders["fp32"][1])])
+
+
+def recheck_run(args, model_name: str) -> Path:
+    """6.1 with the maps made in low precision and everything else in float32: every explainer gets
+    a shallow copy of the run's model (the same network and weights) that runs in ``args.precision``,
+    while calibration, the prior map and the falsification test use the float32 model. Whether the
+    verdicts that moved come back says if a float32 re-check of the two distances would fix them."""
+    import copy
+
+    import falsify.attribution as attribution
+    from falsify.experiments import RunConfig, runner_for
+
+    out = Path(args.run) / f"{model_name}-{args.precision}-maps"
+    config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=str(out),
+                               model=model_name, methods=args.methods, precision="fp32", seed=args.seed)
+    original = attribution.get_explainer
+
+    def low_precision_maps(name, model, **options):
+        view = copy.copy(model)  # shares the network; only its precision differs
+        view.precision = args.precision
+        return original(name, view, **options)
+
+    attribution.get_explainer = low_precision_maps
+    try:
+        runner_for(config, progress=False, log=lambda *_: None).run()
+    finally:
+        attribution.get_explainer = original
+    return out
 
 
 def main(argv=None) -> int:
@@ -127,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=RUN_METHODS)
     ap.add_argument("--repeat", action="store_true", help="with --run: fp32, low, low, fp32 (4 runs)")
+    ap.add_argument("--recheck", action="store_true", help="with --run: also a run with the maps in low precision "
+                    "and the test in fp32 (OUT/MODEL-PRECISION-maps)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
