@@ -267,7 +267,8 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(device)
 
 
-#: The worker threads of :func:`_slices_in_threads`, made on first use (one per torch thread).
+#: The worker threads of :func:`_slices_in_threads`, made on first use (one per torch thread),
+#: keyed by process and thread count.
 _POOL: dict = {}
 
 
@@ -286,9 +287,10 @@ def _slices_in_threads(run, x: torch.Tensor, threads: int) -> list[torch.Tensor]
 
     size = max(1, min(SUB_BATCH, -(-x.shape[0] // threads)))
     parts = x.split(size)
-    pool = _POOL.get(threads)
+    key = (os.getpid(), threads)  # a forked child has none of its parent's threads: its own pool
+    pool = _POOL.get(key)
     if pool is None:
-        pool = _POOL[threads] = ThreadPoolExecutor(threads, thread_name_prefix="sface-slices")
+        pool = _POOL[key] = ThreadPoolExecutor(threads, thread_name_prefix="sface-slices")
     inference = torch.is_inference_mode_enabled()
     changed = []
 
