@@ -7,7 +7,8 @@
 #   cv-sse      OpenCV's dispatched kernels limited to SSE4.2 (the face detector's arithmetic)
 #   threads1    one thread (OMP_NUM_THREADS=1)
 #   cv4         OpenCV 4.14 instead of the pinned 5.0 (another build of the face detector)
-# Prints markdown; about 10 minutes on a quiet 2-core machine.
+# Then SFace against dlib at 1 thread and the default (benchmarks/sface_speed.py).
+# Prints markdown; about 13 minutes on a quiet 2-core machine.
 #
 #   bash benchmarks/cross_machine.sh 2>&1 | tee runs/cross_machine.md
 set -euo pipefail
@@ -43,3 +44,7 @@ print("\ncalibration: " + ", ".join(f"{k} {a[k]:.5f} -> {b[k]:.5f}" for a, b in 
                                     for k in ("threshold_cos", "tau_high", "epsilon")))
 PY
 done
+# SFace's forward against dlib's at 1 thread and at the default threads (issue 30: the ratio at
+# the default threads should be no lower than at 1 thread, on Intel and on AMD)
+echo
+PYTHONPATH="$PWD/src" $PY benchmarks/sface_speed.py --rounds 3

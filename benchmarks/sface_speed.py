@@ -1,6 +1,7 @@
 """SFace's speed against dlib's, and the limit its size sets (issue 22, part 1).
 
-Prints, from one run in one process with the same torch threads for both models:
+Prints, from one run in one process, at 1 torch thread and at torch's default (one per core;
+``--threads N`` another count), the same threads for both models:
 
 - the SFace / dlib forward throughput ratio (images/s, inference, batch ``--batch``);
 - the SFace / dlib forward+backward ratio (gradient w.r.t. the input, as the attribution
@@ -14,8 +15,12 @@ each ratio alike. ``--variants`` also times the steps of ``SFaceNet``'s fast pat
 (each row adds one technique to the row above), onnxruntime on the shipped graph, and with
 ``--compile`` ``torch.compile`` of the module path.
 
-    python benchmarks/sface_speed.py                      # ~2 min on 2 cores
-    python benchmarks/sface_speed.py --variants           # ~8 min
+Each round times both thread counts, one after the other. The SFace / dlib ratio at the default
+threads should be no lower than at 1 thread (issue 30): ``SFaceNet`` runs its slices side by side,
+one thread each, when it may use several.
+
+    python benchmarks/sface_speed.py                      # ~3 min on 2 cores
+    python benchmarks/sface_speed.py --variants           # ~10 min (variants at the default threads)
     python benchmarks/sface_speed.py --threads 2 --batch 16
 """
 from __future__ import annotations
@@ -94,7 +99,8 @@ def forward_variants(net, compile_: bool) -> dict:
         "+ channels_last": lambda x: _plain_cl(net, x),
         "+ BatchNorm folded": lambda x: _folded(net, x, None, False, False),
         "+ slices of 8 images": lambda x: _folded(net, x, 8, False, False),
-        "+ oneDNN called directly (the fast path)": lambda x: net(x),
+        "+ oneDNN called directly": lambda x: _folded(net, x, 8, True, False),
+        "+ slices side by side, one thread each (the fast path)": lambda x: net(x),
         "  the same, slices of 4": lambda x: _folded(net, x, 4, True, False),
         "  the same, slices of 16": lambda x: _folded(net, x, 16, True, False),
         "  the same, no slices": lambda x: _folded(net, x, None, True, False),
@@ -165,11 +171,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for both models (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for both models besides 1 (default: torch's default, one per core)")
     ap.add_argument("--variants", action="store_true", help="time each technique of the fast path")
     ap.add_argument("--compile", action="store_true", help="with --variants: torch.compile too (minutes)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
 
     import falsify
     from falsify.models import load_model
@@ -182,31 +190,47 @@ def main(argv=None) -> int:
     xs = torch.rand(b, 3, *sface.input_size)
     xn = sface.normalise_input(xs)  # the variants run the backbone: normalised input
 
-    print(f"### SFace against dlib: batch {b}, {args.rounds} rounds\n")
+    print(f"### SFace against dlib: batch {b}, {args.rounds} rounds, at 1 and {threads} thread(s)\n")
     print(f"falsify {falsify.__version__} from `{Path(falsify.__file__).parent}`; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s); {platform.machine()}, {os.cpu_count()} CPUs; load average at "
+          f"{threads} thread(s) by default; {platform.machine()}, {os.cpu_count()} CPUs; load average at "
           f"start {os.getloadavg()[0]:.2f}; command `python benchmarks/sface_speed.py "
           f"{' '.join(argv if argv is not None else sys.argv[1:])}`\n")
 
     fd, fs = flops_per_image(dlib), flops_per_image(sface)
     limit = fd / fs
 
-    # warm-up (first calls allocate, fold the weights, pick kernels)
-    time_forward(dlib, xd), time_forward(sface, xs), time_backward(dlib, xd), time_backward(sface, xs)
+    # 1 thread and the default, interleaved: each round times both thread counts, so load that
+    # comes and goes on a shared machine falls on both
+    counts = list(dict.fromkeys([1, threads]))
+    for n in counts:  # warm-up (first calls allocate, fold the weights, pick kernels, start the slice threads)
+        torch.set_num_threads(n)
+        time_forward(dlib, xd), time_forward(sface, xs), time_backward(dlib, xd), time_backward(sface, xs)
+    fwd = {n: [] for n in counts}
+    bwd = {n: [] for n in counts}
+    for _ in range(args.rounds):
+        for n in counts:
+            torch.set_num_threads(n)
+            fwd[n].append(ratios(lambda: time_forward(dlib, xd), {"s": sface}, xs, time_forward, 1)["s"])
+            bwd[n].append(ratios(lambda: time_backward(dlib, xd), {"s": sface}, xs, time_backward, 1)["s"])
+    torch.set_num_threads(threads)
 
-    fwd = ratios(lambda: time_forward(dlib, xd), {"sface": sface}, xs, time_forward, args.rounds)["sface"]
-    dfwd = statistics.median(time_forward(dlib, xd) for _ in range(args.rounds))
-    bwd = ratios(lambda: time_backward(dlib, xd), {"sface": sface}, xs, time_backward, args.rounds)["sface"]
+    def med(rs):
+        return statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), [r[0] for r in rs]
 
-    print("| | dlib | SFace | SFace / dlib |")
-    print("|---|---|---|---|")
-    print(f"| GFLOP / image (forward) | {fd / 1e9:.3f} | {fs / 1e9:.3f} | limit **{limit:.3f}** (dlib / SFace FLOPs) |")
-    print(f"| forward, img/s | {fwd[1] / fwd[0]:.1f} | {fwd[1]:.1f} | **{fwd[0]:.3f}** |")
-    print(f"| forward+backward, img/s | {bwd[1] / bwd[0]:.1f} | {bwd[1]:.1f} | **{bwd[0]:.3f}** |")
-    print(f"\nforward ratio {fwd[0]:.3f} (rounds: {', '.join(f'{r:.3f}' for r in fwd[2])}); "
-          f"forward+backward ratio {bwd[0]:.3f} (rounds: {', '.join(f'{r:.3f}' for r in bwd[2])}); "
-          f"FLOP limit {limit:.3f}; forward at {fwd[0] / limit:.0%} of the limit. dlib img/s columns: SFace's rate "
-          f"/ the median ratio (dlib alone, forward: {dfwd:.1f} img/s)")
+    print(f"GFLOP / image (forward): dlib {fd / 1e9:.3f}, SFace {fs / 1e9:.3f}; FLOP limit (dlib / SFace FLOPs) "
+          f"**{limit:.3f}**\n")
+    print("| threads | forward SFace img/s | forward SFace / dlib | forward+backward SFace img/s | "
+          "forward+backward SFace / dlib | forward at % of the limit |")
+    print("|---|---|---|---|---|---|")
+    for n in counts:
+        (fr, frate, _), (br, brate, _) = med(fwd[n]), med(bwd[n])
+        print(f"| {n} | {frate:.1f} | **{fr:.3f}** | {brate:.1f} | **{br:.3f}** | {fr / limit:.0%} |")
+    print()
+    for n in counts:
+        print(f"{n} thread(s): forward ratio {med(fwd[n])[0]:.3f} (rounds: {', '.join(f'{r:.3f}' for r in med(fwd[n])[2])}); "
+              f"forward+backward ratio {med(bwd[n])[0]:.3f} (rounds: {', '.join(f'{r:.3f}' for r in med(bwd[n])[2])})")
+    print(f"load average at the end {os.getloadavg()[0]:.2f} (a ratio is the median of per-round ratios, dlib and "
+          "SFace timed back to back)")
 
     if args.variants:
         print("\n#### Forward, one technique at a time (SFace / dlib, same round)\n")

@@ -50,6 +50,9 @@ def is_control(method: str) -> bool:
 #: ``--align``: the model's own choice, a plain resize, or a template (falsify.models.alignment).
 ALIGN_CHOICES: tuple[str, ...] = ("auto", "none", "arcface-112", "dlib-150")
 
+#: What a model's network runs in (``--precision``; ``falsify.models.precision`` says where each runs).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
 #: Counterfactual fills: what replaces the hidden pixels.
 FILLS: tuple[str, ...] = ("blur", "mean", "zero", "noise", "optimised")
 STOCHASTIC_FILLS: tuple[str, ...] = ("noise", "optimised")

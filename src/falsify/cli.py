@@ -16,9 +16,9 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .choices import (ALIGN_CHOICES, CRITERIA, DEFAULT_METHODS, EXECUTORS, EXPERIMENTS, FILLS, GRANULARITIES, METHODS,
-                      PRESET_NAMES, STRATIFY_CHOICES, TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
-from .commands import calibrate_test, print_run, print_test, say_no_face, without_threshold
-from .paths import OutOfSpaceError, check_writable, is_out_of_space, space_guard
+                      PRECISIONS, PRESET_NAMES, STRATIFY_CHOICES, TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
+from .commands import calibrate_test, error_line, print_run, print_test, say_no_face, without_threshold
+from .paths import check_writable, is_out_of_space, space_guard
 from .stopping import say as _say, signal_name as _signal_name, stop_signals_as_interrupts, stopped_line, \
     stopped_status as _stopped_status
 
@@ -92,6 +92,10 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None = "dlib-resn
                    help="allow a .pt/.pth model file to be unpickled: unpickling runs any code the file "
                    "holds, so only for files you made or trust (default: refused)")
     p.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="what the network runs in: fp32 (default), bf16 (CUDA, or a CPU with bfloat16 units: AMX or "
+                   "AVX512-BF16), fp16 (CUDA); refused in one line where the machine cannot run it. Only the network: "
+                   "embeddings, distances and statistics stay float32/float64")
 
 
 def _one_or_three(v):
@@ -109,6 +113,7 @@ def _load_model(args: argparse.Namespace):
         device=args.device,
         trust_pickle=bool(args.trust_pickle),
         align=args.align or "auto",
+        precision=args.precision or "fp32",
     )
 
 
@@ -663,18 +668,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _message(exc: BaseException) -> str:
-    """One line for a user error; OSError names the file it failed on."""
-    if is_out_of_space(exc) and not isinstance(exc, OutOfSpaceError):  # a write outside a run's folder
-        where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
-        return f"no space left on the device{where}: free some space there, or write elsewhere"
-    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
-        where = f": {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -691,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("FALSIFY_DEBUG") or not isinstance(exc, USER_ERRORS) and not is_out_of_space(exc):
             raise
-        print(f"falsify {args.command}: error: {_message(exc)}", file=sys.stderr)
+        print(f"falsify {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return 2
 
 

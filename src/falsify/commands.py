@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .choices import THRESHOLD_METHODS
+from .paths import OutOfSpaceError, is_out_of_space
 
 # torch and the packages that load it are imported in the functions: ``falsify --help`` loads none
 
@@ -143,3 +144,15 @@ def print_run(summary: dict, experiment: str, out) -> int:
               "cause and rerun with --retry-errors", file=sys.stderr)
         return 1
     return 0
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a user error; OSError names the file it failed on."""
+    if is_out_of_space(exc) and not isinstance(exc, OutOfSpaceError):  # a write outside a run's folder
+        where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+        return f"no space left on the device{where}: free some space there, or write elsewhere"
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())

@@ -241,7 +241,9 @@ class Explainer:
     def attribute(self, images: torch.Tensor, references: torch.Tensor | None = None) -> torch.Tensor:
         """Signed, unnormalised attributions (B,H,W) at the input resolution."""
         images, references = self.check_inputs(images, references)
-        return check_maps(self.name, self._attribute(images, references), images).detach()
+        maps = check_maps(self.name, self._attribute(images, references), images).detach()
+        # a model run in bf16/fp16 (falsify.models.precision) may leave a map in its dtype: maps are float32
+        return maps.float() if maps.dtype in (torch.bfloat16, torch.float16) else maps
 
     def _attribute(self, images: torch.Tensor, references: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError

@@ -71,7 +71,8 @@ class CAMExplainer(Explainer):
         (grads,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
         if grads is None:
             grads = torch.zeros_like(acts)
-        return acts.detach(), grads.detach(), scores.detach()
+        # a model run in bf16/fp16 (falsify.models.precision) hands the layer's tensors in its dtype
+        return acts.detach().float(), grads.detach().float(), scores.detach()
 
     def _attribute(self, images: torch.Tensor, references: torch.Tensor | None) -> torch.Tensor:
         acts, grads, scores = self.forward_backward(images, references)

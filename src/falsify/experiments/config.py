@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..choices import (ALIGN_CHOICES, CONTROLS, CRITERIA, DEFAULT_METHODS, EXECUTORS, FILLS,
-                       GRANULARITIES, METHODS, OTHER_REFERENCE, PRESET_NAMES, RANDOM_MODEL, STRATIFY_CHOICES,
-                       TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
+from ..choices import (ALIGN_CHOICES, CONTROLS, CRITERIA, DEFAULT_METHODS, EXECUTORS, FILLS, GRANULARITIES, METHODS,
+                       OTHER_REFERENCE, PRECISIONS, PRESET_NAMES, RANDOM_MODEL, STRATIFY_CHOICES, TARGETS,
+                       TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
 from .settings import (NOT_GIVEN, Delta, Flag, Names, Number, PerChannel, Setting, Size, Tables, Text, Whole,
                        check_experiment, check_values, schema, setting)
 from .store import inspect_store
@@ -97,6 +97,8 @@ class RunConfig:
     models: list[str] | None = setting(None, Names("a list of model names"), result=True, legacy=None,
                                        experiments=("6.4",))
     device: str | None = setting(None)
+    # what the network runs in (falsify.models.precision): fp32, bf16, fp16; refused where the machine cannot
+    precision: str = setting("fp32", Text(choices=PRECISIONS), result=True, legacy="fp32")
     # who computes the rows: in-process, or ray (falsify.experiments.executor)
     executor: str = setting("in-process", Text(choices=EXECUTORS))
     # --executor ray: the cluster to join (ADDRESS or auto; default: start one here), and its workers
@@ -115,6 +117,11 @@ class RunConfig:
         # checked (naming their source) by resolve, so a refusal here is of a library call
         check_values(SETTINGS, self.to_dict(), "RunConfig")
         check_experiment(SETTINGS.values(), self.to_dict(), self.experiment, EXPERIMENT_LABELS)
+        if self.precision != "fp32":  # one this machine cannot run: refused before anything is written
+            from ..models import resolve_device
+            from ..models.precision import check_precision
+
+            check_precision(self.precision, resolve_device(self.device))
         from ..falsification.core import apply_preset
 
         for key, value in apply_preset(self.preset, self.fill, self.q, self.criterion, self.delta).items():

@@ -216,4 +216,4 @@ def load_run_model(config):
 
     c = config
     return load_model(c.model, input_size=tuple(c.input_size) if c.input_size else None, mean=c.mean,
-                      std=c.std, device=c.device, trust_pickle=c.trust_pickle, align=c.align)
+                      std=c.std, device=c.device, trust_pickle=c.trust_pickle, align=c.align, precision=c.precision)

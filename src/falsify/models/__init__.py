@@ -24,6 +24,7 @@ from ..choices import MODEL_ALIASES, MODEL_NAMES, RANDOM_SUFFIX
 from .alignment import ALIGN_CHOICES, TEMPLATES
 from .base import FaceEmbedder, NotAFaceEmbedder, check_face_embedder, randomised_copy, wrap_model
 from .checkpoints import ARCHITECTURES
+from .precision import PRECISIONS, check_precision, set_precision
 from .spec import ModelSpec
 
 
@@ -59,6 +60,7 @@ def load_model(
     device: str | torch.device | None = None,
     trust_pickle: bool = False,
     align: str = "auto",
+    precision: str = "fp32",
 ) -> FaceEmbedder:
     """Load a face embedder by name, by path, or wrap an ``nn.Module``.
 
@@ -94,9 +96,12 @@ def load_model(
     for them rather than ignored. ``align``: ``"auto"`` (the model's own choice, see ``MODELS``),
     ``"none"`` (a plain resize) or a template (``"arcface-112"``, ``"dlib-150"``); the result's
     ``aligner`` (``None`` without alignment) is what the image loaders take. The result is in
-    eval mode, on ``device`` (default: CUDA when available, else CPU).
+    eval mode, on ``device`` (default: CUDA when available, else CPU). ``precision`` (``fp32``,
+    ``bf16``, ``fp16``) is what its network runs in (``falsify.models.precision``): one the device
+    cannot run is refused (one line) before anything is loaded.
     """
     device = resolve_device(device)
+    check_precision(precision, device)
     _check_preprocessing(input_size, mean, std)
     if align not in ALIGN_CHOICES:
         raise ValueError(f"unknown alignment {align!r}; choose from {', '.join(ALIGN_CHOICES)}")
@@ -123,7 +128,7 @@ def load_model(
     if randomised:
         model = randomised_copy(model, seed=0)
         model.threshold = None  # a random model has no decision threshold of its own: calibrate one
-    return model.to(device).eval()
+    return set_precision(model.to(device).eval(), precision)
 
 
 def _model_label(spec) -> str:
@@ -413,6 +418,7 @@ __all__ = [
     "ModelInfo",
     "ModelSpec",
     "NotAFaceEmbedder",
+    "PRECISIONS",
     "TEMPLATES",
     "builtin_name",
     "check_face_embedder",
@@ -422,5 +428,6 @@ __all__ = [
     "model_file",
     "model_sha256",
     "resolve_device",
+    "set_precision",
     "wrap_model",
 ]

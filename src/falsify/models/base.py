@@ -49,6 +49,10 @@ class FaceEmbedder(nn.Module):
         ``nn.Conv2d`` (see ``docs/method.md``); ``None`` keeps the generic rule.
     """
 
+    #: the precision the backbone runs in (fp32, bf16, fp16): set it with
+    #: ``falsify.models.precision.set_precision``, which refuses one the device cannot run
+    precision: str = "fp32"
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -106,10 +110,16 @@ class FaceEmbedder(nn.Module):
 
     # -- embeddings -----------------------------------------------------------------------
     def embed_raw(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone output before L2 normalisation, ``(B, D)``."""
+        """Backbone output before L2 normalisation, ``(B, D)``. The backbone runs in
+        :attr:`precision` (``falsify.models.precision``); a low-precision output returns as float32."""
         self.check_input(x)
-        out = self.backbone(self.normalise_input(x))
-        return out.flatten(1)
+        if self.precision == "fp32":
+            return self.backbone(self.normalise_input(x)).flatten(1)
+        from .precision import autocast
+
+        with autocast(self.precision, x.device):
+            out = self.backbone(self.normalise_input(x))
+        return out.flatten(1).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.embed_raw(x), dim=1)

@@ -115,7 +115,9 @@ class Affine(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        # in x's dtype: under autocast (falsify.models.precision) a bfloat16 activation stays bfloat16
+        # rather than being promoted to float32 and cast back by the next convolution
+        return x * self.weight.to(x.dtype).view(1, -1, 1, 1) + self.bias.to(x.dtype).view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}"

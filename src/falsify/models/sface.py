@@ -222,22 +222,90 @@ class SFaceNet(nn.Sequential):
         return folded
 
     def fast_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The network as folded convolutions + PReLU in slices of :data:`SUB_BATCH` (see the class)."""
+        """The network as folded convolutions + PReLU in slices of :data:`SUB_BATCH` (see the class).
+
+        Without autograd on the CPU with several torch threads, the slices run side by side, one
+        thread each (:func:`_slices_in_threads`). Under ``torch.autocast`` the network runs in the
+        autocast dtype (the folded weights cast once, the input on entry) and the output returns as
+        float32, as autocast's own ops would (``falsify.models.precision``)."""
         x = x.contiguous(memory_format=torch.channels_last)
         grad = torch.is_grad_enabled()
         if grad and any(p.requires_grad for p in self.parameters()):
             blocks, head_w, head_b = self._fold()
         else:
             blocks, head_w, head_b = self._folded()
-        outs = []
-        for part in x.split(SUB_BATCH) if x.shape[0] > SUB_BATCH else (x,):
+        dtype = _autocast_dtype(x)
+        if dtype is not None:
+            blocks = [(w.to(dtype), b.to(dtype), a.to(dtype)) for w, b, a in blocks]
+            head_w, head_b = head_w.to(dtype), head_b.to(dtype)
+            x = x.to(dtype)
+        parts = x.split(SUB_BATCH) if x.shape[0] > SUB_BATCH else (x,)
+
+        def run(part: torch.Tensor) -> torch.Tensor:
             for (w, b, a), (_, _, _, k, stride, groups) in zip(blocks, _CONVS):
                 if grad:
                     part = _ConvPReLU.apply(part, w, b, a, stride, k // 2, groups)
                 else:
                     part = F.prelu(_conv(part, w, b, stride, k // 2, groups), a)
-            outs.append(F.linear(part.flatten(1), head_w, head_b))
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+            return F.linear(part.flatten(1), head_w, head_b)
+
+        threads = torch.get_num_threads()
+        if not grad and x.device.type == "cpu" and threads > 1 and x.shape[0] > 1:
+            outs = _slices_in_threads(run, x, threads)
+        else:
+            outs = [run(part) for part in parts]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return out.float() if dtype is not None else out
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs convolutions in on ``x``'s device, or None when autocast
+    is off there (or ``x`` is not float32: then ``x``'s own dtype rules)."""
+    device = x.device.type
+    if x.dtype != torch.float32 or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+#: The worker threads of :func:`_slices_in_threads`, made on first use (one per torch thread),
+#: keyed by process and thread count.
+_POOL: dict = {}
+
+
+def _slices_in_threads(run, x: torch.Tensor, threads: int) -> list[torch.Tensor]:
+    """``run`` on slices of ``x`` (at most :data:`SUB_BATCH` images, at least one slice per thread),
+    the slices side by side on ``threads`` Python threads with one torch thread each.
+
+    oneDNN's own threading splits each layer of a slice of 8 images across the threads and waits
+    for all of them at every layer (28 layers, each a few milliseconds): on SFace's small layers the
+    second core gained little (issue 30). Slices in threads of their own need no such wait, and each
+    keeps the cache-sized working set that makes slices fast on one thread. ``torch.set_num_threads(1)``
+    in a worker sets that thread's OpenMP team (and the process's default for new threads, restored
+    afterwards); the calling thread's own team is untouched. Grad mode and inference mode are thread
+    local: the workers run without autograd, as the caller (``run`` is only given here then)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = max(1, min(SUB_BATCH, -(-x.shape[0] // threads)))
+    parts = x.split(size)
+    key = (os.getpid(), threads)  # a forked child has none of its parent's threads: its own pool
+    pool = _POOL.get(key)
+    if pool is None:
+        pool = _POOL[key] = ThreadPoolExecutor(threads, thread_name_prefix="sface-slices")
+    inference = torch.is_inference_mode_enabled()
+    changed = []
+
+    def work(part: torch.Tensor) -> torch.Tensor:
+        if torch.get_num_threads() != 1:  # once per worker: its OpenMP team stays at one thread
+            torch.set_num_threads(1)
+            changed.append(True)
+        with torch.inference_mode(inference), torch.no_grad():
+            return run(part)
+
+    try:
+        return list(pool.map(work, parts))
+    finally:
+        if changed:  # the process's default for threads made later, which the workers changed
+            torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------

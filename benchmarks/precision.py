@@ -1,0 +1,199 @@
+"""bfloat16 against float32 (issue 30, item 2): speed, embedding error, and 6.1's verdicts.
+
+Per model (``--models``, default the built-in ones), in one process at torch's default threads:
+
+- forward and forward+backward (input gradient) throughput, float32 and ``--precision`` (default
+  bf16), batch ``--batch`` of random images; each round times both back to back and a ratio is the
+  median of the rounds' ratios, so load on a shared machine falls on both;
+- the embedding error: over ``--images`` aligned images of the data's pairs, the smallest cosine
+  between an image's float32 and low-precision embeddings, and the largest angle between them.
+
+With ``--run OUT``, the done-when of issue 30: ``falsify run 6.1`` on ``--n-pairs`` pairs with
+``--methods``, once per precision (and in the order fp32, low, low, fp32 with ``--repeat``), each
+into ``OUT/MODEL-PRECISION[-2]``, in this process; it prints the rows' seconds (the store's
+``seconds``: maps and tests, without the set-up) per precision, their ratio, and the verdicts
+compared row by row (``benchmarks/compare_verdicts.py``: the rows that moved, with their margins
+and their excess over the prior's margin). A folder that exists is resumed (its rows are kept).
+``--recheck`` adds a run whose maps are made in low precision and whose test runs in float32.
+
+    python benchmarks/precision.py                                  # ~3 min on 2 cores
+    python benchmarks/precision.py --models dlib-resnet --run runs/precision   # + two 12-pair runs
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw-sample"
+RUN_METHODS = "saliency,gradcam,gradient-x-input,occlusion,kernelshap,random,centre"
+
+
+def _rate(model, x, backward: bool) -> float:
+    t = time.perf_counter()
+    if backward:
+        x = x.clone().requires_grad_(True)
+        torch.autograd.grad(model(x)[:, 0].sum(), x)
+    else:
+        with torch.inference_mode():
+            model(x)
+    return x.shape[0] / (time.perf_counter() - t)
+
+
+def speed(model, low: str, batch: int, rounds: int) -> dict:
+    """Median img/s per precision and the median of the per-round ratios low / fp32."""
+    x = torch.rand(batch, 3, *model.input_size, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for backward in (False, True):
+        rates: dict = {"fp32": [], low: []}
+        for r in range(rounds + 1):  # round 0 warms up (allocations, folded weights, kernels)
+            for p in ("fp32", low):
+                model.precision = p
+                rate = _rate(model, x, backward)
+                if r:
+                    rates[p].append(rate)
+        model.precision = "fp32"
+        ratios = [b / a for a, b in zip(rates["fp32"], rates[low])]
+        out["fwd+bwd" if backward else "fwd"] = (statistics.median(rates["fp32"]), statistics.median(rates[low]),
+                                                 statistics.median(ratios))
+    return out
+
+
+def embedding_error(model, low: str, data: str, n_images: int) -> tuple[float, float, int]:
+    """(min cosine, max angle in radians, images) between float32 and low-precision embeddings."""
+    from falsify.data import load_images, load_pairs
+    from falsify.geometry import geodesic_distance
+
+    paths = list(dict.fromkeys(p for pair in load_pairs(data).pairs for p in (pair.a, pair.b)))[:n_images]
+    images, _ = load_images(paths, model.input_size, errors="skip", align=model.aligner)
+    embs = {}
+    for p in ("fp32", low):
+        model.precision = p
+        with torch.inference_mode():
+            embs[p] = torch.cat([model(chunk) for chunk in images.split(32)]).double()
+    model.precision = "fp32"
+    cos = (embs["fp32"] * embs[low]).sum(1)
+    return float(cos.min()), float(geodesic_distance(embs["fp32"], embs[low]).max()), images.shape[0]
+
+
+def row_seconds(folder: Path) -> float:
+    with sqlite3.connect(folder / "results.sqlite") as c:
+        return float(c.execute("SELECT SUM(seconds) FROM results WHERE experiment = '6.1'").fetchone()[0])
+
+
+def runs(args, model_name: str) -> None:
+    from falsify.experiments import RunConfig, runner_for
+
+    order = ["fp32", args.precision] + ([args.precision, "fp32"] if args.repeat else [])
+    folders: dict = {}
+    for i, p in enumerate(order):
+        out = Path(args.run) / f"{model_name}-{p}{'-2' if p in folders else ''}"
+        config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=str(out),
+                                   model=model_name, methods=args.methods, precision=p, seed=args.seed)
+        t = time.perf_counter()
+        runner_for(config, progress=False, log=lambda *_: None).run()
+        print(f"- `{out}`: {p}, wall {time.perf_counter() - t:.0f} s, rows' seconds {row_seconds(out):.1f}, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        folders.setdefault(p, []).append(out)
+    secs = {p: sum(row_seconds(f) for f in fs) for p, fs in folders.items()}
+    print(f"\nrows' seconds fp32 / {args.precision}: **{secs['fp32'] / secs[args.precision]:.2f}x** "
+          f"({secs['fp32']:.1f} s / {secs[args.precision]:.1f} s over {len(folders['fp32'])} run(s) each)\n")
+    sys.path.insert(0, str(Path(__file__).parent))
+    import compare_verdicts
+
+    compare_verdicts.main([str(folders["fp32"][0]), str(folders[args.precision][0])])
+    if args.recheck:
+        out = recheck_run(args, model_name)
+        print(f"\nThe maps in {args.precision}, the test (calibration, prior, the two distances) in fp32 "
+              f"(`{out}`, rows' seconds {row_seconds(out):.1f}):\n")
+        compare_verdicts.main([str(folders["fp32"][0]), str(out)])
+    if args.repeat:
+        print("\nfp32 against itself (run again, the same settings):\n")
+        compare_verdicts.main([str(folders["fp32"][0]), str(folders["fp32"][1])])
+
+
+def recheck_run(args, model_name: str) -> Path:
+    """6.1 with the maps made in low precision and everything else in float32: every explainer gets
+    a shallow copy of the run's model (the same network and weights) that runs in ``args.precision``,
+    while calibration, the prior map and the falsification test use the float32 model. Whether the
+    verdicts that moved come back says if a float32 re-check of the two distances would fix them."""
+    import copy
+
+    import falsify.attribution as attribution
+    from falsify.experiments import RunConfig, runner_for
+
+    out = Path(args.run) / f"{model_name}-{args.precision}-maps"
+    config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=str(out),
+                               model=model_name, methods=args.methods, precision="fp32", seed=args.seed)
+    original = attribution.get_explainer
+
+    def low_precision_maps(name, model, **options):
+        view = copy.copy(model)  # shares the network; only its precision differs
+        view.precision = args.precision
+        return original(name, view, **options)
+
+    attribution.get_explainer = low_precision_maps
+    try:
+        runner_for(config, progress=False, log=lambda *_: None).run()
+    finally:
+        attribution.get_explainer = original
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="dlib-resnet,sface")
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16"])
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--images", type=int, default=200, help="images of the data for the embedding error")
+    ap.add_argument("--run", metavar="OUT", help="also run 6.1 per precision into OUT/MODEL-PRECISION and compare")
+    ap.add_argument("--n-pairs", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", default=RUN_METHODS)
+    ap.add_argument("--repeat", action="store_true", help="with --run: fp32, low, low, fp32 (4 runs)")
+    ap.add_argument("--recheck", action="store_true", help="with --run: also a run with the maps in low precision "
+                    "and the test in fp32 (OUT/MODEL-PRECISION-maps)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import falsify
+    from falsify.models import load_model
+    from falsify.models.precision import cpu_bf16_units
+
+    print(f"### {args.precision} against fp32\n")
+    print(f"falsify {falsify.__version__} from `{Path(falsify.__file__).parent}`; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s); {platform.machine()}, {os.cpu_count()} CPUs, bfloat16 units: "
+          f"{cpu_bf16_units()}; load average at start {os.getloadavg()[0]:.2f}; command `python "
+          f"benchmarks/precision.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n")
+    print(f"| model | forward img/s fp32 -> {args.precision} | ratio | forward+backward img/s | ratio | "
+          "min cos of embeddings | max angle (rad) | images |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        model = load_model(name, device="cpu", precision=args.precision)  # refused here if this CPU cannot
+        model.precision = "fp32"
+        s = speed(model, args.precision, args.batch, args.rounds)
+        cos, angle, n = embedding_error(model, args.precision, args.data, args.images)
+        (f32, low, r), (b32, blow, br) = s["fwd"], s["fwd+bwd"]
+        print(f"| {name} | {f32:.1f} -> {low:.1f} | **{r:.2f}x** | {b32:.1f} -> {blow:.1f} | **{br:.2f}x** | "
+              f"{cos:.6f} | {angle:.2e} | {n} |", flush=True)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+    if args.run:
+        for name in args.models.split(","):
+            print(f"\n#### 6.1 on {args.n_pairs} pairs, {name}, methods {args.methods}\n")
+            runs(args, name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
