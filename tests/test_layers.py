@@ -195,3 +195,25 @@ def test_the_run_machinery_never_compares_an_experiment_name():
             continue
         bad += [f"{rel}:{line}" for line in _name_comparisons(ast.parse(path.read_text(encoding="utf-8")), names)]
     assert not bad, "experiment names compared outside the experiments: " + ", ".join(bad)
+
+
+#: The most lines a source file of the package may hold, and a function (the argument parser's
+#: declarations excepted: one ``add_argument`` per flag)
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 700, 120
+
+
+def test_rooms_fit_a_head():
+    """No module of ``src/falsify`` over 700 lines, no function over 120 (``cli.build_parser`` excepted)."""
+    long_files, long_functions = [], []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        rel = path.relative_to(SRC).as_posix()
+        if text.count("\n") > MAX_FILE_LINES:
+            long_files.append(f"{rel} ({text.count(chr(10))} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "build_parser":
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{rel}:{node.lineno} {node.name} ({n} lines)")
+    assert not long_files, "files over 700 lines: " + ", ".join(long_files)
+    assert not long_functions, "functions over 120 lines: " + ", ".join(long_functions)
