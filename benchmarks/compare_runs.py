@@ -21,7 +21,7 @@ from pathlib import Path
 
 #: summary keys that record the run's circumstances, not its results
 VOLATILE = {"created", "started", "finished", "elapsed_s", "out", "environment", "seconds", "elapsed",
-            "rows_per_s", "s_per_row", "time_s", "wall_s"}
+            "rows_per_s", "s_per_row", "time_s", "wall_s", "seconds_per_pair"}
 #: result columns that record the circumstances
 VOLATILE_COLUMNS = {"seconds", "elapsed_s", "created"}
 

@@ -239,7 +239,7 @@ def test_a_6_1_run_has_the_ceiling_and_the_table_its_column(lfw_sample, tmp_path
     from falsify.cli import build_parser
 
     args = build_parser().parse_args(["run", "6.1", "--no-ceiling"])
-    assert args.no_ceiling and not build_parser().parse_args(["run", "6.1"]).no_ceiling
+    assert args.ceiling is False and build_parser().parse_args(["run", "6.1"]).ceiling is None  # None: not given
     off = dataclasses.replace(runner.session, config=RunConfig(**base, ceiling=False), executor=None)
     section: dict = {}
     with ResultsStore(tmp_path / "run" / "results.sqlite") as store:
