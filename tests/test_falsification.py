@@ -83,7 +83,7 @@ class _Captured(Exception):
 def test_library_default_is_the_commands_default(monkeypatch):
     """One default (issue 20, item 5): ``FalsificationConfig()`` is the test ``falsify test`` and
     ``falsify run`` run when no option is given (the ``beyond-prior`` preset); ``plain`` by name."""
-    import falsify.experiments
+    import falsify.experiments.registry
     from falsify import cli
     from falsify.falsification.core import DEFAULT_PRESET, PRESETS
 
@@ -100,7 +100,7 @@ def test_library_default_is_the_commands_default(monkeypatch):
         seen.append(config)
         raise _Captured
 
-    monkeypatch.setattr(falsify.experiments, "runner_for", capture)
+    monkeypatch.setattr(falsify.experiments.registry, "runner_for", capture)  # cmd_run composes the run there
     with pytest.raises(_Captured):
         cli.main(["run", "6.1"])
     assert seen[0].preset == DEFAULT_PRESET and seen[0].falsification_config() == default

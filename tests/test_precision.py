@@ -108,12 +108,12 @@ def test_a_resume_with_another_precision_is_refused(bf16_units, lfw_sample, tmp_
     store made before the setting existed counts as fp32."""
     import sqlite3
 
-    from falsify.experiments import ResultsStore, RunConfig, Runner
+    from falsify.experiments import ResultsStore, RunConfig, runner_for
 
     out = tmp_path / "run"
     base = dict(data=str(lfw_sample), methods=["random"], n_pairs=4, out=str(out),
                 tau_high=0.2, tau_low=0.1, epsilon=0.05, grid_pairs=0, preset="plain")
-    Runner(RunConfig(**base), progress=False, log=lambda *a: None).run()
+    runner_for(RunConfig(**base), progress=False, log=lambda *a: None).run()
 
     def rows():
         with sqlite3.connect(out / "results.sqlite") as c:
@@ -124,7 +124,7 @@ def test_a_resume_with_another_precision_is_refused(bf16_units, lfw_sample, tmp_
         assert store.get_meta("settings")["precision"] == "fp32"
     config = RunConfig.resolve(out=str(out), precision="bf16")  # as `falsify run --out OUT --precision bf16`
     with pytest.raises(ValueError, match="other settings.*precision") as err:
-        Runner(config, progress=False, log=lambda *a: None).run()
+        runner_for(config, progress=False, log=lambda *a: None).run()
     assert "\n" not in str(err.value)
     assert rows() == before
     with ResultsStore(out / "results.sqlite") as store:  # an older store, without the key: fp32
@@ -132,5 +132,5 @@ def test_a_resume_with_another_precision_is_refused(bf16_units, lfw_sample, tmp_
         del settings["precision"]
         store.set_meta("settings", settings)
     assert RunConfig.resolve(out=str(out)).precision == "fp32"
-    Runner(RunConfig.resolve(out=str(out)), progress=False, log=lambda *a: None).run()
+    runner_for(RunConfig.resolve(out=str(out)), progress=False, log=lambda *a: None).run()
     assert rows() == before
