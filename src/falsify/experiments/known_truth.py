@@ -38,7 +38,6 @@ localisation against the truth (``falsification.localisation``).
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -181,8 +180,6 @@ class KnownTruthExperiment(Experiment):
         """``truth``, ``truth_parts`` (their defaults filled in), ``truth_min_effect``, and the criteria judged."""
         config.truth = config.truth or DEFAULT_CONSTRUCTION
         config.truth_parts = config.truth_parts or DEFAULT_PARTS
-        if not math.isfinite(config.truth_min_effect):
-            raise ValueError(f"truth_min_effect must be a number of radians, got {config.truth_min_effect}")
         if config.truth_min_effect < 0:  # it would keep composites that moved the pair away from B: no evidence of B
             raise ValueError(f"truth_min_effect (--truth-min-effect) must be >= 0 radians, got "
                              f"{config.truth_min_effect}: a composite that moves the pair away from B holds no "
