@@ -164,7 +164,7 @@ def test_known_truth_end_to_end(lfw_sample, tmp_path, capsys):
     for key in ("sensitivity", "specificity"):
         assert kt[key] is not None and 0.0 <= kt[key] <= 1.0
     assert kt["strength"]["n"] == 2 and kt["strength"]["effect_median"] is not None
-    assert len(kt["configurations"]) == len(configs()) * 3  # absolute, beyond-prior at the run's delta and calibrated
+    assert len(kt["configurations"]) == len(configs()) * 5  # absolute; beyond-prior and beyond-mirror at the run's delta and calibrated
     conf = kt["confirmation"]
     assert set(conf) >= {"sensitivity", "specificity", "sensitivity_ci", "specificity_ci", "n"}
     assert "centre" not in kt["specificity_by_negative"] and {"mirror", "matched", "null"} <= set(kt["specificity_by_negative"])

@@ -61,16 +61,20 @@ DETERMINISTIC_FILLS: tuple[str, ...] = ("blur", "mean", "zero")
 #: Feature granularities of the falsification regions.
 GRANULARITIES: tuple[str, ...] = ("pixel", "grid", "superpixel")
 
-#: Falsification criteria (docs/method.md): the plain thresholds, or beating the model's prior map.
-CRITERIA: tuple[str, ...] = ("absolute", "beyond-prior")
+#: Falsification criteria (docs/method.md): the plain thresholds, beating the model's prior map on
+#: the same image, or beating the map's own mirror image (its sets reflected left-right).
+CRITERIA: tuple[str, ...] = ("absolute", "beyond-prior", "beyond-mirror")
 
 #: Named test configurations (``falsify.falsification.core.PRESETS`` holds their values).
 PRESET_NAMES: tuple[str, ...] = ("beyond-prior", "plain")
 
 #: What the test's distances measure: how far f(x) moves (``embedding``), or how far the pair's
 #: angle to the reference moves (``pair``), or only how far it moves away from the reference
-#: (``signed-pair``: hiding evidence must lower the similarity).
-TARGETS: tuple[str, ...] = ("embedding", "pair", "signed-pair")
+#: (``signed-pair``: hiding evidence must lower the similarity; a move towards it counts as none),
+#: or the signed change of that angle (``signed-angle``: a move towards the reference is negative).
+TARGETS: tuple[str, ...] = ("embedding", "pair", "signed-pair", "signed-angle")
+#: the targets measured against the pair's reference (they need one)
+PAIR_TARGETS: tuple[str, ...] = ("pair", "signed-pair", "signed-angle")
 
 #: Experiments ``falsify run`` knows.
 EXPERIMENTS: tuple[str, ...] = ("6.1", "6.2", "6.3", "6.4", "6.5", "6.6", "validity", "known-truth")

@@ -225,7 +225,8 @@ CAM_METHODS = ("gradcam", "gradcam++", "biometric-gradcam")
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 EXPLAIN_METHODS = "gradcam,gradcam++,biometric-gradcam,ig,saliency"
 TARGET_HELP = ("what the distances measure: embedding (how far f(A) moves), pair (how far the pair's angle to f(B) "
-               "moves) or signed-pair (only how far that angle grows: hiding evidence of B must lower the similarity)")
+               "moves), signed-pair (only how far that angle grows: hiding evidence of B must lower the similarity) or "
+               "signed-angle (the signed change of that angle: a move towards B is negative)")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -508,8 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-low", type=_number)
     p.add_argument("--epsilon", type=_number)
     p.add_argument("--criterion", choices=CRITERIA,
-                   help="absolute (the thresholds) or beyond-prior (the margin must beat the model's prior map's "
-                   "margin on this image by more than --delta; default: the preset's)")
+                   help="absolute (the thresholds), beyond-prior (the margin must beat the model's prior map's "
+                   "margin on this image by more than --delta) or beyond-mirror (it must beat the margin of its own "
+                   "sets reflected left-right; default: the preset's)")
     p.add_argument("--delta", type=_delta, help="radians, or 'calibrated' (the 95th percentile of the excess of maps "
                    "that know only the prior); default 0")
     p.add_argument("--target", choices=TARGETS, default="embedding", help=TARGET_HELP + "; default %(default)s")
@@ -611,8 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a method option, e.g. ig.steps=128 (repeatable; the method must be in --methods)")
     p.add_argument("--criterion", choices=CRITERIA,
                    help="absolute: d_high > tau_high, d_low < tau_low, margin >= epsilon; beyond-prior: the "
-                   "margin must beat the model's prior map's margin on the same image by more than delta (default: "
-                   "the preset's; see docs/method.md)")
+                   "margin must beat the model's prior map's margin on the same image by more than delta; "
+                   "beyond-mirror: it must beat the margin of the map's own sets reflected left-right by more than "
+                   "delta (default: the preset's; see docs/method.md)")
     p.add_argument("--delta", type=_delta, help="radians, >= 0, or 'calibrated': the beyond-prior excess (default 0)")
     p.add_argument("--target", choices=TARGETS, help=TARGET_HELP + " (default embedding)")
     p.add_argument("--sanity", action="store_true", default=None,

@@ -29,7 +29,7 @@ APART = {"centre": "the prior itself: under beyond-prior its excess is 0 by cons
 FILLS_STUDIED = ("mean", "blur")
 #: q of S_high and S_low: None is q matched to the truth's area (S_high of a truth map is the truth)
 QS_STUDIED = (None, 0.1)
-TARGETS_STUDIED = ("embedding", "pair", "signed-pair")
+TARGETS_STUDIED = ("embedding", "pair", "signed-pair", "signed-angle")
 #: the key of a composite's own row (its strength)
 COMPOSITE = "composite"
 #: the verdict of a row whose map the construction does not have (no mirror of a nose): not counted
@@ -105,9 +105,12 @@ def test_distances(model, images, f_x, refs, maps: Mapping, todo: Sequence[tuple
     ``config``'s regions and fill (``qs``: each image's own q, else the config's), for every
     target from one set of counterfactuals: the same stages as ``falsification_test`` (regions,
     fill, embedding in batches, distances), with f(x) given once per image and every map's
-    counterfactuals embedded together. Returns (name, j) -> ``{TARGET: (d_high, d_low), "n_high",
-    "n_low", "k", "reason", "high"}``; ``reason`` says why a map is untestable (None when
-    tested), ``high`` is S_high."""
+    counterfactuals embedded together, and those of each map's sets reflected left-right (the
+    beyond-mirror criterion's comparator, :func:`falsify.falsification.criteria.mirrored`). Returns
+    (name, j) -> ``{TARGET: (d_high, d_low), "mirror": {TARGET: (d_high, d_low)}, "n_high",
+    "n_low", "k", "reason", "high"}``; ``reason`` says why a map is untestable (None when tested),
+    ``high`` is S_high."""
+    from ..falsification.criteria import mirrored
     from ..falsification.stages import BatchedEmbedder, distances, fill_for, regions_for
     from ..models.base import model_device
 
@@ -115,13 +118,15 @@ def test_distances(model, images, f_x, refs, maps: Mapping, todo: Sequence[tuple
     cfg = (lambda j: config) if qs is None else (lambda j: config.replace(q=float(qs[j])))  # noqa: E731
     regs = {(n, j): regions_for(images[j], maps[n][j], cfg(j), pair_ids[j]) for n, j in todo}
     testable = [x for x in todo if regs[x].testable]
-    embedder = BatchedEmbedder(model, config.batch_size, 2 * k * len(testable), model_device(model))
-    made = fill_for(config).counterfactuals(model, [images[j] for _, j in testable], [regs[x] for x in testable],
-                                            f_x[[j for _, j in testable]], [pair_ids[j] for _, j in testable])
+    embedder = BatchedEmbedder(model, config.batch_size, 4 * k * len(testable), model_device(model))
+    sets = [regs[x] for x in testable] + [mirrored(regs[x]) for x in testable]
+    made = fill_for(config).counterfactuals(model, [images[j] for _, j in testable] * 2, sets,
+                                            f_x[[j for _, j in testable] * 2], [pair_ids[j] for _, j in testable] * 2)
     for cf in made:
         embedder.add(cf.high)
         embedder.add(cf.low)
     emb = embedder.finish()
+    half = 2 * k * len(testable)
     out = {}
     for x in todo:
         reg = regs[x]
@@ -129,10 +134,14 @@ def test_distances(model, images, f_x, refs, maps: Mapping, todo: Sequence[tuple
                   "k": k, "high": reg.high}
     for row, x in enumerate(testable):
         e = emb[2 * k * row : 2 * k * (row + 1)].double()
+        em = emb[half + 2 * k * row : half + 2 * k * (row + 1)].double()
         j = x[1]
+        out[x]["mirror"] = {}
         for target in TARGETS_STUDIED:
             d = distances(f_x[j].double(), e, refs[j], target)
             out[x][target] = (float(d[:k].mean()), float(d[k:].mean()))
+            d = distances(f_x[j].double(), em, refs[j], target)
+            out[x]["mirror"][target] = (float(d[:k].mean()), float(d[k:].mean()))
     return out
 
 
@@ -432,6 +441,8 @@ class CompositeRows(FramePoints, ChunkRows):
                         locs[q, n, j] = localisation(live[n][j].double().numpy(), built[good[j]][0].truth,
                                                      g["high"].numpy() if g["reason"] is None else None)
                     loc = locs[q, n, j]
+                    if g["reason"] is None:  # the comparator of beyond-mirror: the row's sets reflected
+                        loc = {**loc, "mirror": list(g["mirror"][t])}
                     row = {**kind.base_row(f"{key_of}|{n}", sub[j]), "detail": loc,
                            "seconds": (time.perf_counter() - t0) / len(pairs)}
                     if g["reason"] is not None:

@@ -24,25 +24,32 @@ DELTA_QUANTILE = 0.95
 BOOTSTRAP = 2000
 
 
-def criteria_of(deltas: Mapping[str, float]) -> list[tuple[str, str | None]]:
-    """The criteria judged on every configuration's distances: absolute, and beyond the prior by
-    each named delta (``run``: the run's delta; ``calibrated``: per configuration)."""
-    return [("absolute", None)] + [("beyond-prior" if name == "run" else f"beyond-prior, delta {name}", name)
-                                   for name in deltas]
+#: the criteria whose comparator the study holds: beyond-prior's (the centre map's distances on the
+#: composite) and beyond-mirror's (each row's own sets reflected, stored in its detail)
+COMPARED = ("beyond-prior", "beyond-mirror")
+
+
+def criteria_of(deltas: Sequence[str]) -> list[tuple[str, str, str | None]]:
+    """``(label, criterion, delta name)`` of the criteria judged on every configuration's
+    distances: absolute, and beyond the prior and beyond the mirror by each named delta (``run``:
+    the run's delta; ``calibrated``: per configuration and criterion)."""
+    return [("absolute", "absolute", None)] + [(crit if name == "run" else f"{crit}, delta {name}", crit, name)
+                                               for crit in COMPARED for name in deltas]
 
 
 def _verdict(dh, dl, prior, crit, delta, cal, tol) -> tuple[bool, bool, bool, bool] | None:
-    """(passed, top holds, bottom holds, tie) of one row's distances, or None (no prior distances).
-    Beyond-prior: passed when the excess beats delta by more than ``tol`` (its float32 rounding,
-    :func:`falsify.geometry.excess_rounding`; within it, a tie, falsified on every machine); the
-    top holds when d_high is no smaller than the prior's, the bottom when d_low is no larger (within
-    half that rounding); absolute: d_high > tau_high, d_low < tau_low."""
+    """(passed, top holds, bottom holds, tie) of one row's distances, or None (no comparator).
+    Beyond-prior and beyond-mirror (``prior``: the comparator's (d_high, d_low): the centre map's,
+    or the row's mirrored sets'): passed when the excess beats delta by more than ``tol`` (its
+    float32 rounding, :func:`falsify.geometry.excess_rounding`; within it, a tie, falsified on
+    every machine); the top holds when d_high is no smaller than the comparator's, the bottom when
+    d_low is no larger (within half that rounding); absolute: d_high > tau_high, d_low < tau_low."""
     from ..falsification.criteria import verdict_beyond_prior
 
     if crit == "absolute":
         top, bottom = dh > cal["tau_high"], dl < cal["tau_low"]
         return bool(top and bottom and dh - dl >= cal["epsilon"]), bool(top), bool(bottom), False
-    if prior is None:
+    if prior is None or prior[0] is None:
         return None
     ph, pl = prior
     excess = (dh - dl) - (ph - pl)
@@ -96,22 +103,36 @@ def _distances(rows, kept_set):
             continue
         cfg, name = r["method"].split("|", 1)
         tested = r["d_high"] is not None and r["verdict"] != "untestable"
-        dist.setdefault((cfg, name), {})[r["pair"]] = (r["d_high"], r["d_low"]) if tested else None
-        if r["detail"]:
-            locs.setdefault((cfg, name), []).append(json.loads(r["detail"]) if isinstance(r["detail"], str)
-                                                    else r["detail"])
+        detail = (json.loads(r["detail"]) if isinstance(r["detail"], str) else r["detail"]) if r["detail"] else {}
+        mirror = detail.get("mirror") or (None, None)
+        dist.setdefault((cfg, name), {})[r["pair"]] = (r["d_high"], r["d_low"], *mirror) if tested else None
+        if detail:
+            locs.setdefault((cfg, name), []).append(detail)
     return dist, locs
 
 
-def calibrated_deltas(dist, half, comps) -> dict[str, float]:
-    """delta per configuration: the :data:`DELTA_QUANTILE` quantile of the excess over the prior of
-    the null maps (maps that know only the prior) on the selection half, at least 0."""
+def comparator(dist, cfg: str, crit: str, pid: str, v) -> tuple | None:
+    """The (d_high, d_low) a row ``v`` of composite ``pid`` is compared with under ``crit``: the
+    centre map's (beyond-prior) or its own mirrored sets' (beyond-mirror); None without one."""
+    if crit == "beyond-mirror":
+        return None if v is None or len(v) < 4 or v[2] is None else (v[2], v[3])
+    c = dist.get((cfg, "centre"), {}).get(pid)
+    return None if c is None else c[:2]
+
+
+def calibrated_deltas(dist, half, comps, crit: str = "beyond-prior") -> dict[str, float]:
+    """delta per configuration under ``crit``: the :data:`DELTA_QUANTILE` quantile of the excess
+    over the comparator (the prior's margin, or the mirrored sets') of the null maps (maps that
+    know only the prior) on the selection half, at least 0."""
     out = {}
     for fill, q, target in configs():
         cfg = config_key(fill, q, target)
-        prior, null = dist.get((cfg, "centre"), {}), dist.get((cfg, "null"), {})
-        ex = [(v[0] - v[1]) - (prior[p][0] - prior[p][1]) for p, v in null.items()
-              if v is not None and prior.get(p) is not None and half.get(p) == "selection"]
+        null = dist.get((cfg, "null"), {})
+        ex = []
+        for p, v in null.items():
+            c = comparator(dist, cfg, crit, p, v)
+            if v is not None and c is not None and half.get(p) == "selection":
+                ex.append((v[0] - v[1]) - (c[0] - c[1]))
         out[cfg] = max(0.0, float(np.quantile(ex, DELTA_QUANTILE))) if ex else 0.0
     return out
 
@@ -119,7 +140,6 @@ def calibrated_deltas(dist, half, comps) -> dict[str, float]:
 def judge_config(dist, cfg, crit, delta, cal, maps, comps, half, seed) -> dict:
     """The verdicts of one (configuration, criterion): per half, the sensitivity, the specificity
     (Wilson over maps, and bootstrapped by composite), per map and per region, and the ties."""
-    prior = dist.get((cfg, "centre"), {})
     out: dict = {}
     for part in ("selection", "confirmation", "all"):
         per_map, per_comp, regions, ties = {}, {}, {}, 0
@@ -129,8 +149,8 @@ def judge_config(dist, cfg, crit, delta, cal, maps, comps, half, seed) -> dict:
                 if part != "all" and half[pid] != part:
                     continue
                 tol = excess_rounding(int(comps[pid].get("dim", 128)))
-                got = (False, False, False, False) if v is None else _verdict(v[0], v[1], prior.get(pid), crit,
-                                                                              delta, cal, tol)
+                got = (False, False, False, False) if v is None else _verdict(
+                    v[0], v[1], comparator(dist, cfg, crit, pid, v), crit, delta, cal, tol)
                 if got is None:
                     continue
                 flags.append(got)
@@ -178,16 +198,15 @@ def truth_summary(rows: list[dict], pairs, calibration: Mapping, fconfig: Mappin
     seed = int(fconfig.get("seed", 0))
     half = split_halves(kept, seed)
     dist, locs = _distances(rows, set(kept))
-    deltas = {"run": float(fconfig.get("delta") or 0.0)}
-    cal_deltas = calibrated_deltas(dist, half, comps)
+    run_delta = float(fconfig.get("delta") or 0.0)
+    cal_deltas = {crit: calibrated_deltas(dist, half, comps, crit) for crit in COMPARED}
     table = []
     for fill, q, target in configs():
         cfg = config_key(fill, q, target)
-        for crit, dname in criteria_of({**deltas, "calibrated": None}):
-            d = None if dname is None else (deltas["run"] if dname == "run" else cal_deltas[cfg])
-            entry = {"fill": fill, "q": q, "q_label": q_label(q), "target": target, "criterion": crit, "delta": d,
-                     **judge_config(dist, cfg, "absolute" if dname is None else "beyond-prior", d, calibration, maps,
-                                    comps, half, seed)}
+        for label, crit, dname in criteria_of(("run", "calibrated")):
+            d = None if dname is None else (run_delta if dname == "run" else cal_deltas[crit][cfg])
+            entry = {"fill": fill, "q": q, "q_label": q_label(q), "target": target, "criterion": label, "delta": d,
+                     **judge_config(dist, cfg, crit, d, calibration, maps, comps, half, seed)}
             table.append(entry)
     dkey = (fconfig["fill"], None, fconfig["target"], fconfig["criterion"])
     ranked = sorted((e for e in table if e["selection"]["youden"] is not None),

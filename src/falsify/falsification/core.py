@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..choices import PRESET_NAMES, TARGETS
+from ..choices import PAIR_TARGETS, PRESET_NAMES, TARGETS
 from ..geometry import angle_rounding, geodesic_distance
 from ..models.base import model_device
 from .counterfactuals import FILLS, STOCHASTIC_FILLS, OptimisationInfo
@@ -479,7 +479,8 @@ def falsification_test(
     pair_angles = None
     if references is not None:
         pair_angles = geodesic_distance(f_x.double(), references.double())
-    criterion.prepare(model, images, f_x, references, pair_ids, device, prior=prior, prior_cache=prior_cache)
+    criterion.prepare(model, images, f_x, references, pair_ids, device, prior=prior, prior_cache=prior_cache,
+                      regions=regions_list)
 
     # 4. distances, 5. the criterion's verdict (untestable when no counterfactual moved f(x))
     results = []
@@ -515,7 +516,7 @@ def _check_test_call(config: FalsificationConfig, criterion, references, prior) 
             "them in FalsificationConfig(...) or calibrate them for this model with "
             "config = calibrate(model, pairs).apply(config)"
         )
-    if config.target in ("pair", "signed-pair") and references is None:
+    if config.target in PAIR_TARGETS and references is None:
         raise ValueError("target='pair' measures how far each counterfactual moves the pair's angle: pass the "
                          "references (the other face's embedding of each pair)")
     criterion.check_inputs(prior=prior)

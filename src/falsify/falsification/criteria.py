@@ -14,14 +14,16 @@ A criterion is a :class:`Criterion` subclass registered under its name with
 - ``monotone``: whether a passing verdict stays passing when d_high grows and d_low shrinks
   (the test's ceiling then stops its search once its sets pass, ``falsify.falsification.ceiling``);
 - :meth:`Criterion.check_inputs`: refuse a call that lacks an input it needs (e.g. the prior);
-- :meth:`Criterion.prepare`: work done once per call before judging (e.g. the prior's distances);
+- :meth:`Criterion.prepare`: work done once per call before judging (e.g. the prior's distances,
+  or the distances of each map's sets reflected, from ``regions``);
 - :meth:`Criterion.judge`: the verdict of one image, the conditions that failed, and the
   criterion's own fields of the result;
 - :meth:`Criterion.lines`: its lines in ``FalsificationResult.format``;
 - its explanation in reports: ``rule`` (plain text, :meth:`Criterion.describe`), :meth:`Criterion.explain_html`
   and :meth:`Criterion.explain_tex` (a report falls back to the name when they give None).
 
-Two are built in: :class:`Absolute` (``absolute``) and :class:`BeyondPrior` (``beyond-prior``).
+Three are built in: :class:`Absolute` (``absolute``), :class:`BeyondPrior` (``beyond-prior``) and
+:class:`BeyondMirror` (``beyond-mirror``).
 Adding one is a subclass with a new name and :func:`register_criterion` (and the name in
 ``falsify.choices.CRITERIA`` for the command line); nothing in the test, the runner, the CLI or
 the report changes: they ask the criterion, never its name.
@@ -41,6 +43,7 @@ COND_HIGH = "d_high<=tau_high"
 COND_LOW = "d_low>=tau_low"
 COND_MARGIN = "margin<epsilon"
 COND_PRIOR = "excess<delta"
+COND_MIRROR = "mirror-excess<delta"
 
 
 def verdict_of(d_high: float, d_low: float, tau_high: float, tau_low: float, epsilon: float) -> tuple[str, tuple[str, ...]]:
@@ -102,8 +105,10 @@ class Criterion:
         """Raise ValueError when the call lacks an input this criterion needs."""
 
     def prepare(self, model, images: torch.Tensor, f_x: torch.Tensor, references: torch.Tensor | None,
-                pair_ids: Sequence[int], device, *, prior=None, prior_cache: dict | None = None) -> None:
-        """Work done once per call, before :meth:`judge` (default: none)."""
+                pair_ids: Sequence[int], device, *, prior=None, prior_cache: dict | None = None,
+                regions: Sequence | None = None) -> None:
+        """Work done once per call, before :meth:`judge` (default: none). ``regions``: each image's
+        ``Regions`` of the map under test (None where the caller judges sets of its own)."""
 
     def judge(self, pair_id: int, d_high: float, d_low: float) -> Judgement:
         raise NotImplementedError
@@ -223,7 +228,7 @@ class BeyondPrior(Criterion):
             raise ValueError("the 'beyond-prior' criterion needs prior=... (H, W): the model's prior map, from "
                              "falsify.falsification.prior.occlusion_prior(model, images).map()")
 
-    def prepare(self, model, images, f_x, references, pair_ids, device, *, prior=None, prior_cache=None):
+    def prepare(self, model, images, f_x, references, pair_ids, device, *, prior=None, prior_cache=None, regions=None):
         self.prior_d = prior_distances(model, images, f_x, prior, self.config, pair_ids, device,
                                        prior_cache if prior_cache is not None else {}, references)
         from ..geometry import excess_rounding
@@ -283,6 +288,101 @@ class BeyondPrior(Criterion):
                      " reached by maps that know only the prior" + ("" if n is None else f", {n} tests")
                      + ")")
         return text + "."
+
+
+@register_criterion
+class BeyondMirror(Criterion):
+    """The map passes when its margin d_high - d_low exceeds, by more than ``delta``, the margin of
+    its own sets reflected left-right (S_high and S_low mirrored across the image's middle column,
+    the axis of an aligned face; same fill, same draws): the control has the map's shape, area and
+    (on a left-right symmetric prior) its prior mass, on the same image. A map whose sets are their
+    own mirror makes no left-right claim: its excess is 0, falsified. See docs/method.md."""
+
+    name = "beyond-mirror"
+    thresholds = ("tau_high", "tau_low", "epsilon", "delta")
+    verdict_thresholds = ("delta",)
+    needs_prior = True  # delta's calibration (maps that know only the prior) and the centre control
+    prior_calibrated = "delta"
+    fields = ("mirror_d_high", "mirror_d_low", "excess")
+    monotone = False  # the control moves with the sets: the ceiling's early stop cannot use it
+    rule = ("a map passes when its margin d_high − d_low exceeds the margin of its own sets reflected left-right "
+            "on the same image by more than δ")
+
+    def prepare(self, model, images, f_x, references, pair_ids, device, *, prior=None, prior_cache=None, regions=None):
+        from ..geometry import excess_rounding
+
+        if regions is None:
+            raise ValueError("the 'beyond-mirror' criterion judges a map's own sets: call it through falsification_test")
+        self.mirror_d = mirror_distances(model, images, f_x, regions, self.config, pair_ids, device, references)
+        self.tie = excess_rounding(int(f_x.shape[1]))
+
+    def judge(self, pair_id, d_high, d_low):
+        m_high, m_low = self.mirror_d[pair_id]
+        excess = (d_high - d_low) - (m_high - m_low)
+        verdict, failed = verdict_beyond_prior(excess, self.config.delta, getattr(self, "tie", 0.0))
+        failed = tuple(COND_MIRROR for _ in failed)
+        return Judgement(verdict, failed, dict(mirror_d_high=m_high, mirror_d_low=m_low, excess=excess))
+
+    @classmethod
+    def lines(cls, result, sd):
+        r = result
+        f = r.criterion_fields
+        return [
+            f"d_high    {r.d_high:.4f} rad{sd(r.sd_high)}   (mirrored sets: {f['mirror_d_high']:.4f})",
+            f"d_low     {r.d_low:.4f} rad{sd(r.sd_low)}   (mirrored sets: {f['mirror_d_low']:.4f})",
+            f"excess    {r.excess:.4f} rad = margin {r.margin:.4f} - mirrored margin "
+            f"{f['mirror_d_high'] - f['mirror_d_low']:.4f}   > delta {r.delta:.4f}   {cls.ok(r, COND_MIRROR)}",
+        ]
+
+    @classmethod
+    def explain_html(cls, c, n_prior_images):
+        delta = "&delta;" if c["delta"] is None else f"&delta; = {c['delta']:.3f} rad"
+        text = ("Criterion: <b>beyond the mirror</b>. Each map's sets are also tested reflected left-right across "
+                "the aligned face's middle (same shape, same area, on a symmetric face the same prior mass); a map "
+                "<i>passes</i> when its gap d<sub>high</sub> &minus; d<sub>low</sub> exceeds the mirrored sets' gap by "
+                f"more than {delta}. A map whose sets are their own mirror makes no left-right claim and is "
+                "<i>falsified</i>. ")
+        cal = c["calibration"]
+        if cal is not None:
+            q, n = cal["quantile"], cal["n"]
+            quant = "a high" if q is None else f"the {100 * q:g}%"
+            text += (f"&delta; was calibrated: {html.escape(quant)} quantile of the excess that maps knowing only the "
+                     "model's prior reach on untested images" + ("" if n is None else f" ({n} tests)") + ".")
+        return text
+
+    @classmethod
+    def explain_tex(cls, c):
+        delta = r"$\delta$" if c["delta"] is None else rf"$\delta = {c['delta']:.3f}$ rad"
+        return (r"Criterion: beyond the mirror; a map passes iff its margin $d_{\mathrm{high}} - d_{\mathrm{low}}$"
+                r" exceeds the margin of its own sets reflected left-right by more than " + delta + ".")
+
+
+def mirrored(regions):
+    """``regions`` with S_high and S_low reflected across the image's middle column."""
+    from dataclasses import replace
+
+    return replace(regions, high=torch.flip(regions.high, dims=[-1]), low=torch.flip(regions.low, dims=[-1]))
+
+
+def mirror_distances(model, images, f_x, regions, config, pair_ids, device, references=None) -> dict[int, tuple[float, float]]:
+    """(d_high, d_low) of each image's sets reflected left-right (:func:`mirrored`), under the same
+    fill with the same draws (the pair id's streams) as the map's own; untestable sets give (nan, nan)."""
+    k = config.k_effective
+    todo = [i for i, r in enumerate(regions) if r.testable]
+    out = {pair_ids[i]: (float("nan"), float("nan")) for i in range(len(regions))}
+    if not todo:
+        return out
+    embedder = BatchedEmbedder(model, config.batch_size, 2 * k * len(todo), device)
+    for cf in fill_for(config).counterfactuals(model, [images[i] for i in todo], [mirrored(regions[i]) for i in todo],
+                                               f_x[todo], [pair_ids[i] for i in todo]):
+        embedder.add(cf.high)
+        embedder.add(cf.low)
+    emb = embedder.finish()
+    for j, i in enumerate(todo):
+        ref = None if references is None else references[i]
+        d = distances(f_x[i].double(), emb[2 * k * j : 2 * k * (j + 1)].double(), ref, config.target)
+        out[pair_ids[i]] = (float(d[:k].mean()), float(d[k:].mean()))
+    return out
 
 
 def prior_distances(model, images, f_x, prior, config, pair_ids, device, cache, references=None) -> dict[int, tuple[float, float]]:

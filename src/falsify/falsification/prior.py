@@ -156,8 +156,9 @@ def null_maps(prior_map: torch.Tensor, n: int, grid: int, generator: torch.Gener
 
 def calibrate_delta(model, images: torch.Tensor, prior_map: torch.Tensor, config, n_null: int = 4,
                     quantile: float = 0.95, seed: int = 0, references: torch.Tensor | None = None) -> dict:
-    """The beyond-prior margin ``delta``: the ``quantile`` of the excess over the prior that maps
-    knowing only the prior (``null_maps``) reach on ``images`` (untested calibration images)
+    """The margin ``delta`` of ``config``'s criterion when it calibrates one (beyond-prior: over the
+    prior's margin; beyond-mirror: over the mirrored sets' margin; any other: beyond-prior's): the
+    ``quantile`` of the excess that maps knowing only the prior (``null_maps``) reach on ``images`` (untested calibration images)
     under ``config`` (fill, regions, target; ``references``: the partner embeddings the pair-aware
     target needs). A map passes only if it beats the prior by more than such maps do
     ``quantile`` of the time. Returns ``{"delta", "quantile", "n", "excess_median"}``."""
@@ -167,7 +168,11 @@ def calibrate_delta(model, images: torch.Tensor, prior_map: torch.Tensor, config
 
     if images.shape[0] < 1:
         raise ValueError("calibrating delta needs at least one image")
-    cfg = replace(config, criterion="beyond-prior", delta=0.0, tau_high=0.0, tau_low=math.pi, epsilon=0.0)
+    from .criteria import CRITERION_CLASSES
+
+    # the criterion whose delta is calibrated: the config's when it calibrates one, else beyond-prior
+    crit = config.criterion if CRITERION_CLASSES[config.criterion].prior_calibrated == "delta" else "beyond-prior"
+    cfg = replace(config, criterion=crit, delta=0.0, tau_high=0.0, tau_low=math.pi, epsilon=0.0)
     gen = torch.Generator().manual_seed(seed)
     excess = []
     ids = [10_000_000 + i for i in range(images.shape[0])]  # pair ids no tested pair uses

@@ -420,10 +420,12 @@ def distances(f_x: torch.Tensor, emb: torch.Tensor, reference: torch.Tensor | No
     (``embedding``), or along the pair's own question (``pair``: the change of its angle to the
     reference, |d_g(f(x'), r) - d_g(f(x), r)|; ``signed-pair``: only how far it moved *away* from
     the reference, max(0, d_g(f(x'), r) - d_g(f(x), r)): hiding evidence of the reference must
-    lower the similarity to it, and a move towards it counts as no move)."""
-    if target == "signed-pair":
+    lower the similarity to it, and a move towards it counts as no move; ``signed-angle``: the
+    signed change d_g(f(x'), r) - d_g(f(x), r), negative when x' moved towards the reference)."""
+    if target in ("signed-pair", "signed-angle"):
         r = reference.double().unsqueeze(0)
-        return (geodesic_distance(emb, r) - geodesic_distance(f_x.unsqueeze(0), r)).clamp_min(0.0)
+        change = geodesic_distance(emb, r) - geodesic_distance(f_x.unsqueeze(0), r)
+        return change.clamp_min(0.0) if target == "signed-pair" else change
     if target == "pair":
         r = reference.double().unsqueeze(0)
         return (geodesic_distance(emb, r) - geodesic_distance(f_x.unsqueeze(0), r)).abs()

@@ -1,0 +1,87 @@
+"""The beyond-mirror criterion and the signed-angle target (issue 28, item 9): known answers on the
+tiny model."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from falsify.falsification import FalsificationConfig, distances, embed, falsification_test, fill_for, regions_for
+from falsify.falsification.criteria import COND_MIRROR, mirrored
+from falsify.geometry import excess_rounding, geodesic_distance
+
+from . import falsification_cases as cases
+
+#: 8 x 8 cells of 4 pixels on the 32-pixel images: the reflection maps cells onto cells
+MIRROR = dict(criterion="beyond-mirror", delta=0.0, granularity="grid", grid=8, fill="mean", q=0.125, **cases.THRESHOLDS)
+
+
+def _refs(model, n, seed=2):
+    return embed(model, cases._images(n, seed=seed), 8, "cpu")
+
+
+def test_signed_angle_is_the_signed_change_of_the_angle_to_the_reference():
+    g = torch.Generator().manual_seed(0)
+    f_x, emb, r = (torch.nn.functional.normalize(torch.randn(n, 8, generator=g, dtype=torch.float64), dim=1)
+                   for n in (1, 6, 1))
+    emb = torch.cat([emb, r, torch.nn.functional.normalize(f_x + r, dim=1)])  # two moves towards r
+    want = geodesic_distance(emb, r) - geodesic_distance(f_x, r)
+    assert torch.equal(distances(f_x[0], emb, r[0], "signed-angle"), want)
+    assert (want < 0).any() and (want > 0).any()  # both signs occur, and signed-pair clamps the negative ones
+    assert torch.equal(distances(f_x[0], emb, r[0], "signed-pair"), want.clamp_min(0.0))
+
+
+def test_the_excess_is_the_margin_less_the_mirrored_sets_margin(tiny_model):
+    """Known answer: the mirrored sets built, filled and embedded by hand give the excess."""
+    n = 3
+    images, maps, refs = cases._images(n), cases._maps(2, seed=5).repeat(2, 1, 1)[:n], _refs(tiny_model, n)
+    cfg = FalsificationConfig(target="signed-angle", **MIRROR)
+    res = falsification_test(tiny_model, images, refs, maps, cfg, pair_ids=[3, 4, 5], prior=torch.rand(32, 32))
+    f_x = embed(tiny_model, images, 8, "cpu")
+    for i, pid in enumerate([3, 4, 5]):
+        reg = mirrored(regions_for(images[i], maps[i], cfg, pid))
+        assert torch.equal(reg.high, torch.flip(regions_for(images[i], maps[i], cfg, pid).high, dims=[-1]))
+        cf = next(iter(fill_for(cfg).counterfactuals(tiny_model, [images[i]], [reg], f_x[i : i + 1], [pid])))
+        d = distances(f_x[i].double(), embed(tiny_model, cf.stacked(), 8, "cpu").double(), refs[i], "signed-angle")
+        r = res[i]
+        assert r.criterion_fields["mirror_d_high"] == pytest.approx(float(d[0]), abs=1e-6)
+        assert r.criterion_fields["mirror_d_low"] == pytest.approx(float(d[1]), abs=1e-6)
+        assert r.excess == pytest.approx(r.margin - float(d[0] - d[1]), abs=1e-6)
+        assert r.verdict == ("passed" if r.excess > excess_rounding(f_x.shape[1]) else "falsified")
+
+
+def test_a_map_whose_sets_are_their_own_mirror_is_a_tie_and_falsified(tiny_model):
+    """A left-right symmetric map with distinct values per mirrored pair of cells: its top and
+    bottom 8 cells are 4 whole pairs, so its mirrored sets are its sets, the excess is exactly 0."""
+    cells = torch.randperm(32, generator=torch.Generator().manual_seed(1)).double().reshape(8, 4)
+    half = torch.cat([cells, cells.flip(-1)], dim=1)  # (8 rows, 8 cols), symmetric
+    sym = half.repeat_interleave(4, 0).repeat_interleave(4, 1).float().unsqueeze(0).repeat(2, 1, 1)
+    images = cases._images(2)
+    cfg = FalsificationConfig(target="embedding", **MIRROR)
+    for r in falsification_test(tiny_model, images, None, sym, cfg, pair_ids=[0, 1], prior=torch.rand(32, 32)):
+        assert r.excess == 0.0 and r.verdict == "falsified" and r.failed == (COND_MIRROR,)
+        assert r.criterion_fields["mirror_d_high"] == r.d_high
+
+
+def test_the_mirror_is_refused_outside_the_test():
+    from falsify.falsification.criteria import criterion_for
+
+    crit = criterion_for(FalsificationConfig(**MIRROR))
+    with pytest.raises(ValueError, match="through falsification_test"):
+        crit.prepare(None, None, torch.zeros(1, 4), None, [0], "cpu")
+    assert not crit.monotone and crit.prior_calibrated == "delta"
+
+
+def test_delta_is_calibrated_for_the_mirror_criterion(tiny_model):
+    """--delta calibrated under beyond-mirror calibrates the mirror's excess (maps knowing only the
+    prior against their own mirror), not the prior's."""
+    from falsify.falsification.prior import calibrate_delta
+
+    images = cases._images(4)
+    prior = torch.rand(32, 32, generator=torch.Generator().manual_seed(3))
+    cfg = FalsificationConfig(target="embedding", **MIRROR)
+    got = calibrate_delta(tiny_model, images, prior, cfg, n_null=2)
+    other = calibrate_delta(tiny_model, images, prior, cfg.replace(criterion="beyond-prior"), n_null=2)
+    assert got["n"] == other["n"] == 8 and math.isfinite(got["delta"])
+    assert got["excess_median"] != other["excess_median"]
