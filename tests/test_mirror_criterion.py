@@ -85,3 +85,18 @@ def test_delta_is_calibrated_for_the_mirror_criterion(tiny_model):
     other = calibrate_delta(tiny_model, images, prior, cfg.replace(criterion="beyond-prior"), n_null=2)
     assert got["n"] == other["n"] == 8 and math.isfinite(got["delta"])
     assert got["excess_median"] != other["excess_median"]
+
+
+def test_the_mirror_fill_puts_the_reflected_image_in_the_hidden_pixels():
+    from falsify.falsification.counterfactuals import apply_fill
+
+    image = cases._images(1)[0]
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[4:12, 2:9] = True
+    out = apply_fill(image, mask, "mirror", k=3)
+    assert out.shape == (1, 3, 32, 32)  # deterministic: one sample
+    assert torch.equal(out[0][:, mask], image.flip(-1)[:, mask])
+    assert torch.equal(out[0][:, ~mask], image[:, ~mask])
+    # a region that is its own mirror, on a left-right symmetric image, changes nothing
+    sym = torch.cat([image[:, :, :16], image[:, :, :16].flip(-1)], dim=-1)
+    assert torch.equal(apply_fill(sym, mask, "mirror")[0], sym)

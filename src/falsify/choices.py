@@ -54,9 +54,9 @@ ALIGN_CHOICES: tuple[str, ...] = ("auto", "none", "arcface-112", "dlib-150")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 #: Counterfactual fills: what replaces the hidden pixels.
-FILLS: tuple[str, ...] = ("blur", "mean", "zero", "noise", "optimised")
+FILLS: tuple[str, ...] = ("blur", "mean", "zero", "mirror", "noise", "optimised")
 STOCHASTIC_FILLS: tuple[str, ...] = ("noise", "optimised")
-DETERMINISTIC_FILLS: tuple[str, ...] = ("blur", "mean", "zero")
+DETERMINISTIC_FILLS: tuple[str, ...] = ("blur", "mean", "zero", "mirror")
 
 #: Feature granularities of the falsification regions.
 GRANULARITIES: tuple[str, ...] = ("pixel", "grid", "superpixel")

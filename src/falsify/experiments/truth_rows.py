@@ -26,7 +26,7 @@ NEGATIVE = ("mirror", "matched", "null", "wrong-part", "random")
 #: maps reported apart, never counted: why
 APART = {"centre": "the prior itself: under beyond-prior its excess is 0 by construction (a tautology)",
          "edge": "a shortcut check: does an edge filter find the truth?"}
-FILLS_STUDIED = ("mean", "blur")
+FILLS_STUDIED = ("mean", "blur", "mirror")
 #: q of S_high and S_low: None is q matched to the truth's area (S_high of a truth map is the truth)
 QS_STUDIED = (None, 0.1)
 TARGETS_STUDIED = ("embedding", "pair", "signed-pair", "signed-angle")

@@ -137,6 +137,40 @@ def calibrated_deltas(dist, half, comps, crit: str = "beyond-prior") -> dict[str
     return out
 
 
+#: the specificity at which :func:`separability` reads the best sensitivity any delta could give
+ORACLE_SPECIFICITY = 0.90
+
+
+def separability(dist, cfg: str, crit: str) -> dict | None:
+    """How far any delta could take this (configuration, criterion), on every kept composite:
+    the AUC of the truth maps' excess against the negatives' (the chance that a truth map beats a
+    negative map; 0.5: no separation), and the highest sensitivity at which some delta keeps the
+    specificity at :data:`ORACLE_SPECIFICITY` or more. An *oracle* bound, chosen on the same
+    composites it is read on (optimistic), never a headline; None for the absolute criterion."""
+    if crit == "absolute":
+        return None
+
+    def excesses(names):
+        out = []
+        for name in names:
+            for pid, v in dist.get((cfg, name), {}).items():
+                c = None if v is None else comparator(dist, cfg, crit, pid, v)
+                if c is not None:
+                    out.append((v[0] - v[1]) - (c[0] - c[1]))
+        return np.array(out, dtype=float)
+
+    pos, neg = excesses(POSITIVE), excesses(NEGATIVE)
+    if not pos.size or not neg.size:
+        return None
+    from scipy.stats import mannwhitneyu
+
+    auc = float(mannwhitneyu(pos, neg, alternative="two-sided").statistic / (pos.size * neg.size))
+    # the smallest delta with specificity >= ORACLE_SPECIFICITY: the negatives' quantile
+    cut = float(np.quantile(neg, ORACLE_SPECIFICITY, method="higher"))
+    return {"auc": auc, "delta_at_specificity": cut, "specificity": float((neg <= cut).mean()),
+            "sensitivity": float((pos > cut).mean()), "n_positive": int(pos.size), "n_negative": int(neg.size)}
+
+
 def judge_config(dist, cfg, crit, delta, cal, maps, comps, half, seed) -> dict:
     """The verdicts of one (configuration, criterion): per half, the sensitivity, the specificity
     (Wilson over maps, and bootstrapped by composite), per map and per region, and the ties."""
@@ -207,6 +241,7 @@ def truth_summary(rows: list[dict], pairs, calibration: Mapping, fconfig: Mappin
             d = None if dname is None else (run_delta if dname == "run" else cal_deltas[crit][cfg])
             entry = {"fill": fill, "q": q, "q_label": q_label(q), "target": target, "criterion": label, "delta": d,
                      **judge_config(dist, cfg, crit, d, calibration, maps, comps, half, seed)}
+            entry["separability"] = separability(dist, cfg, crit)  # the same excesses whatever delta
             table.append(entry)
     dkey = (fconfig["fill"], None, fconfig["target"], fconfig["criterion"])
     ranked = sorted((e for e in table if e["selection"]["youden"] is not None),
@@ -396,17 +431,21 @@ def format_truth(summary: Mapping) -> str:
                      f"{fmt_num(e['top_share'], 2) or '-'} | {fmt_num(e['pointing'], 2) or '-'} | "
                      f"{fmt_num(e['auc'], 2) or '-'} | {pct(e['passed'])} | {pct(e['top'])} | {pct(e['bottom'])} |")
     lines += ["", "| fill | q | target | criterion | sensitivity % | specificity % | J (sel.) | J (conf.) | "
-              + " | ".join(f"{m} %" for m in s["maps"]) + " |", "|" + "---|" * (8 + len(s["maps"]))]
+              "AUC | oracle sens. % at spec. 90 | " + " | ".join(f"{m} %" for m in s["maps"]) + " |",
+              "|" + "---|" * (10 + len(s["maps"]))]
     for e in s["configurations"]:
-        a = e["all"]
+        a, sep = e["all"], e.get("separability") or {}
         cells = [e["fill"], e['q_label'], e["target"], e["criterion"], pct(a["sensitivity"]),
                  pct(a["specificity"]), fmt_num(e["selection"]["youden"], 2) or "-",
-                 fmt_num(e["confirmation"]["youden"], 2) or "-"]
+                 fmt_num(e["confirmation"]["youden"], 2) or "-", fmt_num(sep.get("auc"), 2) or "-",
+                 pct({"rate": sep.get("sensitivity")})]
         cells += [pct(e["maps"][m]["passed"]) for m in s["maps"]]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Passed % per map: share of composites whose map passes. Sensitivity: truth maps passed; "
-                 "specificity: " + ", ".join(s["negative"]) + " falsified.")
+                 "specificity: " + ", ".join(s["negative"]) + " falsified. AUC: the chance a truth map's excess "
+                 "beats a negative's (0.5: none); oracle: the best sensitivity any delta gives at specificity >= 90% "
+                 "on the same composites (an optimistic bound, not a result).")
     return "\n".join(lines)
 
 

@@ -61,6 +61,8 @@ def fill_image(
         return torch.zeros(k, *image.shape, dtype=image.dtype, device=image.device)
     if fill == "mean":
         return image.mean(dim=(1, 2), keepdim=True).expand_as(image).unsqueeze(0).repeat(k, 1, 1, 1)
+    if fill == "mirror":  # the image reflected left-right: an aligned face's other side
+        return image.flip(-1).unsqueeze(0).repeat(k, 1, 1, 1)
     if fill == "blur":
         sigma_px = blur_sigma * min(image.shape[-2:])
         return gaussian_blur(image.unsqueeze(0), sigma_px).repeat(k, 1, 1, 1)
