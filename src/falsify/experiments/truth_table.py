@@ -15,11 +15,13 @@ import json
 from pathlib import Path
 from typing import Mapping
 
+from ..report.reading import CONFIRMATION_SCHEMA
+
 TABLE = Path(__file__).with_name("known_truth_measured.json")
 #: what must match between a run and a measurement
 MATCH = ("model", "align", "fill", "q", "target", "criterion", "delta")
 #: the schema of a measured entry: confirmation-half rates with their intervals
-SCHEMA = "confirmation-half-v1"
+SCHEMA = CONFIRMATION_SCHEMA
 
 
 def load_table(path: Path = TABLE) -> list[dict]:
@@ -39,8 +41,8 @@ def command_for(model: str, fill: str, q: float, target: str, criterion: str, de
     """The command that measures this configuration (the benchmark tests every fill, q 0.1 and the
     targets under each criterion; ``--delta`` sets the run's delta of beyond-prior)."""
     extra = f" --delta {delta:g}" if criterion == "beyond-prior" and isinstance(delta, (int, float)) and delta else ""
-    return (f"falsify run known-truth --model {model} --n-pairs 100{extra} --out OUT, then "
-            "'python benchmarks/known_truth_table.py OUT'")
+    return (f"falsify run known-truth --model {model} --n-pairs 100{extra} --out OUT && "
+            "python benchmarks/known_truth_table.py OUT")
 
 
 def measured(model: str, align: str | None, fill: str, q: float, target: str, criterion: str,
