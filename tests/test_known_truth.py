@@ -181,24 +181,7 @@ def test_known_truth_end_to_end(lfw_sample, tmp_path, capsys):
     assert main(["report", str(out)]) == 0 and (out / "known_truth.md").is_file()
 
 
-def test_a_61_summary_reads_the_measured_rates_of_its_test(tmp_path):
-    from falsify.experiments.truth_table import for_summary, measured
-
-    table = tmp_path / "t.json"
-    entry = {"model": "m", "align": "dlib-150", "fill": "mean", "q": 0.1, "target": "embedding",
-             "criterion": "beyond-prior", "delta": 0.0, "sensitivity": 0.9, "specificity": 0.95, "n_positive": 10,
-             "n_negative": 40, "construction": "average", "parts": "inner", "date": "2026-12-02", "command": "c"}
-    table.write_text(json.dumps({"measurements": [entry]}))
-    got = measured("m", "dlib-150", "mean", 0.1, "embedding", "beyond-prior", 0.0, path=table)
-    assert got["measured"] and got["sensitivity"] == 0.9
-    other = measured("m", "dlib-150", "blur", 0.2, "embedding", "absolute", None, path=table)
-    assert not other["measured"] and "this configuration of the test" in other["reason"]
-    assert "this model" in measured("n", "none", "mean", 0.1, "embedding", "beyond-prior", 0.0, path=table)["reason"]
-    summary = {"model": "m", "alignment": {"template": "dlib-150"},
-               "falsification": {"fill": "mean", "q": 0.1, "target": "embedding", "criterion": "beyond-prior",
-                                 "delta": 0.0}}
-    assert for_summary(summary)["measured"] in (True, False)  # the packaged table, whatever it holds
-    assert for_summary({"model": "m"}) is None
+# a 6.1 summary reading the measured rates of its test: tests/test_known_truth_table.py
 
 
 def test_a_failing_method_gets_an_error_row_per_key(tiny_model):

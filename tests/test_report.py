@@ -1232,24 +1232,4 @@ def test_the_calibrations_spread_reads_in_words_with_units():
     assert _value(few, "spread").endswith("(±30.0%: about 5400 pairs needed for ±10%)")
 
 
-def test_the_61_lead_says_how_far_its_rates_can_be_read(tmp_path):
-    """Beside the FR table: the test's sensitivity and specificity measured by the known-truth
-    benchmark for the run's model and configuration, or a sentence that they were not measured."""
-    s = make_calibrated_summary()
-    s["test_validity"] = {"measured": True, "model": "dlib-resnet", "fill": "mean", "q": 0.1, "target": "embedding",
-                          "criterion": "beyond-prior", "sensitivity": 0.681, "specificity": 0.981, "n_positive": 94,
-                          "n_negative": 376, "construction": "average", "parts": "inner", "date": "2026-12-02",
-                          "command": "falsify run known-truth --n-pairs 100"}
-    write_summary(tmp_path, s)
-    para = _section(write_report(tmp_path).read_text(), 'id="test-validity"', "</p>")
-    assert "passed 68% of maps that are right (sensitivity, 94 composites)" in para
-    assert "falsified 98% of maps that are wrong (specificity, 376" in para
-    s["test_validity"] = {"measured": False, "reason": "the test's sensitivity and specificity were not measured for "
-                          "this model (m, ...)"}
-    write_summary(tmp_path, s)
-    page = write_report(tmp_path).read_text()
-    assert "were not measured for this model" in _section(page, 'id="test-validity"', "</p>")
-    assert page.index('id="test-validity"') < page.index('id="how-to-read"')  # beside the FR table
-    s.pop("test_validity")  # an older summary: no paragraph
-    write_summary(tmp_path, s)
-    assert 'id="test-validity"' not in write_report(tmp_path).read_text()
+# the lead's paragraph on the known-truth rates and the FRs' placement: tests/test_report_reading.py

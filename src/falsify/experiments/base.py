@@ -184,7 +184,7 @@ class Experiment:
         before anything is written."""
         from ..report.html import load_summary
 
-        return load_summary(out)
+        return refresh_validity(load_summary(out))
 
     def rewrite(self, out, summary: Mapping, report: Callable[..., list[Path]], figures: bool = True) -> Path:
         """``falsify report OUT`` on a run of this experiment, given its :meth:`report_summary`:
@@ -195,6 +195,22 @@ class Experiment:
     def outputs(self, out) -> str:
         """The lines ``falsify run`` prints last: where the results are."""
         return f"results: {out}/results.sqlite\nreport:  {out}/report.html"
+
+
+def refresh_validity(summary: dict) -> dict:
+    """``summary`` with its ``test_validity`` (the known-truth benchmark's rates for its test, as
+    the table held when the run was made) read again from today's table when the stored one holds
+    no confirmation-half rates (not measured then, or pooled rates of the table's earlier schema);
+    a summary without the key (before the table) is left as it is."""
+    from ..report.reading import is_confirmation
+    from .truth_table import for_summary
+
+    tv = summary.get("test_validity")
+    if isinstance(tv, Mapping) and not is_confirmation(tv):
+        fresh = for_summary(summary)
+        if fresh is not None:
+            summary["test_validity"] = fresh
+    return summary
 
 
 def load_raw_summary(out) -> dict:

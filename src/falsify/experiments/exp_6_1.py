@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from ..choices import OTHER_REFERENCE, RANDOM_MODEL
+from ..report import reading
 from ..report.tables import (
     as_float,
     comparison_cell,
@@ -347,6 +348,7 @@ def table_6_1(summary: Mapping):
         r" (* significant at $\alpha = 0.05$); -- not applicable."
         + _controls_tex(summary, header)
         + ("" if ceiling_sentence(summary) is None else " " + latex_escape(ceiling_sentence(summary)))
+        + ("" if reading.null_sentence(summary) is None else " " + latex_escape(reading.null_sentence(summary)))
     )
     split = flags.index(True) if True in flags else None
     return Table(
@@ -530,12 +532,24 @@ class Experiment61(Experiment):
             "with_beats": any("beats" in c for c in comps),
             "headline": headline(summary),
             "ceiling_sentence": ceiling_sentence(summary),
+            "validity": reading.validity_sentence(summary),
+            "placements": reading.placements(summary), "references": reading.references_sentence(summary),
         }
 
     def extend(self, session, store, summary: dict) -> None:
-        """The test's ceiling on each pair (``falsify.experiments.ceiling``), after 6.1's rows:
-        its rows under their own key, and the summary's ``ceiling`` section. Left out with
-        ``--no-ceiling``, and (with a line saying why) for a test the search does not support."""
+        """The run's two references, after 6.1's rows, each under its own key: the null maps of
+        each pair (``falsify.experiments.null_reference``; the summary's ``null_maps``, which says
+        why when the run has no prior), and the test's ceiling on each pair
+        (``falsify.experiments.ceiling``; ``ceiling``, left out with ``--no-ceiling``, and with a
+        line saying why for a test the search does not support)."""
+        from .null_reference import NULL_OF, RowsNull, null_summary
+
+        if session.prior_map is None:
+            summary["null_maps"] = {"skipped": "the null maps need the model's prior: the run has none (the absolute "
+                                               "criterion and no centre among --methods)"}
+        else:
+            session.compute_rows(store, RowsNull(session.context(NULL_OF)))
+            summary["null_maps"] = null_summary(store, session.pairs, session.model.name)
         if not session.config.ceiling:
             return
         from ..falsification.ceiling import CeilingSearch, check_searchable
@@ -555,11 +569,10 @@ class Experiment61(Experiment):
         lines = [_run_table(summary)]
         if any(m.get("deletion") for m in summary.get("methods") or []):
             lines += ["", _deletion_table(summary)]
-        tv = summary.get("test_validity")
-        if isinstance(tv, Mapping):
-            lines.append(f"the test on this model, from the known-truth benchmark: sensitivity {100 * tv['sensitivity']:.0f}%,"
-                         f" specificity {100 * tv['specificity']:.0f}% ({tv['command']})" if tv.get("measured")
-                         else f"the test on this model: {tv['reason']}")
+        lines += [f"{p['method']}: {p['text']}" for p in reading.placements(summary)]
+        for sentence in (reading.references_sentence(summary), reading.validity_sentence(summary)):
+            if sentence:
+                lines.append(sentence)
         return "\n".join(lines)
 
 
@@ -592,6 +605,13 @@ def _run_table(summary: Mapping) -> str:
                      + ("" if sp is None else f"; {sp:.2f} s/pair"))
     elif isinstance(summary.get("ceiling"), Mapping) and summary["ceiling"].get("skipped"):
         lines.append(f"the test's ceiling was not searched: {summary['ceiling']['skipped']}")
+    null = summary.get("null_maps")
+    if isinstance(null, Mapping) and null.get("n_pairs") is not None:
+        lines.append(f"{'null maps':{n}s} {null['n_passed']:5d} {null['n_falsified']:5d} {null['n_untestable']:6d} "
+                     f"{null['n_error']:4d}  {_pct(null['fr'])} [{_pct(null['ci_low'])},{_pct(null['ci_high'])}]   "
+                     "maps that know only the prior, a reference, not a method")
+    elif isinstance(null, Mapping) and null.get("skipped"):
+        lines.append(f"no null maps: {null['skipped']}")
     return "\n".join(lines)
 
 

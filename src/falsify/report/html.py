@@ -268,7 +268,7 @@ def _section_metadata(summary: Mapping) -> str:
 _KNOWN_KEYS = {
     "experiment", "created", "started", "model", "config", "falsification", "calibration", "environment",
     "data", "n_rows", "n_errors", "errors", "elapsed_s", "methods", "comparisons", "controls", "prior",
-    "alignment", "test_validity",
+    "alignment", "test_validity", "null_maps",
 }
 
 
