@@ -185,7 +185,7 @@ def headline(summary: Mapping) -> dict:
     items = [i for i in items if i["beats"]] + [i for i in items if not i["beats"]]
     return {"kind": kind, "items": items, "beating": [i["method"] for i in items if i["beats"]],
             "rates": [(m, _rate_text(rows[m])) for m in methods],
-            "centre_by_construction": getattr(criterion_class(criterion_of(summary)["criterion"]), "needs_prior", False)
+            "centre_by_construction": getattr(criterion_class(criterion_of(summary)["criterion"]), "falsifies_centre", False)
             and any(c["label"] == "centre" for i in items for c in i["controls"])}
 
 

@@ -97,6 +97,8 @@ class Criterion:
     monotone: ClassVar[bool] = False
     #: its rule in one plain line, for reports (:meth:`describe`)
     rule: ClassVar[str] = ""
+    #: the ``centre`` map (the prior itself) is falsified by construction under it (its comparator)
+    falsifies_centre: ClassVar[bool] = False
 
     def __init__(self, config) -> None:
         self.config = config
@@ -221,6 +223,7 @@ class BeyondPrior(Criterion):
     prior_calibrated = "delta"
     fields = ("prior_d_high", "prior_d_low", "excess")
     monotone = True
+    falsifies_centre = True
     rule = "a map passes when its margin d_high − d_low exceeds the prior map's margin on the same image by more than δ"
 
     def check_inputs(self, *, prior=None):
