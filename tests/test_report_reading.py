@@ -58,6 +58,10 @@ def test_the_report_prints_the_confirmation_rates_with_their_intervals(tmp_path)
             "of 32 composites)") in sentence
     assert "beyond-prior, delta 0" in sentence and "'falsify run known-truth --model dlib-resnet --n-pairs 64'" in sentence
     assert "50%" not in sentence  # the pooled rates are secondary and never printed
+    assert "an FR estimates the share of wrong maps" in sentence  # 81% and 94%: at the goals
+    low = {**ENTRY, "sensitivity": 0.54, "specificity": 0.93}
+    said = reading.validity_sentence({**s, "test_validity": low})
+    assert "cannot be read as the share of wrong maps: the test falsifies 46% of maps that are right" in said
     write_summary(tmp_path, s)
     page = write_report(tmp_path).read_text()
     para = _section(page, 'id="test-validity"', "</p>")

@@ -41,6 +41,22 @@ def is_confirmation(tv: Mapping) -> bool:
             and as_float(tv.get("specificity")) is not None)
 
 
+#: the benchmark's goals (issue 28): below them an FR is not read as the share of wrong maps
+GOAL_SENSITIVITY, GOAL_SPECIFICITY = 0.80, 0.90
+
+
+def what_an_fr_means(sensitivity: float, specificity: float) -> str:
+    """What an FR of this test can and cannot be read as, from its measured rates, in plain words."""
+    if sensitivity >= GOAL_SENSITIVITY and specificity >= GOAL_SPECIFICITY:
+        return ("At these rates a falsified verdict is good evidence that a map is wrong, and an FR estimates the "
+                "share of wrong maps within these intervals.")
+    wrong = 100 * (1 - sensitivity)
+    return (f"At these rates an FR cannot be read as the share of wrong maps: the test falsifies {wrong:.0f}% of "
+            "maps that are right, so a falsified verdict is weak evidence on its own; what an FR can show is how a "
+            "method compares with the null maps and the ceiling on the same pairs, and with other methods under "
+            "the same test.")
+
+
 def validity_sentence(summary: Mapping) -> str | None:
     """One sentence on the test's sensitivity and specificity for the run's model and
     configuration (confirmation half, 95% intervals, n), or why they are not known; None for a
@@ -64,7 +80,7 @@ def validity_sentence(summary: Mapping) -> str | None:
                 f"{tv.get('sensitivity_n')} truth maps) and falsified {_pct(tv['specificity'])}"
                 f"{_interval(tv.get('specificity_ci'))} of maps that are wrong (specificity, 95% bootstrap by "
                 f"composite, n = {tv.get('specificity_n')} maps{of}); measured {tv.get('date')} by "
-                f"'{tv.get('command')}'.")
+                f"'{tv.get('command')}'. " + what_an_fr_means(float(tv["sensitivity"]), float(tv["specificity"])))
     if tv.get("measured") is True:  # an entry of the earlier schema: pooled rates, not printed
         return ("The known-truth rates stored in this summary are pooled over every composite of an earlier design "
                 "of the benchmark, not confirmation-half rates, and are not shown; 'falsify report' with the current "
