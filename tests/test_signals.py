@@ -167,8 +167,9 @@ def _library_turns_the_stop_into(error: Exception, sig, chained: bool):
                          ids=["SIGTERM-pybind11-ImportError-from-the-interrupt", "SIGHUP-RuntimeError-from-None"])
 def test_a_library_error_raised_in_the_stop_s_place_during_the_report_is_the_stop(
         lfw_sample, tmp_path, capsys, monkeypatch, sig, error, chained):
-    """The flake of test_stopped_during_the_report...: the signal landed while a library
-    initialised and the run exited 2 with ``falsify run: error: initialization failed``; it is
+    """The flake of test_stopped_during_the_report...: the signal landed while SciPy's HiGHS
+    module (pybind11), imported with scipy.stats for the summary, initialised, and the run exited
+    2 with ``falsify run: error: initialization failed``; it is
     the stop: 128 + the signal, its one line, the rows kept, and the same command writes the report."""
     from falsify.cli import main
     from falsify.experiments.base import Experiment

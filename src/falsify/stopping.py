@@ -57,8 +57,9 @@ def _stop_of(signum: int) -> KeyboardInterrupt:
 def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
     """The stop (Ctrl-C, SIGTERM, SIGHUP) that ``exc`` stands for, or None when it is an error of
     its own. A library can turn the interrupt that a stop raises in its code into an error of
-    its own: pybind11 makes one raised while an extension module initialises (matplotlib's,
-    imported as the report is drawn) an ``ImportError('initialization failed')`` raised from it,
+    its own: pybind11 makes one raised while an extension module initialises (SciPy's HiGHS
+    module, imported with ``scipy.stats`` as a run's summary is computed) an
+    ``ImportError('initialization failed')`` raised from it,
     and code that wraps errors can drop the interrupt altogether (``raise ... from None``). So
     ``exc`` is the stop's when it is one, when one is in its chain of causes and contexts, or
     when a stop signal was received while :func:`stop_signals_as_interrupts` runs."""
