@@ -228,3 +228,28 @@ def test_stop_behind_finds_the_stop_in_an_error_s_chain_or_the_signal_received()
             _library_turns_the_stop_into(RuntimeError("x"), signal.SIGTERM, chained=False)()
     assert stopped.value.signum == signal.SIGTERM and isinstance(stopped.value.__cause__, RuntimeError)
     assert stop_behind(RuntimeError("after the block")) is None  # what was received is forgotten
+
+
+def test_a_stop_that_a_library_swallows_stops_the_run_once_the_unit_s_rows_are_stored(
+        lfw_sample, tmp_path, capsys, monkeypatch):
+    from falsify.attribution.random_map import RandomExplainer
+    from falsify.cli import main
+
+    original, sent = RandomExplainer._attribute, []
+
+    def swallows(self, images, references):
+        if not sent:  # once: a second one would end the process
+            sent.append(True)
+            try:
+                signal.raise_signal(signal.SIGTERM)  # the handler runs before it returns
+            except KeyboardInterrupt:
+                pass  # e.g. code that falls back on any failure
+        return original(self, images, references)
+
+    out = tmp_path / "run"
+    argv = ["run", "6.1", "--data", str(lfw_sample), "--out", str(out), *TINY, "--batch-pairs", "1"]
+    with monkeypatch.context() as m:
+        m.setattr(RandomExplainer, "_attribute", swallows)
+        assert main(argv) == 128 + signal.SIGTERM
+    assert "falsify run: stopped by SIGTERM; the rows already stored" in capsys.readouterr().err
+    assert stored_rows(out) == 1  # the first unit's row, then the stop: the second pair is not computed
