@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sqlite3
 from pathlib import Path
 
@@ -60,8 +61,24 @@ def leaves(x, prefix=""):
         yield prefix, x
 
 
-def compare(a: Path, b: Path, rtol: float) -> list[str]:
+def _key(path: str) -> str:
+    """A leaf's path without its list indices (``distances_low[0]`` -> ``distances_low``)."""
+    return re.sub(r"\[\d+\]", "", path)
+
+
+def _note(largest: dict, key: str, va, vb, where) -> None:
+    """Keep, per key, the largest absolute difference of two numbers and where it is."""
+    if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool):
+        d = abs(float(va) - float(vb))
+        if d == d and d > largest.get(key, (-1.0, None))[0]:
+            largest[key] = (d, where)
+
+
+def compare(a: Path, b: Path, rtol: float, largest: dict | None = None) -> list[str]:
+    """The differences of two run folders (one line each); ``largest`` (when given) gets, per
+    column, detail leaf or summary leaf (list indices dropped), the largest absolute difference."""
     problems: list[str] = []
+    largest = {} if largest is None else largest
     sa, sb = stores(a), stores(b)
     if set(sa) != set(sb):
         problems.append(f"stores differ: {sorted(set(sa) ^ set(sb))}")
@@ -79,10 +96,13 @@ def compare(a: Path, b: Path, rtol: float) -> list[str]:
                 if col == "detail" and va and vb:
                     da, db = dict(leaves(json.loads(va))), dict(leaves(json.loads(vb)))
                     bad = [p for p in set(da) | set(db) if not _same(da.get(p), db.get(p), rtol)]
+                    for p in bad:
+                        _note(largest, f"{k[0]} detail.{_key(p)}", da.get(p), db.get(p), k)
                     if bad:
                         problems.append(f"{name} {k}: detail differs at {sorted(bad)[:3]}")
                 elif not _same(va, vb, rtol):
                     problems.append(f"{name} {k}: {col} {va!r} -> {vb!r}")
+                    _note(largest, f"{k[0]} {col}", va, vb, k)
     ja, jb = a / "summary.json", b / "summary.json"
     n_leaves = 0
     if ja.is_file() and jb.is_file():
@@ -92,6 +112,7 @@ def compare(a: Path, b: Path, rtol: float) -> list[str]:
         for p in sorted(set(la) | set(lb)):
             if not _same(la.get(p, "<absent>"), lb.get(p, "<absent>"), rtol):
                 problems.append(f"summary.json {p}: {la.get(p, '<absent>')!r} -> {lb.get(p, '<absent>')!r}")
+                _note(largest, f"summary.json {_key(p)}", la.get(p), lb.get(p), p)
     elif ja.is_file() != jb.is_file():
         problems.append("summary.json in one run only")
     print(f"{a} vs {b}: {n_rows} rows in {len(set(sa) & set(sb))} store(s), {n_leaves} summary values; "
@@ -105,12 +126,20 @@ def main(argv=None) -> int:
     ap.add_argument("after", type=Path)
     ap.add_argument("--rtol", type=float, default=0.0, help="relative tolerance of numbers (default 0: equal)")
     ap.add_argument("--show", type=int, default=20, help="differences printed (default 20)")
+    ap.add_argument("--largest", action="store_true",
+                    help="also print, per column, detail leaf and summary leaf that differs, the largest absolute "
+                    "difference (a row's key: experiment, model, method, pair)")
     args = ap.parse_args(argv)
-    problems = compare(args.before, args.after, args.rtol)
+    largest: dict = {}
+    problems = compare(args.before, args.after, args.rtol, largest)
     for p in problems[: args.show]:
         print("-", p)
     if len(problems) > args.show:
         print(f"... and {len(problems) - args.show} more")
+    if args.largest and largest:
+        print("largest absolute differences:")
+        for key, (d, where) in sorted(largest.items()):
+            print(f"  {key}: {d:.3g} ({'/'.join(map(str, where[2:])) if isinstance(where, tuple) else where})")
     return 1 if problems else 0
 
 

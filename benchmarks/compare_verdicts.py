@@ -52,6 +52,19 @@ def main(argv=None) -> int:
               f"({100 * (1 - len(changed_m) / max(1, len(rows_m))):.1f}% unchanged); the ceiling: "
               f"{len(changed) - len(changed_m)} of {len(common) - len(rows_m)}.")
     print(f"\n{len(changed)} of {len(common)} verdicts changed.")
+    near = []  # beyond-prior rows: how far each excess is from the delta it must beat, in each run
+    for k in common:
+        da, db = json.loads(a[k]["detail"] or "{}"), json.loads(b[k]["detail"] or "{}")
+        if all(d.get("excess") is not None and d.get("delta") is not None for d in (da, db)):
+            near.append((min(abs(da["excess"] - da["delta"]), abs(db["excess"] - db["delta"])), k))
+    exact = [k for gap, k in near if gap == 0]  # the map deletes what the prior does: a tie, falsified
+    if near:
+        print(f"Beyond-prior rows: {len(near)}; excess exactly delta in either run (a tie, falsified): "
+              f"{len(exact)} ({', '.join(sorted({k[0] for k in exact})) or '-'}).")
+    if len(near) > len(exact):
+        gap, k = min((g, k) for g, k in near if g > 0)
+        print(f"Nearest its verdict's boundary otherwise: {k[0]} on {k[1]}, |excess - delta| = {gap:.2e} rad "
+              f"(verdict {a[k]['verdict']} -> {b[k]['verdict']}).")
     for k in changed:
         da = json.loads(a[k]["detail"] or "{}")
         db = json.loads(b[k]["detail"] or "{}")

@@ -19,8 +19,8 @@ from .choices import (ALIGN_CHOICES, CRITERIA, DEFAULT_METHODS, EXECUTORS, EXPER
                       PRECISIONS, PRESET_NAMES, STRATIFY_CHOICES, TARGETS, TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
 from .commands import calibrate_test, error_line, print_run, print_test, say_no_face, without_threshold
 from .paths import check_writable, is_out_of_space, space_guard
-from .stopping import say as _say, signal_name as _signal_name, stop_signals_as_interrupts, stopped_line, \
-    stopped_status as _stopped_status
+from .stopping import say as _say, signal_name as _signal_name, stop_behind, stop_signals_as_interrupts, \
+    stopped_line, stopped_status as _stopped_status
 
 #: Errors that mean "the input or the environment is wrong": printed as one line, exit status 2,
 #: no traceback. OSError covers unwritable or read-only outputs, folders given as files, ...
@@ -398,9 +398,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = runner_for(config, progress=not args.quiet, retry_errors=args.retry_errors, executor=executor)
     try:
         summary = runner.run()
-    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the runner has cleaned up; say what is left
-        _say(f"falsify run: {stopped_line(exc, runner.out)}")
-        return _stopped_status(exc)
+    except (KeyboardInterrupt, Exception) as exc:  # Ctrl-C, SIGTERM, SIGHUP (or a library's error in its place)
+        stop = stop_behind(exc)
+        if stop is None:
+            raise
+        _say(f"falsify run: {stopped_line(stop, runner.out)}")  # the runner has cleaned up; say what is left
+        return _stopped_status(stop)
     return print_run(summary, config.experiment, runner.out)
 
 

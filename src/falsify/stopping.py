@@ -46,31 +46,86 @@ def stopped_status(exc: BaseException) -> int:
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
+#: The stop signals received while :func:`stop_signals_as_interrupts` runs (their numbers).
+_received: list[int] = []
+
+
+def _stop_of(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
+
+
+def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The stop (Ctrl-C, SIGTERM, SIGHUP) that ``exc`` stands for, or None when it is an error of
+    its own. A library can turn the interrupt that a stop raises in its code into an error of
+    its own: pybind11 makes one raised while an extension module initialises (SciPy's HiGHS
+    module, imported with ``scipy.stats`` as a run's summary is computed) an
+    ``ImportError('initialization failed')`` raised from it,
+    and code that wraps errors can drop the interrupt altogether (``raise ... from None``). So
+    ``exc`` is the stop's when it is one, when one is in its chain of causes and contexts, or
+    when a stop signal was received while :func:`stop_signals_as_interrupts` runs."""
+    if isinstance(exc, KeyboardInterrupt):
+        return exc
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):  # a new one: raised from exc, the same one would make a cycle
+            return Stopped(e.signum) if isinstance(e, Stopped) else KeyboardInterrupt()
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return _stop_of(_received[0]) if _received else None
+
+
+def raise_if_stopped(exc: BaseException) -> None:
+    """Raise the stop behind ``exc`` (:func:`stop_behind`), from it; for code that records an
+    error and goes on (a pair's error row), so that a stop is neither stored as an error nor
+    ignored."""
+    stop = stop_behind(exc)
+    if stop is not None:
+        raise stop from exc
+
+
+def check_stopped() -> None:
+    """Raise the stop signal received while :func:`stop_signals_as_interrupts` runs, if one was
+    and its interrupt was swallowed by the code it was raised in (e.g. one that reads an optional
+    value and falls back on any error): between two units of work, nothing computed is lost."""
+    if _received:
+        raise _stop_of(_received[0])
+
+
 @contextlib.contextmanager
 def stop_signals_as_interrupts():
     """While the block runs, SIGTERM and SIGHUP raise :class:`Stopped` (a ``KeyboardInterrupt``)
     in the main thread, so every clean-up that Ctrl-C runs (a run's lock and folder, its store,
     the Ray executor) runs for them too; the handlers in place before are restored after. A
-    second one (the first one's clean-up hangs) ends the process at once, as it would have."""
+    second one (the first one's clean-up hangs) ends the process at once, as it would have.
+    Ctrl-C raises ``KeyboardInterrupt`` as before; every stop is recorded, and an error that
+    leaves the block after one (a library's own error raised in the interrupt's place,
+    :func:`stop_behind`) leaves it as that stop."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    seen: list[int] = []
+    _received.clear()
 
     def handler(signum, _frame):
-        if seen:
+        if signum != signal.SIGINT and any(s != signal.SIGINT for s in _received):
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        seen.append(signum)
-        raise Stopped(signum)
+        _received.append(signum)
+        raise _stop_of(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    handled = [*STOP_SIGNALS, *([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler
+                                else [])]
+    previous = {sig: signal.signal(sig, handler) for sig in handled}
     try:
         yield
+    except Exception as exc:
+        raise_if_stopped(exc)
+        raise
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
+        _received.clear()
 
 
 def say(line: str) -> None:

@@ -13,6 +13,7 @@ import time
 from typing import Iterator, Sequence
 
 from ..data.pairs import Pair
+from ..stopping import raise_if_stopped
 from .rows import ChunkRows, RowKind
 
 #: the experiment key of the ceiling's rows
@@ -61,6 +62,7 @@ class CeilingRows(ChunkRows):
                                    pair_ids=[pairs[i].index for i in idx], prior=ctx.prior_map,
                                    prior_cache=self.prior_cache)
         except Exception as exc:  # noqa: BLE001 - recorded per pair, the run goes on
+            raise_if_stopped(exc)  # a stop that a library turned into its own error is no pair's error
             yield [self.kind.error_row(CEILING_KEY, pairs[i], f"{type(exc).__name__}: {exc}") for i in idx], []
             return
         seconds = (time.perf_counter() - t) / len(idx)

@@ -31,6 +31,7 @@ from ..data import load_images
 from ..data.pairs import Pair
 from ..falsification.stages import EmbeddingCache
 from ..models.base import model_device
+from ..stopping import check_stopped, raise_if_stopped
 from .reach import CONNECT_TIMEOUT_S, RAY_JOIN_ENV, check_reachable  # noqa: F401 - re-exported
 from .rows import (ChunkImages, ChunkRows, RowKind, Unit, Writer, base_row,  # noqa: F401 - the seam, re-exported
                    row_explainers)
@@ -155,6 +156,7 @@ class RowComputer:
                                          prior=ctx.prior_map, prior_cache=self.prior_cache,
                                          embedding_cache=self.embedding_cache)
         except Exception as exc:  # noqa: BLE001 - recorded per pair below, the run goes on
+            raise_if_stopped(exc)  # a stop that a library turned into its own error is no pair's error
             if len(pairs) == 1:
                 return [self.error_row(method, pairs[0], f"{type(exc).__name__}: {exc}")]
             out = []
@@ -254,6 +256,7 @@ class InProcessExecutor:
         for chunk, keys in units:
             for rows, maps in computer.rows(chunk, keys, done):
                 write(rows, maps)
+                check_stopped()  # a stop whose interrupt a library swallowed: after the rows are stored
 
 
 def executor_open(executor, log=print) -> bool:

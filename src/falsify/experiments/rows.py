@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator, Sequence
 
 from ..data.pairs import Pair
+from ..stopping import raise_if_stopped
 
 
 def base_row(rows_of: str, model_name: str, method: str, p: Pair) -> dict:
@@ -169,6 +170,7 @@ class ChunkRows:
         try:
             return self.explainer(method)(images[idx].to(device), refs[idx].to(device)).detach().cpu(), []
         except Exception as exc:  # noqa: BLE001 - recorded per pair, the run goes on
+            raise_if_stopped(exc)  # a stop that a library turned into its own error is no pair's error
             return None, [self.kind.error_row(method, pairs[i], f"{type(exc).__name__}: {exc}") for i in idx]
 
     def explainer(self, method: str):
