@@ -51,12 +51,13 @@ def command_of(summary: dict) -> str:
 
 def _criterion(e: dict) -> tuple[str, float | str | None]:
     """(criterion, delta) as a 6.1 run names them: the benchmark's 'beyond-prior, delta calibrated'
-    is beyond-prior with delta 'calibrated' (a run's --delta calibrated)."""
+    is beyond-prior with delta 'calibrated' (a run's --delta calibrated), and so for beyond-mirror."""
     if e["criterion"] == "absolute":
         return "absolute", None
-    if e["criterion"].startswith("beyond-prior, delta calibrated"):
-        return "beyond-prior", "calibrated"
-    return "beyond-prior", float(e["delta"] or 0.0)
+    crit, _, rest = e["criterion"].partition(", delta ")
+    if rest == "calibrated":
+        return crit, "calibrated"
+    return crit, float(e["delta"] or 0.0)
 
 
 def entries(out: Path) -> list[dict]:
