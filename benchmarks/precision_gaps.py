@@ -10,10 +10,12 @@ Reads two 6.1 stores of the same pairs and settings, one run in fp32 and one in 
 - each row whose verdict moved: method, pair, both excesses (or gaps), delta, |difference| and
   where that difference lies in the distribution over all rows (its percentile);
 - for ``--band`` values (radians), the share of rows whose low-precision |gap| lies within the
-  band (those a re-check would compute again in float32) and how many moved rows lie outside it.
+  band (those a re-check would compute again in float32), the verdicts that would still differ
+  from fp32's after the re-check, and the rows' seconds (the stores' ``seconds``) against fp32's.
 
 A store whose rows were re-checked (``detail.recheck``) is read with its low-precision values
-(the row's first result), so a re-checked run serves as well as a plain one.
+(the row's first result) for the gaps, and with its float32 re-checks for the bands: run it with
+the widest band to evaluate (``--recheck-band``) and every narrower band is read from it.
 
     python benchmarks/precision_gaps.py runs/n40-fp32 runs/n40-bf16 --band 0.01,0.02,0.03
 """
@@ -30,7 +32,7 @@ def rows(folder: Path) -> dict:
     with sqlite3.connect(folder / "results.sqlite") as c:
         c.row_factory = sqlite3.Row
         return {(r["method"], r["pair"]): {**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in c.execute(
-            "SELECT method, pair, verdict, detail FROM results WHERE experiment = '6.1'")}
+            "SELECT method, pair, verdict, seconds, detail FROM results WHERE experiment = '6.1'")}
 
 
 def low_view(row: dict) -> tuple[str, dict]:
@@ -90,13 +92,40 @@ def main(argv=None) -> int:
             print(f"| {k[0]} | {k[1]} | {a[k]['verdict']} -> {low_view(b[k])[0]} | {ex(da, 'excess')} | "
                   f"{ex(db, 'excess')} | {ex(da, 'delta')} | {boundary_gap(da):+.4f} | {gaps_low[k]:+.4f} | "
                   f"{diffs[k]:.4f} | {percentile(values, diffs[k]):.1f} |")
-    print("\n| band (rad) | rows with abs(gap low) <= band: re-checked | moved rows outside the band |")
-    print("|---|---|---|")
-    for band in (float(x) for x in args.band.split(",")):
-        inside = [k for k in diffs if abs(gaps_low[k]) <= band]
-        print(f"| {band:g} | {len(inside)} of {len(diffs)} ({100 * len(inside) / len(diffs):.1f}%) | "
-              f"{sum(abs(gaps_low[k]) > band for k in moved)} |")
+    bands(a, b, diffs, gaps_low, moved, [float(x) for x in args.band.split(",")])
     return 0
+
+
+def bands(a: dict, b: dict, diffs: dict, gaps_low: dict, moved: list, values: list[float]) -> None:
+    """Per band: the rows a re-check would compute again, the verdicts that would still differ
+    from fp32's, and the rows' seconds against fp32's. A row the low store re-checked counts with
+    its stored float32 verdict and its stored seconds (the low-precision row's plus its re-check);
+    a row within the band that the store did not re-check (a band wider than the store's) is
+    *projected*: counted as agreeing, its re-check costing its fp32 row's seconds."""
+    secs32 = sum(a[k]["seconds"] or 0 for k in diffs)
+    print("\n| band (rad) | rows with abs(gap low) <= band: re-checked | verdicts that differ from fp32's after the "
+          "re-check | agreement | rows' seconds fp32 / low with the re-check | rows projected |")
+    print("|---|---|---|---|---|---|")
+    for band in values:
+        inside = [k for k in diffs if abs(gaps_low[k]) <= band]
+        differ, secs, projected = 0, 0.0, 0
+        for k in diffs:
+            rc = b[k]["detail"].get("recheck")
+            low_secs = rc["seconds"] if rc else b[k]["seconds"] or 0
+            if abs(gaps_low[k]) > band:
+                differ += k in moved
+                secs += low_secs
+            elif rc:
+                differ += b[k]["verdict"] != a[k]["verdict"]
+                secs += b[k]["seconds"] or 0
+            else:
+                projected += 1
+                secs += low_secs + (a[k]["seconds"] or 0)
+        print(f"| {band:g} | {len(inside)} of {len(diffs)} ({100 * len(inside) / len(diffs):.1f}%) | {differ} | "
+              f"{100 * (1 - differ / len(diffs)):.1f}% | {secs32 / secs:.2f}x ({secs32:.1f} s / {secs:.1f} s) | "
+              f"{projected} |")
+    secs_low = sum((b[k]["detail"].get("recheck") or {}).get("seconds", b[k]["seconds"] or 0) for k in diffs)
+    print(f"\nWithout a re-check: rows' seconds fp32 / low {secs32 / secs_low:.2f}x ({secs32:.1f} s / {secs_low:.1f} s).")
 
 
 if __name__ == "__main__":

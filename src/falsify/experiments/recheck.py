@@ -135,7 +135,8 @@ class FloatRecheck:
     def apply(self, method: str, pairs, images, refs, map_refs, rows: list[dict]) -> list[dict]:
         """``rows`` (one per pair, as ``RowComputer.test`` made them), those within the band
         replaced by their float32 rows, each with ``detail["recheck"]``: the low-precision
-        verdict, gap and fields, the band and the precision."""
+        verdict, gap, fields and seconds, the band and the precision. A re-checked row's
+        ``seconds`` are the low-precision row's plus its share of the re-check."""
         from ..falsification import falsification_test
 
         todo = [i for i, r in enumerate(rows) if r.get("verdict") != "error" and needs_recheck(r["detail"], self.band)]
@@ -164,7 +165,7 @@ class FloatRecheck:
                 d["deletion"] = self.deletion_of(model, ctx.threshold, ctx.config, pairs[i], x[j], maps[j], refs[i],
                                             low["cosine"])
             d["recheck"] = {"precision": self.precision, "band": self.band, "verdict": low["verdict"],
-                            "gap": boundary_gap(low["detail"]),
+                            "gap": boundary_gap(low["detail"]), "seconds": low["seconds"],
                             "fields": {k: low["detail"].get(k) for k in self.FIELDS}}
             out[i] = {**low, "verdict": r.verdict, "failed": list(r.failed), "d_high": r.d_high, "d_low": r.d_low,
                       "sd_high": r.sd_high, "sd_low": r.sd_low, "margin": r.margin, "d_prime": r.d_prime,
