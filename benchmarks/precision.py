@@ -17,7 +17,8 @@ and their excess over the prior's margin). A folder that exists is resumed (its 
 The low-precision runs re-check their near-ties in float32 (``--recheck-band``, radians; 0: none),
 and each line says how many rows were re-checked. ``--recheck`` adds a run whose maps are made in
 low precision and whose test runs in float32; ``--maps-fp32`` one whose maps are made in float32
-and whose test runs in low precision (neither re-checks).
+and whose test runs in low precision (neither re-checks). ``--timing N`` runs instead N rounds of
+fp32, low and low re-checked (``timing``) and prints the rows' seconds round by round.
 
     python benchmarks/precision.py                                  # ~3 min on 2 cores
     python benchmarks/precision.py --models dlib-resnet --run runs/precision   # + two 12-pair runs
@@ -131,11 +132,45 @@ def runs(args, model_name: str) -> None:
     if args.maps_fp32:
         out = split_run(args, model_name, "fp32", args.precision)
         print(f"\nThe maps in fp32, the test (the two distances) in {args.precision}, no re-check (`{out}`, rows' "
-              f"seconds {row_seconds(out):.1f}; fp32 / this: {secs['fp32'] / row_seconds(out):.2f}x):\n")
+              f"seconds {row_seconds(out):.1f}; fp32 / this: {secs['fp32'] / len(folders['fp32']) / row_seconds(out):.2f}x):\n")
         compare_verdicts.main([str(folders["fp32"][0]), str(out)])
     if args.repeat:
         print("\nfp32 against itself (run again, the same settings):\n")
         compare_verdicts.main([str(folders["fp32"][0]), str(folders["fp32"][1])])
+
+
+def timing(args, model_name: str) -> None:
+    """``--timing N``: N rounds of three fresh runs, fp32, low precision without a re-check and low
+    precision re-checked at ``--recheck-band``, one after the other, so load on a shared machine
+    falls on all three; per round the rows' seconds, and the median of the rounds' ratios."""
+    from falsify.experiments import RunConfig, runner_for
+
+    labels = (("fp32", "fp32", None), ("low", args.precision, 0.0), ("re-checked", args.precision, args.recheck_band))
+    secs: dict = {label: [] for label, _, _ in labels}
+    print(f"#### Rows' seconds, {args.timing} round(s) of fp32, {args.precision} and {args.precision} re-checked\n")
+    print(f"| round | fp32 | {args.precision} | {args.precision} re-checked | rows re-checked | fp32 / {args.precision} | "
+          f"fp32 / re-checked | load average |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in range(args.timing):
+        for label, p, band in labels:
+            out = Path(args.run) / "timing" / f"{model_name}-{label}-{r}"
+            config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=str(out),
+                                       model=model_name, methods=args.methods, precision=p, seed=args.seed,
+                                       recheck_band=band)
+            runner_for(config, progress=False, log=lambda *_: None).run()
+            secs[label].append(row_seconds(out))
+        n, n_re = rechecked(out)
+        f32, low, re = (secs[label][-1] for label, _, _ in labels)
+        print(f"| {r + 1} | {f32:.1f} | {low:.1f} | {re:.1f} | {n_re} of {n} | {f32 / low:.2f}x | {f32 / re:.2f}x | "
+              f"{os.getloadavg()[0]:.1f} |", flush=True)
+    ratio = lambda label: statistics.median(a / b for a, b in zip(secs["fp32"], secs[label]))
+    print(f"\nmedian of the rounds' ratios: fp32 / {args.precision} **{ratio('low'):.2f}x**, fp32 / {args.precision} "
+          f"re-checked at {config.recheck_band:g} rad **{ratio('re-checked'):.2f}x**\n")
+    sys.path.insert(0, str(Path(__file__).parent))
+    import compare_verdicts
+
+    base = Path(args.run) / "timing"
+    compare_verdicts.main([str(base / f"{model_name}-fp32-0"), str(base / f"{model_name}-re-checked-0")])
 
 
 def split_run(args, model_name: str, maps: str, test: str) -> Path:
@@ -185,6 +220,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", action="store_true", help="with --run: fp32, low, low, fp32 (4 runs)")
     ap.add_argument("--recheck-band", type=float, default=None, help="the low-precision runs' float32 re-check band "
                     "(radians; default: the run's default, falsify.experiments.recheck.DEFAULT_RECHECK_BAND; 0: none)")
+    ap.add_argument("--timing", type=int, default=0, metavar="N", help="with --run: N rounds of fp32, low and low "
+                    "re-checked runs instead, timed round by round (OUT/timing)")
     ap.add_argument("--recheck", action="store_true", help="with --run: also a run with the maps in low precision "
                     "and the test in fp32 (OUT/MODEL-maps-PRECISION-test-fp32)")
     ap.add_argument("--maps-fp32", action="store_true", help="with --run: also a run with the maps in fp32 and the "
@@ -217,7 +254,7 @@ def main(argv=None) -> int:
     if args.run:
         for name in args.models.split(","):
             print(f"\n#### 6.1 on {args.n_pairs} pairs, {name}, methods {args.methods}\n")
-            runs(args, name)
+            (timing if args.timing else runs)(args, name)
     return 0
 
 

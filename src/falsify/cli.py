@@ -648,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recheck-band", type=_number, metavar="RAD",
                    help="with --precision bf16/fp16: a 6.1 row whose verdict lies within RAD radians of its boundary "
                    "(excess - delta under beyond-prior) is computed again wholly in float32, and records it "
-                   "(default 0.05; 0: none; docs/method.md, 'Precision')")
+                   "(default 0.02; 0: none; docs/method.md, 'Precision')")
     _add_calibrate_on(p)
     p.add_argument("--batch-pairs", type=_whole(1), help="pairs explained together (default 8)")
     p.add_argument("--retry-errors", action="store_true",
