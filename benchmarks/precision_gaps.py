@@ -89,7 +89,8 @@ def main(argv=None) -> int:
         for k in moved:
             da, db = a[k]["detail"], low_view(b[k])[1]
             ex = lambda d, key: "-" if d.get(key) is None else f"{d[key]:+.4f}"
-            print(f"| {k[0]} | {k[1]} | {a[k]['verdict']} -> {low_view(b[k])[0]} | {ex(da, 'excess')} | "
+            pair = k[1].replace("|", "\\|")  # a pair id is A|B: escaped in the table
+            print(f"| {k[0]} | {pair} | {a[k]['verdict']} -> {low_view(b[k])[0]} | {ex(da, 'excess')} | "
                   f"{ex(db, 'excess')} | {ex(da, 'delta')} | {boundary_gap(da):+.4f} | {gaps_low[k]:+.4f} | "
                   f"{diffs[k]:.4f} | {percentile(values, diffs[k]):.1f} |")
     bands(a, b, diffs, gaps_low, moved, [float(x) for x in args.band.split(",")])
