@@ -123,6 +123,7 @@ def test_a_low_precision_run_sets_up_in_float32_and_a_resume_with_another_band_i
     import sqlite3
 
     from falsify.experiments import RunConfig, runner_for
+    from falsify.experiments.recheck import DEFAULT_RECHECK_BAND
     from falsify.models import precision as P
 
     monkeypatch.setattr(P, "cpu_bf16_units", lambda: "AVX512-BF16")
@@ -138,8 +139,8 @@ def test_a_low_precision_run_sets_up_in_float32_and_a_resume_with_another_band_i
                    log=lambda *a: None).run()
     f32, b16 = rows(tmp_path / "fp32"), rows(tmp_path / "bf16")
     assert [r[1] for r in b16] == pytest.approx([r[1] for r in f32], abs=1e-6)
-    assert RunConfig.resolve(out=str(tmp_path / "bf16")).recheck_band == pytest.approx(0.05)
-    config = RunConfig.resolve(out=str(tmp_path / "bf16"), recheck_band=0.01)
+    assert RunConfig.resolve(out=str(tmp_path / "bf16")).recheck_band == DEFAULT_RECHECK_BAND
+    config = RunConfig.resolve(out=str(tmp_path / "bf16"), recheck_band=DEFAULT_RECHECK_BAND / 2)
     with pytest.raises(ValueError, match="other settings.*recheck_band") as err:
         runner_for(config, progress=False, log=lambda *a: None).run()
     assert "\n" not in str(err.value)
