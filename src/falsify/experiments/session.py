@@ -174,8 +174,8 @@ class RunSession:
     def embeddings(self) -> tuple[dict, dict]:
         """``(emb, failed)``: the embedding of every image of the run (computed once), and why each
         unreadable one could not be read, in float32 whatever the run's precision. Every image of
-        the sample, not only the pending ones: batch composition then never depends on where an earlier run stopped, so resumed rows
-        equal fresh ones."""
+        the sample, not only the pending ones: batch composition then never depends on where an
+        earlier run stopped, so resumed rows equal fresh ones."""
         if self._embeddings is None:
             from ..verification import embed_paths
             from .recheck import full_precision
