@@ -74,13 +74,15 @@ def main(argv=None) -> int:
     q = statistics.quantiles(values, n=100, method="inclusive")
     print(f"### |gap_low - gap_fp32|: `{args.fp32}` (fp32) vs `{args.low}` (low), {len(values)} rows tested in both\n")
     print(f"median {q[49]:.4f}, 90% {q[89]:.4f}, 95% {q[94]:.4f}, 99% {q[98]:.4f}, max {values[-1]:.4f} rad\n")
-    print("| method | rows | median | 95% | max | verdicts moved |")
-    print("|---|---|---|---|---|---|")
+    print("| method | rows | median | 95% | max | verdicts moved | rows' seconds fp32 / low |")
+    print("|---|---|---|---|---|---|---|")
+    low_secs = lambda k: (b[k]["detail"].get("recheck") or {}).get("seconds", b[k]["seconds"] or 0)
     for m in dict.fromkeys(k[0] for k in diffs):
         v = sorted(d for k, d in diffs.items() if k[0] == m)
         q95 = statistics.quantiles(v, n=20, method="inclusive")[18] if len(v) > 1 else v[0]
+        s32, slow = (sum(f(k) for k in diffs if k[0] == m) for f in (lambda k: a[k]["seconds"] or 0, low_secs))
         print(f"| {m} | {len(v)} | {statistics.median(v):.4f} | {q95:.4f} | {v[-1]:.4f} | "
-              f"{sum(k[0] == m for k in moved)} |")
+              f"{sum(k[0] == m for k in moved)} | {s32:.1f} / {slow:.1f} |")
     print(f"\n{len(moved)} of {len(diffs)} verdicts moved ({100 * (1 - len(moved) / len(diffs)):.1f}% agree).\n")
     if moved:
         print("| method | pair | fp32 -> low | excess fp32 | excess low | delta | gap fp32 | gap low | "
