@@ -14,7 +14,11 @@ into ``OUT/MODEL-PRECISION[-2]``, in this process; it prints the rows' seconds (
 ``seconds``: maps and tests, without the set-up) per precision, their ratio, and the verdicts
 compared row by row (``benchmarks/compare_verdicts.py``: the rows that moved, with their margins
 and their excess over the prior's margin). A folder that exists is resumed (its rows are kept).
-``--recheck`` adds a run whose maps are made in low precision and whose test runs in float32.
+The low-precision runs re-check their near-ties in float32 (``--recheck-band``, radians; 0: none),
+and each line says how many rows were re-checked. ``--recheck`` adds a run whose maps are made in
+low precision and whose test runs in float32; ``--maps-fp32`` one whose maps are made in float32
+and whose test runs in low precision (neither re-checks). ``--timing N`` runs instead N rounds of
+fp32, low and low re-checked (``timing``) and prints the rows' seconds round by round.
 
     python benchmarks/precision.py                                  # ~3 min on 2 cores
     python benchmarks/precision.py --models dlib-resnet --run runs/precision   # + two 12-pair runs
@@ -88,6 +92,13 @@ def row_seconds(folder: Path) -> float:
         return float(c.execute("SELECT SUM(seconds) FROM results WHERE experiment = '6.1'").fetchone()[0])
 
 
+def rechecked(folder: Path) -> tuple[int, int]:
+    """(rows, rows re-checked in float32) of a 6.1 store."""
+    with sqlite3.connect(folder / "results.sqlite") as c:
+        details = [d for (d,) in c.execute("SELECT detail FROM results WHERE experiment = '6.1'")]
+    return len(details), sum('"recheck"' in (d or "") for d in details)
+
+
 def runs(args, model_name: str) -> None:
     from falsify.experiments import RunConfig, runner_for
 
@@ -96,11 +107,15 @@ def runs(args, model_name: str) -> None:
     for i, p in enumerate(order):
         out = Path(args.run) / f"{model_name}-{p}{'-2' if p in folders else ''}"
         config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=str(out),
-                                   model=model_name, methods=args.methods, precision=p, seed=args.seed)
+                                   model=model_name, methods=args.methods, precision=p, seed=args.seed,
+                                   recheck_band=None if p == "fp32" else args.recheck_band)
         t = time.perf_counter()
         runner_for(config, progress=False, log=lambda *_: None).run()
+        n, n_re = rechecked(out)
         print(f"- `{out}`: {p}, wall {time.perf_counter() - t:.0f} s, rows' seconds {row_seconds(out):.1f}, "
-              f"load average {os.getloadavg()[0]:.1f}")
+              f"load average {os.getloadavg()[0]:.1f}"
+              + (f"; re-check band {config.recheck_band:g} rad: {n_re} of {n} rows re-checked in fp32 "
+                 f"({100 * n_re / max(1, n):.1f}%)" if p != "fp32" else ""))
         folders.setdefault(p, []).append(out)
     secs = {p: sum(row_seconds(f) for f in fs) for p, fs in folders.items()}
     print(f"\nrows' seconds fp32 / {args.precision}: **{secs['fp32'] / secs[args.precision]:.2f}x** "
@@ -110,36 +125,78 @@ def runs(args, model_name: str) -> None:
 
     compare_verdicts.main([str(folders["fp32"][0]), str(folders[args.precision][0])])
     if args.recheck:
-        out = recheck_run(args, model_name)
-        print(f"\nThe maps in {args.precision}, the test (calibration, prior, the two distances) in fp32 "
+        out = split_run(args, model_name, args.precision, "fp32")
+        print(f"\nThe maps in {args.precision}, the test (the two distances) in fp32, no re-check "
               f"(`{out}`, rows' seconds {row_seconds(out):.1f}):\n")
+        compare_verdicts.main([str(folders["fp32"][0]), str(out)])
+    if args.maps_fp32:
+        out = split_run(args, model_name, "fp32", args.precision)
+        print(f"\nThe maps in fp32, the test (the two distances) in {args.precision}, no re-check (`{out}`, rows' "
+              f"seconds {row_seconds(out):.1f}; fp32 / this: {secs['fp32'] / len(folders['fp32']) / row_seconds(out):.2f}x):\n")
         compare_verdicts.main([str(folders["fp32"][0]), str(out)])
     if args.repeat:
         print("\nfp32 against itself (run again, the same settings):\n")
         compare_verdicts.main([str(folders["fp32"][0]), str(folders["fp32"][1])])
 
 
-def recheck_run(args, model_name: str) -> Path:
-    """6.1 with the maps made in low precision and everything else in float32: every explainer gets
-    a shallow copy of the run's model (the same network and weights) that runs in ``args.precision``,
-    while calibration, the prior map and the falsification test use the float32 model. Whether the
-    verdicts that moved come back says if a float32 re-check of the two distances would fix them."""
+def timing(args, model_name: str) -> None:
+    """``--timing N``: N rounds of three fresh runs, fp32, low precision without a re-check and low
+    precision re-checked at ``--recheck-band``, one after the other, so load on a shared machine
+    falls on all three; per round the rows' seconds, and the median of the rounds' ratios."""
+    from falsify.experiments import RunConfig, runner_for
+
+    labels = (("fp32", "fp32", None), ("low", args.precision, 0.0), ("re-checked", args.precision, args.recheck_band))
+    secs: dict = {label: [] for label, _, _ in labels}
+    print(f"#### Rows' seconds, {args.timing} round(s) of fp32, {args.precision} and {args.precision} re-checked\n")
+    print(f"| round | fp32 | {args.precision} | {args.precision} re-checked | rows re-checked | fp32 / {args.precision} | "
+          f"fp32 / re-checked | load average |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in range(args.timing):
+        for label, p, band in labels:
+            out = Path(args.run) / "timing" / f"{model_name}-{label}-{r}"
+            config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=str(out),
+                                       model=model_name, methods=args.methods, precision=p, seed=args.seed,
+                                       recheck_band=band)
+            runner_for(config, progress=False, log=lambda *_: None).run()
+            secs[label].append(row_seconds(out))
+        n, n_re = rechecked(out)
+        f32, low, re = (secs[label][-1] for label, _, _ in labels)
+        print(f"| {r + 1} | {f32:.1f} | {low:.1f} | {re:.1f} | {n_re} of {n} | {f32 / low:.2f}x | {f32 / re:.2f}x | "
+              f"{os.getloadavg()[0]:.1f} |", flush=True)
+    ratio = lambda label: statistics.median(a / b for a, b in zip(secs["fp32"], secs[label]))
+    print(f"\nmedian of the rounds' ratios: fp32 / {args.precision} **{ratio('low'):.2f}x**, fp32 / {args.precision} "
+          f"re-checked at {config.recheck_band:g} rad **{ratio('re-checked'):.2f}x**\n")
+    sys.path.insert(0, str(Path(__file__).parent))
+    import compare_verdicts
+
+    base = Path(args.run) / "timing"
+    compare_verdicts.main([str(base / f"{model_name}-fp32-0"), str(base / f"{model_name}-re-checked-0")])
+
+
+def split_run(args, model_name: str, maps: str, test: str) -> Path:
+    """6.1 with the maps made in ``maps`` precision and the test (its counterfactuals' forwards) in
+    ``test``, without a re-check; the set-up runs in float32 in every run. Every explainer gets a
+    shallow copy of the run's model (the same network and weights) that runs in ``maps``.
+    ``maps`` low, ``test`` fp32: whether a float32 re-check of the two distances alone would bring
+    back the verdicts that moved; ``maps`` fp32, ``test`` low: the design that keeps the maps in
+    float32 and runs only the test's forwards in low precision."""
     import copy
 
     import falsify.attribution as attribution
     from falsify.experiments import RunConfig, runner_for
 
-    out = Path(args.run) / f"{model_name}-{args.precision}-maps"
+    out = Path(args.run) / f"{model_name}-maps-{maps}-test-{test}"
     config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=str(out),
-                               model=model_name, methods=args.methods, precision="fp32", seed=args.seed)
+                               model=model_name, methods=args.methods, precision=test, seed=args.seed,
+                               recheck_band=None if test == "fp32" else 0.0)
     original = attribution.get_explainer
 
-    def low_precision_maps(name, model, **options):
+    def maps_in(name, model, **options):
         view = copy.copy(model)  # shares the network; only its precision differs
-        view.precision = args.precision
+        view.precision = maps
         return original(name, view, **options)
 
-    attribution.get_explainer = low_precision_maps
+    attribution.get_explainer = maps_in
     try:
         runner_for(config, progress=False, log=lambda *_: None).run()
     finally:
@@ -161,8 +218,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=RUN_METHODS)
     ap.add_argument("--repeat", action="store_true", help="with --run: fp32, low, low, fp32 (4 runs)")
+    ap.add_argument("--recheck-band", type=float, default=None, help="the low-precision runs' float32 re-check band "
+                    "(radians; default: the run's default, falsify.experiments.recheck.DEFAULT_RECHECK_BAND; 0: none)")
+    ap.add_argument("--timing", type=int, default=0, metavar="N", help="with --run: N rounds of fp32, low and low "
+                    "re-checked runs instead, timed round by round (OUT/timing)")
     ap.add_argument("--recheck", action="store_true", help="with --run: also a run with the maps in low precision "
-                    "and the test in fp32 (OUT/MODEL-PRECISION-maps)")
+                    "and the test in fp32 (OUT/MODEL-maps-PRECISION-test-fp32)")
+    ap.add_argument("--maps-fp32", action="store_true", help="with --run: also a run with the maps in fp32 and the "
+                    "test in low precision, no re-check (OUT/MODEL-maps-fp32-test-PRECISION)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -191,7 +254,7 @@ def main(argv=None) -> int:
     if args.run:
         for name in args.models.split(","):
             print(f"\n#### 6.1 on {args.n_pairs} pairs, {name}, methods {args.methods}\n")
-            runs(args, name)
+            (timing if args.timing else runs)(args, name)
     return 0
 
 

@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ceiling", action="store_true", help="leave out the test's ceiling")
     ap.add_argument("--align", default=None, help="as falsify run --align (default: the model's own)")
     ap.add_argument("--model", default="dlib-resnet")
+    ap.add_argument("--precision", default=None, help="as falsify run --precision (default fp32)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=None, help="run folder (default: a fresh temporary one)")
     ap.add_argument("--title", default="", help="a label printed in the heading (e.g. before, after)")
@@ -147,7 +148,8 @@ def main(argv=None) -> int:
     out = args.out or tempfile.mkdtemp(prefix="falsify-profile-")
     extra = {"ceiling": False} if args.no_ceiling else {}
     config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=out, model=args.model,
-                               methods=args.methods, align=args.align, seed=args.seed, **extra)
+                               methods=args.methods, align=args.align, seed=args.seed, precision=args.precision,
+                               **extra)
     runner = runner_for(config, progress=False, log=lambda *_: None)
 
     t0 = time.perf_counter()

@@ -651,6 +651,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth-min-effect", type=_number, metavar="RAD",
                    help="known-truth: leave out composites that move the pair's angle to B by less than this "
                    "(radians, >= 0; default 0: every composite that moved the pair closer to B is kept)")
+    p.add_argument("--recheck-band", type=_number, metavar="RAD",
+                   help="with --precision bf16/fp16: a 6.1 row whose verdict lies within RAD radians of its boundary "
+                   "(excess - delta under beyond-prior) is computed again wholly in float32, and records it "
+                   "(default 0.02; 0: none; docs/method.md, 'Precision')")
     _add_calibrate_on(p)
     p.add_argument("--batch-pairs", type=_whole(1), help="pairs explained together (default 8)")
     p.add_argument("--retry-errors", action="store_true",

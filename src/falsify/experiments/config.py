@@ -14,6 +14,7 @@ from typing import Any
 from ..choices import (ALIGN_CHOICES, CONTROLS, CRITERIA, DEFAULT_METHODS, EXECUTORS, FILLS, GRANULARITIES, METHODS,
                        OTHER_REFERENCE, PRECISIONS, PRESET_NAMES, RANDOM_MODEL, STRATIFY_CHOICES, TARGETS,
                        TRUTH_CONSTRUCTIONS, TRUTH_PARTS)
+from .recheck import DEFAULT_RECHECK_BAND
 from .settings import (NOT_GIVEN, Delta, Flag, Names, Number, PerChannel, Setting, Size, Tables, Text, Whole,
                        check_experiment, check_values, schema, setting)
 from .store import inspect_store
@@ -99,6 +100,9 @@ class RunConfig:
     device: str | None = setting(None)
     # what the network runs in (falsify.models.precision): fp32, bf16, fp16; refused where the machine cannot
     precision: str = setting("fp32", Text(choices=PRECISIONS), result=True, legacy="fp32")
+    # under bf16/fp16, 6.1's rows within this many radians of their verdict's boundary are computed again in
+    # float32 (falsify.experiments.recheck); 0: none; None: recheck.DEFAULT_RECHECK_BAND, or nothing for fp32
+    recheck_band: float | None = setting(None, Number(minimum=0, unit="radians"), result=True, legacy=None)
     # who computes the rows: in-process, or ray (falsify.experiments.executor)
     executor: str = setting("in-process", Text(choices=EXECUTORS))
     # --executor ray: the cluster to join (ADDRESS or auto; default: start one here), and its workers
@@ -122,6 +126,10 @@ class RunConfig:
             from ..models.precision import check_precision
 
             check_precision(self.precision, resolve_device(self.device))
+            if self.recheck_band is None:
+                self.recheck_band = DEFAULT_RECHECK_BAND
+        else:  # a float32 run has nothing to re-check (a resumed low-precision store's band then conflicts)
+            self.recheck_band = None
         from ..falsification.core import apply_preset
 
         for key, value in apply_preset(self.preset, self.fill, self.q, self.criterion, self.delta).items():

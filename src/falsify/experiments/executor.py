@@ -82,6 +82,10 @@ class RowComputer:
         self.test_batch = test or self.test
         self._saved: list = []  # (method, pair, map) of the grid pairs, since the last batch
         self._images = ChunkImages()
+        from .recheck import recheck_for
+
+        #: the float32 re-check of near-ties when the model runs in low precision (None in float32)
+        self.recheck = recheck_for(self, deletion_of, random_embeddings)
 
     def rows(self, chunk: Sequence[Pair], methods: Sequence[str], done) -> Iterator[tuple[list[dict], list]]:
         """The rows of (``chunk`` x ``methods``) that ``done`` (a set of (method, pair id)) lacks,
@@ -178,6 +182,8 @@ class RowComputer:
                 "n_high": r.n_high, "n_low": r.n_low, "k": r.K, "tau_high": r.tau_high, "tau_low": r.tau_low,
                 "epsilon": r.epsilon, "seconds": seconds, "detail": d,
             })
+        if self.recheck is not None:
+            rows = self.recheck.apply(method, pairs, images, refs, map_refs, rows)
         return rows
 
     def error_row(self, method: str, p: Pair, reason: str) -> dict:

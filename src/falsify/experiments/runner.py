@@ -19,6 +19,7 @@ from ..paths import check_writable, space_guard
 from .config import RunConfig
 from .executor import executor_open, make_executor, row_explainers
 from .lock import RunLock
+from .recheck import full_precision
 from .resume import (FINGERPRINT, MODEL_FINGERPRINT, changed_settings, conflict_message, data_changes, default_out,
                      environment, model_fingerprints, now, settings_conflicts)
 from .rows import load_run_model
@@ -205,12 +206,23 @@ class Runner:
 
     def _prepare(self, session: RunSession) -> None:
         """Once the folder is locked, when the experiment loads a model: the calibration, the
-        model's decision threshold, the calibrated test, the prior (and delta), the explainers."""
-        from ..attribution import get_explainer
-
+        model's decision threshold, the calibrated test, the prior (and delta), in float32 whatever
+        the run's precision (``recheck.full_precision``); then the explainers."""
         c, model, experiment = self.config, session.model, self.experiment
         if model is None:
             return
+        with full_precision(model):  # every verdict depends on the set-up: float32 under every precision
+            explainers = self._prepare_setup(session)
+        session.explainers, session.random_model = row_explainers(c, model, session.prior_map, explainers,
+                                                                  with_random=experiment.needs_random_model)
+        session.grid_ids = frozenset(p.id for p in session.grid_pairs())
+
+    def _prepare_setup(self, session: RunSession) -> dict:
+        """The calibration, the model's decision threshold, the calibrated test, the prior (and
+        delta); returns the explainers of the run's methods but centre."""
+        from ..attribution import get_explainer
+
+        c, model, experiment = self.config, session.model, self.experiment
         session.calibration = self._calibration(session)
         #: the model's decision threshold (cosine): calibrated on the data, else the model's own; a
         #: model without one takes it (biometric-gradcam's and xssab's, here and on every Ray worker)
@@ -221,9 +233,7 @@ class Runner:
             session.prior, session.delta = self._prior(session)
         if session.delta is not None:
             session.fconfig = session.fconfig.replace(delta=session.delta["delta"])
-        session.explainers, session.random_model = row_explainers(c, model, session.prior_map, explainers,
-                                                                  with_random=experiment.needs_random_model)
-        session.grid_ids = frozenset(p.id for p in session.grid_pairs())
+        return explainers
 
     def _open(self, store: ResultsStore) -> None:
         """First writes: the settings (checked again under the lock), this invocation, the

@@ -173,14 +173,16 @@ class RunSession:
 
     def embeddings(self) -> tuple[dict, dict]:
         """``(emb, failed)``: the embedding of every image of the run (computed once), and why each
-        unreadable one could not be read. Every image of the sample, not only the pending ones:
-        batch composition then never depends on where an earlier run stopped, so resumed rows
-        equal fresh ones."""
+        unreadable one could not be read, in float32 whatever the run's precision. Every image of
+        the sample, not only the pending ones: batch composition then never depends on where an
+        earlier run stopped, so resumed rows equal fresh ones."""
         if self._embeddings is None:
             from ..verification import embed_paths
+            from .recheck import full_precision
 
-            self._embeddings = embed_paths(self.model, [q for p in self.pairs for q in (p.a, p.b)],
-                                           self.config.batch_size, progress=False)
+            with full_precision(self.model):  # part of the set-up: float32 under every precision
+                self._embeddings = embed_paths(self.model, [q for p in self.pairs for q in (p.a, p.b)],
+                                               self.config.batch_size, progress=False)
         return self._embeddings
 
     def other_refs(self) -> dict:
