@@ -227,6 +227,9 @@ EXPLAIN_METHODS = "gradcam,gradcam++,biometric-gradcam,ig,saliency"
 TARGET_HELP = ("what the distances measure: embedding (how far f(A) moves), pair (how far the pair's angle to f(B) "
                "moves), signed-pair (only how far that angle grows: hiding evidence of B must lower the similarity) or "
                "signed-angle (the signed change of that angle: a move towards B is negative)")
+CRITERION_HELP = ("absolute (d_high > tau_high, d_low < tau_low, margin >= epsilon), beyond-prior (the margin must beat "
+                  "the prior map's on the same image by more than delta) or beyond-mirror (the margin of its own sets "
+                  "reflected left-right); default: the preset's, see docs/method.md")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -511,10 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-high", type=_number, help="criterion in radians (all three of tau-high, tau-low, epsilon, or none: calibrate)")
     p.add_argument("--tau-low", type=_number)
     p.add_argument("--epsilon", type=_number)
-    p.add_argument("--criterion", choices=CRITERIA,
-                   help="absolute (the thresholds), beyond-prior (the margin must beat the model's prior map's "
-                   "margin on this image by more than --delta) or beyond-mirror (it must beat the margin of its own "
-                   "sets reflected left-right; default: the preset's)")
+    p.add_argument("--criterion", choices=CRITERIA, help=CRITERION_HELP)
     p.add_argument("--delta", type=_delta, help="radians, or 'calibrated' (the 95th percentile of the excess of maps "
                    "that know only the prior); default 0")
     p.add_argument("--target", choices=TARGETS, default="embedding", help=TARGET_HELP + "; default %(default)s")
@@ -614,11 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=_number, help="radians, >= 0")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
                    help="a method option, e.g. ig.steps=128 (repeatable; the method must be in --methods)")
-    p.add_argument("--criterion", choices=CRITERIA,
-                   help="absolute: d_high > tau_high, d_low < tau_low, margin >= epsilon; beyond-prior: the "
-                   "margin must beat the model's prior map's margin on the same image by more than delta; "
-                   "beyond-mirror: it must beat the margin of the map's own sets reflected left-right by more than "
-                   "delta (default: the preset's; see docs/method.md)")
+    p.add_argument("--criterion", choices=CRITERIA, help=CRITERION_HELP)
     p.add_argument("--delta", type=_delta, help="radians, >= 0, or 'calibrated': the beyond-prior excess (default 0)")
     p.add_argument("--target", choices=TARGETS, help=TARGET_HELP + " (default embedding)")
     p.add_argument("--sanity", action="store_true", default=None,
