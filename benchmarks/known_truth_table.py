@@ -75,7 +75,10 @@ def entries(out: Path) -> list[dict]:
             raise SystemExit(f"{out}/summary.json has no confirmation half: rerun 'falsify run known-truth' with "
                              "this version of falsify")
         sens, spec = conf["sensitivity"], conf["specificity"]
+        selected = all(best.get(k) == e.get(k) for k in ("fill", "q", "target", "criterion")) if best else False
         if sens["rate"] is None or spec["rate"] is None:
+            continue
+        if e["q"] is None and not selected:  # q matched to the truth: no 6.1 run's q; the headline's kept
             continue
         crit, delta = _criterion(e)
         a = e.get("all") or {}
@@ -90,7 +93,7 @@ def entries(out: Path) -> list[dict]:
             "specificity": spec["rate"], "specificity_ci": spec["ci"], "specificity_ci_maps": spec.get("ci_maps"),
             "specificity_k": spec["k"], "specificity_n": spec["n"], "n_composites": split.get("n_confirmation"),
             "n_composites_negative": spec.get("n_composites"), "intervals": INTERVALS, "ties": conf.get("ties"),
-            "selected": all(best.get(k) == e.get(k) for k in ("fill", "q", "target", "criterion")) if best else False,
+            "selected": selected,
             "construction": kt["construction"], "parts": kt["parts"], "split_seed": split.get("seed"),
             "n_selection": split.get("n_selection"),
             "effect_median": (kt.get("strength") or {}).get("effect_median"),

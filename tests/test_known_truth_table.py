@@ -62,7 +62,9 @@ def test_the_writer_keeps_confirmation_rates_and_measured_returns_them(writer, t
     table = tmp_path / "table.json"
     assert writer.main([str(out), "--table", str(table)]) == 0
     entries = json.loads(table.read_text())["measurements"]
-    assert len(entries) == 4 and {e["schema"] for e in entries} == {SCHEMA}
+    # q matched to the truth (no 6.1 run's q) is left out unless it is the selection half's pick
+    assert len(entries) == 3 and {e["schema"] for e in entries} == {SCHEMA}
+    assert all(e["q"] == 0.1 for e in entries)
     got = measured("dlib-resnet", "dlib-150", "mean", 0.1, "embedding", "beyond-prior", 0.0, path=table)
     assert got["measured"] and is_confirmation(got) and got["half"] == "confirmation"
     assert (got["sensitivity"], got["sensitivity_ci"], got["sensitivity_n"]) == (0.8, [0.58, 0.92], 20)
@@ -81,7 +83,7 @@ def test_the_writer_keeps_confirmation_rates_and_measured_returns_them(writer, t
     assert "this model" in measured("sface", "arcface-112", "mean", 0.1, "embedding", "absolute", path=table)["reason"]
     # a rerun of the same configurations replaces its entries
     assert writer.main([str(out), "--table", str(table)]) == 0
-    assert len(json.loads(table.read_text())["measurements"]) == 4
+    assert len(json.loads(table.read_text())["measurements"]) == 3
 
 
 def test_pooled_entries_are_marked_stale_and_never_measured(writer, tmp_path):
