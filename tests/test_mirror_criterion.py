@@ -53,15 +53,18 @@ def test_the_excess_is_the_margin_less_the_mirrored_sets_margin(tiny_model):
 
 def test_a_map_whose_sets_are_their_own_mirror_is_a_tie_and_falsified(tiny_model):
     """A left-right symmetric map with distinct values per mirrored pair of cells: its top and
-    bottom 8 cells are 4 whole pairs, so its mirrored sets are its sets, the excess is exactly 0."""
+    bottom 8 cells are 4 whole pairs, so its mirrored sets are its sets and the excess is 0 up to
+    the rounding of embedding the same images in another batch: a tie, falsified."""
     cells = torch.randperm(32, generator=torch.Generator().manual_seed(1)).double().reshape(8, 4)
     half = torch.cat([cells, cells.flip(-1)], dim=1)  # (8 rows, 8 cols), symmetric
     sym = half.repeat_interleave(4, 0).repeat_interleave(4, 1).float().unsqueeze(0).repeat(2, 1, 1)
     images = cases._images(2)
     cfg = FalsificationConfig(target="embedding", **MIRROR)
+    tie = excess_rounding(16)
     for r in falsification_test(tiny_model, images, None, sym, cfg, pair_ids=[0, 1], prior=torch.rand(32, 32)):
-        assert r.excess == 0.0 and r.verdict == "falsified" and r.failed == (COND_MIRROR,)
-        assert r.criterion_fields["mirror_d_high"] == r.d_high
+        # the same counterfactuals, embedded in another batch: equal up to float32 rounding, a tie
+        assert abs(r.excess) <= tie and r.verdict == "falsified" and r.failed == (COND_MIRROR,)
+        assert r.criterion_fields["mirror_d_high"] == pytest.approx(r.d_high, abs=tie)
 
 
 def test_the_mirror_is_refused_outside_the_test():
