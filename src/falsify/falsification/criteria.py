@@ -370,21 +370,11 @@ def mirrored(regions):
 def mirror_distances(model, images, f_x, regions, config, pair_ids, device, references=None) -> dict[int, tuple[float, float]]:
     """(d_high, d_low) of each image's sets reflected left-right (:func:`mirrored`), under the same
     fill with the same draws (the pair id's streams) as the map's own; untestable sets give (nan, nan)."""
-    k = config.k_effective
     todo = [i for i, r in enumerate(regions) if r.testable]
     out = {pair_ids[i]: (float("nan"), float("nan")) for i in range(len(regions))}
-    if not todo:
-        return out
-    embedder = BatchedEmbedder(model, config.batch_size, 2 * k * len(todo), device)
-    for cf in fill_for(config).counterfactuals(model, [images[i] for i in todo], [mirrored(regions[i]) for i in todo],
-                                               f_x[todo], [pair_ids[i] for i in todo]):
-        embedder.add(cf.high)
-        embedder.add(cf.low)
-    emb = embedder.finish()
-    for j, i in enumerate(todo):
-        ref = None if references is None else references[i]
-        d = distances(f_x[i].double(), emb[2 * k * j : 2 * k * (j + 1)].double(), ref, config.target)
-        out[pair_ids[i]] = (float(d[:k].mean()), float(d[k:].mean()))
+    got = sets_distances(model, images, f_x, todo, [mirrored(regions[i]) for i in todo], config, pair_ids, device,
+                         references)
+    out.update({pair_ids[i]: d for i, d in zip(todo, got)})
     return out
 
 
@@ -394,21 +384,32 @@ def prior_distances(model, images, f_x, prior, config, pair_ids, device, cache, 
     prior = as_tensor(prior, "prior").float()
     if tuple(prior.shape) != tuple(images.shape[-2:]):
         raise ValueError(f"prior must be (H, W) = {tuple(images.shape[-2:])}, got {tuple(prior.shape)}")
-    k = config.k_effective
     todo = [i for i in range(images.shape[0]) if pair_ids[i] not in cache]
-    if todo:
-        regions = [regions_for(images[i], prior, config, pair_ids[i]) for i in todo]
-        embedder = BatchedEmbedder(model, config.batch_size, 2 * k * len(todo), device)
-        for cf in fill_for(config).counterfactuals(model, [images[i] for i in todo], regions, f_x[todo],
-                                                   [pair_ids[i] for i in todo]):
-            embedder.add(cf.high)
-            embedder.add(cf.low)
-        emb = embedder.finish()
-        for j, i in enumerate(todo):
-            ref = None if references is None else references[i]
-            d = distances(f_x[i].double(), emb[2 * k * j : 2 * k * (j + 1)].double(), ref, config.target)
-            cache[pair_ids[i]] = (float(d[:k].mean()), float(d[k:].mean()))
+    regions = [regions_for(images[i], prior, config, pair_ids[i]) for i in todo]
+    got = sets_distances(model, images, f_x, todo, regions, config, pair_ids, device, references)
+    cache.update({pair_ids[i]: d for i, d in zip(todo, got)})
     return {pair_ids[i]: cache[pair_ids[i]] for i in range(images.shape[0])}
+
+
+def sets_distances(model, images, f_x, todo: Sequence[int], regions: Sequence, config, pair_ids, device,
+                   references=None) -> list[tuple[float, float]]:
+    """(d_high, d_low) of ``regions[j]`` on image ``todo[j]``: the config's fill with the pair id's
+    draws, every counterfactual embedded in batches of ``config.batch_size``, the mean distances."""
+    if not todo:
+        return []
+    k = config.k_effective
+    embedder = BatchedEmbedder(model, config.batch_size, 2 * k * len(todo), device)
+    for cf in fill_for(config).counterfactuals(model, [images[i] for i in todo], list(regions), f_x[list(todo)],
+                                               [pair_ids[i] for i in todo]):
+        embedder.add(cf.high)
+        embedder.add(cf.low)
+    emb = embedder.finish()
+    out = []
+    for j, i in enumerate(todo):
+        ref = None if references is None else references[i]
+        d = distances(f_x[i].double(), emb[2 * k * j : 2 * k * (j + 1)].double(), ref, config.target)
+        out.append((float(d[:k].mean()), float(d[k:].mean())))
+    return out
 
 
 _missing = [name for name in CRITERIA if name not in CRITERION_CLASSES]
