@@ -155,6 +155,58 @@ def test_path_refinement_meets_the_tolerance(tiny_model, tiny_pair, method, rule
             assert abs(float(raw[i].sum() - gap[i])) <= 1e-3 * abs(float(gap[i])) + 1e-6
 
 
+class _RoundingNet(TinyNet):
+    """TinyNet whose output carries a rounding-like error: 3% of its norm, a deterministic but
+    erratic function of the input, and invisible to autograd (as a low precision's rounding is).
+    s(x) - s(b) is then off by more than the 2% tolerance allows on most images, so completeness
+    cannot be met however finely the path is cut."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        k = torch.arange(1, out.shape[1] + 1, dtype=out.dtype)
+        wobble = torch.sin(1e4 * x.flatten(1).sum(1, keepdim=True) * k)
+        return out + (0.03 * out.norm(dim=1, keepdim=True) * wobble).detach()
+
+
+@pytest.mark.parametrize("method,rule", [("ig", "trapezoid"), ("ig", "gausslegendre"), ("geodesic-ig", None)])
+def test_path_refinement_stops_at_a_low_precisions_noise_floor(monkeypatch, tiny_pair, method, rule):
+    """Under a low precision, a residual that the intervals' doubling no longer reduces ends the
+    refinement (issue 30: bf16 refined every dlib pair it could not finish to the 512-step cap);
+    under float32 the same network still refines to the cap, its maps as without the rule."""
+    import contextlib
+
+    from falsify.models import precision
+
+    monkeypatch.setattr(precision, "autocast", lambda *a: contextlib.nullcontext())  # the noise is simulated
+    model = FaceEmbedder(_RoundingNet(), input_size=(32, 32), mean=0.5, std=0.25, name="tiny")
+    x, _ = tiny_pair
+    with torch.no_grad():
+        refs = model(torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    opts = {"rule": rule} if rule else {}
+
+    def run(stall_factor):
+        e = get_explainer(method, model, **opts)
+        e.stall_factor = stall_factor
+        return e.attribute(x, refs), e
+
+    raw, e = run(2.0)
+    assert max(e.last_steps) == 512  # float32: the rule does not act
+    raw_without, _ = run(None)
+    assert torch.equal(raw, raw_without)
+
+    model.precision = "bf16"
+    raw_low, e = run(2.0)
+    assert max(e.last_steps) < 512, e.last_steps
+    gap = _target(model, x, refs) - _target(model, torch.zeros_like(x), refs)
+    for h, steps, res, g in zip(e.last_history, e.last_steps, e.last_residual, gap.tolist()):
+        assert h[-1] == (steps, res)
+        best = min(h, key=lambda r: abs(r[1]))
+        assert abs(res) <= 0.02 * abs(g) + 1e-6 or steps >= 2 * best[0]  # met the tolerance, or stalled
+    assert any(abs(res) > 0.02 * abs(g) for res, g in zip(e.last_residual, gap.tolist()))
+    _, e_cap = run(None)
+    assert max(e_cap.last_steps) == 512  # without the rule, the low precision refines to the cap
+
+
 def test_geodesic_ig_schedule_spends_steps_where_the_embedding_moves(dlib_model, lfw_sample):
     from falsify.attribution.geodesic_ig import GeodesicIntegratedGradients
 

@@ -24,6 +24,12 @@ at most ``tolerance`` x |s(x) - s(b)|, up to ``max_steps`` intervals; ``last_ste
 where its error is: with phi(a) = s(b + a (x - b)), each interval's share of the residual is
 computed from its two end points (``_adaptive_trapezoid``), so only the intervals that hold
 the error are bisected.
+
+Under a low precision (the model's ``precision`` bf16 or fp16) s and its gradient carry rounding
+errors that no refinement removes, and the residual settles at that noise floor, often above
+the tolerance. Refinement then also stops once the intervals have doubled (``stall_factor``)
+since the round with the smallest |residual| without a smaller one (``_stalled``; ``last_history``
+records each image's (intervals, residual) per round). Under float32 this never acts.
 """
 from __future__ import annotations
 
@@ -55,6 +61,19 @@ class PathExplainer(Explainer):
         self.last_residual: list[float] = []
         make_baseline(self.model.mean.new_zeros(1, 3, 2, 2), baseline)  # validate early
 
+    #: under a low precision (the model's ``precision`` is not fp32) refinement also stops once the
+    #: intervals have grown ``stall_factor`` times since the round with the smallest |residual| so
+    #: far without a smaller one: the residual has reached the precision's noise floor
+    stall_factor: float | None = 2.0
+
+    def _stalled(self, history: list[tuple[int, float]]) -> bool:
+        """Whether an image's refinement (``history``: (intervals, residual) per round) has stalled
+        under the model's low precision; never under float32."""
+        if self.stall_factor is None or getattr(self.model, "precision", "fp32") == "fp32":
+            return False
+        best = min(range(len(history)), key=lambda t: abs(history[t][1]))
+        return history[-1][0] >= self.stall_factor * history[best][0]
+
     def _path_attribute(self, images, baselines, references, steps: int) -> torch.Tensor:
         """(B,3,H,W) attributions with ``steps`` integration points."""
         raise NotImplementedError
@@ -70,6 +89,7 @@ class PathExplainer(Explainer):
         steps = self.steps
         n_steps = [steps] * images.shape[0]
         residual = [0.0] * images.shape[0]
+        history: list[list[tuple[int, float]]] = [[] for _ in range(images.shape[0])]
         while len(todo):
             refs = None if references is None else references[todo]
             attr = self._path_attribute(images[todo], baselines[todo], refs, steps).sum(dim=1)
@@ -77,11 +97,14 @@ class PathExplainer(Explainer):
             out[todo] = attr
             for i, r in zip(todo.tolist(), res.tolist()):
                 n_steps[i], residual[i] = steps, r
+                history[i].append((steps, r))
             if self.tolerance is None or 2 * steps > self.max_steps:
                 break
-            todo = todo[res.abs() > self.tolerance * gap[todo].abs()]
+            more = [bool(m) and not self._stalled(history[i])
+                    for i, m in zip(todo.tolist(), res.abs() > self.tolerance * gap[todo].abs())]
+            todo = todo[torch.tensor(more, dtype=torch.bool, device=todo.device)]
             steps *= 2
-        self.last_steps, self.last_residual = n_steps, residual
+        self.last_steps, self.last_residual, self.last_history = n_steps, residual, history
         return out
 
     # -- the adaptive trapezoid rule, shared by ig (points in a) and geodesic-ig (points in angle) --
@@ -128,6 +151,7 @@ class PathExplainer(Explainer):
         want = {i: [Fraction(k, self.steps) for k in range(self.steps + 1)] for i in range(b)}
         out = torch.zeros(b, *images.shape[-2:], device=images.device)
         n_steps, residual = [0] * b, [0.0] * b
+        history: list[list[tuple[int, float]]] = [[] for _ in range(b)]
         while want:
             index = [i for i, fs in want.items() for _ in fs]
             fracs = [f for fs in want.values() for f in fs]
@@ -159,8 +183,9 @@ class PathExplainer(Explainer):
                 out[i] = torch.tensordot(w.to(hs.dtype).to(hs.device), hs, dims=1)
                 gap = float(vals[-1] - vals[0])
                 residual[i], n_steps[i] = float((w * slope).sum()) - gap, len(a) - 1
+                history[i].append((n_steps[i], residual[i]))
                 if (self.tolerance is None or abs(residual[i]) <= self.tolerance * abs(gap)
-                        or n_steps[i] >= self.max_steps):
+                        or n_steps[i] >= self.max_steps or self._stalled(history[i])):
                     continue
                 local = (width * (slope[:-1] + slope[1:]) / 2 - (vals[1:] - vals[:-1])).abs()
                 order = torch.argsort(local, descending=True)
@@ -169,7 +194,7 @@ class PathExplainer(Explainer):
                 pick = sorted(order[: min(n, self.max_steps - n_steps[i])].tolist())
                 todo[i] = [(keys_i[j] + keys_i[j + 1]) / 2 for j in pick]
             want = todo
-        self.last_steps, self.last_residual = n_steps, residual
+        self.last_steps, self.last_residual, self.last_history = n_steps, residual, history
         self.last_points = [[points[i][f][0] for f in sorted(points[i])] for i in range(b)]
         return out
 
