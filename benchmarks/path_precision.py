@@ -1,25 +1,32 @@
-"""Why the path methods (ig, geodesic-ig) refine to their cap under a low precision, and what
-each candidate stop costs and changes.
+"""Why the path methods (ig, geodesic-ig) refined to their cap under a low precision, and what
+the stall stop (``PathExplainer.stall_factor``) costs and changes.
 
 For ``--n-pairs`` pairs of the sample (probe = face A, reference = the embedding of face B, as
-6.1 makes its maps), runs ``ig`` then ``geodesic-ig`` (sharing path points, as a run does) with
-the model in float32 and in ``--precision``, and prints:
+6.1 makes its maps), runs ``ig`` then ``geodesic-ig`` (sharing path points, as a run does), one
+run after another in this process: in float32; in ``--precision`` without the stall stop
+(refined to the cap, as before the fix); in ``--precision`` with each stall factor of
+``--stall``; and, as a control, in float32 at 16 steps unrefined (how far an unconverged float32
+map lies from the converged one). Prints:
 
 1. per image: s(x) - s(b) in both precisions and their difference (the precision's error on
-   the gap, which completeness compares the map's sum with), and the residual's history, round
-   by round (intervals: |residual| / |s(x) - s(b)|), in the low precision;
-2. per method and precision: forward-equivalents per image (forward images + 3 x forward+backward
-   images, as ``profile_6_1.py`` counts them), final steps (median, max), |residual| / |gap|
-   (median, max), and the low-precision maps' agreement with the float32 maps (Spearman's rank
-   correlation over pixels, median and min over the images).
+   the gap, which completeness compares the map's sum with); with ``--history``, each image's
+   residual round by round (intervals:|residual| / |s(x) - s(b)|), in float32 and in the low
+   precision without the stall stop;
+2. per method and run: seconds per image (compare them only within one output), forward-
+   equivalents per image (forward images + 3 x forward+backward images, as ``profile_6_1.py``
+   counts them), final steps (median, max), |residual| and |residual| / |gap| (median, max),
+   and the maps' agreement with the float32 maps (Spearman's rank correlation of |map| over
+   pixels, median and min over the images);
+3. per stall factor: how many float32 images it would have stopped before their tolerance.
 
-    python benchmarks/path_precision.py --n-pairs 8 --seed 7 --threads 1
+    python benchmarks/path_precision.py --n-pairs 8 --seed 7 --threads 1 --stall 1.5,2,4 --history
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -83,8 +90,9 @@ def main(argv=None) -> int:
             for k, v in attrs.items():
                 setattr(e, k, v)
             counter.bucket = (label, m)
+            t = time.perf_counter()
             raw = e.attribute(xa, refs)
-            out[label, m] = dict(raw=raw.detach(), steps=list(e.last_steps), residual=list(e.last_residual),
+            out[label, m] = dict(raw=raw.detach(), seconds=(time.perf_counter() - t) / len(pairs), steps=list(e.last_steps), residual=list(e.last_residual),
                                  history=list(e.last_history), gap=gap,
                                  equiv=(counter.fwd[label, m] + 3 * counter.grad[label, m]) / len(pairs))
     model.precision = "fp32"
@@ -105,16 +113,18 @@ def main(argv=None) -> int:
                 for i, h in enumerate(o["history"]):
                     g = abs(float(o["gap"][i]))
                     print(f"  {i}: " + " ".join(f"{n}:{abs(r) / g:.3f}" for n, r in h))
-    print("\n| method | run | forward-equivalents / image | steps (median, max) | "
-          "abs(residual) / abs(gap) (median, max) | Spearman of abs(map) with fp32 (median, min) |")
-    print("|---|---|---|---|---|---|")
+    print("\n| method | run | s / image | forward-equivalents / image | steps (median, max) | "
+          "abs(residual) (median, max) | abs(residual) / abs(gap) (median, max) | Spearman of abs(map) with fp32 (median, min) |")
+    print("|---|---|---|---|---|---|---|---|")
     for m in methods:
         for label in labels:
             o = out[label, m]
+            res = [abs(r) for r in o["residual"]]
             rel = [abs(r) / abs(float(g)) for r, g in zip(o["residual"], o["gap"])]
             rho = [spearman(a.abs(), b.abs()) for a, b in zip(o["raw"], out["fp32", m]["raw"])]
-            print(f"| {m} | {label} | {o['equiv']:.0f} | {statistics.median(o['steps']):.0f}, {max(o['steps'])} | "
-                  f"{statistics.median(rel):.3f}, {max(rel):.3f} | {statistics.median(rho):.4f}, {min(rho):.4f} |")
+            print(f"| {m} | {label} | {o['seconds']:.3f} | {o['equiv']:.0f} | {statistics.median(o['steps']):.0f}, {max(o['steps'])} | "
+                  f"{statistics.median(res):.4f}, {max(res):.4f} | {statistics.median(rel):.3f}, {max(rel):.3f} | "
+                  f"{statistics.median(rho):.4f}, {min(rho):.4f} |")
     for f in stalls:
         for m in methods:
             hist = out["fp32", m]["history"]
