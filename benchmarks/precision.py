@@ -108,7 +108,7 @@ def runs(args, model_name: str) -> None:
         out = Path(args.run) / f"{model_name}-{p}{'-2' if p in folders else ''}"
         config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=str(out),
                                    model=model_name, methods=args.methods, precision=p, seed=args.seed,
-                                   recheck_band=None if p == "fp32" else args.recheck_band)
+                                   recheck_band=None if p == "fp32" else args.recheck_band, **no_ceiling(args))
         t = time.perf_counter()
         runner_for(config, progress=False, log=lambda *_: None).run()
         n, n_re = rechecked(out)
@@ -156,7 +156,7 @@ def timing(args, model_name: str) -> None:
             out = Path(args.run) / "timing" / f"{model_name}-{label}-{r}"
             config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=str(out),
                                        model=model_name, methods=args.methods, precision=p, seed=args.seed,
-                                       recheck_band=band)
+                                       recheck_band=band, **no_ceiling(args))
             runner_for(config, progress=False, log=lambda *_: None).run()
             secs[label].append(row_seconds(out))
         n, n_re = rechecked(out)
@@ -171,6 +171,11 @@ def timing(args, model_name: str) -> None:
 
     base = Path(args.run) / "timing"
     compare_verdicts.main([str(base / f"{model_name}-fp32-0"), str(base / f"{model_name}-re-checked-0")])
+
+
+def no_ceiling(args) -> dict:
+    """The runs' settings for ``--no-ceiling`` (none otherwise: the run's default searches it)."""
+    return {"ceiling": False} if getattr(args, "no_ceiling", False) else {}
 
 
 def split_run(args, model_name: str, maps: str, test: str) -> Path:
@@ -188,7 +193,7 @@ def split_run(args, model_name: str, maps: str, test: str) -> Path:
     out = Path(args.run) / f"{model_name}-maps-{maps}-test-{test}"
     config = RunConfig.resolve(experiment="6.1", data=args.data, n_pairs=args.n_pairs, out=str(out),
                                model=model_name, methods=args.methods, precision=test, seed=args.seed,
-                               recheck_band=None if test == "fp32" else 0.0)
+                               recheck_band=None if test == "fp32" else 0.0, **no_ceiling(args))
     original = attribution.get_explainer
 
     def maps_in(name, model, **options):
@@ -217,6 +222,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-pairs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=RUN_METHODS)
+    ap.add_argument("--no-ceiling", action="store_true", help="with --run: the 6.1 runs leave out the test's ceiling")
     ap.add_argument("--repeat", action="store_true", help="with --run: fp32, low, low, fp32 (4 runs)")
     ap.add_argument("--recheck-band", type=float, default=None, help="the low-precision runs' float32 re-check band "
                     "(radians; default: the run's default, falsify.experiments.recheck.DEFAULT_RECHECK_BAND; 0: none)")
