@@ -59,6 +59,8 @@ class PathExplainer(Explainer):
         self.tolerance, self.max_steps = tolerance, int(max_steps)
         self.last_steps: list[int] = []
         self.last_residual: list[float] = []
+        #: per image of the last call, (intervals, residual) of each refinement round
+        self.last_history: list[list[tuple[int, float]]] = []
         make_baseline(self.model.mean.new_zeros(1, 3, 2, 2), baseline)  # validate early
 
     #: under a low precision (the model's ``precision`` is not fp32) refinement also stops once the
