@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from falsify.choices import TARGETS  # noqa: E402
 from falsify.experiments.truth_table import MATCH, SCHEMA, TABLE  # noqa: E402
 
 #: what the intervals of an entry are
@@ -79,6 +80,8 @@ def entries(out: Path) -> list[dict]:
         if sens["rate"] is None or spec["rate"] is None:
             continue
         if e["q"] is None and not selected:  # q matched to the truth: no 6.1 run's q; the headline's kept
+            continue
+        if e["target"] not in TARGETS:  # the study's own candidates (cohort-angle): no 6.1 run's target
             continue
         crit, delta = _criterion(e)
         a = e.get("all") or {}

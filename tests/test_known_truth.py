@@ -3,6 +3,7 @@ answers, the sensitivity and specificity from rows, and `falsify run known-truth
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,12 +198,13 @@ def test_a_failing_method_gets_an_error_row_per_key(tiny_model):
     size = (32, 32)
     con = Construction(POINTS * 32 / 112, size, "inner")
     ctx = SimpleNamespace(config=RunConfig(experiment="known-truth", methods=["saliency"], seed=0, batch_size=8),
-                          model_name="tiny", prior_map=torch.rand(*size), fconfig=FalsificationConfig())
+                          model_name="tiny", prior_map=torch.rand(*size), fconfig=FalsificationConfig(),
+                          emb={Path(f"/d/C/C_000{i}.jpg"): torch.rand(16) for i in (1, 2)})  # the cohort
     kind = kt.TruthRows(ctx)
     comp = kt.CompositeRows(kind, tiny_model)
     x = torch.rand(3, *size)
     pairs = [SimpleNamespace(id=f"p{i}", index=i, same=False, fold=1, a=None, b=None) for i in range(2)]
-    comp.composites = lambda *a: [(con, x, {}, torch.rand(16)), "no composite: a test"]
+    comp.composites = lambda *a: [(con, x, {"identities": ["A", "B"]}, torch.rand(16)), "no composite: a test"]
     comp.maps = lambda name, *a: (None, [{"error": "RuntimeError: boom"}])
     keys = [f"{kt.config_key(*cfg)}|{m}" for cfg in kt.configs() for m in ("saliency", "truth")]
     rows = [r for batch, _ in comp.compute(pairs, None, torch.rand(2, 16), keys, set()) for r in batch]

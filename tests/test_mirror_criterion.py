@@ -103,3 +103,27 @@ def test_the_mirror_fill_puts_the_reflected_image_in_the_hidden_pixels():
     # a region that is its own mirror, on a left-right symmetric image, changes nothing
     sym = torch.cat([image[:, :, :16], image[:, :, :16].flip(-1)], dim=-1)
     assert torch.equal(apply_fill(sym, mask, "mirror")[0], sym)
+
+
+def test_cohort_angle_is_signed_angle_less_the_cohorts_mean_change():
+    """The known-truth study's cohort-angle (T-norm): known answers on random unit vectors."""
+    from pathlib import Path
+
+    from falsify.experiments.truth_rows import cohort_of, target_distances
+
+    g = torch.Generator().manual_seed(1)
+    unit = lambda n: torch.nn.functional.normalize(torch.randn(n, 8, generator=g, dtype=torch.float64), dim=1)  # noqa: E731
+    f_x, emb, r, co = unit(1)[0], unit(5), unit(1)[0], unit(4)
+    got = target_distances(f_x, emb, r, "cohort-angle", co)
+    want = distances(f_x, emb, r, "signed-angle") - torch.stack(
+        [distances(f_x, emb, c, "signed-angle") for c in co]).mean(dim=0)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)  # float64: a different order of the same sums
+    # a cohort of the reference itself cancels it; the other targets are the test's own
+    assert torch.allclose(target_distances(f_x, emb, r, "cohort-angle", r.unsqueeze(0)), torch.zeros(5, dtype=torch.float64),
+                          atol=1e-12)
+    assert torch.equal(target_distances(f_x, emb, r, "signed-pair", co), distances(f_x, emb, r, "signed-pair"))
+    # the cohort leaves out the composite's identities (the folders of donor and base)
+    emb_of = {Path(f"/d/{p}/{p}_000{i}.jpg"): unit(1)[0].float() for p in ("A", "B", "C") for i in (1, 2)}
+    cohort = cohort_of(emb_of, ["A", "B"])
+    assert cohort.dtype == torch.float64 and cohort.shape == (2, 8)
+    assert torch.equal(cohort, torch.stack([emb_of[Path(f"/d/C/C_000{i}.jpg")] for i in (1, 2)]).double())

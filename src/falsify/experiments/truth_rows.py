@@ -29,7 +29,10 @@ APART = {"centre": "the prior itself: under beyond-prior its excess is 0 by cons
 FILLS_STUDIED = ("mean", "blur", "mirror")
 #: q of S_high and S_low: None is q matched to the truth's area (S_high of a truth map is the truth)
 QS_STUDIED = (None, 0.1)
-TARGETS_STUDIED = ("embedding", "pair", "signed-pair", "signed-angle")
+#: the study's own target, not one of the test's (it needs a cohort): signed-angle less the mean
+#: signed change to a cohort of other identities (:func:`target_distances`)
+COHORT_TARGET = "cohort-angle"
+TARGETS_STUDIED = ("embedding", "pair", "signed-pair", "signed-angle", COHORT_TARGET)
 #: the key of a composite's own row (its strength)
 COMPOSITE = "composite"
 #: the verdict of a row whose map the construction does not have (no mirror of a nose): not counted
@@ -99,8 +102,32 @@ def donor_of(p, seed: int):
     return donor, p.a, mate_of(donor)
 
 
+def target_distances(f_x, emb, reference, target: str, cohort):
+    """The distances of ``falsification.stages.distances`` under ``target``, or under the
+    study's ``cohort-angle`` (not a target of the test): the signed change of the angle to the
+    reference less the mean signed change of the angles to a ``cohort`` (K, D) of other
+    identities, as score normalisation by an impostor cohort (T-norm) removes what a change does to
+    every identity's score alike."""
+    from ..falsification.stages import distances
+    from ..geometry import geodesic_distance
+
+    if target != COHORT_TARGET:
+        return distances(f_x, emb, reference, target)
+    co = cohort.double().unsqueeze(0)  # (1, K, D)
+    to_cohort = (geodesic_distance(emb.unsqueeze(1), co) - geodesic_distance(f_x.view(1, 1, -1), co)).mean(dim=1)
+    return distances(f_x, emb, reference, "signed-angle") - to_cohort
+
+
+def cohort_of(emb: Mapping, identities) -> "torch.Tensor":
+    """The cohort of a composite: the embedding (float64) of every image of the run (``emb``:
+    path -> embedding) whose identity (its folder) is neither of ``identities``."""
+    import torch
+
+    return torch.stack([e for q, e in emb.items() if Path(q).parent.name not in set(identities)]).double()
+
+
 def test_distances(model, images, f_x, refs, maps: Mapping, todo: Sequence[tuple[str, int]], config,
-                   pair_ids: Sequence[int], qs: Sequence[float] | None = None) -> dict:
+                   pair_ids: Sequence[int], cohorts: Sequence, qs: Sequence[float] | None = None) -> dict:
     """The falsification test's distances for each (map name, image position) of ``todo``, under
     ``config``'s regions and fill (``qs``: each image's own q, else the config's), for every
     target from one set of counterfactuals: the same stages as ``falsification_test`` (regions,
@@ -111,7 +138,7 @@ def test_distances(model, images, f_x, refs, maps: Mapping, todo: Sequence[tuple
     "n_low", "k", "reason", "high"}``; ``reason`` says why a map is untestable (None when tested),
     ``high`` is S_high."""
     from ..falsification.criteria import mirrored
-    from ..falsification.stages import BatchedEmbedder, distances, fill_for, regions_for
+    from ..falsification.stages import BatchedEmbedder, fill_for, regions_for
     from ..models.base import model_device
 
     k = config.k_effective
@@ -138,9 +165,9 @@ def test_distances(model, images, f_x, refs, maps: Mapping, todo: Sequence[tuple
         j = x[1]
         out[x]["mirror"] = {}
         for target in TARGETS_STUDIED:
-            d = distances(f_x[j].double(), e, refs[j], target)
+            d = target_distances(f_x[j].double(), e, refs[j], target, cohorts[j])
             out[x][target] = (float(d[:k].mean()), float(d[k:].mean()))
-            d = distances(f_x[j].double(), em, refs[j], target)
+            d = target_distances(f_x[j].double(), em, refs[j], target, cohorts[j])
             out[x]["mirror"][target] = (float(d[:k].mean()), float(d[k:].mean()))
     return out
 
@@ -280,7 +307,7 @@ class CompositeRows(FramePoints, ChunkRows):
                         "cos_after": float(torch.cos(after[j])), "truth_area": con.q, "core_area": float(con.core.mean()),
                         "wrong_area": float(con.wrong.mean()), "region": con.region,
                         "donor": "B" if donor == pairs[i].b else "A" if donor == pairs[i].a else "third",
-                        "mate": Path(mate).name,
+                        "mate": Path(mate).name, "identities": [Path(donor).parent.name, Path(base).parent.name],
                         "prior_share_in_truth": shares["run"], "prior_share_matched": shares["matched"],
                         "truth_mass": con.truth_mass, "mirror_mass": con.mirror_mass,
                         "matched_mass": con.matched_mass, "dim": int(e_x.shape[1]),
@@ -324,7 +351,8 @@ class CompositeRows(FramePoints, ChunkRows):
                             "cos_before": float(torch.cos(before[j])), "cos_after": float(torch.cos(after[j])),
                             "truth_area": float(con.truth.mean()), "core_area": float(con.core.mean()),
                             "wrong_area": float(con.wrong.mean()), "dim": int(e_x.shape[1]),
-                            "wrong_in_truth": int((con.wrong & con.truth).sum())}
+                            "wrong_in_truth": int((con.wrong & con.truth).sum()),
+                            "identities": [Path(pairs[i].b).parent.name, Path(pairs[i].a).parent.name]}
                 out[i] = (con, x, strength, refs[i])
         return out
 
@@ -414,6 +442,7 @@ class CompositeRows(FramePoints, ChunkRows):
         has = {(n, j) for n, m in live.items() for j in range(len(good)) if not isinstance(m, list) or m[j] is not None}
         qs = [built[i][0].q if isinstance(built[i][0], CellTruth) else min(0.5, float(built[i][0].truth.mean()))
               for i in good]
+        cohorts = [cohort_of(ctx.emb, built[i][2]["identities"]) for i in good]
         f_x = self._images.get("f_x", [p.id for p in pairs], lambda: embed(model, xs, c.batch_size, dev))
         locs: dict = {}
         for fill, q in dict.fromkeys((f, qq) for f, qq, _ in configs()):
@@ -430,7 +459,7 @@ class CompositeRows(FramePoints, ChunkRows):
                 continue
             got = test_distances(model, xs, f_x, r, live, todo, study_config(c, fill, 0.1 if q is None else q,
                                                                                 "embedding"),
-                                 [p.index for p in sub], qs=qs if q is None else None)
+                                 [p.index for p in sub], cohorts, qs=qs if q is None else None)
             for t in TARGETS_STUDIED:
                 key_of = config_key(fill, q, t)
                 for n, j in want[t]:
