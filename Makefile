@@ -10,7 +10,7 @@ DATA   ?= $(wildcard ../shared/data/lfw-sample)
 DATA_FLAG = $(if $(DATA),--data $(DATA),)
 # The main job: Experiment 6.1 on a small seeded sample; N_PAIRS=200 is the full experiment.
 N_PAIRS ?= 12
-OUT    ?= runs/6.1-make-n$(N_PAIRS)
+OUT    ?= runs/6.1-n$(N_PAIRS)
 
 .PHONY: run test bench bench-full venv clean
 venv: $(VENV)/.installed

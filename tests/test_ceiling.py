@@ -47,7 +47,9 @@ def _images(n: int = 2) -> torch.Tensor:
 
 
 def _config(**kw) -> FalsificationConfig:
-    base = dict(grid=GRID, q=0.1, fill="mean", criterion="absolute", tau_high=0.05, tau_low=0.02, epsilon=0.02)
+    # how far f(x) moves: the planted cell's answers are in embedding distances
+    base = dict(grid=GRID, q=0.1, fill="mean", criterion="absolute", tau_high=0.05, tau_low=0.02, epsilon=0.02,
+                target="embedding")
     return FalsificationConfig(**{**base, **kw})
 
 
@@ -150,7 +152,8 @@ def test_bad_search_settings_and_missing_thresholds():
     with pytest.raises(ValueError, match="pool must be an integer >= 1"):
         CeilingSearch(pool=0)
     with pytest.raises(ValueError, match="criterion"):
-        ceiling_search(OneCell(), _images(1), None, FalsificationConfig(grid=GRID, criterion="absolute"))
+        ceiling_search(OneCell(), _images(1), None, FalsificationConfig(grid=GRID, criterion="absolute",
+                                                                           target="embedding"))
     with pytest.raises(ValueError, match="beyond-prior"):
         ceiling_search(OneCell(), _images(1), None, _config(criterion="beyond-prior", delta=0.0))
 

@@ -93,7 +93,8 @@ def test_optimised_fill_with_the_prior_criterion(one_thread):
     assert all(r["prior_d_high"] is not None for r in rows if r["verdict"] != "untestable")
     model, prior = cases.model(), cases._prior()
     images = cases._images()
-    cfg = FalsificationConfig(fill="optimised", criterion="beyond-prior", delta=0.0, **cases.OPT, **cases.THRESHOLDS)
+    cfg = FalsificationConfig(target="embedding",
+                              fill="optimised", criterion="beyond-prior", delta=0.0, **cases.OPT, **cases.THRESHOLDS)
     res = falsification_test(model, images, None, prior.expand(len(images), -1, -1), cfg, prior=prior)
     assert [r.excess for r in res] == [0.0] * len(images)
     assert {r.verdict for r in res} == {"falsified"}
@@ -102,7 +103,7 @@ def test_optimised_fill_with_the_prior_criterion(one_thread):
 def test_stages_compose_to_the_test(tiny_model):
     """regions -> fill -> embed -> distances by hand give the test's distances."""
     images, maps = cases._images(3), torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(4))
-    cfg = FalsificationConfig(fill="noise", K=3, criterion="absolute", **cases.THRESHOLDS)
+    cfg = FalsificationConfig(target="embedding", fill="noise", K=3, criterion="absolute", **cases.THRESHOLDS)
     res = falsification_test(tiny_model, images, None, maps, cfg, pair_ids=[5, 6, 7])
     f_x = embed(tiny_model, images, 2, torch.device("cpu"))
     for i, pid in enumerate([5, 6, 7]):
@@ -142,7 +143,7 @@ def test_a_cached_counterfactual_gives_the_distances_of_a_fresh_one(tiny_model):
     seen = []
     hook = tiny_model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
     try:
-        cfg = FalsificationConfig(fill="noise", K=3, criterion="absolute", **cases.THRESHOLDS)
+        cfg = FalsificationConfig(target="embedding", fill="noise", K=3, criterion="absolute", **cases.THRESHOLDS)
         cache = EmbeddingCache()
         fresh = falsification_test(tiny_model, images, None, maps, cfg, pair_ids=ids)
         n_fresh = sum(seen)
@@ -157,7 +158,8 @@ def test_a_cached_counterfactual_gives_the_distances_of_a_fresh_one(tiny_model):
                 assert r.distances_high == pytest.approx(f.distances_high, abs=1e-6)
                 assert r.distances_low == pytest.approx(f.distances_low, abs=1e-6)
 
-        cfg = FalsificationConfig(fill="mean", criterion="absolute", **cases.THRESHOLDS)  # one sample per region
+        cfg = FalsificationConfig(target="embedding",
+                                  fill="mean", criterion="absolute", **cases.THRESHOLDS)  # one sample per region
         cache = EmbeddingCache()
         falsification_test(tiny_model, images, None, maps, cfg, pair_ids=ids, embedding_cache=cache)
         regions = [regions_for(images[i], maps[i], cfg, p) for i, p in enumerate(ids)]
@@ -223,7 +225,8 @@ def test_a_new_criterion_needs_no_change_in_the_test(tiny_model):
             return [f"margin    {result.margin:.4f}"]
 
     try:
-        cfg = FalsificationConfig(criterion="margin-only", tau_high=0.0, tau_low=math.pi, epsilon=0.0)
+        cfg = FalsificationConfig(target="embedding",
+                                  criterion="margin-only", tau_high=0.0, tau_low=math.pi, epsilon=0.0)
         assert isinstance(criterion_for(cfg), MarginOnly) and not MarginOnly.needs_prior
         res = falsification_test(tiny_model, cases._images(2), None, cases._maps(2), cfg)
         for r in res:
@@ -238,7 +241,7 @@ def test_a_new_criterion_needs_no_change_in_the_test(tiny_model):
 
 
 def test_prior_criterion_asks_for_the_prior(tiny_model):
-    cfg = FalsificationConfig(criterion="beyond-prior", delta=0.0, **cases.THRESHOLDS)
+    cfg = FalsificationConfig(target="embedding", criterion="beyond-prior", delta=0.0, **cases.THRESHOLDS)
     assert criterion_for(cfg).needs_prior and not criterion_for(cfg.replace(criterion="absolute")).needs_prior
     with pytest.raises(ValueError, match="needs prior="):
         falsification_test(tiny_model, cases._images(1), None, cases._maps(1), cfg)
@@ -271,7 +274,8 @@ def test_a_new_criterion_answers_for_itself_in_results_and_reports(tiny_model):
             return rf"Criterion: gap ratio, $\epsilon = {c['epsilon']:.3f}$ rad."
 
     try:
-        cfg = FalsificationConfig(criterion="gap-ratio", tau_high=0.0, tau_low=math.pi, epsilon=0.0)
+        cfg = FalsificationConfig(target="embedding",
+                                  criterion="gap-ratio", tau_high=0.0, tau_low=math.pi, epsilon=0.0)
         res = falsification_test(tiny_model, cases._images(2), None, cases._maps(2), cfg)
         for r in res:
             assert r.verdict == ("passed" if r.margin >= 0 else "falsified")

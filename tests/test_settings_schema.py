@@ -73,7 +73,7 @@ def test_the_declared_keys_are_those_resume_compares_and_keeps():
     assert set(KEPT_KEYS) == {"methods", "batch_pairs", "batch_size", "grid_pairs", "sanity", "other_reference",
                               "labels"}
     assert LEGACY == {"align": "none", "models": None, "calibrate_on": None, "truth": None, "truth_parts": None,
-                      "precision": "fp32", "recheck_band": None, "path_rules": "doubling"}
+                      "precision": "fp32", "recheck_band": None, "path_rules": "doubling", "target": "embedding"}
     assert set(RunConfig().result_settings()) == set(RESULT_KEYS) | {"path_rules"}
     for key, st in SETTINGS.items():  # every default passes its own constraint
         assert st.problem(st.default) is None, key

@@ -226,7 +226,8 @@ FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 EXPLAIN_METHODS = "gradcam,gradcam++,biometric-gradcam,ig,saliency"
 TARGET_HELP = ("what the distances measure: embedding (how far f(A) moves), pair (how far the pair's angle to f(B) "
                "moves), signed-pair (only how far that angle grows: hiding evidence of B must lower the similarity) or "
-               "signed-angle (the signed change of that angle: a move towards B is negative)")
+               "signed-angle (the signed change of that angle: a move towards B is negative); default: the preset's "
+               "(signed-angle; plain: embedding)")
 CRITERION_HELP = ("absolute (d_high > tau_high, d_low < tau_low, margin >= epsilon), beyond-prior (the margin must beat "
                   "the prior map's on the same image by more than delta) or beyond-mirror (the margin of its own sets "
                   "reflected left-right); default: the preset's, see docs/method.md")
@@ -293,7 +294,7 @@ def _test_config(args: argparse.Namespace):
     from .falsification import FalsificationConfig
     from .falsification.core import apply_preset
 
-    for key, value in apply_preset(args.preset, args.fill, args.q, args.criterion, args.delta).items():
+    for key, value in apply_preset(args.preset, args.fill, args.q, args.criterion, args.delta, args.target).items():
         setattr(args, key, value)
     calibrated_delta = args.calibrate_delta = args.delta == "calibrated"
 
@@ -517,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=CRITERIA, help=CRITERION_HELP)
     p.add_argument("--delta", type=_delta, help="radians, or 'calibrated' (the 95th percentile of the excess of maps "
                    "that know only the prior); default 0")
-    p.add_argument("--target", choices=TARGETS, default="embedding", help=TARGET_HELP + "; default %(default)s")
+    p.add_argument("--target", choices=TARGETS, help=TARGET_HELP)
     p.add_argument("--prior-images", type=_whole(1), default=40, metavar="N",
                    help="calibration images whose mean occlusion map is the model's prior (beyond-prior, centre; "
                    "default %(default)s)")
@@ -616,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a method option, e.g. ig.steps=128 (repeatable; the method must be in --methods)")
     p.add_argument("--criterion", choices=CRITERIA, help=CRITERION_HELP)
     p.add_argument("--delta", type=_delta, help="radians, >= 0, or 'calibrated': the beyond-prior excess (default 0)")
-    p.add_argument("--target", choices=TARGETS, help=TARGET_HELP + " (default embedding)")
+    p.add_argument("--target", choices=TARGETS, help=TARGET_HELP)
     p.add_argument("--sanity", action="store_true", default=None,
                    help="add a row METHOD@random-model per method: its maps on a randomised copy of the model, "
                    "tested on the real model (a control every method must beat)")

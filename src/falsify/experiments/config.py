@@ -58,7 +58,7 @@ class RunConfig:
     K: int = setting(16, Whole(minimum=1), result=True, flag="--counterfactuals", aliases=("counterfactuals",))
     seed: int = setting(0, Whole(), result=True)
     out: str | None = setting(None)
-    # fill, q, criterion and delta not given come from it (PRESETS)
+    # fill, q, criterion, delta and target not given come from it (PRESETS)
     preset: str = setting("beyond-prior", Text(choices=PRESET_NAMES, unknown=True))
     fill: str | None = setting(None, Text(choices=FILLS, unknown=True), result=True)
     granularity: str = setting("grid", Text(choices=GRANULARITIES, unknown=True), result=True)
@@ -77,8 +77,8 @@ class RunConfig:
     # absolute, or beyond-prior: the margin must beat the model's prior map's
     criterion: str | None = setting(None, Text(choices=CRITERIA, unknown=True), result=True)
     delta: float | str | None = setting(None, Delta(), result=True)  # beyond-prior margin (radians), or "calibrated"
-    # or "pair": distances are the change of the pair's angle
-    target: str = setting("embedding", Text(choices=TARGETS, unknown=True), result=True)
+    # what the distances measure (choices.TARGETS); default the preset's (signed-angle; plain: embedding)
+    target: str | None = setting(None, Text(choices=TARGETS, unknown=True), result=True, legacy="embedding")
     # images (not tested) whose mean occlusion map is the model's prior, and the cells per side of their maps
     prior_images: int = setting(40, Whole(minimum=1), result=True, flag=None)
     prior_grid: int = setting(10, Whole(minimum=2), result=True, flag=None)
@@ -132,7 +132,8 @@ class RunConfig:
             self.recheck_band = None
         from ..falsification.core import apply_preset
 
-        for key, value in apply_preset(self.preset, self.fill, self.q, self.criterion, self.delta).items():
+        for key, value in apply_preset(self.preset, self.fill, self.q, self.criterion, self.delta,
+                                       self.target).items():
             setattr(self, key, value)
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
