@@ -231,3 +231,13 @@ def test_a_6_1_run_tests_the_null_maps_on_its_pairs(lfw_sample, tmp_path):
     summary = runner_for(RunConfig(**plain), progress=False, log=logs.append).run()
     assert "need the model's prior" in summary["null_maps"]["skipped"]
     assert "no null maps: the null maps need the model's prior" in E61.EXPERIMENT.text(summary)
+
+
+def test_the_table_says_what_d_high_and_d_low_measure_under_the_runs_target():
+    from falsify.choices import TARGETS
+    from falsify.report.reading import DISTANCE_WORDS, distance_words
+
+    assert set(DISTANCE_WORDS) == set(TARGETS)  # every target of the test has its words
+    assert distance_words({"falsification": {"target": "signed-angle"}}).startswith("signed change of the angle")
+    # a summary made before the target was a setting measured the embedding's shift
+    assert distance_words({"falsification": {"fill": "mean"}}) == DISTANCE_WORDS["embedding"]

@@ -341,8 +341,9 @@ def table_6_1(summary: Mapping):
         + r". Pairs whose map passed the test, was falsified, was untestable"
         + err
         + r". FR = falsified / (passed + falsified), untestable maps excluded, with a Wilson 95\% CI."
-        r" $\bar d_{\mathrm{high}}$, $\bar d_{\mathrm{low}}$: mean geodesic embedding shift (radians)"
-        r" when hiding the highest / lowest ranked features; $\bar d'$: mean separation. "
+        + r" $\bar d_{\mathrm{high}}$, $\bar d_{\mathrm{low}}$: mean "
+        + latex_escape(reading.distance_words(summary))
+        + r" when hiding the highest / lowest ranked features; $\bar d'$: mean separation. "
         + _criterion_tex(summary)
         + r" $p$: exact McNemar test on the pairs where both methods are testable, Holm-adjusted"
         r" (* significant at $\alpha = 0.05$); -- not applicable."
@@ -534,6 +535,7 @@ class Experiment61(Experiment):
             "ceiling_sentence": ceiling_sentence(summary),
             "validity": reading.validity_sentence(summary),
             "placements": reading.placements(summary), "references": reading.references_sentence(summary),
+            "distances": reading.distance_words(summary),
         }
 
     def extend(self, session, store, summary: dict) -> None:

@@ -41,6 +41,23 @@ def is_confirmation(tv: Mapping) -> bool:
             and as_float(tv.get("specificity")) is not None)
 
 
+#: what d_high and d_low are under each target of the test (``falsify.choices.TARGETS``)
+DISTANCE_WORDS = {
+    "embedding": "geodesic shift of the embedding (radians)",
+    "pair": "change of the angle to the other face's embedding, either way (radians)",
+    "signed-pair": "growth of the angle to the other face's embedding, a move towards it counted as 0 (radians)",
+    "signed-angle": "signed change of the angle to the other face's embedding (radians; negative: towards it)",
+}
+
+
+def distance_words(summary: Mapping) -> str:
+    """What the run's d_high and d_low measure, from its test's target (``embedding`` when the
+    summary names none: the runs made before the target was a setting)."""
+    fc = summary.get("falsification") or summary.get("falsification_config") or {}
+    target = fc.get("target") or "embedding"
+    return DISTANCE_WORDS.get(target, f"distance under the target {target!r} (radians)")
+
+
 #: the benchmark's goals (issue 28): below them an FR is not read as the share of wrong maps
 GOAL_SENSITIVITY, GOAL_SPECIFICITY = 0.80, 0.90
 
