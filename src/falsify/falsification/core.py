@@ -244,7 +244,7 @@ class FalsificationResult:
     pair_id: int
     verdict: str  # "passed" | "falsified" | "untestable"
     failed: tuple[str, ...]  # conditions that did not hold; for untestable, the reason
-    d_high: float  # mean geodesic distance (rad) f(x) -> f(C(x, S_high))
+    d_high: float  # mean distance (rad) under the target: d_g(f(x), f(C(x, S_high))) for embedding
     d_low: float
     sd_high: float  # sample std over the K counterfactuals (0 when K = 1)
     sd_low: float
