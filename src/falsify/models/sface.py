@@ -267,6 +267,13 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     return torch.get_autocast_dtype(device)
 
 
+#: Images per slice when slices run side by side in threads (:func:`_slices_in_threads`): each
+#: thread allocates its slice's activations from its own malloc arena, which glibc trims and
+#: page-faults in again; at 4 images per slice (about 3 MB per 112 x 112 layer) SFace's forward at
+#: 2 threads rose from 0.30 to 0.35-0.37 of dlib's rate on the 2-core AMD VM
+#: (``benchmarks/sface_speed.py``; docs/results.md, "SFace on every core").
+THREAD_SLICE = 4
+
 #: The worker threads of :func:`_slices_in_threads`, made on first use (one per torch thread),
 #: keyed by process and thread count.
 _POOL: dict = {}
@@ -285,7 +292,7 @@ def _slices_in_threads(run, x: torch.Tensor, threads: int) -> list[torch.Tensor]
     local: the workers run without autograd, as the caller (``run`` is only given here then)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    size = max(1, min(SUB_BATCH, -(-x.shape[0] // threads)))
+    size = max(1, min(THREAD_SLICE, -(-x.shape[0] // threads)))
     parts = x.split(size)
     key = (os.getpid(), threads)  # a forked child has none of its parent's threads: its own pool
     pool = _POOL.get(key)
