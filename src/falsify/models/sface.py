@@ -280,7 +280,7 @@ _POOL: dict = {}
 
 
 def _slices_in_threads(run, x: torch.Tensor, threads: int) -> list[torch.Tensor]:
-    """``run`` on slices of ``x`` (at most :data:`SUB_BATCH` images, at least one slice per thread),
+    """``run`` on slices of ``x`` (at most :data:`THREAD_SLICE` images, at least one slice per thread),
     the slices side by side on ``threads`` Python threads with one torch thread each.
 
     oneDNN's own threading splits each layer of a slice of 8 images across the threads and waits
