@@ -43,7 +43,7 @@ def is_confirmation(tv: Mapping) -> bool:
 
 #: what d_high and d_low are under each target of the test (``falsify.choices.TARGETS``)
 DISTANCE_WORDS = {
-    "embedding": "geodesic shift of the embedding (radians)",
+    "embedding": "geodesic embedding shift (radians)",
     "pair": "change of the angle to the other face's embedding, either way (radians)",
     "signed-pair": "growth of the angle to the other face's embedding, a move towards it counted as 0 (radians)",
     "signed-angle": "signed change of the angle to the other face's embedding (radians; negative: towards it)",
