@@ -90,6 +90,7 @@ def test_library_default_is_the_commands_default(monkeypatch):
     default = FalsificationConfig()
     assert default == FalsificationConfig.preset(DEFAULT_PRESET) == FalsificationConfig.preset("beyond-prior")
     assert (default.fill, default.q, default.criterion, default.delta) == ("mean", 0.1, "beyond-prior", 0.0)
+    assert default.target == "signed-angle"  # chosen by the known-truth benchmark (docs/method.md)
     args = cli.build_parser().parse_args(["test", "a.jpg", "b.jpg", "--method", "gradcam"])
     assert args.preset == DEFAULT_PRESET
     assert cli._test_config(args) == default
@@ -106,7 +107,8 @@ def test_library_default_is_the_commands_default(monkeypatch):
     assert seen[0].preset == DEFAULT_PRESET and seen[0].falsification_config() == default
 
     plain = FalsificationConfig.preset("plain")
-    assert (plain.fill, plain.q, plain.criterion, plain.delta) == ("blur", 0.2, "absolute", None)
+    assert (plain.fill, plain.q, plain.criterion, plain.delta, plain.target) == ("blur", 0.2, "absolute", None,
+                                                                                   "embedding")
     assert {k: getattr(plain, k) for k in PRESETS["plain"]} == PRESETS["plain"]
     args = cli.build_parser().parse_args(["test", "a.jpg", "b.jpg", "--method", "gradcam", "--preset", "plain"])
     assert cli._test_config(args) == plain
