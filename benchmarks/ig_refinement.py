@@ -28,19 +28,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    from profile_6_1 import PassCounter, pair_batch  # this folder's counter (a forward wrapper, not a hook)
+
     from falsify.attribution import get_explainer
-    from falsify.data import load_images, load_pairs
     from falsify.models import load_model
 
     model = load_model("dlib-resnet")
-    pairs = load_pairs(args.data).sample(args.n_pairs, seed=args.seed)
-    xa, _ = load_images([p.a for p in pairs], model.input_size, align=model.aligner)
-    xb, _ = load_images([p.b for p in pairs], model.input_size, align=model.aligner)
+    pairs, xa, xb, refs = pair_batch(model, args.data, args.n_pairs, args.seed)
     with torch.inference_mode():
-        refs = model(xb).clone()
         gap = (model(xa) * F.normalize(refs, dim=1)).sum(1) - (model(torch.zeros_like(xa)) * F.normalize(refs, dim=1)).sum(1)
-
-    from profile_6_1 import PassCounter  # this folder's counter (a forward wrapper, not a hook)
 
     counter = PassCounter()
     counter.attach(model)

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_6_1 import DEFAULT_DATA, PassCounter  # noqa: E402
+from profile_6_1 import DEFAULT_DATA, PassCounter, pair_batch  # noqa: E402
 
 NEW = "similarity-map,xssab,rise,rise-dissimilarity"
 
@@ -46,15 +46,10 @@ def main(argv=None) -> int:
 
     import falsify
     from falsify.attribution import get_explainer
-    from falsify.data import load_images, load_pairs
     from falsify.models import load_model
 
     model = load_model(args.model, device="cpu")
-    pairs = load_pairs(args.data).sample(args.n_pairs, seed=args.seed)
-    xa, _ = load_images([p.a for p in pairs], model.input_size, align=model.aligner)
-    xb, _ = load_images([p.b for p in pairs], model.input_size, align=model.aligner)
-    with torch.no_grad():
-        refs = model(xb)
+    pairs, xa, xb, refs = pair_batch(model, args.data, args.n_pairs, args.seed)
     counter = PassCounter()
     counter.attach(model)
     n = len(pairs)

@@ -56,18 +56,13 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from profile_6_1 import PassCounter
+    from profile_6_1 import PassCounter, pair_batch
 
     from falsify.attribution import get_explainer
-    from falsify.data import load_images, load_pairs
     from falsify.models import load_model
 
     model = load_model("dlib-resnet")
-    pairs = load_pairs(args.data).sample(args.n_pairs, seed=args.seed)
-    xa, _ = load_images([p.a for p in pairs], model.input_size, align=model.aligner)
-    xb, _ = load_images([p.b for p in pairs], model.input_size, align=model.aligner)
-    with torch.inference_mode():
-        refs = model(xb).clone()
+    pairs, xa, xb, refs = pair_batch(model, args.data, args.n_pairs, args.seed)
     counter = PassCounter()
     counter.attach(model)
     methods = ("ig", "geodesic-ig")

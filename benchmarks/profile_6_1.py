@@ -42,6 +42,20 @@ import torch
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw-sample"
 
 
+def pair_batch(model, data, n_pairs: int, seed: int):
+    """``(pairs, xa, xb, refs)``: a seeded sample of ``n_pairs`` pairs of ``data``, their A and B
+    images at the model's input size and alignment, and f(B) (the references the maps explain A
+    against), computed without autograd."""
+    from falsify.data import load_images, load_pairs
+
+    pairs = load_pairs(data).sample(n_pairs, seed=seed)
+    xa, _ = load_images([p.a for p in pairs], model.input_size, align=model.aligner)
+    xb, _ = load_images([p.b for p in pairs], model.input_size, align=model.aligner)
+    with torch.inference_mode():
+        refs = model(xb).clone()  # a normal tensor: autograd may use it later
+    return pairs, xa, xb, refs
+
+
 class PassCounter:
     """Images through a model's backbone, split into inference and autograd forwards, by bucket."""
 
