@@ -105,15 +105,14 @@ def print_test(results, images, model, config, calibration, *, method: str, pair
         if calibrated_threshold:
             print(f"{method}'s decision threshold: cos >= {calibration.threshold_cos:.4f}, the calibrated "
                   f"one ({model_name} has none of its own)")
-        from .report.reading import DISTANCE_WORDS
+        from .report.reading import target_words
 
         for (x, y), r in zip(names, results):
             print(f"\n{Path(x).name} explained against {Path(y).name} ({method}, {model_name})")
             if r.pair_angle is not None:
                 print(f"pair      angle {r.pair_angle:.4f} rad (cos {math.cos(r.pair_angle):.4f})")
             if r.testable:
-                words = DISTANCE_WORDS.get(config.target, "distances")
-                print(f"target    {config.target}: d_high, d_low are the {words}")
+                print(f"target    {config.target}: d_high, d_low are the {target_words(config.target)}")
             print(r.format())
     if figure:
         from .report.falsification_figure import falsification_figure

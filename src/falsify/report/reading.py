@@ -50,12 +50,16 @@ DISTANCE_WORDS = {
 }
 
 
+def target_words(target: str) -> str:
+    """What d_high and d_low measure under ``target``."""
+    return DISTANCE_WORDS.get(target, f"distance under the target {target!r} (radians)")
+
+
 def distance_words(summary: Mapping) -> str:
     """What the run's d_high and d_low measure, from its test's target (``embedding`` when the
     summary names none: the runs made before the target was a setting)."""
     fc = summary.get("falsification") or summary.get("falsification_config") or {}
-    target = fc.get("target") or "embedding"
-    return DISTANCE_WORDS.get(target, f"distance under the target {target!r} (radians)")
+    return target_words(fc.get("target") or "embedding")
 
 
 #: the benchmark's goals (issue 28): below them an FR is not read as the share of wrong maps
